@@ -1,0 +1,157 @@
+// Input checks shared by every entry point, written once. Messages name the op, the
+// argument, what was expected and what was received, e.g.
+//   fusedrnn.lstm_layer: h0 must have shape (B, R) = (32, 256), got (32, 128)
+// Wrong values and shapes raise ValueError, wrong dtypes TypeError, devices RuntimeError.
+#pragma once
+
+#include <cmath>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "rnn_params.h"
+
+namespace fusedrnn {
+
+using OptTensor = std::optional<at::Tensor>;
+
+struct LayerSizes {
+  int64_t T, B, I, H, R;  // R: recurrent state width (P with projection, else H)
+};
+
+inline std::string shape_str(at::IntArrayRef s) {
+  std::ostringstream os;
+  os << "(";
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  if (s.size() == 1) os << ",";
+  os << ")";
+  return os.str();
+}
+
+// `letters` names the dimensions, e.g. "(B, H)".
+inline void check_shape(const char* op, const char* name, const at::Tensor& t,
+                        std::vector<int64_t> expected, const char* letters) {
+  TORCH_CHECK_VALUE(t.sizes().vec() == expected, op, ": ", name, " must have shape ", letters,
+                    " = ", shape_str(expected), ", got ", shape_str(t.sizes()));
+}
+
+inline void check_like_input(const char* op, const char* name, const at::Tensor& t,
+                             const at::Tensor& input) {
+  TORCH_CHECK_TYPE(t.scalar_type() == input.scalar_type(), op, ": ", name,
+                   " must have the same dtype as input (", input.scalar_type(), "), got ",
+                   t.scalar_type());
+  TORCH_CHECK(t.device() == input.device(), op, ": ", name,
+              " must be on the same device as input (", input.device(), "), got ", t.device());
+}
+
+inline void check_input(const char* op, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(x.dim() == 3, op, ": input must be 3-D (T, B, I), got ", x.dim(),
+                    "-D with shape ", shape_str(x.sizes()));
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op,
+                   ": input must be a floating-point tensor, got ", x.scalar_type());
+  if (x.device().is_cpu()) {
+    TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
+                     ": on CPU input must be float32 or float64, got ", x.scalar_type());
+  }
+  TORCH_CHECK_VALUE(x.size(0) >= 1, op, ": input must have at least one time step, got T = 0 (shape ",
+                    shape_str(x.sizes()), ")");
+}
+
+inline void check_lengths(const char* op, const OptTensor& lengths, int64_t T, int64_t B) {
+  if (!lengths) return;
+  const at::Tensor& l = *lengths;
+  TORCH_CHECK_TYPE(l.scalar_type() == at::kLong, op, ": lengths must be an int64 tensor, got ",
+                   l.scalar_type());
+  TORCH_CHECK(l.device().is_cpu(), op, ": lengths must be a CPU tensor, got ", l.device());
+  check_shape(op, "lengths", l, {B}, "(B,)");
+  const at::Tensor lc = l.contiguous();
+  const int64_t* p = lc.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK_VALUE(p[b] >= 1 && p[b] <= T, op, ": lengths must lie in [1, T] = [1, ", T,
+                      "], got lengths[", b, "] = ", p[b]);
+  }
+}
+
+// Shapes (T, B, I, H, R) of a layer's arguments, after checking all of them.
+// `gates` is 4 for LSTM and 3 for GRU.
+inline LayerSizes check_layer_inputs(const char* op, int64_t gates, const at::Tensor& x,
+                                     const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                     const OptTensor& b_ih, const OptTensor& b_hh,
+                                     const OptTensor& h0, const OptTensor& c0,
+                                     const OptTensor& w_hr, const OptTensor& lengths) {
+  check_input(op, x);
+  LayerSizes s{x.size(0), x.size(1), x.size(2), 0, 0};
+  check_like_input(op, "weight_ih", w_ih, x);
+  check_like_input(op, "weight_hh", w_hh, x);
+  TORCH_CHECK_VALUE(w_ih.dim() == 2 && w_ih.size(0) % gates == 0 && w_ih.size(0) > 0, op,
+                    ": weight_ih must have shape (", gates, "H, I) with H >= 1, got ",
+                    shape_str(w_ih.sizes()));
+  s.H = w_ih.size(0) / gates;
+  check_shape(op, "weight_ih", w_ih, {gates * s.H, s.I}, gates == 4 ? "(4H, I)" : "(3H, I)");
+  s.R = s.H;
+  if (w_hr) {
+    check_like_input(op, "weight_hr", *w_hr, x);
+    TORCH_CHECK_VALUE(w_hr->dim() == 2 && w_hr->size(0) >= 1, op,
+                      ": weight_hr must have shape (P, H) with P >= 1, got ", shape_str(w_hr->sizes()));
+    s.R = w_hr->size(0);
+    check_shape(op, "weight_hr", *w_hr, {s.R, s.H}, "(P, H)");
+  }
+  check_shape(op, "weight_hh", w_hh, {gates * s.H, s.R},
+              w_hr ? "(4H, P)" : (gates == 4 ? "(4H, H)" : "(3H, H)"));
+  for (const auto& pair : {std::make_pair("bias_ih", &b_ih), std::make_pair("bias_hh", &b_hh)}) {
+    if (*pair.second) {
+      check_like_input(op, pair.first, **pair.second, x);
+      check_shape(op, pair.first, **pair.second, {gates * s.H}, gates == 4 ? "(4H,)" : "(3H,)");
+    }
+  }
+  if (h0) {
+    check_like_input(op, "h0", *h0, x);
+    check_shape(op, "h0", *h0, {s.B, s.R}, w_hr ? "(B, P)" : "(B, H)");
+  }
+  if (c0) {
+    check_like_input(op, "c0", *c0, x);
+    check_shape(op, "c0", *c0, {s.B, s.H}, "(B, H)");
+  }
+  check_lengths(op, lengths, s.T, s.B);
+  return s;
+}
+
+inline void check_positive_finite(const char* op, const char* name, const std::optional<double>& v) {
+  if (v) {
+    TORCH_CHECK_VALUE(std::isfinite(*v) && *v > 0, op, ": ", name,
+                      " must be a positive finite number, got ", *v);
+  }
+}
+
+// The backward options of DESIGN.md §3 as a kernel struct.
+template <typename T>
+inline GradOptions<T> grad_options(const char* op, const std::optional<double>& grad_clip,
+                                   const std::string& grad_clip_mode,
+                                   const std::optional<int64_t>& truncate) {
+  check_positive_finite(op, "grad_clip", grad_clip);
+  TORCH_CHECK_VALUE(grad_clip_mode == "value" || grad_clip_mode == "norm", op,
+                    ": grad_clip_mode must be 'value' or 'norm', got '", grad_clip_mode, "'");
+  if (truncate) {
+    TORCH_CHECK_VALUE(*truncate >= 1, op, ": truncate must be a positive int, got ", *truncate);
+  }
+  GradOptions<T> o;
+  o.clip_mode = !grad_clip ? ClipMode::None
+                           : (grad_clip_mode == "norm" ? ClipMode::Norm : ClipMode::Value);
+  o.clip = grad_clip ? static_cast<T>(*grad_clip) : T(0);
+  o.truncate = truncate ? *truncate : 0;
+  return o;
+}
+
+// A gradient tensor from autograd: shape as expected, same dtype/device as the input.
+inline at::Tensor check_grad(const char* op, const char* name, const at::Tensor& g,
+                             std::vector<int64_t> expected, const char* letters,
+                             const at::Tensor& input) {
+  check_like_input(op, name, g, input);
+  check_shape(op, name, g, expected, letters);
+  return g.contiguous();
+}
+
+}  // namespace fusedrnn

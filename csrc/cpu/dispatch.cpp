@@ -1,0 +1,108 @@
+#include "dispatch.h"
+
+#include <cstdlib>
+#include <mutex>
+
+#include <c10/util/Exception.h>
+
+namespace fusedrnn {
+namespace cpu {
+
+namespace base {
+void fill_float_kernels(CpuKernelTable<float>* table);
+void fill_double_kernels(CpuKernelTable<double>* table);
+}  // namespace base
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define FUSEDRNN_X86 1
+namespace avx2 {
+void fill_float_kernels(CpuKernelTable<float>* table);
+}
+namespace avx512 {
+void fill_float_kernels(CpuKernelTable<float>* table);
+}
+#endif
+
+namespace {
+
+enum class Capability { Default = 0, Avx2 = 1, Avx512 = 2 };
+
+Capability detected() {
+#if defined(FUSEDRNN_X86) && (defined(__GNUC__) || defined(__clang__))
+  // __builtin_cpu_supports also checks that the OS saves the wide registers (XCR0).
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw")) {
+    return Capability::Avx512;
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Capability::Avx2;
+#endif
+  return Capability::Default;
+}
+
+const char* name_of(Capability c) {
+  switch (c) {
+    case Capability::Avx512: return "avx512";
+    case Capability::Avx2: return "avx2";
+    default: return "default";
+  }
+}
+
+Capability parse(const std::string& name) {
+  if (name == "avx512") return Capability::Avx512;
+  if (name == "avx2") return Capability::Avx2;
+  TORCH_CHECK_VALUE(name == "default", "fusedrnn: unknown CPU capability '", name,
+                    "', expected one of 'default', 'avx2', 'avx512'");
+  return Capability::Default;
+}
+
+struct State {
+  std::mutex mutex;
+  Capability in_use;
+  CpuKernelTable<float> float_table;
+  CpuKernelTable<double> double_table;
+
+  void install(Capability c) {
+    if (c > detected()) c = detected();
+    switch (c) {
+#ifdef FUSEDRNN_X86
+      case Capability::Avx512: avx512::fill_float_kernels(&float_table); break;
+      case Capability::Avx2: avx2::fill_float_kernels(&float_table); break;
+#endif
+      default: base::fill_float_kernels(&float_table); break;
+    }
+    in_use = c;
+  }
+
+  State() {
+    base::fill_double_kernels(&double_table);
+    Capability c = detected();
+    // Like ATEN_CPU_CAPABILITY: an environment variable can narrow the choice.
+    if (const char* env = std::getenv("FUSEDRNN_CPU_CAPABILITY")) {
+      if (*env) c = parse(env);
+    }
+    install(c);
+  }
+};
+
+State& state() {
+  static State s;
+  return s;
+}
+
+}  // namespace
+
+const CpuKernelTable<float>& float_kernels() { return state().float_table; }
+const CpuKernelTable<double>& double_kernels() { return state().double_table; }
+
+std::string capability() { return name_of(state().in_use); }
+
+std::string set_capability(const std::string& name) {
+  State& s = state();
+  const Capability c = parse(name);
+  std::lock_guard<std::mutex> guard(s.mutex);
+  s.install(c);
+  return name_of(s.in_use);
+}
+
+}  // namespace cpu
+}  // namespace fusedrnn

@@ -1,0 +1,30 @@
+// Run-time choice of the CPU pointwise kernels; see Note [CPU capability dispatch] in
+// kernels_impl.h.
+#pragma once
+
+#include <string>
+
+#include "../rnn_params.h"
+
+namespace fusedrnn {
+namespace cpu {
+
+// The kernel table for the widest capability this CPU supports (float32), or the portable
+// one (float64 has a single portable implementation).
+const CpuKernelTable<float>& float_kernels();
+const CpuKernelTable<double>& double_kernels();
+
+template <typename T>
+const CpuKernelTable<T>& kernels();
+template <>
+inline const CpuKernelTable<float>& kernels<float>() { return float_kernels(); }
+template <>
+inline const CpuKernelTable<double>& kernels<double>() { return double_kernels(); }
+
+// "avx512", "avx2" or "default": the capability in use.
+std::string capability();
+// Use `name` if this CPU supports it ("default" always works). Returns the one in use.
+std::string set_capability(const std::string& name);
+
+}  // namespace cpu
+}  // namespace fusedrnn

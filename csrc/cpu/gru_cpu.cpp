@@ -1,0 +1,179 @@
+// GRU layer on the CPU: the time loops around the fused pointwise kernels.
+//
+// Forward:  xg = x W_ih^T + b_ih (+ b_hh for the r and z gates) for all T steps in one GEMM;
+//           per step hg = h_{t-1} W_hh^T (one GEMM) and ONE pointwise pass. b_hn stays
+//           separate because it sits inside r * (h W_hn^T + b_hn).
+// Backward: per step ONE pointwise pass and one GEMM dh += dhg_t W_hh; then dx, dW_ih,
+//           dW_hh as GEMMs over all T*B rows and the bias gradients as reductions.
+#include "cpu_ops.h"
+
+#include "cpu_common.h"
+#include "dispatch.h"
+
+namespace fusedrnn {
+namespace cpu {
+
+namespace {
+
+template <typename T>
+void gru_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tensor& w_ih,
+                      const at::Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                      const OptTensor& h0, const OptTensor& lengths, bool reverse, bool save,
+                      std::vector<at::Tensor>& out) {
+  const int64_t T_ = s.T, B = s.B, I = s.I, H = s.H;
+  const auto opts = x.options();
+  const CpuKernelTable<T> k = kernels<T>();
+
+  // xg: [T, B, 3H] = x W_ih^T + b_ih + (b_hr, b_hz, 0)
+  at::Tensor xg = at::empty({T_, B, 3 * H}, opts);
+  at::Tensor xg2d = xg.view({T_ * B, 3 * H});
+  const at::Tensor x2d = x.reshape({T_ * B, I});
+  if (b_ih || b_hh) {
+    at::Tensor bias = b_ih ? b_ih->clone() : at::zeros({3 * H}, opts);
+    if (b_hh) bias.narrow(0, 0, 2 * H).add_(b_hh->narrow(0, 0, 2 * H));
+    at::addmm_out(xg2d, bias, x2d, w_ih.t());
+  } else {
+    at::mm_out(xg2d, x2d, w_ih.t());
+  }
+  const at::Tensor b_hn = b_hh ? b_hh->narrow(0, 2 * H, H).contiguous() : at::Tensor();
+
+  at::Tensor y = at::empty({T_, B, H}, opts);
+  at::Tensor h = h0 ? h0->contiguous().clone() : at::zeros({B, H}, opts);
+  at::Tensor hg = at::empty({B, 3 * H}, opts);
+  // Without backward the r, z, n, hn scratch of one step is enough.
+  at::Tensor saved = at::empty({save ? T_ : 1, B, 4 * H}, opts);
+  const at::Tensor whh = w_hh.contiguous();
+  const at::Tensor len = lengths ? lengths->contiguous() : at::Tensor();
+
+  GruFwdStep<T> p{};
+  p.B = B;
+  p.H = H;
+  p.step = StepInfo{T_, 0, reverse, lengths ? len.data_ptr<int64_t>() : nullptr};
+  p.hg = hg.data_ptr<T>();
+  p.b_hn = b_hh ? b_hn.data_ptr<T>() : nullptr;
+  p.h_state = h.data_ptr<T>();
+  const T* whh_p = whh.data_ptr<T>();
+
+  for (int64_t step = 0; step < T_; ++step) {
+    const int64_t t = reverse ? T_ - 1 - step : step;
+    gemm_rm<T>(false, true, B, 3 * H, H, p.h_state, H, whh_p, H, 0, hg.data_ptr<T>(),
+               3 * H);
+    p.step.t = t;
+    p.xg = xg.data_ptr<T>() + t * B * 3 * H;
+    p.saved = saved.data_ptr<T>() + (save ? t * B * 4 * H : 0);
+    p.h_out = y.data_ptr<T>() + t * B * H;
+    parallel_rows(B, 3 * H, [&](int64_t b0, int64_t b1) { k.gru_fwd(p, b0, b1); });
+  }
+  out = {y, h, save ? saved : at::empty({0}, opts)};
+}
+
+template <typename T>
+void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::Tensor& dhn_in,
+                       const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                       const OptTensor& h0, const OptTensor& lengths, const at::Tensor& y,
+                       const at::Tensor& saved, bool reverse, const GradOptions<T>& opt,
+                       bool has_bias, bool need_input_grad, bool need_weight_grad,
+                       std::vector<at::Tensor>& out) {
+  const int64_t T_ = s.T, B = s.B, I = s.I, H = s.H;
+  const auto opts = x.options();
+  const CpuKernelTable<T> k = kernels<T>();
+
+  const at::Tensor dy = dy_in.contiguous(), dhn = dhn_in.contiguous();
+  const at::Tensor whh = w_hh.contiguous();
+  const at::Tensor h0c = h0 ? h0->contiguous() : at::Tensor();
+  const at::Tensor len = lengths ? lengths->contiguous() : at::Tensor();
+
+  at::Tensor dxg = at::empty({T_, B, 3 * H}, opts);
+  at::Tensor dhg = at::empty({T_, B, 3 * H}, opts);
+  at::Tensor dh = at::zeros({B, H}, opts);         // recurrent gradient into h_t
+  at::Tensor dh_next = at::empty({B, H}, opts);    // ... into h_{t-1}, being built
+
+  GruBwdStep<T> p{};
+  p.B = B;
+  p.H = H;
+  p.step = StepInfo{T_, 0, reverse, lengths ? len.data_ptr<int64_t>() : nullptr};
+  p.opt = opt;
+  p.h0 = h0 ? h0c.data_ptr<T>() : nullptr;
+  p.dh_n = dhn.data_ptr<T>();
+  const T* whh_p = whh.data_ptr<T>();
+  const T* y_p = y.data_ptr<T>();
+
+  for (int64_t step = 0; step < T_; ++step) {
+    const int64_t t = reverse ? step : T_ - 1 - step;
+    const int64_t tp = previous_time(t, reverse);
+    p.step.t = t;
+    p.saved = saved.data_ptr<T>() + t * B * 4 * H;
+    p.h_prev = (tp >= 0 && tp < T_) ? y_p + tp * B * H : nullptr;
+    p.dy = dy.data_ptr<T>() + t * B * H;
+    p.dh_rec = dh.data_ptr<T>();
+    p.dh_next = dh_next.data_ptr<T>();
+    p.dxg = dxg.data_ptr<T>() + t * B * 3 * H;
+    p.dhg = dhg.data_ptr<T>() + t * B * 3 * H;
+    parallel_rows(B, 3 * H, [&](int64_t b0, int64_t b1) { k.gru_bwd(p, b0, b1); });
+    gemm_rm<T>(false, false, B, H, 3 * H, p.dhg, 3 * H, whh_p, H, 1, p.dh_next, H);
+    std::swap(dh, dh_next);
+  }
+
+  // The initial state is handed over to step 0 like any other state: clip its gradient.
+  if (opt.clip_mode != ClipMode::None) {
+    parallel_rows(B, H, [&](int64_t b0, int64_t b1) { k.clip_rows(dh.data_ptr<T>(), B, H, H, opt, b0, b1); });
+  }
+
+  const at::Tensor empty = at::empty({0}, opts);
+  const at::Tensor dxg2d = dxg.view({T_ * B, 3 * H});
+  const at::Tensor dhg2d = dhg.view({T_ * B, 3 * H});
+  at::Tensor dx = need_input_grad ? at::mm(dxg2d, w_ih).view({T_, B, I}) : empty;
+  at::Tensor dw_ih = empty, dw_hh = empty, db_ih = empty, db_hh = empty;
+  if (need_weight_grad) {
+    dw_ih = at::mm(dxg2d.t(), x.reshape({T_ * B, I}));
+    // As for the LSTM: outputs of absent rows are zero, so a shifted GEMM covers s > 0 and
+    // a [B]-row GEMM the h0 term.
+    dw_hh = at::zeros({3 * H, H}, opts);
+    if (T_ > 1) {
+      const at::Tensor dg_s = reverse ? dhg.narrow(0, 0, T_ - 1) : dhg.narrow(0, 1, T_ - 1);
+      const at::Tensor y_s = reverse ? y.narrow(0, 1, T_ - 1) : y.narrow(0, 0, T_ - 1);
+      dw_hh.addmm_(dg_s.reshape({(T_ - 1) * B, 3 * H}).t(), y_s.reshape({(T_ - 1) * B, H}));
+    }
+    if (h0) dw_hh.addmm_(first_step_rows(dhg, lengths, reverse).t(), *h0);
+    if (has_bias) {
+      db_ih = dxg2d.sum(0);
+      db_hh = dhg2d.sum(0);
+    }
+  }
+  out = {dx, dh, dw_ih, dw_hh, db_ih, db_hh};
+}
+
+}  // namespace
+
+std::vector<at::Tensor> gru_forward(const LayerSizes& s, const at::Tensor& x,
+                                    const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                    const OptTensor& b_ih, const OptTensor& b_hh,
+                                    const OptTensor& h0, const OptTensor& lengths, bool reverse,
+                                    bool save) {
+  std::vector<at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn.gru_forward_cpu", [&] {
+    gru_forward_impl<scalar_t>(s, x.contiguous(), w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse,
+                               save, out);
+  });
+  return out;
+}
+
+std::vector<at::Tensor> gru_backward(const LayerSizes& s, const at::Tensor& dy,
+                                     const at::Tensor& dh_n, const at::Tensor& x,
+                                     const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                     const OptTensor& h0, const OptTensor& lengths,
+                                     const at::Tensor& y, const at::Tensor& saved, bool reverse,
+                                     const GradOptions<double>& opt, bool has_bias,
+                                     bool need_input_grad, bool need_weight_grad) {
+  std::vector<at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn.gru_backward_cpu", [&] {
+    const GradOptions<scalar_t> o{opt.clip_mode, static_cast<scalar_t>(opt.clip), opt.truncate};
+    gru_backward_impl<scalar_t>(s, dy, dh_n, x.contiguous(), w_ih, w_hh, h0, lengths,
+                                y.contiguous(), saved.contiguous(), reverse, o, has_bias,
+                                need_input_grad, need_weight_grad, out);
+  });
+  return out;
+}
+
+}  // namespace cpu
+}  // namespace fusedrnn

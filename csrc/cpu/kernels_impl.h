@@ -1,0 +1,505 @@
+// The fused pointwise kernels of the CPU path: one pass per time step over a range of batch
+// rows, for the LSTM and GRU forward and backward steps.
+//
+// Note [CPU capability dispatch]
+// This header is compiled several times, once per CPU capability, by the small translation
+// units kernels_avx512.cpp, kernels_avx2.cpp and kernels_default.cpp. Each of them switches
+// the compiler target on (#pragma GCC target / clang attribute), includes <immintrin.h> and
+// rnn_params.h, names its capability in FUSEDRNN_CPU_CAPABILITY and includes this file,
+// which puts everything into fusedrnn::cpu::<capability>. Nothing here includes a header
+// (no std:: template is instantiated under a wider target, so the linker can never pick an
+// AVX-512 copy of a shared inline function for generic code). dispatch.cpp asks the CPU at
+// run time (like ATen's DispatchStub) and hands out the function table of the widest
+// capability it supports; FUSEDRNN_CPU_CAPABILITY=default|avx2|avx512 in the environment
+// (or fusedrnn._C._set_cpu_capability) narrows the choice.
+//
+// Compile-time switches: clip mode (none/value/norm), truncation on/off and cell clip on/off
+// are template parameters, so a disabled option costs nothing. Per row, the kind of incoming
+// recurrent gradient (last step / truncated / clipped, see rnn_params.h) is also a template
+// parameter of the row body; only row-level bookkeeping is decided at run time.
+
+#ifndef FUSEDRNN_CPU_CAPABILITY
+#error "kernels_impl.h is included by the kernels_<capability>.cpp files only"
+#endif
+
+namespace fusedrnn {
+namespace cpu {
+namespace FUSEDRNN_CPU_CAPABILITY {
+
+#include "vec.h"
+
+// ---------------------------------------------------------------------------------------
+// Row bookkeeping (Note [Per-row step bookkeeping] in rnn_params.h).
+
+enum Incoming : int {
+  kFromFinal = 0,    // the row's last processed step: dh_n / dc_n, unclipped
+  kCut = 1,          // truncation point: no recurrent gradient
+  kRecurrent = 2,    // clip(recurrent gradient from step s+1)
+};
+
+struct RowStep {
+  bool active;   // the row processes time t
+  bool first;    // s == 0: the previous state is h0 / c0
+  int incoming;  // an Incoming value
+};
+
+template <bool TRUNC>
+inline RowStep row_step(const StepInfo& st, int64_t b, int64_t truncate) {
+  const int64_t len = st.lengths ? st.lengths[b] : st.T;
+  RowStep r;
+  r.active = st.t < len;
+  const int64_t s = st.reverse ? len - 1 - st.t : st.t;
+  r.first = s == 0;
+  if (s == len - 1) {
+    r.incoming = kFromFinal;
+  } else if (TRUNC && (s + 1) % truncate == 0) {
+    r.incoming = kCut;
+  } else {
+    r.incoming = kRecurrent;
+  }
+  return r;
+}
+
+// The time step processed just before t (in processing order).
+inline int64_t prev_time(const StepInfo& st) { return st.reverse ? st.t + 1 : st.t - 1; }
+
+// Vector body then scalar tail over n columns: f(VecTag, j) handles columns j..j+width-1.
+template <class V, class F>
+inline void for_columns(int64_t n, F&& f) {
+  int64_t j = 0;
+  for (; j + V::width <= n; j += V::width) f(V(), j);
+  for (; j < n; ++j) f(ScalarVec<typename V::value_type>(), j);
+}
+
+template <class V>
+inline typename V::value_type sum_squares(const typename V::value_type* x, int64_t n) {
+  using T = typename V::value_type;
+  typename V::reg acc = V::zero();
+  int64_t j = 0;
+  for (; j + V::width <= n; j += V::width) {
+    const typename V::reg v = V::load(x + j);
+    acc = V::fmadd(v, v, acc);
+  }
+  T s = V::hsum(acc);
+  for (; j < n; ++j) s += x[j] * x[j];
+  return s;
+}
+
+// Norm mode: the factor that brings a row's L2 norm down to at most `clip` (1 if it is).
+template <typename T>
+inline T norm_scale(T sumsq, T clip) {
+  const T norm = sizeof(T) == 4 ? __builtin_sqrtf(static_cast<float>(sumsq)) : __builtin_sqrt(sumsq);
+  return norm > clip ? clip / norm : T(1);
+}
+
+// How the recurrent gradient of one row is clipped: per element (value) or by a row factor.
+template <typename T>
+struct RowClip {
+  T lo, hi;   // value mode
+  T scale;    // norm mode
+};
+
+template <class V, typename T>
+inline RowClip<T> make_row_clip(ClipMode mode, T clip, const T* row, int64_t n) {
+  RowClip<T> rc{-clip, clip, T(1)};
+  if (mode == ClipMode::Norm) rc.scale = norm_scale<T>(sum_squares<V>(row, n), clip);
+  return rc;
+}
+
+template <class VV, ClipMode CM, typename T>
+inline typename VV::reg apply_clip(typename VV::reg g, const RowClip<T>& rc) {
+  if constexpr (CM == ClipMode::Value) {
+    return VV::clamp(g, VV::set1(rc.lo), VV::set1(rc.hi));
+  } else if constexpr (CM == ClipMode::Norm) {
+    return VV::mul(g, VV::set1(rc.scale));
+  } else {
+    return g;
+  }
+}
+
+// The incoming recurrent gradient of one row at column j, by kind.
+template <class VV, int KIND, ClipMode CM, typename T>
+inline typename VV::reg incoming_grad(const T* final_row, const T* rec_row, const RowClip<T>& rc,
+                                      int64_t j) {
+  if constexpr (KIND == kFromFinal) {
+    return VV::load(final_row + j);
+  } else if constexpr (KIND == kCut) {
+    return VV::zero();
+  } else {
+    return apply_clip<VV, CM, T>(VV::load(rec_row + j), rc);
+  }
+}
+
+template <typename T>
+inline void zero_row(T* x, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) x[j] = T(0);
+}
+
+template <typename T>
+inline void copy_row(T* dst, const T* src, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = src[j];
+}
+
+// Calls body(IncomingTag<KIND>()) with the row's incoming kind as a compile-time constant.
+template <int K>
+struct IncomingTag {
+  static constexpr int value = K;
+};
+
+template <class Body>
+inline void with_incoming(int kind, Body&& body) {
+  switch (kind) {
+    case kFromFinal: body(IncomingTag<kFromFinal>()); break;
+    case kCut: body(IncomingTag<kCut>()); break;
+    default: body(IncomingTag<kRecurrent>()); break;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// LSTM forward step: activations, cell update, optional cell clip, h = o * tanh(c).
+
+template <class V, bool CCLIP>
+void lstm_fwd_rows(const LstmFwdStep<typename V::value_type>& p, int64_t b0, int64_t b1) {
+  using T = typename V::value_type;
+  const int64_t H = p.H;
+  for (int64_t b = b0; b < b1; ++b) {
+    const bool active = p.step.lengths == nullptr || p.step.t < p.step.lengths[b];
+    T* h_out = p.h_out + b * H;
+    if (!active) {
+      zero_row(h_out, H);
+      continue;
+    }
+    T* g = p.gates + b * 4 * H;
+    T* c = p.c + b * H;
+    T* c_raw = p.c_raw ? p.c_raw + b * H : nullptr;
+    T* h_state = p.h_state ? p.h_state + b * H : nullptr;
+    const T cc = p.cell_clip;
+    for_columns<V>(H, [&](auto tag, int64_t j) {
+      using VV = decltype(tag);
+      using R = typename VV::reg;
+      const R i = VV::sigmoid(VV::load(g + j));
+      const R f = VV::sigmoid(VV::load(g + H + j));
+      const R gg = VV::tanh(VV::load(g + 2 * H + j));
+      const R o = VV::sigmoid(VV::load(g + 3 * H + j));
+      VV::store(g + j, i);
+      VV::store(g + H + j, f);
+      VV::store(g + 2 * H + j, gg);
+      VV::store(g + 3 * H + j, o);
+      const R cr = VV::fmadd(f, VV::load(c + j), VV::mul(i, gg));
+      if (c_raw) VV::store(c_raw + j, cr);
+      R cn = cr;
+      if constexpr (CCLIP) cn = VV::clamp(cr, VV::set1(-cc), VV::set1(cc));
+      VV::store(c + j, cn);
+      const R h = VV::mul(o, VV::tanh(cn));
+      VV::store(h_out + j, h);
+      if (h_state) VV::store(h_state + j, h);
+    });
+  }
+}
+
+template <class V>
+void lstm_fwd(const LstmFwdStep<typename V::value_type>& p, int64_t b0, int64_t b1) {
+  if (p.has_cell_clip) {
+    lstm_fwd_rows<V, true>(p, b0, b1);
+  } else {
+    lstm_fwd_rows<V, false>(p, b0, b1);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// LSTM backward step.
+
+template <class V, ClipMode CM, bool CCLIP, int KIND>
+inline void lstm_bwd_row(const LstmBwdStep<typename V::value_type>& p, int64_t b, bool first) {
+  using T = typename V::value_type;
+  const int64_t H = p.H, R = p.R;
+  const T* a = p.act + b * 4 * H;
+  const T* c_raw = p.c_raw + b * H;
+  const T* c_prev = first ? (p.c0 ? p.c0 + b * H : nullptr)
+                          : (p.c_raw_prev ? p.c_raw_prev + b * H : nullptr);
+  const bool clamp_prev = CCLIP && !first;  // c_raw_prev is pre-clip, c0 is not clipped
+  const T* dh_direct = p.dh_direct ? p.dh_direct + b * H : nullptr;
+  const T* dy = p.dy ? p.dy + b * R : nullptr;
+  const T* dh_n = p.dh_n ? p.dh_n + b * R : nullptr;
+  T* dh_rec = p.dh_rec ? p.dh_rec + b * R : nullptr;
+  const T* dc_n = p.dc_n + b * H;
+  T* dc_rec = p.dc_rec + b * H;
+  T* dg = p.dgates + b * 4 * H;
+  const T cc = p.cell_clip;
+
+  RowClip<T> clip_h{T(0), T(0), T(1)}, clip_c{T(0), T(0), T(1)};
+  if constexpr (KIND == kRecurrent && CM != ClipMode::None) {
+    if (!dh_direct) clip_h = make_row_clip<V, T>(CM, p.opt.clip, dh_rec, R);
+    clip_c = make_row_clip<V, T>(CM, p.opt.clip, dc_rec, H);
+  }
+
+  for_columns<V>(H, [&](auto tag, int64_t j) {
+    using VV = decltype(tag);
+    using Rg = typename VV::reg;
+    const Rg one = VV::set1(T(1));
+    Rg dh;
+    if (dh_direct) {
+      dh = VV::load(dh_direct + j);
+    } else {
+      dh = VV::add(VV::load(dy + j), incoming_grad<VV, KIND, CM, T>(dh_n, dh_rec, clip_h, j));
+    }
+    const Rg dc_in = incoming_grad<VV, KIND, CM, T>(dc_n, dc_rec, clip_c, j);
+    const Rg i = VV::load(a + j);
+    const Rg f = VV::load(a + H + j);
+    const Rg g = VV::load(a + 2 * H + j);
+    const Rg o = VV::load(a + 3 * H + j);
+    const Rg cr = VV::load(c_raw + j);
+    Rg c = cr;
+    if constexpr (CCLIP) c = VV::clamp(cr, VV::set1(-cc), VV::set1(cc));
+    Rg cp = c_prev ? VV::load(c_prev + j) : VV::zero();
+    if constexpr (CCLIP) {
+      if (clamp_prev) cp = VV::clamp(cp, VV::set1(-cc), VV::set1(cc));
+    }
+    const Rg tc = VV::tanh(c);
+    // dc_t = dc_in + dh * o * (1 - tanh(c)^2), then zero where the cell clip was active
+    // (torch.clamp passes the gradient where -cc <= c_raw <= cc).
+    Rg dct = VV::fmadd(VV::mul(dh, o), VV::fnmadd(tc, tc, one), dc_in);
+    if constexpr (CCLIP) dct = VV::select(VV::le(VV::abs(cr), VV::set1(cc)), dct, VV::zero());
+    const Rg di = VV::mul(VV::mul(dct, g), VV::mul(i, VV::sub(one, i)));
+    const Rg df = VV::mul(VV::mul(dct, cp), VV::mul(f, VV::sub(one, f)));
+    const Rg dgg = VV::mul(VV::mul(dct, i), VV::fnmadd(g, g, one));
+    const Rg dO = VV::mul(VV::mul(dh, tc), VV::mul(o, VV::sub(one, o)));
+    VV::store(dg + j, di);
+    VV::store(dg + H + j, df);
+    VV::store(dg + 2 * H + j, dgg);
+    VV::store(dg + 3 * H + j, dO);
+    VV::store(dc_rec + j, VV::mul(dct, f));
+  });
+  // The glue adds dgates W_hh into dh_rec next; this row's incoming gradient is consumed.
+  if (dh_rec) zero_row(dh_rec, R);
+}
+
+template <class V, ClipMode CM, bool TRUNC, bool CCLIP>
+void lstm_bwd_rows(const LstmBwdStep<typename V::value_type>& p, int64_t b0, int64_t b1) {
+  const int64_t H = p.H;
+  for (int64_t b = b0; b < b1; ++b) {
+    const RowStep rs = row_step<TRUNC>(p.step, b, p.opt.truncate);
+    if (!rs.active) {  // state carried: recurrent gradients pass through unchanged
+      zero_row(p.dgates + b * 4 * H, 4 * H);
+      continue;
+    }
+    with_incoming(rs.incoming, [&](auto kind) {
+      lstm_bwd_row<V, CM, CCLIP, decltype(kind)::value>(p, b, rs.first);
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Projection: total gradient of the projected state at step t.
+
+template <class V, ClipMode CM, int KIND>
+inline void proj_bwd_row(const ProjBwdStep<typename V::value_type>& p, int64_t b) {
+  using T = typename V::value_type;
+  const int64_t R = p.R;
+  const T* dy = p.dy + b * R;
+  const T* dh_n = p.dh_n + b * R;
+  T* dh_rec = p.dh_rec + b * R;
+  T* dr = p.dr + b * R;
+  RowClip<T> rc{T(0), T(0), T(1)};
+  if constexpr (KIND == kRecurrent && CM != ClipMode::None) {
+    rc = make_row_clip<V, T>(CM, p.opt.clip, dh_rec, R);
+  }
+  for_columns<V>(R, [&](auto tag, int64_t j) {
+    using VV = decltype(tag);
+    VV::store(dr + j, VV::add(VV::load(dy + j), incoming_grad<VV, KIND, CM, T>(dh_n, dh_rec, rc, j)));
+  });
+  zero_row(dh_rec, R);
+}
+
+template <class V, ClipMode CM, bool TRUNC>
+void proj_bwd_rows(const ProjBwdStep<typename V::value_type>& p, int64_t b0, int64_t b1) {
+  for (int64_t b = b0; b < b1; ++b) {
+    const RowStep rs = row_step<TRUNC>(p.step, b, p.opt.truncate);
+    if (!rs.active) {
+      zero_row(p.dr + b * p.R, p.R);
+      continue;
+    }
+    with_incoming(rs.incoming, [&](auto kind) { proj_bwd_row<V, CM, decltype(kind)::value>(p, b); });
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// GRU forward step.
+
+template <class V>
+void gru_fwd(const GruFwdStep<typename V::value_type>& p, int64_t b0, int64_t b1) {
+  using T = typename V::value_type;
+  const int64_t H = p.H;
+  for (int64_t b = b0; b < b1; ++b) {
+    const bool active = p.step.lengths == nullptr || p.step.t < p.step.lengths[b];
+    T* h_out = p.h_out + b * H;
+    if (!active) {
+      zero_row(h_out, H);
+      continue;
+    }
+    const T* xg = p.xg + b * 3 * H;
+    const T* hg = p.hg + b * 3 * H;
+    const T* b_hn = p.b_hn;
+    T* sv = p.saved + b * 4 * H;
+    T* h = p.h_state + b * H;
+    for_columns<V>(H, [&](auto tag, int64_t j) {
+      using VV = decltype(tag);
+      using Rg = typename VV::reg;
+      const Rg r = VV::sigmoid(VV::add(VV::load(xg + j), VV::load(hg + j)));
+      const Rg z = VV::sigmoid(VV::add(VV::load(xg + H + j), VV::load(hg + H + j)));
+      Rg hn = VV::load(hg + 2 * H + j);
+      if (b_hn) hn = VV::add(hn, VV::load(b_hn + j));
+      const Rg n = VV::tanh(VV::fmadd(r, hn, VV::load(xg + 2 * H + j)));
+      const Rg hp = VV::load(h + j);
+      const Rg hnew = VV::fmadd(z, VV::sub(hp, n), n);  // (1 - z) n + z h
+      VV::store(sv + j, r);
+      VV::store(sv + H + j, z);
+      VV::store(sv + 2 * H + j, n);
+      VV::store(sv + 3 * H + j, hn);
+      VV::store(h_out + j, hnew);
+      VV::store(h + j, hnew);
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// GRU backward step.
+
+template <class V, ClipMode CM, int KIND>
+inline void gru_bwd_row(const GruBwdStep<typename V::value_type>& p, int64_t b, bool first) {
+  using T = typename V::value_type;
+  const int64_t H = p.H;
+  const T* sv = p.saved + b * 4 * H;
+  const T* h_prev = first ? (p.h0 ? p.h0 + b * H : nullptr) : p.h_prev + b * H;
+  const T* dy = p.dy + b * H;
+  const T* dh_n = p.dh_n + b * H;
+  const T* dh_rec = p.dh_rec + b * H;
+  T* dh_next = p.dh_next + b * H;
+  T* dxg = p.dxg + b * 3 * H;
+  T* dhg = p.dhg + b * 3 * H;
+  RowClip<T> rc{T(0), T(0), T(1)};
+  if constexpr (KIND == kRecurrent && CM != ClipMode::None) {
+    rc = make_row_clip<V, T>(CM, p.opt.clip, dh_rec, H);
+  }
+  for_columns<V>(H, [&](auto tag, int64_t j) {
+    using VV = decltype(tag);
+    using Rg = typename VV::reg;
+    const Rg one = VV::set1(T(1));
+    const Rg r = VV::load(sv + j);
+    const Rg z = VV::load(sv + H + j);
+    const Rg n = VV::load(sv + 2 * H + j);
+    const Rg hn = VV::load(sv + 3 * H + j);
+    const Rg hp = h_prev ? VV::load(h_prev + j) : VV::zero();
+    const Rg dh = VV::add(VV::load(dy + j), incoming_grad<VV, KIND, CM, T>(dh_n, dh_rec, rc, j));
+    // h = (1 - z) n + z h_prev
+    const Rg dn_pre = VV::mul(VV::mul(dh, VV::sub(one, z)), VV::fnmadd(n, n, one));
+    const Rg dz_pre = VV::mul(VV::mul(dh, VV::sub(hp, n)), VV::mul(z, VV::sub(one, z)));
+    const Rg dr_pre = VV::mul(VV::mul(dn_pre, hn), VV::mul(r, VV::sub(one, r)));
+    VV::store(dxg + j, dr_pre);
+    VV::store(dxg + H + j, dz_pre);
+    VV::store(dxg + 2 * H + j, dn_pre);
+    VV::store(dhg + j, dr_pre);
+    VV::store(dhg + H + j, dz_pre);
+    VV::store(dhg + 2 * H + j, VV::mul(dn_pre, r));
+    VV::store(dh_next + j, VV::mul(dh, z));
+  });
+}
+
+template <class V, ClipMode CM, bool TRUNC>
+void gru_bwd_rows(const GruBwdStep<typename V::value_type>& p, int64_t b0, int64_t b1) {
+  const int64_t H = p.H;
+  for (int64_t b = b0; b < b1; ++b) {
+    const RowStep rs = row_step<TRUNC>(p.step, b, p.opt.truncate);
+    if (!rs.active) {  // state carried: the recurrent gradient passes through unchanged
+      zero_row(p.dxg + b * 3 * H, 3 * H);
+      zero_row(p.dhg + b * 3 * H, 3 * H);
+      copy_row(p.dh_next + b * H, p.dh_rec + b * H, H);
+      continue;
+    }
+    with_incoming(rs.incoming, [&](auto kind) {
+      gru_bwd_row<V, CM, decltype(kind)::value>(p, b, rs.first);
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Clip whole rows (the gradient into h0 / c0).
+
+template <class V>
+void clip_rows(typename V::value_type* x, int64_t B, int64_t N, int64_t ld,
+               GradOptions<typename V::value_type> opt, int64_t b0, int64_t b1) {
+  using T = typename V::value_type;
+  (void)B;
+  for (int64_t b = b0; b < b1; ++b) {
+    T* row = x + b * ld;
+    const RowClip<T> rc = make_row_clip<V, T>(opt.clip_mode, opt.clip, row, N);
+    for_columns<V>(N, [&](auto tag, int64_t j) {
+      using VV = decltype(tag);
+      const typename VV::reg g = VV::load(row + j);
+      if (opt.clip_mode == ClipMode::Value) {
+        VV::store(row + j, apply_clip<VV, ClipMode::Value, T>(g, rc));
+      } else if (opt.clip_mode == ClipMode::Norm) {
+        VV::store(row + j, apply_clip<VV, ClipMode::Norm, T>(g, rc));
+      }
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Option switches and the function table.
+
+template <template <ClipMode, bool> class Fn, class P>
+inline void switch_clip_trunc(const P& p, int64_t b0, int64_t b1) {
+  const bool trunc = p.opt.truncate > 0;
+  switch (p.opt.clip_mode) {
+    case ClipMode::Value:
+      trunc ? Fn<ClipMode::Value, true>::run(p, b0, b1) : Fn<ClipMode::Value, false>::run(p, b0, b1);
+      break;
+    case ClipMode::Norm:
+      trunc ? Fn<ClipMode::Norm, true>::run(p, b0, b1) : Fn<ClipMode::Norm, false>::run(p, b0, b1);
+      break;
+    default:
+      trunc ? Fn<ClipMode::None, true>::run(p, b0, b1) : Fn<ClipMode::None, false>::run(p, b0, b1);
+      break;
+  }
+}
+
+template <class V>
+struct Entry {
+  using T = typename V::value_type;
+  template <ClipMode CM, bool TRUNC>
+  struct LstmBwd {
+    static void run(const LstmBwdStep<T>& p, int64_t b0, int64_t b1) {
+      if (p.has_cell_clip) {
+        lstm_bwd_rows<V, CM, TRUNC, true>(p, b0, b1);
+      } else {
+        lstm_bwd_rows<V, CM, TRUNC, false>(p, b0, b1);
+      }
+    }
+  };
+  template <ClipMode CM, bool TRUNC>
+  struct ProjBwd {
+    static void run(const ProjBwdStep<T>& p, int64_t b0, int64_t b1) { proj_bwd_rows<V, CM, TRUNC>(p, b0, b1); }
+  };
+  template <ClipMode CM, bool TRUNC>
+  struct GruBwd {
+    static void run(const GruBwdStep<T>& p, int64_t b0, int64_t b1) { gru_bwd_rows<V, CM, TRUNC>(p, b0, b1); }
+  };
+
+  static void lstm_bwd(const LstmBwdStep<T>& p, int64_t b0, int64_t b1) { switch_clip_trunc<LstmBwd>(p, b0, b1); }
+  static void proj_bwd(const ProjBwdStep<T>& p, int64_t b0, int64_t b1) { switch_clip_trunc<ProjBwd>(p, b0, b1); }
+  static void gru_bwd(const GruBwdStep<T>& p, int64_t b0, int64_t b1) { switch_clip_trunc<GruBwd>(p, b0, b1); }
+
+  static void fill(CpuKernelTable<T>* table) {
+    table->lstm_fwd = &FUSEDRNN_CPU_CAPABILITY::lstm_fwd<V>;
+    table->lstm_bwd = &lstm_bwd;
+    table->proj_bwd = &proj_bwd;
+    table->gru_fwd = &FUSEDRNN_CPU_CAPABILITY::gru_fwd<V>;
+    table->gru_bwd = &gru_bwd;
+    table->clip_rows = &FUSEDRNN_CPU_CAPABILITY::clip_rows<V>;
+  }
+};
+
+}  // namespace FUSEDRNN_CPU_CAPABILITY
+}  // namespace cpu
+}  // namespace fusedrnn

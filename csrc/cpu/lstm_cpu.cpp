@@ -1,0 +1,243 @@
+// LSTM layer on the CPU: the time loops around the fused pointwise kernels.
+//
+// Forward:  gates = x W_ih^T + (b_ih + b_hh) for all T steps in one GEMM; then per step
+//           gates_t += h_{t-1} W_hh^T (one GEMM) and ONE pointwise pass (activations, cell
+//           update, cell clip, h), plus h_t W_hr^T with projection.
+// Backward: per step ONE pointwise pass (clip / truncation of the recurrent gradients, gate
+//           gradients, cell recurrence; with projection a small pass for the projected
+//           state first) and one GEMM dh_rec += dgates_t W_hh. After the loop dx, dW_ih,
+//           dW_hh, dW_hr are a few GEMMs over all T*B rows and db one reduction.
+#include "cpu_ops.h"
+
+#include <cstring>
+
+#include "cpu_common.h"
+#include "dispatch.h"
+
+namespace fusedrnn {
+namespace cpu {
+
+namespace {
+
+template <typename T>
+const T* ptr_or_null(const OptTensor& t) {
+  return t ? t->data_ptr<T>() : nullptr;
+}
+
+template <typename T>
+void lstm_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tensor& w_ih,
+                       const at::Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                       const OptTensor& h0, const OptTensor& c0, const OptTensor& w_hr,
+                       const OptTensor& lengths, bool reverse, std::optional<double> cell_clip,
+                       bool save, std::vector<at::Tensor>& out) {
+  const int64_t T_ = s.T, B = s.B, I = s.I, H = s.H, R = s.R;
+  const auto opts = x.options();
+  const CpuKernelTable<T> k = kernels<T>();
+
+  // gates: [T, B, 4H] = x W_ih^T + b_ih + b_hh
+  at::Tensor gates = at::empty({T_, B, 4 * H}, opts);
+  const at::Tensor x2d = x.reshape({T_ * B, I});
+  at::Tensor gates2d = gates.view({T_ * B, 4 * H});
+  if (b_ih || b_hh) {
+    at::Tensor bias = b_ih && b_hh ? *b_ih + *b_hh : (b_ih ? *b_ih : *b_hh);
+    at::addmm_out(gates2d, bias, x2d, w_ih.t());
+  } else {
+    at::mm_out(gates2d, x2d, w_ih.t());
+  }
+
+  at::Tensor y = at::empty({T_, B, R}, opts);
+  at::Tensor h = h0 ? h0->contiguous().clone() : at::zeros({B, R}, opts);
+  at::Tensor c = c0 ? c0->contiguous().clone() : at::zeros({B, H}, opts);
+  at::Tensor c_raw = save ? at::empty({T_, B, H}, opts) : at::empty({0}, opts);
+  at::Tensor h_pre = w_hr ? at::empty({T_, B, H}, opts) : at::empty({0}, opts);
+  const at::Tensor whh = w_hh.contiguous();
+  const at::Tensor whr = w_hr ? w_hr->contiguous() : at::Tensor();
+  const at::Tensor len = lengths ? lengths->contiguous() : at::Tensor();
+  const int64_t* len_p = lengths ? len.data_ptr<int64_t>() : nullptr;
+
+  T* g_p = gates.data_ptr<T>();
+  T* y_p = y.data_ptr<T>();
+  T* h_p = h.data_ptr<T>();
+  T* c_p = c.data_ptr<T>();
+  T* craw_p = save ? c_raw.data_ptr<T>() : nullptr;
+  T* hpre_p = w_hr ? h_pre.data_ptr<T>() : nullptr;
+  const T* whh_p = whh.data_ptr<T>();
+
+  LstmFwdStep<T> p{};
+  p.B = B;
+  p.H = H;
+  p.step = StepInfo{T_, 0, reverse, len_p};
+  p.c = c_p;
+  p.h_state = w_hr ? nullptr : h_p;
+  p.has_cell_clip = cell_clip.has_value();
+  p.cell_clip = cell_clip ? static_cast<T>(*cell_clip) : T(0);
+
+  for (int64_t step = 0; step < T_; ++step) {
+    const int64_t t = reverse ? T_ - 1 - step : step;
+    T* g_t = g_p + t * B * 4 * H;
+    gemm_rm<T>(false, true, B, 4 * H, R, h_p, R, whh_p, R, 1, g_t, 4 * H);
+    p.step.t = t;
+    p.gates = g_t;
+    p.c_raw = craw_p ? craw_p + t * B * H : nullptr;
+    p.h_out = w_hr ? hpre_p + t * B * H : y_p + t * B * R;
+    parallel_rows(B, 4 * H, [&](int64_t b0, int64_t b1) { k.lstm_fwd(p, b0, b1); });
+    if (w_hr) {
+      // r_t = h_t W_hr^T; rows that do not exist at t have h_t = 0, hence r_t = 0.
+      T* y_t = y_p + t * B * R;
+      gemm_rm<T>(false, true, B, R, H, p.h_out, H, whr.data_ptr<T>(), H, 0, y_t, R);
+      for (int64_t b = 0; b < B; ++b) {
+        if (!len_p || t < len_p[b]) std::memcpy(h_p + b * R, y_t + b * R, sizeof(T) * R);
+      }
+    }
+  }
+  out = {y, h, c, gates, c_raw, h_pre};
+}
+
+template <typename T>
+void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::Tensor& dhn_in,
+                        const at::Tensor& dcn_in, const at::Tensor& x, const at::Tensor& w_ih,
+                        const at::Tensor& w_hh, const OptTensor& w_hr, const OptTensor& h0,
+                        const OptTensor& c0, const OptTensor& lengths, const at::Tensor& y,
+                        const at::Tensor& act, const at::Tensor& c_raw, const at::Tensor& h_pre,
+                        bool reverse, const GradOptions<T>& opt, std::optional<double> cell_clip,
+                        bool has_bias, bool need_input_grad, bool need_weight_grad,
+                        std::vector<at::Tensor>& out) {
+  const int64_t T_ = s.T, B = s.B, I = s.I, H = s.H, R = s.R;
+  const auto opts = x.options();
+  const CpuKernelTable<T> k = kernels<T>();
+
+  const at::Tensor dy = dy_in.contiguous(), dhn = dhn_in.contiguous(), dcn = dcn_in.contiguous();
+  const at::Tensor whh = w_hh.contiguous();
+  const at::Tensor whr = w_hr ? w_hr->contiguous() : at::Tensor();
+  const at::Tensor c0c = c0 ? c0->contiguous() : at::Tensor();
+  const at::Tensor len = lengths ? lengths->contiguous() : at::Tensor();
+  const int64_t* len_p = lengths ? len.data_ptr<int64_t>() : nullptr;
+
+  at::Tensor dgates = at::empty({T_, B, 4 * H}, opts);
+  at::Tensor dh_rec = at::zeros({B, R}, opts);
+  at::Tensor dc_rec = at::zeros({B, H}, opts);
+  at::Tensor dr = w_hr ? at::empty({T_, B, R}, opts) : at::Tensor();
+  at::Tensor dh_direct = w_hr ? at::empty({B, H}, opts) : at::Tensor();
+
+  T* dg_p = dgates.data_ptr<T>();
+  const T* whh_p = whh.data_ptr<T>();
+  const T* craw_p = c_raw.data_ptr<T>();
+  const T* act_p = act.data_ptr<T>();
+  const T* dy_p = dy.data_ptr<T>();
+
+  LstmBwdStep<T> p{};
+  p.B = B;
+  p.H = H;
+  p.R = R;
+  p.step = StepInfo{T_, 0, reverse, len_p};
+  p.opt = opt;
+  p.c0 = c0 ? c0c.data_ptr<T>() : nullptr;
+  p.dh_n = w_hr ? nullptr : dhn.data_ptr<T>();
+  p.dh_rec = w_hr ? nullptr : dh_rec.data_ptr<T>();
+  p.dh_direct = w_hr ? dh_direct.data_ptr<T>() : nullptr;
+  p.dc_n = dcn.data_ptr<T>();
+  p.dc_rec = dc_rec.data_ptr<T>();
+  p.has_cell_clip = cell_clip.has_value();
+  p.cell_clip = cell_clip ? static_cast<T>(*cell_clip) : T(0);
+
+  ProjBwdStep<T> pp{};
+  if (w_hr) {
+    pp.B = B;
+    pp.R = R;
+    pp.step = p.step;
+    pp.opt = opt;
+    pp.dh_n = dhn.data_ptr<T>();
+    pp.dh_rec = dh_rec.data_ptr<T>();
+  }
+
+  for (int64_t step = 0; step < T_; ++step) {
+    const int64_t t = reverse ? step : T_ - 1 - step;
+    const int64_t tp = previous_time(t, reverse);
+    p.step.t = t;
+    p.act = act_p + t * B * 4 * H;
+    p.c_raw = craw_p + t * B * H;
+    p.c_raw_prev = (tp >= 0 && tp < T_) ? craw_p + tp * B * H : nullptr;
+    p.dgates = dg_p + t * B * 4 * H;
+    if (w_hr) {
+      pp.step.t = t;
+      pp.dy = dy_p + t * B * R;
+      pp.dr = dr.data_ptr<T>() + t * B * R;
+      parallel_rows(B, R, [&](int64_t b0, int64_t b1) { k.proj_bwd(pp, b0, b1); });
+      // Gradient of h_t = o * tanh(c_t): dr_t W_hr, [B, P] x [P, H].
+      gemm_rm<T>(false, false, B, H, R, pp.dr, R, whr.data_ptr<T>(), H, 0,
+                 dh_direct.data_ptr<T>(), H);
+    } else {
+      p.dy = dy_p + t * B * R;
+    }
+    parallel_rows(B, 4 * H, [&](int64_t b0, int64_t b1) { k.lstm_bwd(p, b0, b1); });
+    // dh_rec += dgates_t W_hh: the gradient into the state entering step t.
+    gemm_rm<T>(false, false, B, R, 4 * H, p.dgates, 4 * H, whh_p, R, 1,
+               dh_rec.data_ptr<T>(), R);
+  }
+
+  // The initial state is handed over to step 0 like any other state: clip its gradient.
+  if (opt.clip_mode != ClipMode::None) {
+    parallel_rows(B, R, [&](int64_t b0, int64_t b1) {
+      k.clip_rows(dh_rec.data_ptr<T>(), B, R, R, opt, b0, b1);
+      k.clip_rows(dc_rec.data_ptr<T>(), B, H, H, opt, b0, b1);
+    });
+  }
+
+  const at::Tensor empty = at::empty({0}, opts);
+  const at::Tensor dg2d = dgates.view({T_ * B, 4 * H});
+  at::Tensor dx = need_input_grad ? at::mm(dg2d, w_ih).view({T_, B, I}) : empty;
+  at::Tensor dw_ih = empty, dw_hh = empty, db = empty, dw_hr = empty;
+  if (need_weight_grad) {
+    dw_ih = at::mm(dg2d.t(), x.reshape({T_ * B, I}));
+    // dW_hh = sum_t dgates_t^T h_{t-1}: the previous state is the previous output, except at
+    // s == 0 where it is h0. Outputs of absent rows are zero, so one shifted GEMM covers all
+    // s > 0 terms and a [B]-row GEMM the h0 term.
+    dw_hh = at::zeros({4 * H, R}, opts);
+    if (T_ > 1) {
+      const at::Tensor dg_s = reverse ? dgates.narrow(0, 0, T_ - 1) : dgates.narrow(0, 1, T_ - 1);
+      const at::Tensor y_s = reverse ? y.narrow(0, 1, T_ - 1) : y.narrow(0, 0, T_ - 1);
+      dw_hh.addmm_(dg_s.reshape({(T_ - 1) * B, 4 * H}).t(), y_s.reshape({(T_ - 1) * B, R}));
+    }
+    if (h0) dw_hh.addmm_(first_step_rows(dgates, lengths, reverse).t(), *h0);
+    if (has_bias) db = dg2d.sum(0);
+    if (w_hr) dw_hr = at::mm(dr.view({T_ * B, R}).t(), h_pre.view({T_ * B, H}));
+  }
+  out = {dx, dh_rec, dc_rec, dw_ih, dw_hh, db, dw_hr};
+}
+
+}  // namespace
+
+std::vector<at::Tensor> lstm_forward(const LayerSizes& s, const at::Tensor& x,
+                                     const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                     const OptTensor& b_ih, const OptTensor& b_hh,
+                                     const OptTensor& h0, const OptTensor& c0,
+                                     const OptTensor& w_hr, const OptTensor& lengths,
+                                     bool reverse, std::optional<double> cell_clip, bool save) {
+  std::vector<at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn.lstm_forward_cpu", [&] {
+    lstm_forward_impl<scalar_t>(s, x.contiguous(), w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr,
+                                lengths, reverse, cell_clip, save, out);
+  });
+  return out;
+}
+
+std::vector<at::Tensor> lstm_backward(
+    const LayerSizes& s, const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& dc_n,
+    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& w_hr,
+    const OptTensor& h0, const OptTensor& c0, const OptTensor& lengths, const at::Tensor& y,
+    const at::Tensor& act, const at::Tensor& c_raw, const at::Tensor& h_pre, bool reverse,
+    const GradOptions<double>& opt, std::optional<double> cell_clip, bool has_bias,
+    bool need_input_grad, bool need_weight_grad) {
+  std::vector<at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn.lstm_backward_cpu", [&] {
+    const GradOptions<scalar_t> o{opt.clip_mode, static_cast<scalar_t>(opt.clip), opt.truncate};
+    lstm_backward_impl<scalar_t>(s, dy, dh_n, dc_n, x.contiguous(), w_ih, w_hh, w_hr, h0, c0,
+                                 lengths, y.contiguous(), act.contiguous(), c_raw.contiguous(),
+                                 h_pre.contiguous(), reverse, o, cell_clip, has_bias,
+                                 need_input_grad, need_weight_grad, out);
+  });
+  return out;
+}
+
+}  // namespace cpu
+}  // namespace fusedrnn

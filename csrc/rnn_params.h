@@ -1,0 +1,139 @@
+// Plain parameter structs shared by the torch-facing glue and the kernels.
+//
+// Kernel code (csrc/cpu/kernels_*.cpp, csrc/cuda/*.cu) includes this header and nothing of
+// torch: every struct here is raw pointers, sizes and flags. All matrices are row-major and
+// contiguous; the shape of each buffer is written next to it with the shape letters
+//   T steps, B batch, I input, H hidden, R recurrent state width (P with projection, else H).
+//
+// Note [Per-row step bookkeeping]
+// A row b exists at times t < len_b (len_b = T without lengths). Forward it processes
+// t = 0..len_b-1, reverse t = len_b-1..0; its processed-step index at time t is s = t, or
+// s = len_b-1-t in reverse. At times where the row does not exist its state is carried
+// unchanged, its output is zero and its gate gradients are zero. In the backward pass the
+// recurrent gradient entering processed step s (from step s+1) is
+//   - dh_n / dc_n (unclipped)          when s == len_b-1 (the row's last step),
+//   - zero                              when truncate > 0 and (s+1) % truncate == 0,
+//   - clip(dh_rec) / clip(dc_rec)       otherwise.
+// Rows that do not exist at t carry the recurrent gradient buffers unchanged (the state is
+// carried by an identity), so after the last backward step the buffers hold the unclipped
+// gradient into h0/c0 for every row; the glue clips it there (h0/c0 count as handed over).
+// The structs below describe one time step t; the kernels work out s, first/last and the cut.
+#pragma once
+
+#include <cstdint>
+
+namespace fusedrnn {
+
+enum class ClipMode : int { None = 0, Value = 1, Norm = 2 };
+
+// Options of the backward pass that act on the recurrent gradient (DESIGN.md §3).
+template <typename T>
+struct GradOptions {
+  ClipMode clip_mode;  // None, Value (clamp to [-clip, clip]) or Norm (per-row L2 norm <= clip)
+  T clip;              // > 0 when clip_mode != None
+  int64_t truncate;    // 0: off; k > 0: cut the recurrent gradient entering steps s % k == 0
+};
+
+// Which rows exist at time t and where each starts; see Note [Per-row step bookkeeping].
+struct StepInfo {
+  int64_t T;               // number of time steps
+  int64_t t;               // the time step this call handles
+  bool reverse;            // processing order T-1..0
+  const int64_t* lengths;  // [B] or nullptr (every row has length T)
+};
+
+// One LSTM forward step, pointwise part (after gates += h_{t-1} W_hh^T).
+template <typename T>
+struct LstmFwdStep {
+  int64_t B, H;
+  StepInfo step;
+  T* gates;        // [B, 4H] in: pre-activations i, f, g, o (all biases included); out: activations
+  T* c;            // [B, H]  running cell state: in c_{t-1}, out c_t (unchanged for absent rows)
+  T* c_raw;        // [B, H]  out: cell state before the cell clip (saved for backward), or nullptr
+  T* h_out;        // [B, H]  out: o * tanh(c_t); zero for absent rows
+  T* h_state;      // [B, H]  running hidden state (no projection), or nullptr (projection: glue)
+  T cell_clip;     // used when has_cell_clip
+  bool has_cell_clip;
+};
+
+// One LSTM backward step, pointwise part: gate gradients and the cell-state recurrence.
+template <typename T>
+struct LstmBwdStep {
+  int64_t B, H, R;
+  StepInfo step;
+  GradOptions<T> opt;
+  const T* act;         // [B, 4H] saved activations i, f, g, o at t
+  const T* c_raw;       // [B, H]  saved pre-clip cell state at t
+  const T* c_raw_prev;  // [B, H]  saved pre-clip cell state at the previous processed time, or nullptr
+  const T* c0;          // [B, H]  initial cell state, or nullptr (zeros)
+  const T* dy;          // [B, R]  gradient of the output at t (no projection)
+  const T* dh_n;        // [B, R]  gradient of h_n (no projection)
+  T* dh_rec;            // [B, R]  no projection: in: recurrent gradient into h_t (unclipped);
+                        //         out: zeroed for rows that process t (the glue adds dgates W_hh)
+  const T* dh_direct;   // [B, H]  projection: full gradient of o * tanh(c_t) (dy, clip, cut applied); else nullptr
+  const T* dc_n;        // [B, H]  gradient of c_n
+  T* dc_rec;            // [B, H]  in: recurrent gradient into c_t (unclipped); out: gradient into c_{t-1}
+  T* dgates;            // [B, 4H] out: gradients of the gate pre-activations (zero for absent rows)
+  T cell_clip;
+  bool has_cell_clip;
+};
+
+// Projection only: the total gradient of the projected state r_t = h_t W_hr^T at step t
+// (dy + clipped / cut recurrent gradient, or dh_n at the row's last step).
+template <typename T>
+struct ProjBwdStep {
+  int64_t B, R;
+  StepInfo step;
+  GradOptions<T> opt;
+  const T* dy;      // [B, R]
+  const T* dh_n;    // [B, R]
+  T* dh_rec;        // [B, R] in: recurrent gradient into r_t (unclipped); out: zeroed for
+                    //         rows that process t (the glue adds dgates W_hh)
+  T* dr;            // [B, R] out (zero for absent rows)
+};
+
+// One GRU forward step, pointwise part (after hg = h_{t-1} W_hh^T).
+template <typename T>
+struct GruFwdStep {
+  int64_t B, H;
+  StepInfo step;
+  const T* xg;     // [B, 3H] x W_ih^T + b_ih (+ b_hh for r and z)
+  const T* hg;     // [B, 3H] h_{t-1} W_hh^T (no bias)
+  const T* b_hn;   // [H] the n part of b_hh, or nullptr
+  T* saved;        // [B, 4H] out: r, z, n, (h W_hn^T + b_hn) for backward
+  T* h_out;        // [B, H]  out: h_t; zero for absent rows
+  T* h_state;      // [B, H]  running hidden state: in h_{t-1}, out h_t
+};
+
+// One GRU backward step, pointwise part.
+template <typename T>
+struct GruBwdStep {
+  int64_t B, H;
+  StepInfo step;
+  GradOptions<T> opt;
+  const T* saved;    // [B, 4H] r, z, n, hn at t
+  const T* h_prev;   // [B, H]  output at the previous processed time, or nullptr
+  const T* h0;       // [B, H]  initial state, or nullptr (zeros)
+  const T* dy;       // [B, H]
+  const T* dh_n;     // [B, H]
+  const T* dh_rec;   // [B, H]  recurrent gradient into h_t from step t+1, unclipped
+  T* dh_next;        // [B, H]  out: direct part (dh * z) of the gradient into h_{t-1} for rows
+                     //         that process t, dh_rec carried for the others (glue adds dhg W_hh)
+  T* dxg;            // [B, 3H] out: gradients of x W_ih^T + b_ih
+  T* dhg;            // [B, 3H] out: gradients of h W_hh^T + b_hh
+};
+
+// Function table of the pointwise kernels for one scalar type and one CPU capability.
+template <typename T>
+struct CpuKernelTable {
+  void (*lstm_fwd)(const LstmFwdStep<T>&, int64_t b_begin, int64_t b_end);
+  void (*lstm_bwd)(const LstmBwdStep<T>&, int64_t b_begin, int64_t b_end);
+  void (*proj_bwd)(const ProjBwdStep<T>&, int64_t b_begin, int64_t b_end);
+  void (*gru_fwd)(const GruFwdStep<T>&, int64_t b_begin, int64_t b_end);
+  void (*gru_bwd)(const GruBwdStep<T>&, int64_t b_begin, int64_t b_end);
+  // Clip rows of x in place ([B, N], row stride ld) with the gradient options' clip.
+  void (*clip_rows)(T* x, int64_t B, int64_t N, int64_t ld, GradOptions<T> opt,
+                    int64_t b_begin, int64_t b_end);
+};
+
+}  // namespace fusedrnn

@@ -1,0 +1,404 @@
+"""Single-layer, single-direction autograd ops over the compiled kernels.
+
+``lstm_layer`` and ``gru_layer`` are the public entry points (the modules are thin
+compositions of them). Each is a ``torch.library`` custom op (``torch.ops.fusedrnn.*``)
+with a fake (meta) kernel and a registered autograd formula whose backward is itself a
+custom op, so ``torch.library.opcheck`` passes and ``torch.compile(fullgraph=True)``
+traces them without a graph break.
+
+Shapes use T steps, B batch, I input, H hidden, P projection, R = P with projection else H.
+The full contract (lengths, reverse, clipping and truncation semantics) is in
+docs/ops_api.md and DESIGN.md §2-3; ``fusedrnn.reference`` is the same math in plain PyTorch.
+"""
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .reference import check_options
+
+try:
+    from . import _C
+except ImportError as exc:  # pragma: no cover - depends on the build
+    raise ImportError(
+        "fusedrnn: the compiled extension fusedrnn._C could not be imported "
+        f"({exc}). Build it from the repository root with\n"
+        "    pip install --no-build-isolation -e .\n"
+        "(torch must be installed first; see README.md)."
+    ) from exc
+
+__all__ = ["lstm_layer", "gru_layer"]
+
+Lengths = Union[Tensor, Sequence[int], None]
+
+
+def _lengths_tensor(lengths: Lengths) -> Optional[Tensor]:
+    if lengths is None:
+        return None
+    if isinstance(lengths, Tensor):
+        if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+            raise TypeError(f"fusedrnn: lengths must be an integer tensor, got dtype {lengths.dtype}")
+        return lengths.to(device="cpu", dtype=torch.int64)
+    return torch.as_tensor(list(lengths), dtype=torch.int64)
+
+
+def _normalized_options(grad_clip, grad_clip_mode, truncate, cell_clip=None):
+    check_options(grad_clip, grad_clip_mode, truncate, cell_clip)
+    return (
+        None if grad_clip is None else float(grad_clip),
+        None if truncate is None else int(truncate),
+        None if cell_clip is None else float(cell_clip),
+    )
+
+
+def _needs_grad(*tensors: Optional[Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _or_zeros(grad: Optional[Tensor], like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if grad is None else grad
+
+
+def _grad_or_none(grad: Tensor, wanted: bool) -> Optional[Tensor]:
+    return grad if wanted else None
+
+
+# ---------------------------------------------------------------------------------------
+# LSTM
+
+
+@torch.library.custom_op("fusedrnn::lstm_layer", mutates_args=())
+def _lstm_layer(
+    input: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Optional[Tensor],
+    bias_hh: Optional[Tensor],
+    h0: Optional[Tensor],
+    c0: Optional[Tensor],
+    weight_hr: Optional[Tensor],
+    lengths: Optional[Tensor],
+    reverse: bool,
+    grad_clip: Optional[float],
+    grad_clip_mode: str,
+    truncate: Optional[int],
+    cell_clip: Optional[float],
+    save: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> (output [T, B, R], h_n [B, R], c_n [B, H], act, c_raw, h_pre); the last three are
+    saved for backward (see csrc/rnn_ops.h). grad_clip, grad_clip_mode and truncate do not
+    change the forward; they are inputs so that the autograd formula sees them."""
+    y, h_n, c_n, act, c_raw, h_pre = _C.lstm_forward(
+        input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths, reverse,
+        cell_clip, save,
+    )
+    return y, h_n, c_n, act, c_raw, h_pre
+
+
+@_lstm_layer.register_fake
+def _lstm_layer_fake(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths,
+                     reverse, grad_clip, grad_clip_mode, truncate, cell_clip, save):
+    T, B, _ = input.shape
+    H = weight_hh.shape[0] // 4
+    R = H if weight_hr is None else weight_hr.shape[0]
+    new = input.new_empty
+    return (
+        new(T, B, R),
+        new(B, R),
+        new(B, H),
+        new(T, B, 4 * H),
+        new(T, B, H) if save else new(0),
+        new(T, B, H) if weight_hr is not None else new(0),
+    )
+
+
+@torch.library.custom_op("fusedrnn::lstm_layer_backward", mutates_args=())
+def _lstm_layer_backward(
+    grad_output: Tensor,
+    grad_h_n: Tensor,
+    grad_c_n: Tensor,
+    input: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    weight_hr: Optional[Tensor],
+    h0: Optional[Tensor],
+    c0: Optional[Tensor],
+    lengths: Optional[Tensor],
+    output: Tensor,
+    act: Tensor,
+    c_raw: Tensor,
+    h_pre: Tensor,
+    reverse: bool,
+    grad_clip: Optional[float],
+    grad_clip_mode: str,
+    truncate: Optional[int],
+    cell_clip: Optional[float],
+    has_bias: bool,
+    need_input_grad: bool,
+    need_weight_grad: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> (d_input, d_h0, d_c0, d_weight_ih, d_weight_hh, d_bias, d_weight_hr); gradients not
+    asked for are empty tensors. d_bias serves bias_ih and bias_hh alike."""
+    return tuple(_C.lstm_backward(
+        grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh, weight_hr, h0, c0, lengths,
+        output, act, c_raw, h_pre, reverse, grad_clip, grad_clip_mode, truncate, cell_clip,
+        has_bias, need_input_grad, need_weight_grad,
+    ))
+
+
+@_lstm_layer_backward.register_fake
+def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh,
+                              weight_hr, h0, c0, lengths, output, act, c_raw, h_pre, reverse,
+                              grad_clip, grad_clip_mode, truncate, cell_clip, has_bias,
+                              need_input_grad, need_weight_grad):
+    T, B, I = input.shape
+    H = weight_hh.shape[0] // 4
+    R = H if weight_hr is None else weight_hr.shape[0]
+    new = input.new_empty
+    w = need_weight_grad
+    return (
+        new(T, B, I) if need_input_grad else new(0),
+        new(B, R),
+        new(B, H),
+        new(4 * H, I) if w else new(0),
+        new(4 * H, R) if w else new(0),
+        new(4 * H) if w and has_bias else new(0),
+        new(R, H) if w and weight_hr is not None else new(0),
+    )
+
+
+def _lstm_setup_context(ctx, inputs, output):
+    (input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths, reverse,
+     grad_clip, grad_clip_mode, truncate, cell_clip, save) = inputs
+    y, _, _, act, c_raw, h_pre = output
+    ctx.save_for_backward(input, weight_ih, weight_hh, weight_hr, h0, c0, lengths, y, act, c_raw,
+                          h_pre)
+    ctx.options = (reverse, grad_clip, grad_clip_mode, truncate, cell_clip)
+    ctx.has_bias = bias_ih is not None or bias_hh is not None
+    ctx.mark_non_differentiable(act, c_raw, h_pre)
+
+
+def _lstm_backward(ctx, grad_y, grad_h_n, grad_c_n, *unused):
+    input, weight_ih, weight_hh, weight_hr, h0, c0, lengths, y, act, c_raw, h_pre = ctx.saved_tensors
+    reverse, grad_clip, grad_clip_mode, truncate, cell_clip = ctx.options
+    needs = ctx.needs_input_grad
+    # needs: input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, ...
+    need_input = needs[0]
+    need_weight = any(needs[1:5]) or needs[7]
+    dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = torch.ops.fusedrnn.lstm_layer_backward(
+        _or_zeros(grad_y, y), _or_zeros(grad_h_n, y[0]), _or_zeros(grad_c_n, c_raw[0]),
+        input, weight_ih, weight_hh, weight_hr, h0, c0, lengths, y, act, c_raw, h_pre,
+        reverse, grad_clip, grad_clip_mode, truncate, cell_clip, ctx.has_bias, need_input,
+        need_weight,
+    )
+    return (
+        _grad_or_none(dx, need_input),
+        _grad_or_none(dw_ih, needs[1]),
+        _grad_or_none(dw_hh, needs[2]),
+        _grad_or_none(db, needs[3]),
+        _grad_or_none(db, needs[4]),
+        _grad_or_none(dh0, needs[5]),
+        _grad_or_none(dc0, needs[6]),
+        _grad_or_none(dw_hr, needs[7]),
+        None, None, None, None, None, None, None,
+    )
+
+
+_lstm_layer.register_autograd(_lstm_backward, setup_context=_lstm_setup_context)
+
+
+def lstm_layer(
+    input: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Optional[Tensor] = None,
+    bias_hh: Optional[Tensor] = None,
+    h0: Optional[Tensor] = None,
+    c0: Optional[Tensor] = None,
+    *,
+    weight_hr: Optional[Tensor] = None,
+    lengths: Lengths = None,
+    reverse: bool = False,
+    grad_clip: Optional[float] = None,
+    grad_clip_mode: str = "value",
+    truncate: Optional[int] = None,
+    cell_clip: Optional[float] = None,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """One LSTM layer in one direction over a time-major sequence.
+
+    Args:
+        input: [T, B, I].
+        weight_ih: [4H, I], weight_hh: [4H, R], bias_ih / bias_hh: [4H] or None (torch.nn
+            layout, gates i, f, g, o).
+        h0: [B, R] or None (zeros); c0: [B, H] or None (zeros).
+        weight_hr: [P, H] projection (``proj_size`` of torch.nn.LSTM), or None.
+        lengths: per-sequence lengths [B] (int tensor or sequence, 1 <= len <= T, any order);
+            a row stops updating after its length and its outputs there are zero.
+        reverse: run from the end of each sequence to its start.
+        grad_clip, grad_clip_mode, truncate: clipping / truncation of the recurrent gradient
+            inside BPTT (DESIGN.md §3); the forward is unchanged.
+        cell_clip: clamp the cell state to [-cell_clip, cell_clip] (forward and backward).
+
+    Returns:
+        (output [T, B, R], h_n [B, R], c_n [B, H]).
+    """
+    grad_clip, truncate, cell_clip = _normalized_options(grad_clip, grad_clip_mode, truncate,
+                                                         cell_clip)
+    lengths = _lengths_tensor(lengths)
+    save = _needs_grad(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr)
+    y, h_n, c_n, _, _, _ = torch.ops.fusedrnn.lstm_layer(
+        input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths, bool(reverse),
+        grad_clip, grad_clip_mode, truncate, cell_clip, save,
+    )
+    return y, h_n, c_n
+
+
+# ---------------------------------------------------------------------------------------
+# GRU
+
+
+@torch.library.custom_op("fusedrnn::gru_layer", mutates_args=())
+def _gru_layer(
+    input: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Optional[Tensor],
+    bias_hh: Optional[Tensor],
+    h0: Optional[Tensor],
+    lengths: Optional[Tensor],
+    reverse: bool,
+    grad_clip: Optional[float],
+    grad_clip_mode: str,
+    truncate: Optional[int],
+    save: bool,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """-> (output [T, B, H], h_n [B, H], saved [T, B, 4H] or empty)."""
+    y, h_n, saved = _C.gru_forward(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths,
+                                   reverse, save)
+    return y, h_n, saved
+
+
+@_gru_layer.register_fake
+def _gru_layer_fake(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, reverse,
+                    grad_clip, grad_clip_mode, truncate, save):
+    T, B, _ = input.shape
+    H = weight_hh.shape[0] // 3
+    new = input.new_empty
+    return new(T, B, H), new(B, H), new(T, B, 4 * H) if save else new(0)
+
+
+@torch.library.custom_op("fusedrnn::gru_layer_backward", mutates_args=())
+def _gru_layer_backward(
+    grad_output: Tensor,
+    grad_h_n: Tensor,
+    input: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    h0: Optional[Tensor],
+    lengths: Optional[Tensor],
+    output: Tensor,
+    saved: Tensor,
+    reverse: bool,
+    grad_clip: Optional[float],
+    grad_clip_mode: str,
+    truncate: Optional[int],
+    has_bias: bool,
+    need_input_grad: bool,
+    need_weight_grad: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> (d_input, d_h0, d_weight_ih, d_weight_hh, d_bias_ih, d_bias_hh); gradients not asked
+    for are empty tensors."""
+    return tuple(_C.gru_backward(
+        grad_output, grad_h_n, input, weight_ih, weight_hh, h0, lengths, output, saved, reverse,
+        grad_clip, grad_clip_mode, truncate, has_bias, need_input_grad, need_weight_grad,
+    ))
+
+
+@_gru_layer_backward.register_fake
+def _gru_layer_backward_fake(grad_output, grad_h_n, input, weight_ih, weight_hh, h0, lengths,
+                             output, saved, reverse, grad_clip, grad_clip_mode, truncate,
+                             has_bias, need_input_grad, need_weight_grad):
+    T, B, I = input.shape
+    H = weight_hh.shape[0] // 3
+    new = input.new_empty
+    w = need_weight_grad
+    return (
+        new(T, B, I) if need_input_grad else new(0),
+        new(B, H),
+        new(3 * H, I) if w else new(0),
+        new(3 * H, H) if w else new(0),
+        new(3 * H) if w and has_bias else new(0),
+        new(3 * H) if w and has_bias else new(0),
+    )
+
+
+def _gru_setup_context(ctx, inputs, output):
+    (input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, reverse, grad_clip,
+     grad_clip_mode, truncate, save) = inputs
+    y, _, saved = output
+    ctx.save_for_backward(input, weight_ih, weight_hh, h0, lengths, y, saved)
+    ctx.options = (reverse, grad_clip, grad_clip_mode, truncate)
+    ctx.has_bias = bias_ih is not None or bias_hh is not None
+    ctx.mark_non_differentiable(saved)
+
+
+def _gru_backward(ctx, grad_y, grad_h_n, *unused):
+    input, weight_ih, weight_hh, h0, lengths, y, saved = ctx.saved_tensors
+    reverse, grad_clip, grad_clip_mode, truncate = ctx.options
+    needs = ctx.needs_input_grad
+    # needs: input, weight_ih, weight_hh, bias_ih, bias_hh, h0, ...
+    need_input = needs[0]
+    need_weight = any(needs[1:5])
+    dx, dh0, dw_ih, dw_hh, db_ih, db_hh = torch.ops.fusedrnn.gru_layer_backward(
+        _or_zeros(grad_y, y), _or_zeros(grad_h_n, y[0]), input, weight_ih, weight_hh, h0,
+        lengths, y, saved, reverse, grad_clip, grad_clip_mode, truncate, ctx.has_bias,
+        need_input, need_weight,
+    )
+    return (
+        _grad_or_none(dx, need_input),
+        _grad_or_none(dw_ih, needs[1]),
+        _grad_or_none(dw_hh, needs[2]),
+        _grad_or_none(db_ih, needs[3]),
+        _grad_or_none(db_hh, needs[4]),
+        _grad_or_none(dh0, needs[5]),
+        None, None, None, None, None, None,
+    )
+
+
+_gru_layer.register_autograd(_gru_backward, setup_context=_gru_setup_context)
+
+
+def gru_layer(
+    input: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Optional[Tensor] = None,
+    bias_hh: Optional[Tensor] = None,
+    h0: Optional[Tensor] = None,
+    *,
+    lengths: Lengths = None,
+    reverse: bool = False,
+    grad_clip: Optional[float] = None,
+    grad_clip_mode: str = "value",
+    truncate: Optional[int] = None,
+) -> Tuple[Tensor, Tensor]:
+    """One GRU layer in one direction over a time-major sequence.
+
+    Args:
+        input: [T, B, I].
+        weight_ih: [3H, I], weight_hh: [3H, H], bias_ih / bias_hh: [3H] or None (torch.nn
+            layout, gates r, z, n; "reset after" form as in torch.nn / cuDNN).
+        h0: [B, H] or None (zeros).
+        lengths, reverse, grad_clip, grad_clip_mode, truncate: as for :func:`lstm_layer`.
+
+    Returns:
+        (output [T, B, H], h_n [B, H]).
+    """
+    grad_clip, truncate, _ = _normalized_options(grad_clip, grad_clip_mode, truncate)
+    lengths = _lengths_tensor(lengths)
+    save = _needs_grad(input, weight_ih, weight_hh, bias_ih, bias_hh, h0)
+    y, h_n, _ = torch.ops.fusedrnn.gru_layer(
+        input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, bool(reverse), grad_clip,
+        grad_clip_mode, truncate, save,
+    )
+    return y, h_n

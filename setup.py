@@ -1,0 +1,68 @@
+"""Build fusedrnn._C, the C++ (and, when possible, CUDA) extension.
+
+Needs torch installed first and no build isolation:
+    pip install --no-build-isolation -e .
+Nothing here downloads anything: torch is deliberately not an install requirement, so pip
+can never replace the installed torch (a CPU build, say) with a multi-GB CUDA build.
+
+Environment:
+    FUSEDRNN_SKIP_CUDA=1   build the CPU extension only, even where CUDA is available.
+    TORCH_CUDA_ARCH_LIST   GPU architectures of the CUDA build (torch's own variable).
+"""
+import glob
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+try:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+except ImportError:  # pragma: no cover - only hit on a misconfigured build
+    sys.exit(
+        "fusedrnn: building needs torch installed first, and pip's build isolation off:\n"
+        "    pip install torch          (on a CPU-only machine: pip install torch==2.13.0)\n"
+        "    pip install --no-build-isolation -e ."
+    )
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def rel(pattern):
+    return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
+
+
+def want_cuda(cuda_sources):
+    if os.environ.get("FUSEDRNN_SKIP_CUDA", "0") not in ("", "0"):
+        return False
+    return bool(cuda_sources) and torch.version.cuda is not None and CUDA_HOME is not None
+
+
+cpp_sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
+cuda_sources = rel("csrc/cuda/*.cu") + rel("csrc/cuda_glue/*.cpp")
+# -O3 and no -march=native: the CPU kernels pick AVX-512 / AVX2 / portable code at run time.
+cxx_flags = ["-O3"]
+
+if want_cuda(cuda_sources):
+    ext = CUDAExtension(
+        "fusedrnn._C",
+        cpp_sources + cuda_sources,
+        define_macros=[("FUSEDRNN_WITH_CUDA", "1")],
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math"]},
+    )
+else:
+    ext = CppExtension("fusedrnn._C", cpp_sources, extra_compile_args={"cxx": cxx_flags})
+
+setup(
+    name="fusedrnn",
+    version="0.1.0",
+    description="Fused LSTM/GRU kernels for PyTorch with gradient clipping and truncated BPTT "
+    "inside the backward pass",
+    packages=find_packages(include=["fusedrnn", "fusedrnn.*"]),
+    python_requires=">=3.9",
+    install_requires=[],  # torch must already be installed; see the module docstring
+    extras_require={"test": ["pytest", "hypothesis", "numpy"]},
+    ext_modules=[ext],
+    cmdclass={"build_ext": BuildExtension},
+    zip_safe=False,
+)
