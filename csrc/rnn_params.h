@@ -13,10 +13,19 @@
 // recurrent gradient entering processed step s (from step s+1) is
 //   - dh_n / dc_n (unclipped)          when s == len_b-1 (the row's last step),
 //   - zero                              when truncate > 0 and (s+1) % truncate == 0,
-//   - clip(dh_rec) / clip(dc_rec)       otherwise.
-// Rows that do not exist at t carry the recurrent gradient buffers unchanged (the state is
-// carried by an identity), so after the last backward step the buffers hold the unclipped
-// gradient into h0/c0 for every row; the glue clips it there (h0/c0 count as handed over).
+//   - clip(dh_rec) / clip(dc_rec)       otherwise (dh_rec = dh_gemm + dh_carry, below).
+// Rows that do not exist at t carry the recurrent gradient unchanged (the state is carried
+// by an identity), so after the last backward step the buffers hold the unclipped gradient
+// into h0/c0 for every row; the glue clips it there (h0/c0 count as handed over).
+//
+// Note [Recurrent gradient buffers]
+// The gradient into h_{t-1} is dh_gemm + dh_carry: dh_gemm = dgates_t W_hh is written by a
+// plain GEMM (beta = 0), dh_carry by the pointwise kernel (GRU: the direct term dh * z; rows
+// that do not exist: the carried gradient; LSTM rows that do: zero). The sum is formed in the
+// next step's pointwise pass rather than by a beta = 1 GEMM: accumulating into C inside the
+// BLAS call measurably biased the float32 recurrence (errors 2-3x torch.nn's over 64 steps).
+// The same holds forward: gates = xg + hg with hg from a beta = 0 GEMM.
+//
 // The structs below describe one time step t; the kernels work out s, first/last and the cut.
 #pragma once
 
@@ -47,7 +56,8 @@ template <typename T>
 struct LstmFwdStep {
   int64_t B, H;
   StepInfo step;
-  T* gates;        // [B, 4H] in: pre-activations i, f, g, o (all biases included); out: activations
+  T* gates;        // [B, 4H] in: x W_ih^T + b_ih + b_hh (gates i, f, g, o); out: activations
+  const T* hg;     // [B, 4H] h_{t-1} W_hh^T
   T* c;            // [B, H]  running cell state: in c_{t-1}, out c_t (unchanged for absent rows)
   T* c_raw;        // [B, H]  out: cell state before the cell clip (saved for backward), or nullptr
   T* h_out;        // [B, H]  out: o * tanh(c_t); zero for absent rows
@@ -68,8 +78,9 @@ struct LstmBwdStep {
   const T* c0;          // [B, H]  initial cell state, or nullptr (zeros)
   const T* dy;          // [B, R]  gradient of the output at t (no projection)
   const T* dh_n;        // [B, R]  gradient of h_n (no projection)
-  T* dh_rec;            // [B, R]  no projection: in: recurrent gradient into h_t (unclipped);
-                        //         out: zeroed for rows that process t (the glue adds dgates W_hh)
+  const T* dh_gemm;     // [B, R]  no projection: dgates_{t+1} W_hh (Note [Recurrent gradient buffers])
+  T* dh_carry;          // [B, R]  no projection: in: carried part; out: zero for rows that process
+                        //         t, dh_gemm + dh_carry for the others
   const T* dh_direct;   // [B, H]  projection: full gradient of o * tanh(c_t) (dy, clip, cut applied); else nullptr
   const T* dc_n;        // [B, H]  gradient of c_n
   T* dc_rec;            // [B, H]  in: recurrent gradient into c_t (unclipped); out: gradient into c_{t-1}
@@ -87,8 +98,8 @@ struct ProjBwdStep {
   GradOptions<T> opt;
   const T* dy;      // [B, R]
   const T* dh_n;    // [B, R]
-  T* dh_rec;        // [B, R] in: recurrent gradient into r_t (unclipped); out: zeroed for
-                    //         rows that process t (the glue adds dgates W_hh)
+  const T* dh_gemm; // [B, R] dgates_{t+1} W_hh
+  T* dh_carry;      // [B, R] in: carried part; out: zero for rows that process t, sum for others
   T* dr;            // [B, R] out (zero for absent rows)
 };
 
@@ -116,9 +127,9 @@ struct GruBwdStep {
   const T* h0;       // [B, H]  initial state, or nullptr (zeros)
   const T* dy;       // [B, H]
   const T* dh_n;     // [B, H]
-  const T* dh_rec;   // [B, H]  recurrent gradient into h_t from step t+1, unclipped
-  T* dh_next;        // [B, H]  out: direct part (dh * z) of the gradient into h_{t-1} for rows
-                     //         that process t, dh_rec carried for the others (glue adds dhg W_hh)
+  const T* dh_gemm;  // [B, H]  dhg_{t+1} W_hh
+  T* dh_carry;       // [B, H]  in: direct part dh_{t+1} * z_{t+1} (or carried); out: dh_t * z_t for
+                     //         rows that process t, dh_gemm + dh_carry for the others
   T* dxg;            // [B, 3H] out: gradients of x W_ih^T + b_ih
   T* dhg;            // [B, 3H] out: gradients of h W_hh^T + b_hh
 };

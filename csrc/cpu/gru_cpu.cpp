@@ -85,8 +85,10 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
 
   at::Tensor dxg = at::empty({T_, B, 3 * H}, opts);
   at::Tensor dhg = at::empty({T_, B, 3 * H}, opts);
-  at::Tensor dh = at::zeros({B, H}, opts);         // recurrent gradient into h_t
-  at::Tensor dh_next = at::empty({B, H}, opts);    // ... into h_{t-1}, being built
+  // Gradient into the state entering step t: dh_gemm + dh_carry, see
+  // Note [Recurrent gradient buffers] in rnn_params.h.
+  at::Tensor dh_gemm = at::zeros({B, H}, opts);
+  at::Tensor dh_carry = at::zeros({B, H}, opts);
 
   GruBwdStep<T> p{};
   p.B = B;
@@ -95,6 +97,8 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
   p.opt = opt;
   p.h0 = h0 ? h0c.data_ptr<T>() : nullptr;
   p.dh_n = dhn.data_ptr<T>();
+  p.dh_gemm = dh_gemm.data_ptr<T>();
+  p.dh_carry = dh_carry.data_ptr<T>();
   const T* whh_p = whh.data_ptr<T>();
   const T* y_p = y.data_ptr<T>();
 
@@ -105,14 +109,12 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
     p.saved = saved.data_ptr<T>() + t * B * 4 * H;
     p.h_prev = (tp >= 0 && tp < T_) ? y_p + tp * B * H : nullptr;
     p.dy = dy.data_ptr<T>() + t * B * H;
-    p.dh_rec = dh.data_ptr<T>();
-    p.dh_next = dh_next.data_ptr<T>();
     p.dxg = dxg.data_ptr<T>() + t * B * 3 * H;
     p.dhg = dhg.data_ptr<T>() + t * B * 3 * H;
     parallel_rows(B, 3 * H, [&](int64_t b0, int64_t b1) { k.gru_bwd(p, b0, b1); });
-    gemm_rm<T>(false, false, B, H, 3 * H, p.dhg, 3 * H, whh_p, H, 1, p.dh_next, H);
-    std::swap(dh, dh_next);
+    gemm_rm<T>(false, false, B, H, 3 * H, p.dhg, 3 * H, whh_p, H, 0, dh_gemm.data_ptr<T>(), H);
   }
+  at::Tensor dh = dh_gemm.add_(dh_carry);
 
   // The initial state is handed over to step 0 like any other state: clip its gradient.
   if (opt.clip_mode != ClipMode::None) {
@@ -125,16 +127,8 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
   at::Tensor dx = need_input_grad ? at::mm(dxg2d, w_ih).view({T_, B, I}) : empty;
   at::Tensor dw_ih = empty, dw_hh = empty, db_ih = empty, db_hh = empty;
   if (need_weight_grad) {
-    dw_ih = at::mm(dxg2d.t(), x.reshape({T_ * B, I}));
-    // As for the LSTM: outputs of absent rows are zero, so a shifted GEMM covers s > 0 and
-    // a [B]-row GEMM the h0 term.
-    dw_hh = at::zeros({3 * H, H}, opts);
-    if (T_ > 1) {
-      const at::Tensor dg_s = reverse ? dhg.narrow(0, 0, T_ - 1) : dhg.narrow(0, 1, T_ - 1);
-      const at::Tensor y_s = reverse ? y.narrow(0, 1, T_ - 1) : y.narrow(0, 0, T_ - 1);
-      dw_hh.addmm_(dg_s.reshape({(T_ - 1) * B, 3 * H}).t(), y_s.reshape({(T_ - 1) * B, H}));
-    }
-    if (h0) dw_hh.addmm_(first_step_rows(dhg, lengths, reverse).t(), *h0);
+    dw_ih = outer_sum(dxg2d, x.reshape({T_ * B, I}));
+    dw_hh = recurrent_weight_grad(dhg, y, h0, lengths, reverse);
     if (has_bias) {
       db_ih = dxg2d.sum(0);
       db_hh = dhg2d.sum(0);

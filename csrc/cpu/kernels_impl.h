@@ -85,6 +85,26 @@ inline typename V::value_type sum_squares(const typename V::value_type* x, int64
   return s;
 }
 
+// Sum of squares of a + b over n columns (b may be nullptr).
+template <class V>
+inline typename V::value_type sum_squares(const typename V::value_type* a,
+                                          const typename V::value_type* b, int64_t n) {
+  using T = typename V::value_type;
+  typename V::reg acc = V::zero();
+  int64_t j = 0;
+  for (; j + V::width <= n; j += V::width) {
+    typename V::reg v = V::load(a + j);
+    if (b) v = V::add(v, V::load(b + j));
+    acc = V::fmadd(v, v, acc);
+  }
+  T s = V::hsum(acc);
+  for (; j < n; ++j) {
+    const T v = b ? a[j] + b[j] : a[j];
+    s += v * v;
+  }
+  return s;
+}
+
 // Norm mode: the factor that brings a row's L2 norm down to at most `clip` (1 if it is).
 template <typename T>
 inline T norm_scale(T sumsq, T clip) {
@@ -99,10 +119,11 @@ struct RowClip {
   T scale;    // norm mode
 };
 
+// The clip of the row a + b (b may be nullptr).
 template <class V, typename T>
-inline RowClip<T> make_row_clip(ClipMode mode, T clip, const T* row, int64_t n) {
+inline RowClip<T> make_row_clip(ClipMode mode, T clip, const T* a, const T* b, int64_t n) {
   RowClip<T> rc{-clip, clip, T(1)};
-  if (mode == ClipMode::Norm) rc.scale = norm_scale<T>(sum_squares<V>(row, n), clip);
+  if (mode == ClipMode::Norm) rc.scale = norm_scale<T>(sum_squares<V>(a, b, n), clip);
   return rc;
 }
 
@@ -117,16 +138,19 @@ inline typename VV::reg apply_clip(typename VV::reg g, const RowClip<T>& rc) {
   }
 }
 
-// The incoming recurrent gradient of one row at column j, by kind.
+// The incoming recurrent gradient of one row at column j, by kind: the final-state gradient,
+// nothing, or the clipped recurrent gradient rec_a + rec_b (rec_b may be nullptr).
 template <class VV, int KIND, ClipMode CM, typename T>
-inline typename VV::reg incoming_grad(const T* final_row, const T* rec_row, const RowClip<T>& rc,
-                                      int64_t j) {
+inline typename VV::reg incoming_grad(const T* final_row, const T* rec_a, const T* rec_b,
+                                      const RowClip<T>& rc, int64_t j) {
   if constexpr (KIND == kFromFinal) {
     return VV::load(final_row + j);
   } else if constexpr (KIND == kCut) {
     return VV::zero();
   } else {
-    return apply_clip<VV, CM, T>(VV::load(rec_row + j), rc);
+    typename VV::reg g = VV::load(rec_a + j);
+    if (rec_b) g = VV::add(g, VV::load(rec_b + j));
+    return apply_clip<VV, CM, T>(g, rc);
   }
 }
 
@@ -135,9 +159,10 @@ inline void zero_row(T* x, int64_t n) {
   for (int64_t j = 0; j < n; ++j) x[j] = T(0);
 }
 
+// A row that does not exist at t carries its recurrent gradient: carry += gemm.
 template <typename T>
-inline void copy_row(T* dst, const T* src, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) dst[j] = src[j];
+inline void carry_row(T* carry, const T* gemm, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) carry[j] += gemm[j];
 }
 
 // Calls body(IncomingTag<KIND>()) with the row's incoming kind as a compile-time constant.
@@ -170,6 +195,7 @@ void lstm_fwd_rows(const LstmFwdStep<typename V::value_type>& p, int64_t b0, int
       continue;
     }
     T* g = p.gates + b * 4 * H;
+    const T* hg = p.hg + b * 4 * H;
     T* c = p.c + b * H;
     T* c_raw = p.c_raw ? p.c_raw + b * H : nullptr;
     T* h_state = p.h_state ? p.h_state + b * H : nullptr;
@@ -177,10 +203,10 @@ void lstm_fwd_rows(const LstmFwdStep<typename V::value_type>& p, int64_t b0, int
     for_columns<V>(H, [&](auto tag, int64_t j) {
       using VV = decltype(tag);
       using R = typename VV::reg;
-      const R i = VV::sigmoid(VV::load(g + j));
-      const R f = VV::sigmoid(VV::load(g + H + j));
-      const R gg = VV::tanh(VV::load(g + 2 * H + j));
-      const R o = VV::sigmoid(VV::load(g + 3 * H + j));
+      const R i = VV::sigmoid(VV::add(VV::load(g + j), VV::load(hg + j)));
+      const R f = VV::sigmoid(VV::add(VV::load(g + H + j), VV::load(hg + H + j)));
+      const R gg = VV::tanh(VV::add(VV::load(g + 2 * H + j), VV::load(hg + 2 * H + j)));
+      const R o = VV::sigmoid(VV::add(VV::load(g + 3 * H + j), VV::load(hg + 3 * H + j)));
       VV::store(g + j, i);
       VV::store(g + H + j, f);
       VV::store(g + 2 * H + j, gg);
@@ -221,7 +247,8 @@ inline void lstm_bwd_row(const LstmBwdStep<typename V::value_type>& p, int64_t b
   const T* dh_direct = p.dh_direct ? p.dh_direct + b * H : nullptr;
   const T* dy = p.dy ? p.dy + b * R : nullptr;
   const T* dh_n = p.dh_n ? p.dh_n + b * R : nullptr;
-  T* dh_rec = p.dh_rec ? p.dh_rec + b * R : nullptr;
+  const T* dh_gemm = p.dh_gemm ? p.dh_gemm + b * R : nullptr;
+  T* dh_carry = p.dh_carry ? p.dh_carry + b * R : nullptr;
   const T* dc_n = p.dc_n + b * H;
   T* dc_rec = p.dc_rec + b * H;
   T* dg = p.dgates + b * 4 * H;
@@ -229,8 +256,8 @@ inline void lstm_bwd_row(const LstmBwdStep<typename V::value_type>& p, int64_t b
 
   RowClip<T> clip_h{T(0), T(0), T(1)}, clip_c{T(0), T(0), T(1)};
   if constexpr (KIND == kRecurrent && CM != ClipMode::None) {
-    if (!dh_direct) clip_h = make_row_clip<V, T>(CM, p.opt.clip, dh_rec, R);
-    clip_c = make_row_clip<V, T>(CM, p.opt.clip, dc_rec, H);
+    if (!dh_direct) clip_h = make_row_clip<V, T>(CM, p.opt.clip, dh_gemm, dh_carry, R);
+    clip_c = make_row_clip<V, T>(CM, p.opt.clip, dc_rec, nullptr, H);
   }
 
   for_columns<V>(H, [&](auto tag, int64_t j) {
@@ -241,9 +268,10 @@ inline void lstm_bwd_row(const LstmBwdStep<typename V::value_type>& p, int64_t b
     if (dh_direct) {
       dh = VV::load(dh_direct + j);
     } else {
-      dh = VV::add(VV::load(dy + j), incoming_grad<VV, KIND, CM, T>(dh_n, dh_rec, clip_h, j));
+      dh = VV::add(VV::load(dy + j),
+                   incoming_grad<VV, KIND, CM, T>(dh_n, dh_gemm, dh_carry, clip_h, j));
     }
-    const Rg dc_in = incoming_grad<VV, KIND, CM, T>(dc_n, dc_rec, clip_c, j);
+    const Rg dc_in = incoming_grad<VV, KIND, CM, T>(dc_n, dc_rec, nullptr, clip_c, j);
     const Rg i = VV::load(a + j);
     const Rg f = VV::load(a + H + j);
     const Rg g = VV::load(a + 2 * H + j);
@@ -270,8 +298,8 @@ inline void lstm_bwd_row(const LstmBwdStep<typename V::value_type>& p, int64_t b
     VV::store(dg + 3 * H + j, dO);
     VV::store(dc_rec + j, VV::mul(dct, f));
   });
-  // The glue adds dgates W_hh into dh_rec next; this row's incoming gradient is consumed.
-  if (dh_rec) zero_row(dh_rec, R);
+  // This row's incoming gradient is consumed; the next one is dgates W_hh alone.
+  if (dh_carry) zero_row(dh_carry, R);
 }
 
 template <class V, ClipMode CM, bool TRUNC, bool CCLIP>
@@ -281,6 +309,7 @@ void lstm_bwd_rows(const LstmBwdStep<typename V::value_type>& p, int64_t b0, int
     const RowStep rs = row_step<TRUNC>(p.step, b, p.opt.truncate);
     if (!rs.active) {  // state carried: recurrent gradients pass through unchanged
       zero_row(p.dgates + b * 4 * H, 4 * H);
+      if (p.dh_carry) carry_row(p.dh_carry + b * p.R, p.dh_gemm + b * p.R, p.R);
       continue;
     }
     with_incoming(rs.incoming, [&](auto kind) {
@@ -298,17 +327,19 @@ inline void proj_bwd_row(const ProjBwdStep<typename V::value_type>& p, int64_t b
   const int64_t R = p.R;
   const T* dy = p.dy + b * R;
   const T* dh_n = p.dh_n + b * R;
-  T* dh_rec = p.dh_rec + b * R;
+  const T* dh_gemm = p.dh_gemm + b * R;
+  T* dh_carry = p.dh_carry + b * R;
   T* dr = p.dr + b * R;
   RowClip<T> rc{T(0), T(0), T(1)};
   if constexpr (KIND == kRecurrent && CM != ClipMode::None) {
-    rc = make_row_clip<V, T>(CM, p.opt.clip, dh_rec, R);
+    rc = make_row_clip<V, T>(CM, p.opt.clip, dh_gemm, dh_carry, R);
   }
   for_columns<V>(R, [&](auto tag, int64_t j) {
     using VV = decltype(tag);
-    VV::store(dr + j, VV::add(VV::load(dy + j), incoming_grad<VV, KIND, CM, T>(dh_n, dh_rec, rc, j)));
+    VV::store(dr + j, VV::add(VV::load(dy + j),
+                              incoming_grad<VV, KIND, CM, T>(dh_n, dh_gemm, dh_carry, rc, j)));
   });
-  zero_row(dh_rec, R);
+  zero_row(dh_carry, R);
 }
 
 template <class V, ClipMode CM, bool TRUNC>
@@ -317,6 +348,7 @@ void proj_bwd_rows(const ProjBwdStep<typename V::value_type>& p, int64_t b0, int
     const RowStep rs = row_step<TRUNC>(p.step, b, p.opt.truncate);
     if (!rs.active) {
       zero_row(p.dr + b * p.R, p.R);
+      carry_row(p.dh_carry + b * p.R, p.dh_gemm + b * p.R, p.R);
       continue;
     }
     with_incoming(rs.incoming, [&](auto kind) { proj_bwd_row<V, CM, decltype(kind)::value>(p, b); });
@@ -373,13 +405,13 @@ inline void gru_bwd_row(const GruBwdStep<typename V::value_type>& p, int64_t b, 
   const T* h_prev = first ? (p.h0 ? p.h0 + b * H : nullptr) : p.h_prev + b * H;
   const T* dy = p.dy + b * H;
   const T* dh_n = p.dh_n + b * H;
-  const T* dh_rec = p.dh_rec + b * H;
-  T* dh_next = p.dh_next + b * H;
+  const T* dh_gemm = p.dh_gemm + b * H;
+  T* dh_carry = p.dh_carry + b * H;
   T* dxg = p.dxg + b * 3 * H;
   T* dhg = p.dhg + b * 3 * H;
   RowClip<T> rc{T(0), T(0), T(1)};
   if constexpr (KIND == kRecurrent && CM != ClipMode::None) {
-    rc = make_row_clip<V, T>(CM, p.opt.clip, dh_rec, H);
+    rc = make_row_clip<V, T>(CM, p.opt.clip, dh_gemm, dh_carry, H);
   }
   for_columns<V>(H, [&](auto tag, int64_t j) {
     using VV = decltype(tag);
@@ -390,7 +422,8 @@ inline void gru_bwd_row(const GruBwdStep<typename V::value_type>& p, int64_t b, 
     const Rg n = VV::load(sv + 2 * H + j);
     const Rg hn = VV::load(sv + 3 * H + j);
     const Rg hp = h_prev ? VV::load(h_prev + j) : VV::zero();
-    const Rg dh = VV::add(VV::load(dy + j), incoming_grad<VV, KIND, CM, T>(dh_n, dh_rec, rc, j));
+    const Rg dh = VV::add(VV::load(dy + j),
+                          incoming_grad<VV, KIND, CM, T>(dh_n, dh_gemm, dh_carry, rc, j));
     // h = (1 - z) n + z h_prev
     const Rg dn_pre = VV::mul(VV::mul(dh, VV::sub(one, z)), VV::fnmadd(n, n, one));
     const Rg dz_pre = VV::mul(VV::mul(dh, VV::sub(hp, n)), VV::mul(z, VV::sub(one, z)));
@@ -401,7 +434,7 @@ inline void gru_bwd_row(const GruBwdStep<typename V::value_type>& p, int64_t b, 
     VV::store(dhg + j, dr_pre);
     VV::store(dhg + H + j, dz_pre);
     VV::store(dhg + 2 * H + j, VV::mul(dn_pre, r));
-    VV::store(dh_next + j, VV::mul(dh, z));
+    VV::store(dh_carry + j, VV::mul(dh, z));  // column j of the carry was read above
   });
 }
 
@@ -413,7 +446,7 @@ void gru_bwd_rows(const GruBwdStep<typename V::value_type>& p, int64_t b0, int64
     if (!rs.active) {  // state carried: the recurrent gradient passes through unchanged
       zero_row(p.dxg + b * 3 * H, 3 * H);
       zero_row(p.dhg + b * 3 * H, 3 * H);
-      copy_row(p.dh_next + b * H, p.dh_rec + b * H, H);
+      carry_row(p.dh_carry + b * H, p.dh_gemm + b * H, H);
       continue;
     }
     with_incoming(rs.incoming, [&](auto kind) {
@@ -432,7 +465,7 @@ void clip_rows(typename V::value_type* x, int64_t B, int64_t N, int64_t ld,
   (void)B;
   for (int64_t b = b0; b < b1; ++b) {
     T* row = x + b * ld;
-    const RowClip<T> rc = make_row_clip<V, T>(opt.clip_mode, opt.clip, row, N);
+    const RowClip<T> rc = make_row_clip<V, T>(opt.clip_mode, opt.clip, row, nullptr, N);
     for_columns<V>(N, [&](auto tag, int64_t j) {
       using VV = decltype(tag);
       const typename VV::reg g = VV::load(row + j);

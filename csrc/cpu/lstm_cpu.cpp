@@ -5,7 +5,8 @@
 //           update, cell clip, h), plus h_t W_hr^T with projection.
 // Backward: per step ONE pointwise pass (clip / truncation of the recurrent gradients, gate
 //           gradients, cell recurrence; with projection a small pass for the projected
-//           state first) and one GEMM dh_rec += dgates_t W_hh. After the loop dx, dW_ih,
+//           state first) and one GEMM dgates_t W_hh (the gradient into h_{t-1}, see
+//           Note [Recurrent gradient buffers] in rnn_params.h). After the loop dx, dW_ih,
 //           dW_hh, dW_hr are a few GEMMs over all T*B rows and db one reduction.
 #include "cpu_ops.h"
 
@@ -45,6 +46,7 @@ void lstm_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tenso
     at::mm_out(gates2d, x2d, w_ih.t());
   }
 
+  at::Tensor hg = at::empty({B, 4 * H}, opts);  // h_{t-1} W_hh^T
   at::Tensor y = at::empty({T_, B, R}, opts);
   at::Tensor h = h0 ? h0->contiguous().clone() : at::zeros({B, R}, opts);
   at::Tensor c = c0 ? c0->contiguous().clone() : at::zeros({B, H}, opts);
@@ -68,6 +70,7 @@ void lstm_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tenso
   p.H = H;
   p.step = StepInfo{T_, 0, reverse, len_p};
   p.c = c_p;
+  p.hg = hg.data_ptr<T>();
   p.h_state = w_hr ? nullptr : h_p;
   p.has_cell_clip = cell_clip.has_value();
   p.cell_clip = cell_clip ? static_cast<T>(*cell_clip) : T(0);
@@ -75,7 +78,7 @@ void lstm_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tenso
   for (int64_t step = 0; step < T_; ++step) {
     const int64_t t = reverse ? T_ - 1 - step : step;
     T* g_t = g_p + t * B * 4 * H;
-    gemm_rm<T>(false, true, B, 4 * H, R, h_p, R, whh_p, R, 1, g_t, 4 * H);
+    gemm_rm<T>(false, true, B, 4 * H, R, h_p, R, whh_p, R, 0, hg.data_ptr<T>(), 4 * H);
     p.step.t = t;
     p.gates = g_t;
     p.c_raw = craw_p ? craw_p + t * B * H : nullptr;
@@ -114,7 +117,10 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
   const int64_t* len_p = lengths ? len.data_ptr<int64_t>() : nullptr;
 
   at::Tensor dgates = at::empty({T_, B, 4 * H}, opts);
-  at::Tensor dh_rec = at::zeros({B, R}, opts);
+  // Gradient into the state entering step t: dh_gemm + dh_carry, see
+  // Note [Recurrent gradient buffers] in rnn_params.h.
+  at::Tensor dh_gemm = at::zeros({B, R}, opts);
+  at::Tensor dh_carry = at::zeros({B, R}, opts);
   at::Tensor dc_rec = at::zeros({B, H}, opts);
   at::Tensor dr = w_hr ? at::empty({T_, B, R}, opts) : at::Tensor();
   at::Tensor dh_direct = w_hr ? at::empty({B, H}, opts) : at::Tensor();
@@ -133,7 +139,8 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
   p.opt = opt;
   p.c0 = c0 ? c0c.data_ptr<T>() : nullptr;
   p.dh_n = w_hr ? nullptr : dhn.data_ptr<T>();
-  p.dh_rec = w_hr ? nullptr : dh_rec.data_ptr<T>();
+  p.dh_gemm = w_hr ? nullptr : dh_gemm.data_ptr<T>();
+  p.dh_carry = w_hr ? nullptr : dh_carry.data_ptr<T>();
   p.dh_direct = w_hr ? dh_direct.data_ptr<T>() : nullptr;
   p.dc_n = dcn.data_ptr<T>();
   p.dc_rec = dc_rec.data_ptr<T>();
@@ -147,7 +154,8 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
     pp.step = p.step;
     pp.opt = opt;
     pp.dh_n = dhn.data_ptr<T>();
-    pp.dh_rec = dh_rec.data_ptr<T>();
+    pp.dh_gemm = dh_gemm.data_ptr<T>();
+    pp.dh_carry = dh_carry.data_ptr<T>();
   }
 
   for (int64_t step = 0; step < T_; ++step) {
@@ -170,15 +178,15 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
       p.dy = dy_p + t * B * R;
     }
     parallel_rows(B, 4 * H, [&](int64_t b0, int64_t b1) { k.lstm_bwd(p, b0, b1); });
-    // dh_rec += dgates_t W_hh: the gradient into the state entering step t.
-    gemm_rm<T>(false, false, B, R, 4 * H, p.dgates, 4 * H, whh_p, R, 1,
-               dh_rec.data_ptr<T>(), R);
+    gemm_rm<T>(false, false, B, R, 4 * H, p.dgates, 4 * H, whh_p, R, 0,
+               dh_gemm.data_ptr<T>(), R);
   }
+  at::Tensor dh0 = dh_gemm.add_(dh_carry);
 
   // The initial state is handed over to step 0 like any other state: clip its gradient.
   if (opt.clip_mode != ClipMode::None) {
     parallel_rows(B, R, [&](int64_t b0, int64_t b1) {
-      k.clip_rows(dh_rec.data_ptr<T>(), B, R, R, opt, b0, b1);
+      k.clip_rows(dh0.data_ptr<T>(), B, R, R, opt, b0, b1);
       k.clip_rows(dc_rec.data_ptr<T>(), B, H, H, opt, b0, b1);
     });
   }
@@ -188,21 +196,15 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
   at::Tensor dx = need_input_grad ? at::mm(dg2d, w_ih).view({T_, B, I}) : empty;
   at::Tensor dw_ih = empty, dw_hh = empty, db = empty, dw_hr = empty;
   if (need_weight_grad) {
-    dw_ih = at::mm(dg2d.t(), x.reshape({T_ * B, I}));
+    dw_ih = outer_sum(dg2d, x.reshape({T_ * B, I}));
     // dW_hh = sum_t dgates_t^T h_{t-1}: the previous state is the previous output, except at
     // s == 0 where it is h0. Outputs of absent rows are zero, so one shifted GEMM covers all
     // s > 0 terms and a [B]-row GEMM the h0 term.
-    dw_hh = at::zeros({4 * H, R}, opts);
-    if (T_ > 1) {
-      const at::Tensor dg_s = reverse ? dgates.narrow(0, 0, T_ - 1) : dgates.narrow(0, 1, T_ - 1);
-      const at::Tensor y_s = reverse ? y.narrow(0, 1, T_ - 1) : y.narrow(0, 0, T_ - 1);
-      dw_hh.addmm_(dg_s.reshape({(T_ - 1) * B, 4 * H}).t(), y_s.reshape({(T_ - 1) * B, R}));
-    }
-    if (h0) dw_hh.addmm_(first_step_rows(dgates, lengths, reverse).t(), *h0);
+    dw_hh = recurrent_weight_grad(dgates, y, h0, lengths, reverse);
     if (has_bias) db = dg2d.sum(0);
-    if (w_hr) dw_hr = at::mm(dr.view({T_ * B, R}).t(), h_pre.view({T_ * B, H}));
+    if (w_hr) dw_hr = outer_sum(dr.view({T_ * B, R}), h_pre.view({T_ * B, H}));
   }
-  out = {dx, dh_rec, dc_rec, dw_ih, dw_hh, db, dw_hr};
+  out = {dx, dh0, dc_rec, dw_ih, dw_hh, db, dw_hr};
 }
 
 }  // namespace
