@@ -29,9 +29,9 @@ class _FusedRNNBase(nn.RNNBase):
     """Shared part of the fused modules: options, unsupported-configuration errors, layout."""
 
     def __init__(self, mode, *args, grad_clip=None, grad_clip_mode="value", truncate=None,
-                 cell_clip=None, **kwargs):
+                 **kwargs):
         super().__init__(mode, *args, **kwargs)
-        check_options(grad_clip, grad_clip_mode, truncate, cell_clip)
+        check_options(grad_clip, grad_clip_mode, truncate)
         self.grad_clip = None if grad_clip is None else float(grad_clip)
         self.grad_clip_mode = grad_clip_mode
         self.truncate = None if truncate is None else int(truncate)
@@ -108,7 +108,8 @@ class LSTM(_FusedRNNBase):
     def __init__(self, *args, grad_clip=None, grad_clip_mode="value", truncate=None,
                  cell_clip=None, **kwargs):
         super().__init__("LSTM", *args, grad_clip=grad_clip, grad_clip_mode=grad_clip_mode,
-                         truncate=truncate, cell_clip=cell_clip, **kwargs)
+                         truncate=truncate, **kwargs)
+        check_options(None, "value", None, cell_clip)
         self.cell_clip = None if cell_clip is None else float(cell_clip)
 
     def _option_repr(self):

@@ -121,11 +121,13 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
     parallel_rows(B, H, [&](int64_t b0, int64_t b1) { k.clip_rows(dh.data_ptr<T>(), B, H, H, opt, b0, b1); });
   }
 
-  const at::Tensor empty = at::empty({0}, opts);
+  // Gradients not asked for are empty tensors, each its own (outputs of a custom op must not
+  // alias one another).
+  auto empty = [&] { return at::empty({0}, opts); };
   const at::Tensor dxg2d = dxg.view({T_ * B, 3 * H});
   const at::Tensor dhg2d = dhg.view({T_ * B, 3 * H});
-  at::Tensor dx = need_input_grad ? at::mm(dxg2d, w_ih).view({T_, B, I}) : empty;
-  at::Tensor dw_ih = empty, dw_hh = empty, db_ih = empty, db_hh = empty;
+  at::Tensor dx = need_input_grad ? at::mm(dxg2d, w_ih).view({T_, B, I}) : empty();
+  at::Tensor dw_ih = empty(), dw_hh = empty(), db_ih = empty(), db_hh = empty();
   if (need_weight_grad) {
     dw_ih = outer_sum(dxg2d, x.reshape({T_ * B, I}));
     dw_hh = recurrent_weight_grad(dhg, y, h0, lengths, reverse);

@@ -190,8 +190,10 @@ void lstm_fwd_rows(const LstmFwdStep<typename V::value_type>& p, int64_t b0, int
   for (int64_t b = b0; b < b1; ++b) {
     const bool active = p.step.lengths == nullptr || p.step.t < p.step.lengths[b];
     T* h_out = p.h_out + b * H;
-    if (!active) {
+    if (!active) {  // outputs and saved values of absent rows are zero, never stale memory
       zero_row(h_out, H);
+      zero_row(p.gates + b * 4 * H, 4 * H);
+      if (p.c_raw) zero_row(p.c_raw + b * H, H);
       continue;
     }
     T* g = p.gates + b * 4 * H;
@@ -365,8 +367,9 @@ void gru_fwd(const GruFwdStep<typename V::value_type>& p, int64_t b0, int64_t b1
   for (int64_t b = b0; b < b1; ++b) {
     const bool active = p.step.lengths == nullptr || p.step.t < p.step.lengths[b];
     T* h_out = p.h_out + b * H;
-    if (!active) {
+    if (!active) {  // outputs and saved values of absent rows are zero, never stale memory
       zero_row(h_out, H);
+      zero_row(p.saved + b * 4 * H, 4 * H);
       continue;
     }
     const T* xg = p.xg + b * 3 * H;

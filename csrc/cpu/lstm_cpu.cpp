@@ -191,10 +191,12 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
     });
   }
 
-  const at::Tensor empty = at::empty({0}, opts);
+  // Gradients not asked for are empty tensors, each its own (outputs of a custom op must not
+  // alias one another).
+  auto empty = [&] { return at::empty({0}, opts); };
   const at::Tensor dg2d = dgates.view({T_ * B, 4 * H});
-  at::Tensor dx = need_input_grad ? at::mm(dg2d, w_ih).view({T_, B, I}) : empty;
-  at::Tensor dw_ih = empty, dw_hh = empty, db = empty, dw_hr = empty;
+  at::Tensor dx = need_input_grad ? at::mm(dg2d, w_ih).view({T_, B, I}) : empty();
+  at::Tensor dw_ih = empty(), dw_hh = empty(), db = empty(), dw_hr = empty();
   if (need_weight_grad) {
     dw_ih = outer_sum(dg2d, x.reshape({T_ * B, I}));
     // dW_hh = sum_t dgates_t^T h_{t-1}: the previous state is the previous output, except at

@@ -69,18 +69,15 @@ inline typename V::reg tanh_f32(typename V::reg x) {
 // ---------------------------------------------------------------------------------------
 // Width-1 vectors: the portable path and the tail of every SIMD loop.
 template <typename T>
-struct ScalarVec;
-
-template <>
-struct ScalarVec<float> {
-  using value_type = float;
-  using reg = float;
+struct ScalarOps {
+  using value_type = T;
+  using reg = T;
   using mask = bool;
   static constexpr int width = 1;
-  static reg load(const float* p) { return *p; }
-  static void store(float* p, reg v) { *p = v; }
-  static reg set1(float v) { return v; }
-  static reg zero() { return 0.0f; }
+  static reg load(const T* p) { return *p; }
+  static void store(T* p, reg v) { *p = v; }
+  static reg set1(T v) { return v; }
+  static reg zero() { return T(0); }
   static reg add(reg a, reg b) { return a + b; }
   static reg sub(reg a, reg b) { return a - b; }
   static reg mul(reg a, reg b) { return a * b; }
@@ -88,14 +85,21 @@ struct ScalarVec<float> {
   static reg neg(reg a) { return -a; }
   static reg fmadd(reg a, reg b, reg c) { return a * b + c; }
   static reg fnmadd(reg a, reg b, reg c) { return c - a * b; }
-  static reg abs(reg a) { return __builtin_fabsf(a); }
-  static reg copysign(reg mag, reg sgn) { return __builtin_copysignf(mag, sgn); }
   // NaN stays NaN: both comparisons are false for NaN.
   static reg clamp(reg x, reg lo, reg hi) { return x < lo ? lo : (x > hi ? hi : x); }
   static mask lt(reg a, reg b) { return a < b; }
   static mask le(reg a, reg b) { return a <= b; }
   static reg select(mask m, reg a, reg b) { return m ? a : b; }
-  static float hsum(reg a) { return a; }
+  static T hsum(reg a) { return a; }
+};
+
+template <typename T>
+struct ScalarVec;
+
+template <>
+struct ScalarVec<float> : ScalarOps<float> {
+  static reg abs(reg a) { return __builtin_fabsf(a); }
+  static reg copysign(reg mag, reg sgn) { return __builtin_copysignf(mag, sgn); }
   // Round to nearest even with the 1.5 * 2^23 trick (|x| < 2^22 here).
   static reg round(reg x) {
     const float big = 12582912.0f;  // IEEE arithmetic (no -ffast-math): not folded away
@@ -112,28 +116,8 @@ struct ScalarVec<float> {
 };
 
 template <>
-struct ScalarVec<double> {
-  using value_type = double;
-  using reg = double;
-  using mask = bool;
-  static constexpr int width = 1;
-  static reg load(const double* p) { return *p; }
-  static void store(double* p, reg v) { *p = v; }
-  static reg set1(double v) { return v; }
-  static reg zero() { return 0.0; }
-  static reg add(reg a, reg b) { return a + b; }
-  static reg sub(reg a, reg b) { return a - b; }
-  static reg mul(reg a, reg b) { return a * b; }
-  static reg div(reg a, reg b) { return a / b; }
-  static reg neg(reg a) { return -a; }
-  static reg fmadd(reg a, reg b, reg c) { return a * b + c; }
-  static reg fnmadd(reg a, reg b, reg c) { return c - a * b; }
+struct ScalarVec<double> : ScalarOps<double> {
   static reg abs(reg a) { return __builtin_fabs(a); }
-  static reg clamp(reg x, reg lo, reg hi) { return x < lo ? lo : (x > hi ? hi : x); }
-  static mask lt(reg a, reg b) { return a < b; }
-  static mask le(reg a, reg b) { return a <= b; }
-  static reg select(mask m, reg a, reg b) { return m ? a : b; }
-  static double hsum(reg a) { return a; }
   static reg sigmoid(reg x) { return 1.0 / (1.0 + __builtin_exp(-x)); }
   static reg tanh(reg x) { return __builtin_tanh(x); }
 };
