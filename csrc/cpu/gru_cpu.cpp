@@ -25,39 +25,31 @@ void gru_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tensor
   const CpuKernelTable<T> k = kernels<T>();
 
   // xg: [T, B, 3H] = x W_ih^T + b_ih + (b_hr, b_hz, 0)
-  at::Tensor xg = at::empty({T_, B, 3 * H}, opts);
-  at::Tensor xg2d = xg.view({T_ * B, 3 * H});
-  const at::Tensor x2d = x.reshape({T_ * B, I});
+  std::optional<at::Tensor> bias;
   if (b_ih || b_hh) {
-    at::Tensor bias = b_ih ? b_ih->clone() : at::zeros({3 * H}, opts);
-    if (b_hh) bias.narrow(0, 0, 2 * H).add_(b_hh->narrow(0, 0, 2 * H));
-    at::addmm_out(xg2d, bias, x2d, w_ih.t());
-  } else {
-    at::mm_out(xg2d, x2d, w_ih.t());
+    bias = b_ih ? b_ih->clone() : at::zeros({3 * H}, opts);
+    if (b_hh) bias->narrow(0, 0, 2 * H).add_(b_hh->narrow(0, 0, 2 * H));
   }
+  const at::Tensor xg = linear_rows(x.reshape({T_ * B, I}), w_ih, bias).view({T_, B, 3 * H});
   const at::Tensor b_hn = b_hh ? b_hh->narrow(0, 2 * H, H).contiguous() : at::Tensor();
 
   at::Tensor y = at::empty({T_, B, H}, opts);
   at::Tensor h = h0 ? h0->contiguous().clone() : at::zeros({B, H}, opts);
-  at::Tensor hg = at::empty({B, 3 * H}, opts);
   // Without backward the r, z, n, hn scratch of one step is enough.
   at::Tensor saved = at::empty({save ? T_ : 1, B, 4 * H}, opts);
-  const at::Tensor whh = w_hh.contiguous();
+  StepLinear<T> recurrent(w_hh, B);  // h_{t-1} W_hh^T
   const at::Tensor len = lengths ? lengths->contiguous() : at::Tensor();
 
   GruFwdStep<T> p{};
   p.B = B;
   p.H = H;
   p.step = StepInfo{T_, 0, reverse, lengths ? len.data_ptr<int64_t>() : nullptr};
-  p.hg = hg.data_ptr<T>();
   p.b_hn = b_hh ? b_hn.data_ptr<T>() : nullptr;
   p.h_state = h.data_ptr<T>();
-  const T* whh_p = whh.data_ptr<T>();
 
   for (int64_t step = 0; step < T_; ++step) {
     const int64_t t = reverse ? T_ - 1 - step : step;
-    gemm_rm<T>(false, true, B, 3 * H, H, p.h_state, H, whh_p, H, 0, hg.data_ptr<T>(),
-               3 * H);
+    p.hg = recurrent(p.h_state);
     p.step.t = t;
     p.xg = xg.data_ptr<T>() + t * B * 3 * H;
     p.saved = saved.data_ptr<T>() + (save ? t * B * 4 * H : 0);
@@ -79,7 +71,7 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
   const CpuKernelTable<T> k = kernels<T>();
 
   const at::Tensor dy = dy_in.contiguous(), dhn = dhn_in.contiguous();
-  const at::Tensor whh = w_hh.contiguous();
+  StepLinear<T> recurrent_t(w_hh.t(), B);  // dhg_t W_hh
   const at::Tensor h0c = h0 ? h0->contiguous() : at::Tensor();
   const at::Tensor len = lengths ? lengths->contiguous() : at::Tensor();
 
@@ -87,7 +79,7 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
   at::Tensor dhg = at::empty({T_, B, 3 * H}, opts);
   // Gradient into the state entering step t: dh_gemm + dh_carry, see
   // Note [Recurrent gradient buffers] in rnn_params.h.
-  at::Tensor dh_gemm = at::zeros({B, H}, opts);
+  const at::Tensor zero_gemm = at::zeros({B, H}, opts);
   at::Tensor dh_carry = at::zeros({B, H}, opts);
 
   GruBwdStep<T> p{};
@@ -97,9 +89,8 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
   p.opt = opt;
   p.h0 = h0 ? h0c.data_ptr<T>() : nullptr;
   p.dh_n = dhn.data_ptr<T>();
-  p.dh_gemm = dh_gemm.data_ptr<T>();
+  p.dh_gemm = zero_gemm.data_ptr<T>();
   p.dh_carry = dh_carry.data_ptr<T>();
-  const T* whh_p = whh.data_ptr<T>();
   const T* y_p = y.data_ptr<T>();
 
   for (int64_t step = 0; step < T_; ++step) {
@@ -112,9 +103,9 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
     p.dxg = dxg.data_ptr<T>() + t * B * 3 * H;
     p.dhg = dhg.data_ptr<T>() + t * B * 3 * H;
     parallel_rows(B, 3 * H, [&](int64_t b0, int64_t b1) { k.gru_bwd(p, b0, b1); });
-    gemm_rm<T>(false, false, B, H, 3 * H, p.dhg, 3 * H, whh_p, H, 0, dh_gemm.data_ptr<T>(), H);
+    p.dh_gemm = recurrent_t(p.dhg);
   }
-  at::Tensor dh = dh_gemm.add_(dh_carry);
+  at::Tensor dh = dh_carry.add_(at::from_blob(const_cast<T*>(p.dh_gemm), {B, H}, opts));
 
   // The initial state is handed over to step 0 like any other state: clip its gradient.
   if (opt.clip_mode != ClipMode::None) {

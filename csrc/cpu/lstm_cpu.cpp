@@ -36,24 +36,18 @@ void lstm_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tenso
   const CpuKernelTable<T> k = kernels<T>();
 
   // gates: [T, B, 4H] = x W_ih^T + b_ih + b_hh
-  at::Tensor gates = at::empty({T_, B, 4 * H}, opts);
-  const at::Tensor x2d = x.reshape({T_ * B, I});
-  at::Tensor gates2d = gates.view({T_ * B, 4 * H});
-  if (b_ih || b_hh) {
-    at::Tensor bias = b_ih && b_hh ? *b_ih + *b_hh : (b_ih ? *b_ih : *b_hh);
-    at::addmm_out(gates2d, bias, x2d, w_ih.t());
-  } else {
-    at::mm_out(gates2d, x2d, w_ih.t());
-  }
+  std::optional<at::Tensor> bias;
+  if (b_ih || b_hh) bias = b_ih && b_hh ? *b_ih + *b_hh : (b_ih ? *b_ih : *b_hh);
+  at::Tensor gates = linear_rows(x.reshape({T_ * B, I}), w_ih, bias).view({T_, B, 4 * H});
 
-  at::Tensor hg = at::empty({B, 4 * H}, opts);  // h_{t-1} W_hh^T
   at::Tensor y = at::empty({T_, B, R}, opts);
   at::Tensor h = h0 ? h0->contiguous().clone() : at::zeros({B, R}, opts);
   at::Tensor c = c0 ? c0->contiguous().clone() : at::zeros({B, H}, opts);
   at::Tensor c_raw = save ? at::empty({T_, B, H}, opts) : at::empty({0}, opts);
   at::Tensor h_pre = w_hr ? at::empty({T_, B, H}, opts) : at::empty({0}, opts);
-  const at::Tensor whh = w_hh.contiguous();
-  const at::Tensor whr = w_hr ? w_hr->contiguous() : at::Tensor();
+  StepLinear<T> recurrent(w_hh, B);                                   // h_{t-1} W_hh^T
+  std::optional<StepLinear<T>> projection;                            // h_t W_hr^T
+  if (w_hr) projection.emplace(*w_hr, B);
   const at::Tensor len = lengths ? lengths->contiguous() : at::Tensor();
   const int64_t* len_p = lengths ? len.data_ptr<int64_t>() : nullptr;
 
@@ -63,14 +57,12 @@ void lstm_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tenso
   T* c_p = c.data_ptr<T>();
   T* craw_p = save ? c_raw.data_ptr<T>() : nullptr;
   T* hpre_p = w_hr ? h_pre.data_ptr<T>() : nullptr;
-  const T* whh_p = whh.data_ptr<T>();
 
   LstmFwdStep<T> p{};
   p.B = B;
   p.H = H;
   p.step = StepInfo{T_, 0, reverse, len_p};
   p.c = c_p;
-  p.hg = hg.data_ptr<T>();
   p.h_state = w_hr ? nullptr : h_p;
   p.has_cell_clip = cell_clip.has_value();
   p.cell_clip = cell_clip ? static_cast<T>(*cell_clip) : T(0);
@@ -78,7 +70,7 @@ void lstm_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tenso
   for (int64_t step = 0; step < T_; ++step) {
     const int64_t t = reverse ? T_ - 1 - step : step;
     T* g_t = g_p + t * B * 4 * H;
-    gemm_rm<T>(false, true, B, 4 * H, R, h_p, R, whh_p, R, 0, hg.data_ptr<T>(), 4 * H);
+    p.hg = recurrent(h_p);
     p.step.t = t;
     p.gates = g_t;
     p.c_raw = craw_p ? craw_p + t * B * H : nullptr;
@@ -87,7 +79,7 @@ void lstm_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tenso
     if (w_hr) {
       // r_t = h_t W_hr^T; rows that do not exist at t have h_t = 0, hence r_t = 0.
       T* y_t = y_p + t * B * R;
-      gemm_rm<T>(false, true, B, R, H, p.h_out, H, whr.data_ptr<T>(), H, 0, y_t, R);
+      std::memcpy(y_t, (*projection)(p.h_out), sizeof(T) * B * R);
       for (int64_t b = 0; b < B; ++b) {
         if (!len_p || t < len_p[b]) std::memcpy(h_p + b * R, y_t + b * R, sizeof(T) * R);
       }
@@ -110,8 +102,9 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
   const CpuKernelTable<T> k = kernels<T>();
 
   const at::Tensor dy = dy_in.contiguous(), dhn = dhn_in.contiguous(), dcn = dcn_in.contiguous();
-  const at::Tensor whh = w_hh.contiguous();
-  const at::Tensor whr = w_hr ? w_hr->contiguous() : at::Tensor();
+  StepLinear<T> recurrent_t(w_hh.t(), B);                            // dgates_t W_hh
+  std::optional<StepLinear<T>> projection_t;                           // dr_t W_hr
+  if (w_hr) projection_t.emplace(w_hr->t(), B);
   const at::Tensor c0c = c0 ? c0->contiguous() : at::Tensor();
   const at::Tensor len = lengths ? lengths->contiguous() : at::Tensor();
   const int64_t* len_p = lengths ? len.data_ptr<int64_t>() : nullptr;
@@ -119,14 +112,12 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
   at::Tensor dgates = at::empty({T_, B, 4 * H}, opts);
   // Gradient into the state entering step t: dh_gemm + dh_carry, see
   // Note [Recurrent gradient buffers] in rnn_params.h.
-  at::Tensor dh_gemm = at::zeros({B, R}, opts);
+  const at::Tensor zero_gemm = at::zeros({B, R}, opts);
   at::Tensor dh_carry = at::zeros({B, R}, opts);
   at::Tensor dc_rec = at::zeros({B, H}, opts);
   at::Tensor dr = w_hr ? at::empty({T_, B, R}, opts) : at::Tensor();
-  at::Tensor dh_direct = w_hr ? at::empty({B, H}, opts) : at::Tensor();
 
   T* dg_p = dgates.data_ptr<T>();
-  const T* whh_p = whh.data_ptr<T>();
   const T* craw_p = c_raw.data_ptr<T>();
   const T* act_p = act.data_ptr<T>();
   const T* dy_p = dy.data_ptr<T>();
@@ -139,9 +130,8 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
   p.opt = opt;
   p.c0 = c0 ? c0c.data_ptr<T>() : nullptr;
   p.dh_n = w_hr ? nullptr : dhn.data_ptr<T>();
-  p.dh_gemm = w_hr ? nullptr : dh_gemm.data_ptr<T>();
+  p.dh_gemm = w_hr ? nullptr : zero_gemm.data_ptr<T>();
   p.dh_carry = w_hr ? nullptr : dh_carry.data_ptr<T>();
-  p.dh_direct = w_hr ? dh_direct.data_ptr<T>() : nullptr;
   p.dc_n = dcn.data_ptr<T>();
   p.dc_rec = dc_rec.data_ptr<T>();
   p.has_cell_clip = cell_clip.has_value();
@@ -154,7 +144,7 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
     pp.step = p.step;
     pp.opt = opt;
     pp.dh_n = dhn.data_ptr<T>();
-    pp.dh_gemm = dh_gemm.data_ptr<T>();
+    pp.dh_gemm = zero_gemm.data_ptr<T>();
     pp.dh_carry = dh_carry.data_ptr<T>();
   }
 
@@ -172,16 +162,20 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
       pp.dr = dr.data_ptr<T>() + t * B * R;
       parallel_rows(B, R, [&](int64_t b0, int64_t b1) { k.proj_bwd(pp, b0, b1); });
       // Gradient of h_t = o * tanh(c_t): dr_t W_hr, [B, P] x [P, H].
-      gemm_rm<T>(false, false, B, H, R, pp.dr, R, whr.data_ptr<T>(), H, 0,
-                 dh_direct.data_ptr<T>(), H);
+      p.dh_direct = (*projection_t)(pp.dr);
     } else {
       p.dy = dy_p + t * B * R;
     }
     parallel_rows(B, 4 * H, [&](int64_t b0, int64_t b1) { k.lstm_bwd(p, b0, b1); });
-    gemm_rm<T>(false, false, B, R, 4 * H, p.dgates, 4 * H, whh_p, R, 0,
-               dh_gemm.data_ptr<T>(), R);
+    const T* gemm = recurrent_t(p.dgates);
+    if (w_hr) {
+      pp.dh_gemm = gemm;
+    } else {
+      p.dh_gemm = gemm;
+    }
   }
-  at::Tensor dh0 = dh_gemm.add_(dh_carry);
+  const T* last_gemm = w_hr ? pp.dh_gemm : p.dh_gemm;
+  at::Tensor dh0 = dh_carry.add_(at::from_blob(const_cast<T*>(last_gemm), {B, R}, opts));
 
   // The initial state is handed over to step 0 like any other state: clip its gradient.
   if (opt.clip_mode != ClipMode::None) {

@@ -1,0 +1,106 @@
+// StepLinear: the recurrent GEMMs of the CPU time loops; see Note [oneDNN for the step GEMMs]
+// in cpu_common.h.
+#include <atomic>
+#include <cstdlib>
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
+
+#include "cpu_common.h"
+
+namespace fusedrnn {
+namespace cpu {
+
+namespace {
+
+struct OneDnnOps {
+  std::optional<c10::OperatorHandle> reorder, linear;
+};
+
+const OneDnnOps& onednn_ops() {
+  static const OneDnnOps ops = [] {
+    OneDnnOps o;
+    if (at::hasMKLDNN()) {
+      auto& d = c10::Dispatcher::singleton();
+      o.reorder = d.findOp(c10::OperatorName("mkldnn::_reorder_linear_weight", ""));
+      o.linear = d.findOp(c10::OperatorName("mkldnn::_linear_pointwise", ""));
+    }
+    return o;
+  }();
+  return ops;
+}
+
+bool onednn_available() {
+  const OneDnnOps& o = onednn_ops();
+  return o.reorder.has_value() && o.linear.has_value();
+}
+
+std::atomic<bool>& use_onednn() {
+  static std::atomic<bool> flag([] {
+    const char* env = std::getenv("FUSEDRNN_CPU_STEP_GEMM");
+    return onednn_available() && !(env && std::string(env) == "blas");
+  }());
+  return flag;
+}
+
+}  // namespace
+
+std::string step_gemm() { return use_onednn() ? "onednn" : "blas"; }
+
+std::string set_step_gemm(const std::string& name) {
+  TORCH_CHECK_VALUE(name == "onednn" || name == "blas",
+                    "fusedrnn: step GEMM backend must be 'onednn' or 'blas', got '", name, "'");
+  use_onednn() = name == "onednn" && onednn_available();
+  return step_gemm();
+}
+
+template <typename T>
+StepLinear<T>::StepLinear(const at::Tensor& weight, int64_t M)
+    : M_(M), N_(weight.size(0)), K_(weight.size(1)), weight_(weight.contiguous()) {
+  if (std::is_same<T, float>::value && use_onednn() && M > 0) {
+    torch::jit::Stack stack{weight_, c10::IValue(M)};
+    onednn_ops().reorder->callBoxed(&stack);
+    packed_ = stack[0].toTensor();
+  } else {
+    out_ = at::empty({M, N_}, weight_.options());
+  }
+}
+
+template <typename T>
+const T* StepLinear<T>::operator()(const T* in) {
+  const auto opts = weight_.options();
+  const at::Tensor x =
+      at::from_blob(const_cast<T*>(in), {M_, K_}, {K_, 1}, opts.device(at::kCPU));
+  if (packed_.defined()) {
+    torch::jit::Stack stack{x, packed_, c10::IValue(), c10::IValue(std::string("none")),
+                            c10::IValue(c10::List<std::optional<at::Scalar>>()), c10::IValue()};
+    onednn_ops().linear->callBoxed(&stack);
+    out_ = stack[0].toTensor();
+    TORCH_INTERNAL_ASSERT(out_.is_contiguous() && out_.size(0) == M_ && out_.size(1) == N_);
+  } else if (M_ > 0) {
+    at::cpu::mm_out(out_, x, weight_.t());
+  }
+  return out_.data_ptr<T>();
+}
+
+at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& weight,
+                       const std::optional<at::Tensor>& bias) {
+  if (x.scalar_type() == at::kFloat && use_onednn() && x.size(0) > 0) {
+    torch::jit::Stack pack{weight.contiguous(), c10::IValue(x.size(0))};
+    onednn_ops().reorder->callBoxed(&pack);
+    torch::jit::Stack stack{x.contiguous(), pack[0], bias ? c10::IValue(bias->contiguous()) : c10::IValue(),
+                            c10::IValue(std::string("none")),
+                            c10::IValue(c10::List<std::optional<at::Scalar>>()), c10::IValue()};
+    onednn_ops().linear->callBoxed(&stack);
+    at::Tensor out = stack[0].toTensor();
+    TORCH_INTERNAL_ASSERT(out.is_contiguous());
+    return out;
+  }
+  return bias ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());
+}
+
+template class StepLinear<float>;
+template class StepLinear<double>;
+
+}  // namespace cpu
+}  // namespace fusedrnn
