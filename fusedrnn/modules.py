@@ -1,32 +1,36 @@
-"""Drop-in replacements for torch.nn.LSTM and torch.nn.GRU on the fused kernels.
+"""Drop-in replacements for torch.nn.LSTM, GRU, LSTMCell and GRUCell on the fused kernels.
 
-The modules derive from ``torch.nn.RNNBase`` (not from ``torch.nn.LSTM``/``GRU``, which
-Dynamo refuses to trace), so parameter names, shapes, registration order, initialisation,
-argument validation, ``state_dict``, ``all_weights`` and ``extra_repr`` are torch.nn's own:
-a state_dict loads both ways, and under the same ``torch.manual_seed`` a fusedrnn module is
-initialised exactly like its torch.nn namesake.
+``LSTM`` and ``GRU`` derive from ``torch.nn.RNNBase`` (not from ``torch.nn.LSTM``/``GRU``,
+which Dynamo refuses to trace), so parameter names, shapes, registration order,
+initialisation, constructor checks, ``state_dict``, ``all_weights`` and ``extra_repr`` are
+torch.nn's own: a state_dict loads both ways, and under the same ``torch.manual_seed`` a
+fusedrnn module is initialised exactly like its torch.nn namesake. The cells derive from
+``torch.nn.LSTMCell``/``GRUCell`` and run one fused step.
+
+Each layer and direction is one call of :func:`fusedrnn.ops.lstm_layer` /
+:func:`fusedrnn.ops.gru_layer`. PackedSequence input is unpacked once (in sorted order) and
+its per-sequence lengths go to the kernels, which stop each row at its length and run the
+reverse direction from each sequence's own last element; there is no per-step Python.
 
 Extra keyword-only options (DESIGN.md §1, §3): ``grad_clip``, ``grad_clip_mode``,
-``truncate`` (both) and ``cell_clip`` (LSTM). With all of them left at None the modules
-compute what torch.nn computes.
-
-This release runs one unidirectional layer on padded (tensor) input; num_layers > 1,
-bidirectional, proj_size and PackedSequence input raise NotImplementedError.
+``truncate`` (LSTM and GRU) and ``cell_clip`` (LSTM); they apply to every layer and
+direction. With all of them left at None the modules compute what torch.nn computes.
 """
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import ops
 from .reference import check_options
 
-__all__ = ["LSTM", "GRU"]
+__all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell"]
 
 
 class _FusedRNNBase(nn.RNNBase):
-    """Shared part of the fused modules: options, unsupported-configuration errors, layout."""
+    """What LSTM and GRU share: options, input/state layout, the layer-direction loop."""
 
     def __init__(self, mode, *args, grad_clip=None, grad_clip_mode="value", truncate=None,
                  **kwargs):
@@ -35,21 +39,11 @@ class _FusedRNNBase(nn.RNNBase):
         self.grad_clip = None if grad_clip is None else float(grad_clip)
         self.grad_clip_mode = grad_clip_mode
         self.truncate = None if truncate is None else int(truncate)
-        name = type(self).__name__
-        for what, unsupported in (("num_layers > 1", self.num_layers > 1),
-                                  ("bidirectional=True", self.bidirectional),
-                                  ("proj_size > 0", self.proj_size > 0)):
-            if unsupported:
-                raise NotImplementedError(
-                    f"fusedrnn.{name}: {what} is not supported yet (this release runs one "
-                    f"unidirectional layer); use fusedrnn.ops.{name.lower()}_layer per layer "
-                    f"and direction, or torch.nn.{name}"
-                )
 
     def flatten_parameters(self) -> None:
         """No-op: the fused kernels use the parameters as they are (no cuDNN weight buffer)."""
 
-    def _option_repr(self):
+    def _option_repr(self) -> List[str]:
         parts = []
         if self.grad_clip is not None:
             parts.append(f"grad_clip={self.grad_clip}, grad_clip_mode={self.grad_clip_mode!r}")
@@ -60,32 +54,89 @@ class _FusedRNNBase(nn.RNNBase):
     def extra_repr(self) -> str:
         return ", ".join([super().extra_repr()] + self._option_repr())
 
-    def _layer_weights(self):
-        bias = self.bias
-        return (self.weight_ih_l0, self.weight_hh_l0,
-                self.bias_ih_l0 if bias else None, self.bias_hh_l0 if bias else None)
+    @property
+    def _num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
 
-    def _batched_input(self, input):
-        """(time-major input [T, B, I], is_batched) after torch.nn's input checks."""
-        name = type(self).__name__
+    def _weights(self, layer: int, direction: int):
+        """(weight_ih, weight_hh, bias_ih, bias_hh, weight_hr) of one layer and direction."""
+        sfx = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+        get = lambda name: getattr(self, name + sfx)  # noqa: E731
+        bias = (get("bias_ih"), get("bias_hh")) if self.bias else (None, None)
+        w_hr = get("weight_hr") if self.proj_size > 0 else None
+        return get("weight_ih"), get("weight_hh"), bias[0], bias[1], w_hr
+
+    def _prepare(self, input):
+        """Time-major padded input [T, B, I], lengths (sorted order) or None, and the packing
+        info (batch_sizes, sorted_indices, unsorted_indices) or None, after torch.nn's input
+        checks. is_batched is False for 2-D input."""
         if isinstance(input, PackedSequence):
-            raise NotImplementedError(
-                f"fusedrnn.{name}: PackedSequence input is not supported yet; pass a padded "
-                f"tensor, or per-sequence lengths to fusedrnn.ops.{name.lower()}_layer"
-            )
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            self.check_input(data, batch_sizes)
+            x, lengths = torch.ops.aten._pad_packed_sequence(
+                data, batch_sizes, False, 0.0, int(batch_sizes.size(0)))
+            return x, lengths, (batch_sizes, sorted_indices, unsorted_indices), True
+        name = type(self).__name__
         if input.dim() not in (2, 3):
             raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
         is_batched = input.dim() == 3
         if not is_batched:
             input = input.unsqueeze(0 if self.batch_first else 1)
         self.check_input(input, None)
-        return (input.transpose(0, 1) if self.batch_first else input), is_batched
+        x = input.transpose(0, 1) if self.batch_first else input
+        return x, None, None, is_batched
 
-    def _output(self, y: Tensor, is_batched: bool) -> Tensor:
-        """Time-major [T, B, R] output back to the caller's layout."""
+    def _state(self, hx: Optional[Tensor], is_batched: bool, batch: int, size: int,
+               message: str, packing) -> Optional[Tensor]:
+        """One initial state as [L * D, B, size] in the kernels' (sorted) batch order."""
+        if hx is None:
+            return None
         if not is_batched:
-            return y.squeeze(1)
-        return y.transpose(0, 1) if self.batch_first else y
+            hx = hx.unsqueeze(1)
+        expected = (self.num_layers * self._num_directions, batch, size)
+        self.check_hidden_size(hx, expected, message)
+        if packing is not None and packing[1] is not None:
+            hx = hx.index_select(1, packing[1])
+        return hx
+
+    def _run(self, layer_op, x: Tensor, lengths: Optional[Tensor],
+             states: Tuple[Optional[Tensor], ...]) -> Tuple[Tensor, List[List[Tensor]]]:
+        """All layers and directions. states: initial states [L * D, B, *] or None each.
+        Returns the last layer's output [T, B, D * R] and, per state kind, the final states
+        in layer-major order."""
+        finals: List[List[Tensor]] = [[] for _ in states]
+        for layer in range(self.num_layers):
+            if layer > 0 and self.dropout > 0 and self.training:
+                x = F.dropout(x, p=self.dropout, training=True)
+            outputs = []
+            for direction in range(self._num_directions):
+                index = layer * self._num_directions + direction
+                init = [None if s is None else s[index] for s in states]
+                y, *final = layer_op(x, self._weights(layer, direction), init, lengths,
+                                     direction == 1)
+                outputs.append(y)
+                for store, value in zip(finals, final):
+                    store.append(value)
+            x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+        return x, finals
+
+    def _finish(self, y: Tensor, finals: List[List[Tensor]], lengths, packing, is_batched):
+        """Output in the caller's layout and final states [L * D, B, *] in the caller's order."""
+        states = [torch.stack(f, 0) for f in finals]
+        if packing is not None:
+            batch_sizes, sorted_indices, unsorted_indices = packing
+            data, _ = torch.ops.aten._pack_padded_sequence(y, lengths, False)
+            output = PackedSequence(data, batch_sizes, sorted_indices, unsorted_indices)
+            if unsorted_indices is not None:
+                states = [s.index_select(1, unsorted_indices) for s in states]
+            return output, states
+        if not is_batched:
+            return y.squeeze(1), [s.squeeze(1) for s in states]
+        return (y.transpose(0, 1) if self.batch_first else y), states
+
+    def _grad_options(self):
+        return dict(grad_clip=self.grad_clip, grad_clip_mode=self.grad_clip_mode,
+                    truncate=self.truncate)
 
 
 class LSTM(_FusedRNNBase):
@@ -102,7 +153,8 @@ class LSTM(_FusedRNNBase):
         truncate: truncated BPTT: the recurrent gradient is cut every ``truncate`` steps.
         cell_clip: clamp the cell state to [-cell_clip, cell_clip] (changes the forward).
 
-    Inputs ``input, (h_0, c_0)`` and outputs ``output, (h_n, c_n)`` as torch.nn.LSTM.
+    Inputs ``input, (h_0, c_0)`` and outputs ``output, (h_n, c_n)`` as torch.nn.LSTM,
+    including PackedSequence input and unbatched 2-D input.
     """
 
     def __init__(self, *args, grad_clip=None, grad_clip_mode="value", truncate=None,
@@ -118,38 +170,33 @@ class LSTM(_FusedRNNBase):
             parts.append(f"cell_clip={self.cell_clip}")
         return parts
 
-    def forward(self, input: Tensor,
-                hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
-        x, is_batched = self._batched_input(input)
+    def _layer(self, x, weights, init, lengths, reverse):
+        w_ih, w_hh, b_ih, b_hh, w_hr = weights
+        return ops.lstm_layer(x, w_ih, w_hh, b_ih, b_hh, init[0], init[1], weight_hr=w_hr,
+                              lengths=lengths, reverse=reverse, cell_clip=self.cell_clip,
+                              **self._grad_options())
+
+    def forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None):
+        x, lengths, packing, is_batched = self._prepare(input)
         h0 = c0 = None
         if hx is not None:
             h, c = hx
-            if is_batched and (h.dim() != 3 or c.dim() != 3):
-                raise RuntimeError(
-                    "For batched 3-D input, hx and cx should also be 3-D but got "
-                    f"({h.dim()}-D, {c.dim()}-D) tensors"
-                )
-            if not is_batched:
-                if h.dim() != 2 or c.dim() != 2:
+            if packing is None:
+                want = 3 if is_batched else 2
+                if h.dim() != want or c.dim() != want:
+                    kind = "batched 3-D" if is_batched else "unbatched 2-D"
                     raise RuntimeError(
-                        "For unbatched 2-D input, hx and cx should also be 2-D but got "
+                        f"For {kind} input, hx and cx should also be {want}-D but got "
                         f"({h.dim()}-D, {c.dim()}-D) tensors"
                     )
-                h, c = h.unsqueeze(1), c.unsqueeze(1)
-            self.check_hidden_size(h, (1, x.size(1), self.hidden_size),
-                                   "Expected hidden[0] size {}, got {}")
-            self.check_hidden_size(c, (1, x.size(1), self.hidden_size),
-                                   "Expected hidden[1] size {}, got {}")
-            h0, c0 = h[0], c[0]
-        y, h_n, c_n = ops.lstm_layer(
-            x, *self._layer_weights(), h0, c0,
-            grad_clip=self.grad_clip, grad_clip_mode=self.grad_clip_mode,
-            truncate=self.truncate, cell_clip=self.cell_clip,
-        )
-        h_n, c_n = h_n.unsqueeze(0), c_n.unsqueeze(0)
-        if not is_batched:
-            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
-        return self._output(y, is_batched), (h_n, c_n)
+            real = self.proj_size if self.proj_size > 0 else self.hidden_size
+            h0 = self._state(h, is_batched, x.size(1), real, "Expected hidden[0] size {}, got {}",
+                             packing)
+            c0 = self._state(c, is_batched, x.size(1), self.hidden_size,
+                             "Expected hidden[1] size {}, got {}", packing)
+        y, finals = self._run(self._layer, x, lengths, (h0, c0))
+        output, (h_n, c_n) = self._finish(y, finals, lengths, packing, is_batched)
+        return output, (h_n, c_n)
 
 
 class GRU(_FusedRNNBase):
@@ -159,7 +206,8 @@ class GRU(_FusedRNNBase):
     batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None), plus the
     keyword-only ``grad_clip``, ``grad_clip_mode`` and ``truncate`` of :class:`LSTM`.
 
-    Inputs ``input, h_0`` and outputs ``output, h_n`` as torch.nn.GRU.
+    Inputs ``input, h_0`` and outputs ``output, h_n`` as torch.nn.GRU, including
+    PackedSequence input and unbatched 2-D input.
     """
 
     def __init__(self, *args, grad_clip=None, grad_clip_mode="value", truncate=None, **kwargs):
@@ -168,28 +216,79 @@ class GRU(_FusedRNNBase):
         super().__init__("GRU", *args, grad_clip=grad_clip, grad_clip_mode=grad_clip_mode,
                          truncate=truncate, **kwargs)
 
-    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        x, is_batched = self._batched_input(input)
-        h0 = None
-        if hx is not None:
-            if is_batched and hx.dim() != 3:
+    def _layer(self, x, weights, init, lengths, reverse):
+        w_ih, w_hh, b_ih, b_hh, _ = weights
+        return ops.gru_layer(x, w_ih, w_hh, b_ih, b_hh, init[0], lengths=lengths,
+                             reverse=reverse, **self._grad_options())
+
+    def forward(self, input, hx: Optional[Tensor] = None):
+        x, lengths, packing, is_batched = self._prepare(input)
+        if hx is not None and packing is None:
+            want = 3 if is_batched else 2
+            if hx.dim() != want:
+                kind = "batched 3-D" if is_batched else "unbatched 2-D"
                 raise RuntimeError(
-                    f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor"
+                    f"For {kind} input, hx should also be {want}-D but got {hx.dim()}-D tensor"
                 )
-            if not is_batched:
-                if hx.dim() != 2:
-                    raise RuntimeError(
-                        f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor"
-                    )
-                hx = hx.unsqueeze(1)
-            self.check_hidden_size(hx, (1, x.size(1), self.hidden_size),
-                                   "Expected hidden size {}, got {}")
-            h0 = hx[0]
-        y, h_n = ops.gru_layer(
-            x, *self._layer_weights(), h0,
-            grad_clip=self.grad_clip, grad_clip_mode=self.grad_clip_mode, truncate=self.truncate,
-        )
-        h_n = h_n.unsqueeze(0)
+        h0 = self._state(hx, is_batched, x.size(1), self.hidden_size,
+                         "Expected hidden size {}, got {}", packing)
+        y, finals = self._run(self._layer, x, lengths, (h0,))
+        output, (h_n,) = self._finish(y, finals, lengths, packing, is_batched)
+        return output, h_n
+
+
+# ---------------------------------------------------------------------------------------
+# Cells: one fused step (T = 1) of the layer ops.
+
+
+def _cell_input(cell, input: Tensor, states, name: str):
+    """Input [1, B, I] and initial states [B, *] (or None) after torch.nn's cell checks, and
+    whether the input was batched (2-D)."""
+    if input.dim() not in (1, 2):
+        raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+    for idx, h in enumerate(states):
+        if h is not None and h.dim() not in (1, 2):
+            what = "hidden" if len(states) == 1 else f"hx[{idx}]"
+            raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {h.dim()}D instead")
+    is_batched = input.dim() == 2
+    if not is_batched:
+        input = input.unsqueeze(0)
+        states = [None if h is None else h.unsqueeze(0) for h in states]
+    # The checks of torch's rnn cell kernels, with their messages and exception type.
+    if input.size(1) != cell.input_size:
+        raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} "
+                           f"expected {cell.input_size}")
+    for idx, h in enumerate(states):
+        if h is None:
+            continue
+        if h.size(0) != input.size(0):
+            raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{idx} "
+                               f"batch size {h.size(0)}")
+        if h.size(1) != cell.hidden_size:
+            raise RuntimeError(f"hidden{idx} has inconsistent hidden_size: got {h.size(1)}, "
+                               f"expected {cell.hidden_size}")
+    return input.unsqueeze(0), states, is_batched
+
+
+class LSTMCell(nn.LSTMCell):
+    r"""Drop-in replacement for :class:`torch.nn.LSTMCell`: one fused LSTM step, forward
+    and backward. Same constructor, parameters, inputs and outputs as torch.nn.LSTMCell."""
+
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None):
+        parts = [None, None] if hx is None else list(hx)
+        x, (h0, c0), is_batched = _cell_input(self, input, parts, "LSTMCell")
+        _, h, c = ops.lstm_layer(x, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
+                                 h0, c0)
         if not is_batched:
-            h_n = h_n.squeeze(1)
-        return self._output(y, is_batched), h_n
+            h, c = h.squeeze(0), c.squeeze(0)
+        return h, c
+
+
+class GRUCell(nn.GRUCell):
+    r"""Drop-in replacement for :class:`torch.nn.GRUCell`: one fused GRU step, forward and
+    backward. Same constructor, parameters, inputs and outputs as torch.nn.GRUCell."""
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        x, (h0,), is_batched = _cell_input(self, input, [hx], "GRUCell")
+        _, h = ops.gru_layer(x, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, h0)
+        return h if is_batched else h.squeeze(0)
