@@ -18,8 +18,22 @@ namespace fusedrnn {
 
 using OptTensor = std::optional<at::Tensor>;
 
+// Sizes and time layout of a layer's input.
+//
+// Note [Padded and packed layouts]
+// Padded: input [T, B, I], step t is rows t*B .. t*B+B-1 of the [T*B, *] matrices, optional
+// per-row lengths in any order (rows that do not exist at t are visited and skipped).
+// Packed: input [N, I] in torch.nn.utils.rnn.PackedSequence layout with batch_sizes [T]
+// (non-increasing): step t is batch_sizes[t] rows, the longest sequences first. Every visited
+// row exists, so GEMMs and pointwise passes cost real tokens only; per-row lengths are derived
+// from batch_sizes for the processed-step bookkeeping (rnn_params.h).
 struct LayerSizes {
-  int64_t T, B, I, H, R;  // R: recurrent state width (P with projection, else H)
+  int64_t T, B, I, H, R;              // R: recurrent state width (P with projection, else H)
+  int64_t N;                          // rows of input and output: T*B, or sum(batch_sizes)
+  bool packed;
+  std::vector<int64_t> offset;        // [T] first row of step t
+  std::vector<int64_t> rows;          // [T] rows of step t
+  std::optional<at::Tensor> lengths;  // [B] int64 per-row lengths (given, or from batch_sizes)
 };
 
 inline std::string shape_str(at::IntArrayRef s) {
@@ -47,17 +61,56 @@ inline void check_like_input(const char* op, const char* name, const at::Tensor&
               " must be on the same device as input (", input.device(), "), got ", t.device());
 }
 
-inline void check_input(const char* op, const at::Tensor& x) {
-  TORCH_CHECK_VALUE(x.dim() == 3, op, ": input must be 3-D (T, B, I), got ", x.dim(),
-                    "-D with shape ", shape_str(x.sizes()));
+inline void check_input(const char* op, const at::Tensor& x, bool packed) {
+  if (packed) {
+    TORCH_CHECK_VALUE(x.dim() == 2, op, ": with batch_sizes, input must be 2-D packed data (N, I), got ",
+                      x.dim(), "-D with shape ", shape_str(x.sizes()));
+  } else {
+    TORCH_CHECK_VALUE(x.dim() == 3, op, ": input must be 3-D (T, B, I), got ", x.dim(),
+                      "-D with shape ", shape_str(x.sizes()));
+  }
   TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op,
                    ": input must be a floating-point tensor, got ", x.scalar_type());
   if (x.device().is_cpu()) {
     TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
                      ": on CPU input must be float32 or float64, got ", x.scalar_type());
   }
-  TORCH_CHECK_VALUE(x.size(0) >= 1, op, ": input must have at least one time step, got T = 0 (shape ",
-                    shape_str(x.sizes()), ")");
+  if (!packed) {
+    TORCH_CHECK_VALUE(x.size(0) >= 1, op, ": input must have at least one time step, got T = 0 (shape ",
+                      shape_str(x.sizes()), ")");
+  }
+}
+
+// Packed layout from batch_sizes (see Note [Padded and packed layouts]).
+inline void packed_layout(const char* op, const at::Tensor& batch_sizes, int64_t N, LayerSizes& s) {
+  TORCH_CHECK_TYPE(batch_sizes.scalar_type() == at::kLong, op,
+                   ": batch_sizes must be an int64 tensor, got ", batch_sizes.scalar_type());
+  TORCH_CHECK(batch_sizes.device().is_cpu(), op, ": batch_sizes must be a CPU tensor, got ",
+              batch_sizes.device());
+  TORCH_CHECK_VALUE(batch_sizes.dim() == 1 && batch_sizes.size(0) >= 1, op,
+                    ": batch_sizes must be 1-D with at least one step, got shape ",
+                    shape_str(batch_sizes.sizes()));
+  const at::Tensor bs = batch_sizes.contiguous();
+  const int64_t* p = bs.data_ptr<int64_t>();
+  s.T = bs.size(0);
+  s.B = p[0];
+  int64_t total = 0;
+  for (int64_t t = 0; t < s.T; ++t) {
+    TORCH_CHECK_VALUE(p[t] >= 1 && p[t] <= (t ? p[t - 1] : p[0]), op,
+                      ": batch_sizes must be positive and non-increasing, got batch_sizes[", t,
+                      "] = ", p[t], (t ? " after " : ""), (t ? std::to_string(p[t - 1]) : ""));
+    s.offset.push_back(total);
+    s.rows.push_back(p[t]);
+    total += p[t];
+  }
+  TORCH_CHECK_VALUE(total == N, op, ": batch_sizes must sum to the rows of input (", N,
+                    "), got ", total);
+  at::Tensor lengths = at::zeros({s.B}, bs.options());
+  int64_t* l = lengths.data_ptr<int64_t>();
+  for (int64_t t = 0; t < s.T; ++t) {
+    for (int64_t b = 0; b < p[t]; ++b) l[b] = t + 1;
+  }
+  s.lengths = lengths;
 }
 
 inline void check_lengths(const char* op, const OptTensor& lengths, int64_t T, int64_t B) {
@@ -81,9 +134,30 @@ inline LayerSizes check_layer_inputs(const char* op, int64_t gates, const at::Te
                                      const at::Tensor& w_ih, const at::Tensor& w_hh,
                                      const OptTensor& b_ih, const OptTensor& b_hh,
                                      const OptTensor& h0, const OptTensor& c0,
-                                     const OptTensor& w_hr, const OptTensor& lengths) {
-  check_input(op, x);
-  LayerSizes s{x.size(0), x.size(1), x.size(2), 0, 0};
+                                     const OptTensor& w_hr, const OptTensor& lengths,
+                                     const OptTensor& batch_sizes) {
+  check_input(op, x, batch_sizes.has_value());
+  LayerSizes s{};
+  if (batch_sizes) {
+    TORCH_CHECK_VALUE(!lengths, op, ": pass lengths (padded input) or batch_sizes (packed "
+                      "input), not both");
+    s.packed = true;
+    s.I = x.size(1);
+    s.N = x.size(0);
+    packed_layout(op, *batch_sizes, s.N, s);
+  } else {
+    s.packed = false;
+    s.T = x.size(0);
+    s.B = x.size(1);
+    s.I = x.size(2);
+    s.N = s.T * s.B;
+    for (int64_t t = 0; t < s.T; ++t) {
+      s.offset.push_back(t * s.B);
+      s.rows.push_back(s.B);
+    }
+    check_lengths(op, lengths, s.T, s.B);
+    if (lengths) s.lengths = lengths->contiguous();
+  }
   check_like_input(op, "weight_ih", w_ih, x);
   check_like_input(op, "weight_hh", w_hh, x);
   TORCH_CHECK_VALUE(w_ih.dim() == 2 && w_ih.size(0) % gates == 0 && w_ih.size(0) > 0, op,
@@ -115,7 +189,6 @@ inline LayerSizes check_layer_inputs(const char* op, int64_t gates, const at::Te
     check_like_input(op, "c0", *c0, x);
     check_shape(op, "c0", *c0, {s.B, s.H}, "(B, H)");
   }
-  check_lengths(op, lengths, s.T, s.B);
   return s;
 }
 
@@ -143,6 +216,12 @@ inline GradOptions<T> grad_options(const char* op, const std::optional<double>& 
   o.clip = grad_clip ? static_cast<T>(*grad_clip) : T(0);
   o.truncate = truncate ? *truncate : 0;
   return o;
+}
+
+// Shape of a per-step tensor of the layer ([T, B, width] padded, [N, width] packed) and its
+// letters for messages.
+inline std::vector<int64_t> step_shape(const LayerSizes& s, int64_t width) {
+  return s.packed ? std::vector<int64_t>{s.N, width} : std::vector<int64_t>{s.T, s.B, width};
 }
 
 // A gradient tensor from autograd: shape as expected, same dtype/device as the input.

@@ -8,9 +8,10 @@ fusedrnn module is initialised exactly like its torch.nn namesake. The cells der
 ``torch.nn.LSTMCell``/``GRUCell`` and run one fused step.
 
 Each layer and direction is one call of :func:`fusedrnn.ops.lstm_layer` /
-:func:`fusedrnn.ops.gru_layer`. PackedSequence input is unpacked once (in sorted order) and
-its per-sequence lengths go to the kernels, which stop each row at its length and run the
-reverse direction from each sequence's own last element; there is no per-step Python.
+:func:`fusedrnn.ops.gru_layer`. PackedSequence input stays packed: its data and batch_sizes
+go to the kernels (packed layout), which process at each step only the sequences still
+running and run the reverse direction from each sequence's own last element; there is no
+padding and no per-step Python.
 
 Extra keyword-only options (DESIGN.md §1, §3): ``grad_clip``, ``grad_clip_mode``,
 ``truncate`` (LSTM and GRU) and ``cell_clip`` (LSTM); they apply to every layer and
@@ -67,15 +68,14 @@ class _FusedRNNBase(nn.RNNBase):
         return get("weight_ih"), get("weight_hh"), bias[0], bias[1], w_hr
 
     def _prepare(self, input):
-        """Time-major padded input [T, B, I], lengths (sorted order) or None, and the packing
-        info (batch_sizes, sorted_indices, unsorted_indices) or None, after torch.nn's input
-        checks. is_batched is False for 2-D input."""
+        """(x, batch_sizes, packing, is_batched) after torch.nn's input checks: time-major
+        padded input [T, B, I] and None, or packed data [N, I] and its batch_sizes; packing is
+        (batch_sizes, sorted_indices, unsorted_indices) for PackedSequence input, else None;
+        is_batched is False for 2-D (unbatched) input."""
         if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
             self.check_input(data, batch_sizes)
-            x, lengths = torch.ops.aten._pad_packed_sequence(
-                data, batch_sizes, False, 0.0, int(batch_sizes.size(0)))
-            return x, lengths, (batch_sizes, sorted_indices, unsorted_indices), True
+            return data, batch_sizes, (batch_sizes, sorted_indices, unsorted_indices), True
         name = type(self).__name__
         if input.dim() not in (2, 3):
             raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
@@ -94,16 +94,17 @@ class _FusedRNNBase(nn.RNNBase):
         if not is_batched:
             hx = hx.unsqueeze(1)
         expected = (self.num_layers * self._num_directions, batch, size)
+        # (for packed input, batch = batch_sizes[0], the number of sequences)
         self.check_hidden_size(hx, expected, message)
         if packing is not None and packing[1] is not None:
             hx = hx.index_select(1, packing[1])
         return hx
 
-    def _run(self, layer_op, x: Tensor, lengths: Optional[Tensor],
+    def _run(self, layer_op, x: Tensor, batch_sizes: Optional[Tensor],
              states: Tuple[Optional[Tensor], ...]) -> Tuple[Tensor, List[List[Tensor]]]:
         """All layers and directions. states: initial states [L * D, B, *] or None each.
-        Returns the last layer's output [T, B, D * R] and, per state kind, the final states
-        in layer-major order."""
+        Returns the last layer's output ([T, B, D * R] or packed [N, D * R]) and, per state
+        kind, the final states in layer-major order."""
         finals: List[List[Tensor]] = [[] for _ in states]
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout > 0 and self.training:
@@ -112,21 +113,20 @@ class _FusedRNNBase(nn.RNNBase):
             for direction in range(self._num_directions):
                 index = layer * self._num_directions + direction
                 init = [None if s is None else s[index] for s in states]
-                y, *final = layer_op(x, self._weights(layer, direction), init, lengths,
+                y, *final = layer_op(x, self._weights(layer, direction), init, batch_sizes,
                                      direction == 1)
                 outputs.append(y)
                 for store, value in zip(finals, final):
                     store.append(value)
-            x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+            x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
         return x, finals
 
-    def _finish(self, y: Tensor, finals: List[List[Tensor]], lengths, packing, is_batched):
+    def _finish(self, y: Tensor, finals: List[List[Tensor]], packing, is_batched):
         """Output in the caller's layout and final states [L * D, B, *] in the caller's order."""
         states = [torch.stack(f, 0) for f in finals]
         if packing is not None:
             batch_sizes, sorted_indices, unsorted_indices = packing
-            data, _ = torch.ops.aten._pack_padded_sequence(y, lengths, False)
-            output = PackedSequence(data, batch_sizes, sorted_indices, unsorted_indices)
+            output = PackedSequence(y, batch_sizes, sorted_indices, unsorted_indices)
             if unsorted_indices is not None:
                 states = [s.index_select(1, unsorted_indices) for s in states]
             return output, states
@@ -170,14 +170,15 @@ class LSTM(_FusedRNNBase):
             parts.append(f"cell_clip={self.cell_clip}")
         return parts
 
-    def _layer(self, x, weights, init, lengths, reverse):
+    def _layer(self, x, weights, init, batch_sizes, reverse):
         w_ih, w_hh, b_ih, b_hh, w_hr = weights
         return ops.lstm_layer(x, w_ih, w_hh, b_ih, b_hh, init[0], init[1], weight_hr=w_hr,
-                              lengths=lengths, reverse=reverse, cell_clip=self.cell_clip,
+                              batch_sizes=batch_sizes, reverse=reverse, cell_clip=self.cell_clip,
                               **self._grad_options())
 
     def forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None):
-        x, lengths, packing, is_batched = self._prepare(input)
+        x, batch_sizes, packing, is_batched = self._prepare(input)
+        batch = x.size(1) if packing is None else int(batch_sizes[0])
         h0 = c0 = None
         if hx is not None:
             h, c = hx
@@ -190,12 +191,12 @@ class LSTM(_FusedRNNBase):
                         f"({h.dim()}-D, {c.dim()}-D) tensors"
                     )
             real = self.proj_size if self.proj_size > 0 else self.hidden_size
-            h0 = self._state(h, is_batched, x.size(1), real, "Expected hidden[0] size {}, got {}",
+            h0 = self._state(h, is_batched, batch, real, "Expected hidden[0] size {}, got {}",
                              packing)
-            c0 = self._state(c, is_batched, x.size(1), self.hidden_size,
+            c0 = self._state(c, is_batched, batch, self.hidden_size,
                              "Expected hidden[1] size {}, got {}", packing)
-        y, finals = self._run(self._layer, x, lengths, (h0, c0))
-        output, (h_n, c_n) = self._finish(y, finals, lengths, packing, is_batched)
+        y, finals = self._run(self._layer, x, batch_sizes, (h0, c0))
+        output, (h_n, c_n) = self._finish(y, finals, packing, is_batched)
         return output, (h_n, c_n)
 
 
@@ -216,13 +217,14 @@ class GRU(_FusedRNNBase):
         super().__init__("GRU", *args, grad_clip=grad_clip, grad_clip_mode=grad_clip_mode,
                          truncate=truncate, **kwargs)
 
-    def _layer(self, x, weights, init, lengths, reverse):
+    def _layer(self, x, weights, init, batch_sizes, reverse):
         w_ih, w_hh, b_ih, b_hh, _ = weights
-        return ops.gru_layer(x, w_ih, w_hh, b_ih, b_hh, init[0], lengths=lengths,
+        return ops.gru_layer(x, w_ih, w_hh, b_ih, b_hh, init[0], batch_sizes=batch_sizes,
                              reverse=reverse, **self._grad_options())
 
     def forward(self, input, hx: Optional[Tensor] = None):
-        x, lengths, packing, is_batched = self._prepare(input)
+        x, batch_sizes, packing, is_batched = self._prepare(input)
+        batch = x.size(1) if packing is None else int(batch_sizes[0])
         if hx is not None and packing is None:
             want = 3 if is_batched else 2
             if hx.dim() != want:
@@ -230,10 +232,10 @@ class GRU(_FusedRNNBase):
                 raise RuntimeError(
                     f"For {kind} input, hx should also be {want}-D but got {hx.dim()}-D tensor"
                 )
-        h0 = self._state(hx, is_batched, x.size(1), self.hidden_size,
+        h0 = self._state(hx, is_batched, batch, self.hidden_size,
                          "Expected hidden size {}, got {}", packing)
-        y, finals = self._run(self._layer, x, lengths, (h0,))
-        output, (h_n,) = self._finish(y, finals, lengths, packing, is_batched)
+        y, finals = self._run(self._layer, x, batch_sizes, (h0,))
+        output, (h_n,) = self._finish(y, finals, packing, is_batched)
         return output, h_n
 
 

@@ -59,6 +59,32 @@ def _or_zeros(grad: Optional[Tensor], like: Tensor) -> Tensor:
     return torch.zeros_like(like) if grad is None else grad
 
 
+def _like(t: Tensor):
+    """What it takes to make zeros like t later without keeping t alive."""
+    return t.shape, t.dtype, t.device
+
+
+def _state_grad(grad: Optional[Tensor], like) -> Tensor:
+    shape, dtype, device = like
+    return torch.zeros(shape, dtype=dtype, device=device) if grad is None else grad
+
+
+def _batch_and_rows(input: Tensor, h0: Optional[Tensor], batch_sizes: Optional[Tensor]):
+    """(B, leading shape of per-step tensors): padded input [T, B, I] -> (B, (T, B)); packed
+    input [N, I] -> (h0.shape[0], (N,)) (the wrappers always pass h0 with batch_sizes)."""
+    if batch_sizes is None:
+        return input.shape[1], (input.shape[0], input.shape[1])
+    return h0.shape[0], (input.shape[0],)
+
+
+def _packed_states(input: Tensor, batch_sizes: Optional[Tensor], states, widths):
+    """With batch_sizes, initial states default to zeros here (the ops need them to know B)."""
+    if batch_sizes is None:
+        return states
+    B = int(batch_sizes[0]) if batch_sizes.numel() > 0 else 0
+    return tuple(input.new_zeros(B, w) if s is None else s for s, w in zip(states, widths))
+
+
 def _grad_or_none(grad: Tensor, wanted: bool) -> Optional[Tensor]:
     return grad if wanted else None
 
@@ -78,6 +104,7 @@ def _lstm_layer(
     c0: Optional[Tensor],
     weight_hr: Optional[Tensor],
     lengths: Optional[Tensor],
+    batch_sizes: Optional[Tensor],
     reverse: bool,
     grad_clip: Optional[float],
     grad_clip_mode: str,
@@ -89,26 +116,26 @@ def _lstm_layer(
     saved for backward (see csrc/rnn_ops.h). grad_clip, grad_clip_mode and truncate do not
     change the forward; they are inputs so that the autograd formula sees them."""
     y, h_n, c_n, act, c_raw, h_pre = _C.lstm_forward(
-        input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths, reverse,
-        cell_clip, save,
+        input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths, batch_sizes,
+        reverse, cell_clip, save,
     )
     return y, h_n, c_n, act, c_raw, h_pre
 
 
 @_lstm_layer.register_fake
 def _lstm_layer_fake(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths,
-                     reverse, grad_clip, grad_clip_mode, truncate, cell_clip, save):
-    T, B, _ = input.shape
+                     batch_sizes, reverse, grad_clip, grad_clip_mode, truncate, cell_clip, save):
     H = weight_hh.shape[0] // 4
     R = H if weight_hr is None else weight_hr.shape[0]
+    B, rows = _batch_and_rows(input, h0, batch_sizes)
     new = input.new_empty
     return (
-        new(T, B, R),
+        new(*rows, R),
         new(B, R),
         new(B, H),
-        new(T, B, 4 * H),
-        new(T, B, H) if save else new(0),
-        new(T, B, H) if weight_hr is not None else new(0),
+        new(*rows, 4 * H),
+        new(*rows, H) if save else new(0),
+        new(*rows, H) if weight_hr is not None else new(0),
     )
 
 
@@ -124,6 +151,7 @@ def _lstm_layer_backward(
     h0: Optional[Tensor],
     c0: Optional[Tensor],
     lengths: Optional[Tensor],
+    batch_sizes: Optional[Tensor],
     output: Tensor,
     act: Tensor,
     c_raw: Tensor,
@@ -141,23 +169,24 @@ def _lstm_layer_backward(
     asked for are empty tensors. d_bias serves bias_ih and bias_hh alike."""
     return tuple(_C.lstm_backward(
         grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh, weight_hr, h0, c0, lengths,
-        output, act, c_raw, h_pre, reverse, grad_clip, grad_clip_mode, truncate, cell_clip,
-        has_bias, need_input_grad, need_weight_grad,
+        batch_sizes, output, act, c_raw, h_pre, reverse, grad_clip, grad_clip_mode, truncate,
+        cell_clip, has_bias, need_input_grad, need_weight_grad,
     ))
 
 
 @_lstm_layer_backward.register_fake
 def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh,
-                              weight_hr, h0, c0, lengths, output, act, c_raw, h_pre, reverse,
-                              grad_clip, grad_clip_mode, truncate, cell_clip, has_bias,
+                              weight_hr, h0, c0, lengths, batch_sizes, output, act, c_raw, h_pre,
+                              reverse, grad_clip, grad_clip_mode, truncate, cell_clip, has_bias,
                               need_input_grad, need_weight_grad):
-    T, B, I = input.shape
+    I = input.shape[-1]
     H = weight_hh.shape[0] // 4
     R = H if weight_hr is None else weight_hr.shape[0]
+    B, _ = _batch_and_rows(input, h0, batch_sizes)
     new = input.new_empty
     w = need_weight_grad
     return (
-        new(T, B, I) if need_input_grad else new(0),
+        new(input.shape) if need_input_grad else new(0),
         new(B, R),
         new(B, H),
         new(4 * H, I) if w else new(0),
@@ -168,28 +197,30 @@ def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, weight_ih,
 
 
 def _lstm_setup_context(ctx, inputs, output):
-    (input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths, reverse,
-     grad_clip, grad_clip_mode, truncate, cell_clip, save) = inputs
+    (input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths, batch_sizes,
+     reverse, grad_clip, grad_clip_mode, truncate, cell_clip, save) = inputs
     y, _, _, act, c_raw, h_pre = output
-    ctx.save_for_backward(input, weight_ih, weight_hh, weight_hr, h0, c0, lengths, y, act, c_raw,
-                          h_pre)
+    ctx.save_for_backward(input, weight_ih, weight_hh, weight_hr, h0, c0, lengths, batch_sizes, y,
+                          act, c_raw, h_pre)
     ctx.options = (reverse, grad_clip, grad_clip_mode, truncate, cell_clip)
     ctx.has_bias = bias_ih is not None or bias_hh is not None
+    ctx.h_n_like, ctx.c_n_like = _like(output[1]), _like(output[2])
     ctx.mark_non_differentiable(act, c_raw, h_pre)
 
 
 def _lstm_backward(ctx, grad_y, grad_h_n, grad_c_n, *unused):
-    input, weight_ih, weight_hh, weight_hr, h0, c0, lengths, y, act, c_raw, h_pre = ctx.saved_tensors
+    (input, weight_ih, weight_hh, weight_hr, h0, c0, lengths, batch_sizes, y, act, c_raw,
+     h_pre) = ctx.saved_tensors
     reverse, grad_clip, grad_clip_mode, truncate, cell_clip = ctx.options
     needs = ctx.needs_input_grad
     # needs: input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, ...
     need_input = needs[0]
     need_weight = any(needs[1:5]) or needs[7]
     dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = torch.ops.fusedrnn.lstm_layer_backward(
-        _or_zeros(grad_y, y), _or_zeros(grad_h_n, y[0]), _or_zeros(grad_c_n, c_raw[0]),
-        input, weight_ih, weight_hh, weight_hr, h0, c0, lengths, y, act, c_raw, h_pre,
-        reverse, grad_clip, grad_clip_mode, truncate, cell_clip, ctx.has_bias, need_input,
-        need_weight,
+        _or_zeros(grad_y, y), _state_grad(grad_h_n, ctx.h_n_like),
+        _state_grad(grad_c_n, ctx.c_n_like), input, weight_ih, weight_hh, weight_hr, h0, c0,
+        lengths, batch_sizes, y, act, c_raw, h_pre, reverse, grad_clip, grad_clip_mode, truncate,
+        cell_clip, ctx.has_bias, need_input, need_weight,
     )
     return (
         _grad_or_none(dx, need_input),
@@ -200,7 +231,7 @@ def _lstm_backward(ctx, grad_y, grad_h_n, grad_c_n, *unused):
         _grad_or_none(dh0, needs[5]),
         _grad_or_none(dc0, needs[6]),
         _grad_or_none(dw_hr, needs[7]),
-        None, None, None, None, None, None, None,
+        None, None, None, None, None, None, None, None,
     )
 
 
@@ -218,6 +249,7 @@ def lstm_layer(
     *,
     weight_hr: Optional[Tensor] = None,
     lengths: Lengths = None,
+    batch_sizes: Optional[Tensor] = None,
     reverse: bool = False,
     grad_clip: Optional[float] = None,
     grad_clip_mode: str = "value",
@@ -234,6 +266,10 @@ def lstm_layer(
         weight_hr: [P, H] projection (``proj_size`` of torch.nn.LSTM), or None.
         lengths: per-sequence lengths [B] (int tensor or sequence, 1 <= len <= T, any order);
             a row stops updating after its length and its outputs there are zero.
+        batch_sizes: packed layout instead of padded: ``input`` is the ``data`` [N, I] of a
+            ``PackedSequence`` and this its ``batch_sizes`` [T]; outputs are packed [N, R]
+            the same way and h0 / c0 / h_n / c_n are in its sorted batch order. Every GEMM
+            then covers real tokens only.
         reverse: run from the end of each sequence to its start.
         grad_clip, grad_clip_mode, truncate: clipping / truncation of the recurrent gradient
             inside BPTT (DESIGN.md §3); the forward is unchanged.
@@ -246,9 +282,12 @@ def lstm_layer(
                                                          cell_clip)
     lengths = _lengths_tensor(lengths)
     save = _needs_grad(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr)
+    H = weight_hh.shape[0] // 4
+    h0, c0 = _packed_states(input, batch_sizes,
+                            (h0, c0), (H if weight_hr is None else weight_hr.shape[0], H))
     y, h_n, c_n, _, _, _ = torch.ops.fusedrnn.lstm_layer(
-        input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths, bool(reverse),
-        grad_clip, grad_clip_mode, truncate, cell_clip, save,
+        input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths, batch_sizes,
+        bool(reverse), grad_clip, grad_clip_mode, truncate, cell_clip, save,
     )
     return y, h_n, c_n
 
@@ -266,6 +305,7 @@ def _gru_layer(
     bias_hh: Optional[Tensor],
     h0: Optional[Tensor],
     lengths: Optional[Tensor],
+    batch_sizes: Optional[Tensor],
     reverse: bool,
     grad_clip: Optional[float],
     grad_clip_mode: str,
@@ -274,17 +314,17 @@ def _gru_layer(
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """-> (output [T, B, H], h_n [B, H], saved [T, B, 4H] or empty)."""
     y, h_n, saved = _C.gru_forward(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths,
-                                   reverse, save)
+                                   batch_sizes, reverse, save)
     return y, h_n, saved
 
 
 @_gru_layer.register_fake
-def _gru_layer_fake(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, reverse,
-                    grad_clip, grad_clip_mode, truncate, save):
-    T, B, _ = input.shape
+def _gru_layer_fake(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, batch_sizes,
+                    reverse, grad_clip, grad_clip_mode, truncate, save):
     H = weight_hh.shape[0] // 3
+    B, rows = _batch_and_rows(input, h0, batch_sizes)
     new = input.new_empty
-    return new(T, B, H), new(B, H), new(T, B, 4 * H) if save else new(0)
+    return new(*rows, H), new(B, H), new(*rows, 4 * H) if save else new(0)
 
 
 @torch.library.custom_op("fusedrnn::gru_layer_backward", mutates_args=())
@@ -296,6 +336,7 @@ def _gru_layer_backward(
     weight_hh: Tensor,
     h0: Optional[Tensor],
     lengths: Optional[Tensor],
+    batch_sizes: Optional[Tensor],
     output: Tensor,
     saved: Tensor,
     reverse: bool,
@@ -309,21 +350,23 @@ def _gru_layer_backward(
     """-> (d_input, d_h0, d_weight_ih, d_weight_hh, d_bias_ih, d_bias_hh); gradients not asked
     for are empty tensors."""
     return tuple(_C.gru_backward(
-        grad_output, grad_h_n, input, weight_ih, weight_hh, h0, lengths, output, saved, reverse,
-        grad_clip, grad_clip_mode, truncate, has_bias, need_input_grad, need_weight_grad,
+        grad_output, grad_h_n, input, weight_ih, weight_hh, h0, lengths, batch_sizes, output,
+        saved, reverse, grad_clip, grad_clip_mode, truncate, has_bias, need_input_grad,
+        need_weight_grad,
     ))
 
 
 @_gru_layer_backward.register_fake
 def _gru_layer_backward_fake(grad_output, grad_h_n, input, weight_ih, weight_hh, h0, lengths,
-                             output, saved, reverse, grad_clip, grad_clip_mode, truncate,
-                             has_bias, need_input_grad, need_weight_grad):
-    T, B, I = input.shape
+                             batch_sizes, output, saved, reverse, grad_clip, grad_clip_mode,
+                             truncate, has_bias, need_input_grad, need_weight_grad):
+    I = input.shape[-1]
     H = weight_hh.shape[0] // 3
+    B, _ = _batch_and_rows(input, h0, batch_sizes)
     new = input.new_empty
     w = need_weight_grad
     return (
-        new(T, B, I) if need_input_grad else new(0),
+        new(input.shape) if need_input_grad else new(0),
         new(B, H),
         new(3 * H, I) if w else new(0),
         new(3 * H, H) if w else new(0),
@@ -333,26 +376,27 @@ def _gru_layer_backward_fake(grad_output, grad_h_n, input, weight_ih, weight_hh,
 
 
 def _gru_setup_context(ctx, inputs, output):
-    (input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, reverse, grad_clip,
+    (input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, batch_sizes, reverse, grad_clip,
      grad_clip_mode, truncate, save) = inputs
-    y, _, saved = output
-    ctx.save_for_backward(input, weight_ih, weight_hh, h0, lengths, y, saved)
+    y, h_n, saved = output
+    ctx.save_for_backward(input, weight_ih, weight_hh, h0, lengths, batch_sizes, y, saved)
+    ctx.h_n_like = _like(h_n)
     ctx.options = (reverse, grad_clip, grad_clip_mode, truncate)
     ctx.has_bias = bias_ih is not None or bias_hh is not None
     ctx.mark_non_differentiable(saved)
 
 
 def _gru_backward(ctx, grad_y, grad_h_n, *unused):
-    input, weight_ih, weight_hh, h0, lengths, y, saved = ctx.saved_tensors
+    input, weight_ih, weight_hh, h0, lengths, batch_sizes, y, saved = ctx.saved_tensors
     reverse, grad_clip, grad_clip_mode, truncate = ctx.options
     needs = ctx.needs_input_grad
     # needs: input, weight_ih, weight_hh, bias_ih, bias_hh, h0, ...
     need_input = needs[0]
     need_weight = any(needs[1:5])
     dx, dh0, dw_ih, dw_hh, db_ih, db_hh = torch.ops.fusedrnn.gru_layer_backward(
-        _or_zeros(grad_y, y), _or_zeros(grad_h_n, y[0]), input, weight_ih, weight_hh, h0,
-        lengths, y, saved, reverse, grad_clip, grad_clip_mode, truncate, ctx.has_bias,
-        need_input, need_weight,
+        _or_zeros(grad_y, y), _state_grad(grad_h_n, ctx.h_n_like), input, weight_ih, weight_hh,
+        h0, lengths, batch_sizes, y, saved, reverse, grad_clip, grad_clip_mode, truncate,
+        ctx.has_bias, need_input, need_weight,
     )
     return (
         _grad_or_none(dx, need_input),
@@ -361,7 +405,7 @@ def _gru_backward(ctx, grad_y, grad_h_n, *unused):
         _grad_or_none(db_ih, needs[3]),
         _grad_or_none(db_hh, needs[4]),
         _grad_or_none(dh0, needs[5]),
-        None, None, None, None, None, None,
+        None, None, None, None, None, None, None,
     )
 
 
@@ -377,6 +421,7 @@ def gru_layer(
     h0: Optional[Tensor] = None,
     *,
     lengths: Lengths = None,
+    batch_sizes: Optional[Tensor] = None,
     reverse: bool = False,
     grad_clip: Optional[float] = None,
     grad_clip_mode: str = "value",
@@ -389,7 +434,8 @@ def gru_layer(
         weight_ih: [3H, I], weight_hh: [3H, H], bias_ih / bias_hh: [3H] or None (torch.nn
             layout, gates r, z, n; "reset after" form as in torch.nn / cuDNN).
         h0: [B, H] or None (zeros).
-        lengths, reverse, grad_clip, grad_clip_mode, truncate: as for :func:`lstm_layer`.
+        lengths, batch_sizes, reverse, grad_clip, grad_clip_mode, truncate: as for
+            :func:`lstm_layer`.
 
     Returns:
         (output [T, B, H], h_n [B, H]).
@@ -397,8 +443,9 @@ def gru_layer(
     grad_clip, truncate, _ = _normalized_options(grad_clip, grad_clip_mode, truncate)
     lengths = _lengths_tensor(lengths)
     save = _needs_grad(input, weight_ih, weight_hh, bias_ih, bias_hh, h0)
+    (h0,) = _packed_states(input, batch_sizes, (h0,), (weight_hh.shape[0] // 3,))
     y, h_n, _ = torch.ops.fusedrnn.gru_layer(
-        input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, bool(reverse), grad_clip,
-        grad_clip_mode, truncate, save,
+        input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, batch_sizes, bool(reverse),
+        grad_clip, grad_clip_mode, truncate, save,
     )
     return y, h_n

@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/mm_cpu_dispatch.h>
 
+#include "../checks.h"
 #include "../rnn_params.h"
 
 namespace fusedrnn {
@@ -30,12 +31,14 @@ namespace cpu {
 template <typename T>
 class StepLinear {
  public:
+  // M: the most rows a call will have (a packing hint for oneDNN).
   StepLinear(const at::Tensor& weight, int64_t M);
-  // Row-major in [M, K] -> out [M, N]; the result stays valid until the next call.
-  const T* operator()(const T* in);
+  // Row-major in [M, K] -> out [M, N], M <= the constructor's; the result stays valid until
+  // the next call.
+  const T* operator()(const T* in, int64_t M);
 
  private:
-  int64_t M_, N_, K_;
+  int64_t N_, K_;
   at::Tensor weight_;   // [N, K] contiguous
   at::Tensor packed_;   // oneDNN-packed weight, or undefined
   at::Tensor out_;      // the last result
@@ -59,6 +62,19 @@ inline void parallel_rows(int64_t B, int64_t row_work, const F& f) {
   at::parallel_for(0, B, grain, f);
 }
 
+// dh0[b] = gemm[b] + carry[b] for rows b in [from, to): their gradient into the initial state
+// is complete (see Note [Recurrent gradient buffers] in rnn_params.h).
+template <typename T>
+inline void retire_rows(at::Tensor& dh0, const at::Tensor& carry, const T* gemm, int64_t from,
+                        int64_t to) {
+  if (to <= from) return;
+  const int64_t R = dh0.size(1);
+  const at::Tensor g = at::from_blob(const_cast<T*>(gemm) + from * R, {to - from, R},
+                                     carry.options());
+  at::Tensor rows = dh0.narrow(0, from, to - from);
+  at::add_out(rows, carry.narrow(0, from, to - from), g);
+}
+
 // The time processed just before `t`, in processing order (may be out of [0, T)).
 inline int64_t previous_time(int64_t t, bool reverse) { return reverse ? t + 1 : t - 1; }
 
@@ -80,6 +96,12 @@ inline at::Tensor outer_sum(const at::Tensor& a, const at::Tensor& b) {
   }
   return out;
 }
+
+// The state entering each step, row by row, in the layout of `y` (packed layout only: the
+// padded layout uses the shifted GEMM of recurrent_weight_grad): the previous step's output,
+// or h0 (zeros without it) at each row's first processed step. y: [N, R].
+at::Tensor previous_states(const LayerSizes& s, const at::Tensor& y,
+                           const std::optional<at::Tensor>& h0, bool reverse);
 
 // dW_hh = sum_t dg_t^T h_{t-1} for gate gradients dg [T, B, G] and outputs y [T, B, R].
 // The previous state is the previous output, except at a row's first processed step where it

@@ -1,5 +1,5 @@
 // CPU implementations of the layer ops (arguments already checked; see csrc/rnn_ops.h for
-// the meaning of inputs and outputs).
+// the meaning of inputs and outputs, and LayerSizes in checks.h for the layouts).
 #pragma once
 
 #include <optional>
@@ -17,28 +17,27 @@ std::vector<at::Tensor> lstm_forward(const LayerSizes& s, const at::Tensor& x,
                                      const at::Tensor& w_ih, const at::Tensor& w_hh,
                                      const OptTensor& b_ih, const OptTensor& b_hh,
                                      const OptTensor& h0, const OptTensor& c0,
-                                     const OptTensor& w_hr, const OptTensor& lengths,
-                                     bool reverse, std::optional<double> cell_clip, bool save);
+                                     const OptTensor& w_hr, bool reverse,
+                                     std::optional<double> cell_clip, bool save);
 
 std::vector<at::Tensor> lstm_backward(
     const LayerSizes& s, const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& dc_n,
     const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& w_hr,
-    const OptTensor& h0, const OptTensor& c0, const OptTensor& lengths, const at::Tensor& y,
-    const at::Tensor& act, const at::Tensor& c_raw, const at::Tensor& h_pre, bool reverse,
+    const OptTensor& h0, const OptTensor& c0, const at::Tensor& y, const at::Tensor& act,
+    const at::Tensor& c_raw, const at::Tensor& h_pre, bool reverse,
     const GradOptions<double>& opt, std::optional<double> cell_clip, bool has_bias,
     bool need_input_grad, bool need_weight_grad);
 
 std::vector<at::Tensor> gru_forward(const LayerSizes& s, const at::Tensor& x,
                                     const at::Tensor& w_ih, const at::Tensor& w_hh,
                                     const OptTensor& b_ih, const OptTensor& b_hh,
-                                    const OptTensor& h0, const OptTensor& lengths, bool reverse,
-                                    bool save);
+                                    const OptTensor& h0, bool reverse, bool save);
 
 std::vector<at::Tensor> gru_backward(const LayerSizes& s, const at::Tensor& dy,
                                      const at::Tensor& dh_n, const at::Tensor& x,
                                      const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                     const OptTensor& h0, const OptTensor& lengths,
-                                     const at::Tensor& y, const at::Tensor& saved, bool reverse,
+                                     const OptTensor& h0, const at::Tensor& y,
+                                     const at::Tensor& saved, bool reverse,
                                      const GradOptions<double>& opt, bool has_bias,
                                      bool need_input_grad, bool need_weight_grad);
 

@@ -18,74 +18,78 @@ namespace {
 template <typename T>
 void gru_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tensor& w_ih,
                       const at::Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                      const OptTensor& h0, const OptTensor& lengths, bool reverse, bool save,
+                      const OptTensor& h0, bool reverse, bool save,
                       std::vector<at::Tensor>& out) {
-  const int64_t T_ = s.T, B = s.B, I = s.I, H = s.H;
+  const int64_t T_ = s.T, B = s.B, N = s.N, I = s.I, H = s.H;
   const auto opts = x.options();
   const CpuKernelTable<T> k = kernels<T>();
 
-  // xg: [T, B, 3H] = x W_ih^T + b_ih + (b_hr, b_hz, 0)
+  // xg: [N, 3H] = x W_ih^T + b_ih + (b_hr, b_hz, 0), all steps at once
   std::optional<at::Tensor> bias;
   if (b_ih || b_hh) {
     bias = b_ih ? b_ih->clone() : at::zeros({3 * H}, opts);
     if (b_hh) bias->narrow(0, 0, 2 * H).add_(b_hh->narrow(0, 0, 2 * H));
   }
-  const at::Tensor xg = linear_rows(x.reshape({T_ * B, I}), w_ih, bias).view({T_, B, 3 * H});
+  const at::Tensor xg = linear_rows(x.reshape({N, I}), w_ih, bias);
   const at::Tensor b_hn = b_hh ? b_hh->narrow(0, 2 * H, H).contiguous() : at::Tensor();
 
-  at::Tensor y = at::empty({T_, B, H}, opts);
+  at::Tensor y = at::empty({N, H}, opts);
   at::Tensor h = h0 ? h0->contiguous().clone() : at::zeros({B, H}, opts);
   // Without backward the r, z, n, hn scratch of one step is enough.
-  at::Tensor saved = at::empty({save ? T_ : 1, B, 4 * H}, opts);
+  at::Tensor saved = at::empty({save ? N : B, 4 * H}, opts);
   StepLinear<T> recurrent(w_hh, B);  // h_{t-1} W_hh^T
-  const at::Tensor len = lengths ? lengths->contiguous() : at::Tensor();
 
   GruFwdStep<T> p{};
-  p.B = B;
   p.H = H;
-  p.step = StepInfo{T_, 0, reverse, lengths ? len.data_ptr<int64_t>() : nullptr};
+  p.step = StepInfo{T_, 0, reverse, s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr};
   p.b_hn = b_hh ? b_hn.data_ptr<T>() : nullptr;
   p.h_state = h.data_ptr<T>();
 
   for (int64_t step = 0; step < T_; ++step) {
     const int64_t t = reverse ? T_ - 1 - step : step;
-    p.hg = recurrent(p.h_state);
+    const int64_t M = s.rows[t], off = s.offset[t];
+    p.B = M;
+    p.hg = recurrent(p.h_state, M);
     p.step.t = t;
-    p.xg = xg.data_ptr<T>() + t * B * 3 * H;
-    p.saved = saved.data_ptr<T>() + (save ? t * B * 4 * H : 0);
-    p.h_out = y.data_ptr<T>() + t * B * H;
-    parallel_rows(B, 3 * H, [&](int64_t b0, int64_t b1) { k.gru_fwd(p, b0, b1); });
+    p.xg = xg.data_ptr<T>() + off * 3 * H;
+    p.saved = saved.data_ptr<T>() + (save ? off * 4 * H : 0);
+    p.h_out = y.data_ptr<T>() + off * H;
+    parallel_rows(M, 3 * H, [&](int64_t b0, int64_t b1) { k.gru_fwd(p, b0, b1); });
   }
-  out = {y, h, save ? saved : at::empty({0}, opts)};
+  if (!save) saved = at::empty({0}, opts);
+  if (!s.packed) {
+    y = y.view({T_, B, H});
+    if (save) saved = saved.view({T_, B, 4 * H});
+  }
+  out = {y, h, saved};
 }
 
 template <typename T>
 void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::Tensor& dhn_in,
                        const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                       const OptTensor& h0, const OptTensor& lengths, const at::Tensor& y,
-                       const at::Tensor& saved, bool reverse, const GradOptions<T>& opt,
-                       bool has_bias, bool need_input_grad, bool need_weight_grad,
+                       const OptTensor& h0, const at::Tensor& y, const at::Tensor& saved,
+                       bool reverse, const GradOptions<T>& opt, bool has_bias,
+                       bool need_input_grad, bool need_weight_grad,
                        std::vector<at::Tensor>& out) {
-  const int64_t T_ = s.T, B = s.B, I = s.I, H = s.H;
+  const int64_t T_ = s.T, B = s.B, N = s.N, I = s.I, H = s.H;
   const auto opts = x.options();
   const CpuKernelTable<T> k = kernels<T>();
 
   const at::Tensor dy = dy_in.contiguous(), dhn = dhn_in.contiguous();
   StepLinear<T> recurrent_t(w_hh.t(), B);  // dhg_t W_hh
   const at::Tensor h0c = h0 ? h0->contiguous() : at::Tensor();
-  const at::Tensor len = lengths ? lengths->contiguous() : at::Tensor();
 
-  at::Tensor dxg = at::empty({T_, B, 3 * H}, opts);
-  at::Tensor dhg = at::empty({T_, B, 3 * H}, opts);
+  at::Tensor dxg = at::empty({N, 3 * H}, opts);
+  at::Tensor dhg = at::empty({N, 3 * H}, opts);
   // Gradient into the state entering step t: dh_gemm + dh_carry, see
   // Note [Recurrent gradient buffers] in rnn_params.h.
   const at::Tensor zero_gemm = at::zeros({B, H}, opts);
   at::Tensor dh_carry = at::zeros({B, H}, opts);
+  at::Tensor dh0 = at::empty({B, H}, opts);
 
   GruBwdStep<T> p{};
-  p.B = B;
   p.H = H;
-  p.step = StepInfo{T_, 0, reverse, lengths ? len.data_ptr<int64_t>() : nullptr};
+  p.step = StepInfo{T_, 0, reverse, s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr};
   p.opt = opt;
   p.h0 = h0 ? h0c.data_ptr<T>() : nullptr;
   p.dh_n = dhn.data_ptr<T>();
@@ -96,38 +100,42 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
   for (int64_t step = 0; step < T_; ++step) {
     const int64_t t = reverse ? step : T_ - 1 - step;
     const int64_t tp = previous_time(t, reverse);
+    const int64_t M = s.rows[t], off = s.offset[t];
+    p.B = M;
     p.step.t = t;
-    p.saved = saved.data_ptr<T>() + t * B * 4 * H;
-    p.h_prev = (tp >= 0 && tp < T_) ? y_p + tp * B * H : nullptr;
-    p.dy = dy.data_ptr<T>() + t * B * H;
-    p.dxg = dxg.data_ptr<T>() + t * B * 3 * H;
-    p.dhg = dhg.data_ptr<T>() + t * B * 3 * H;
-    parallel_rows(B, 3 * H, [&](int64_t b0, int64_t b1) { k.gru_bwd(p, b0, b1); });
-    p.dh_gemm = recurrent_t(p.dhg);
+    p.saved = saved.data_ptr<T>() + off * 4 * H;
+    p.h_prev = (tp >= 0 && tp < T_) ? y_p + s.offset[tp] * H : nullptr;
+    p.dy = dy.data_ptr<T>() + off * H;
+    p.dxg = dxg.data_ptr<T>() + off * 3 * H;
+    p.dhg = dhg.data_ptr<T>() + off * 3 * H;
+    parallel_rows(M, 3 * H, [&](int64_t b0, int64_t b1) { k.gru_bwd(p, b0, b1); });
+    p.dh_gemm = recurrent_t(p.dhg, M);
+    // Rows the next backward step no longer visits (packed, reverse) have their whole
+    // gradient into h0 now.
+    const int64_t next = step + 1 < T_ ? s.rows[reverse ? t + 1 : t - 1] : 0;
+    retire_rows(dh0, dh_carry, p.dh_gemm, std::min(next, M), M);
   }
-  at::Tensor dh = dh_carry.add_(at::from_blob(const_cast<T*>(p.dh_gemm), {B, H}, opts));
 
   // The initial state is handed over to step 0 like any other state: clip its gradient.
   if (opt.clip_mode != ClipMode::None) {
-    parallel_rows(B, H, [&](int64_t b0, int64_t b1) { k.clip_rows(dh.data_ptr<T>(), B, H, H, opt, b0, b1); });
+    parallel_rows(B, H, [&](int64_t b0, int64_t b1) { k.clip_rows(dh0.data_ptr<T>(), B, H, H, opt, b0, b1); });
   }
 
   // Gradients not asked for are empty tensors, each its own (outputs of a custom op must not
   // alias one another).
   auto empty = [&] { return at::empty({0}, opts); };
-  const at::Tensor dxg2d = dxg.view({T_ * B, 3 * H});
-  const at::Tensor dhg2d = dhg.view({T_ * B, 3 * H});
-  at::Tensor dx = need_input_grad ? at::mm(dxg2d, w_ih).view({T_, B, I}) : empty();
+  at::Tensor dx = need_input_grad ? at::mm(dxg, w_ih).view(x.sizes()) : empty();
   at::Tensor dw_ih = empty(), dw_hh = empty(), db_ih = empty(), db_hh = empty();
   if (need_weight_grad) {
-    dw_ih = outer_sum(dxg2d, x.reshape({T_ * B, I}));
-    dw_hh = recurrent_weight_grad(dhg, y, h0, lengths, reverse);
+    dw_ih = outer_sum(dxg, x.reshape({N, I}));
+    dw_hh = s.packed ? outer_sum(dhg, previous_states(s, y, h0, reverse))
+                     : recurrent_weight_grad(dhg.view({T_, B, 3 * H}), y, h0, s.lengths, reverse);
     if (has_bias) {
-      db_ih = dxg2d.sum(0);
-      db_hh = dhg2d.sum(0);
+      db_ih = dxg.sum(0);
+      db_hh = dhg.sum(0);
     }
   }
-  out = {dx, dh, dw_ih, dw_hh, db_ih, db_hh};
+  out = {dx, dh0, dw_ih, dw_hh, db_ih, db_hh};
 }
 
 }  // namespace
@@ -135,12 +143,11 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
 std::vector<at::Tensor> gru_forward(const LayerSizes& s, const at::Tensor& x,
                                     const at::Tensor& w_ih, const at::Tensor& w_hh,
                                     const OptTensor& b_ih, const OptTensor& b_hh,
-                                    const OptTensor& h0, const OptTensor& lengths, bool reverse,
-                                    bool save) {
+                                    const OptTensor& h0, bool reverse, bool save) {
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn.gru_forward_cpu", [&] {
-    gru_forward_impl<scalar_t>(s, x.contiguous(), w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse,
-                               save, out);
+    gru_forward_impl<scalar_t>(s, x.contiguous(), w_ih, w_hh, b_ih, b_hh, h0, reverse, save,
+                               out);
   });
   return out;
 }
@@ -148,14 +155,14 @@ std::vector<at::Tensor> gru_forward(const LayerSizes& s, const at::Tensor& x,
 std::vector<at::Tensor> gru_backward(const LayerSizes& s, const at::Tensor& dy,
                                      const at::Tensor& dh_n, const at::Tensor& x,
                                      const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                     const OptTensor& h0, const OptTensor& lengths,
-                                     const at::Tensor& y, const at::Tensor& saved, bool reverse,
+                                     const OptTensor& h0, const at::Tensor& y,
+                                     const at::Tensor& saved, bool reverse,
                                      const GradOptions<double>& opt, bool has_bias,
                                      bool need_input_grad, bool need_weight_grad) {
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn.gru_backward_cpu", [&] {
     const GradOptions<scalar_t> o{opt.clip_mode, static_cast<scalar_t>(opt.clip), opt.truncate};
-    gru_backward_impl<scalar_t>(s, dy, dh_n, x.contiguous(), w_ih, w_hh, h0, lengths,
+    gru_backward_impl<scalar_t>(s, dy, dh_n, x.contiguous(), w_ih, w_hh, h0,
                                 y.contiguous(), saved.contiguous(), reverse, o, has_bias,
                                 need_input_grad, need_weight_grad, out);
   });

@@ -21,69 +21,68 @@ namespace cpu {
 namespace {
 
 template <typename T>
-const T* ptr_or_null(const OptTensor& t) {
-  return t ? t->data_ptr<T>() : nullptr;
-}
-
-template <typename T>
 void lstm_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tensor& w_ih,
                        const at::Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
                        const OptTensor& h0, const OptTensor& c0, const OptTensor& w_hr,
-                       const OptTensor& lengths, bool reverse, std::optional<double> cell_clip,
-                       bool save, std::vector<at::Tensor>& out) {
-  const int64_t T_ = s.T, B = s.B, I = s.I, H = s.H, R = s.R;
+                       bool reverse, std::optional<double> cell_clip, bool save,
+                       std::vector<at::Tensor>& out) {
+  const int64_t T_ = s.T, B = s.B, N = s.N, I = s.I, H = s.H, R = s.R;
   const auto opts = x.options();
   const CpuKernelTable<T> k = kernels<T>();
 
-  // gates: [T, B, 4H] = x W_ih^T + b_ih + b_hh
+  // gates: [N, 4H] = x W_ih^T + b_ih + b_hh, all steps at once
   std::optional<at::Tensor> bias;
   if (b_ih || b_hh) bias = b_ih && b_hh ? *b_ih + *b_hh : (b_ih ? *b_ih : *b_hh);
-  at::Tensor gates = linear_rows(x.reshape({T_ * B, I}), w_ih, bias).view({T_, B, 4 * H});
+  at::Tensor gates = linear_rows(x.reshape({N, I}), w_ih, bias);
 
-  at::Tensor y = at::empty({T_, B, R}, opts);
+  at::Tensor y = at::empty({N, R}, opts);
   at::Tensor h = h0 ? h0->contiguous().clone() : at::zeros({B, R}, opts);
   at::Tensor c = c0 ? c0->contiguous().clone() : at::zeros({B, H}, opts);
-  at::Tensor c_raw = save ? at::empty({T_, B, H}, opts) : at::empty({0}, opts);
-  at::Tensor h_pre = w_hr ? at::empty({T_, B, H}, opts) : at::empty({0}, opts);
+  at::Tensor c_raw = save ? at::empty({N, H}, opts) : at::empty({0}, opts);
+  at::Tensor h_pre = w_hr ? at::empty({N, H}, opts) : at::empty({0}, opts);
   StepLinear<T> recurrent(w_hh, B);                                   // h_{t-1} W_hh^T
   std::optional<StepLinear<T>> projection;                            // h_t W_hr^T
   if (w_hr) projection.emplace(*w_hr, B);
-  const at::Tensor len = lengths ? lengths->contiguous() : at::Tensor();
-  const int64_t* len_p = lengths ? len.data_ptr<int64_t>() : nullptr;
+  const int64_t* len_p = s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr;
 
   T* g_p = gates.data_ptr<T>();
   T* y_p = y.data_ptr<T>();
   T* h_p = h.data_ptr<T>();
-  T* c_p = c.data_ptr<T>();
   T* craw_p = save ? c_raw.data_ptr<T>() : nullptr;
   T* hpre_p = w_hr ? h_pre.data_ptr<T>() : nullptr;
 
   LstmFwdStep<T> p{};
-  p.B = B;
   p.H = H;
   p.step = StepInfo{T_, 0, reverse, len_p};
-  p.c = c_p;
+  p.c = c.data_ptr<T>();
   p.h_state = w_hr ? nullptr : h_p;
   p.has_cell_clip = cell_clip.has_value();
   p.cell_clip = cell_clip ? static_cast<T>(*cell_clip) : T(0);
 
   for (int64_t step = 0; step < T_; ++step) {
     const int64_t t = reverse ? T_ - 1 - step : step;
-    T* g_t = g_p + t * B * 4 * H;
-    p.hg = recurrent(h_p);
+    const int64_t M = s.rows[t], off = s.offset[t];
+    p.B = M;
+    p.hg = recurrent(h_p, M);
     p.step.t = t;
-    p.gates = g_t;
-    p.c_raw = craw_p ? craw_p + t * B * H : nullptr;
-    p.h_out = w_hr ? hpre_p + t * B * H : y_p + t * B * R;
-    parallel_rows(B, 4 * H, [&](int64_t b0, int64_t b1) { k.lstm_fwd(p, b0, b1); });
+    p.gates = g_p + off * 4 * H;
+    p.c_raw = craw_p ? craw_p + off * H : nullptr;
+    p.h_out = w_hr ? hpre_p + off * H : y_p + off * R;
+    parallel_rows(M, 4 * H, [&](int64_t b0, int64_t b1) { k.lstm_fwd(p, b0, b1); });
     if (w_hr) {
       // r_t = h_t W_hr^T; rows that do not exist at t have h_t = 0, hence r_t = 0.
-      T* y_t = y_p + t * B * R;
-      std::memcpy(y_t, (*projection)(p.h_out), sizeof(T) * B * R);
-      for (int64_t b = 0; b < B; ++b) {
+      T* y_t = y_p + off * R;
+      std::memcpy(y_t, (*projection)(p.h_out, M), sizeof(T) * M * R);
+      for (int64_t b = 0; b < M; ++b) {
         if (!len_p || t < len_p[b]) std::memcpy(h_p + b * R, y_t + b * R, sizeof(T) * R);
       }
     }
+  }
+  if (!s.packed) {
+    y = y.view({T_, B, R});
+    gates = gates.view({T_, B, 4 * H});
+    if (save) c_raw = c_raw.view({T_, B, H});
+    if (w_hr) h_pre = h_pre.view({T_, B, H});
   }
   out = {y, h, c, gates, c_raw, h_pre};
 }
@@ -92,12 +91,12 @@ template <typename T>
 void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::Tensor& dhn_in,
                         const at::Tensor& dcn_in, const at::Tensor& x, const at::Tensor& w_ih,
                         const at::Tensor& w_hh, const OptTensor& w_hr, const OptTensor& h0,
-                        const OptTensor& c0, const OptTensor& lengths, const at::Tensor& y,
-                        const at::Tensor& act, const at::Tensor& c_raw, const at::Tensor& h_pre,
-                        bool reverse, const GradOptions<T>& opt, std::optional<double> cell_clip,
+                        const OptTensor& c0, const at::Tensor& y, const at::Tensor& act,
+                        const at::Tensor& c_raw, const at::Tensor& h_pre, bool reverse,
+                        const GradOptions<T>& opt, std::optional<double> cell_clip,
                         bool has_bias, bool need_input_grad, bool need_weight_grad,
                         std::vector<at::Tensor>& out) {
-  const int64_t T_ = s.T, B = s.B, I = s.I, H = s.H, R = s.R;
+  const int64_t T_ = s.T, B = s.B, N = s.N, I = s.I, H = s.H, R = s.R;
   const auto opts = x.options();
   const CpuKernelTable<T> k = kernels<T>();
 
@@ -106,16 +105,16 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
   std::optional<StepLinear<T>> projection_t;                           // dr_t W_hr
   if (w_hr) projection_t.emplace(w_hr->t(), B);
   const at::Tensor c0c = c0 ? c0->contiguous() : at::Tensor();
-  const at::Tensor len = lengths ? lengths->contiguous() : at::Tensor();
-  const int64_t* len_p = lengths ? len.data_ptr<int64_t>() : nullptr;
+  const int64_t* len_p = s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr;
 
-  at::Tensor dgates = at::empty({T_, B, 4 * H}, opts);
+  at::Tensor dgates = at::empty({N, 4 * H}, opts);
   // Gradient into the state entering step t: dh_gemm + dh_carry, see
   // Note [Recurrent gradient buffers] in rnn_params.h.
   const at::Tensor zero_gemm = at::zeros({B, R}, opts);
   at::Tensor dh_carry = at::zeros({B, R}, opts);
   at::Tensor dc_rec = at::zeros({B, H}, opts);
-  at::Tensor dr = w_hr ? at::empty({T_, B, R}, opts) : at::Tensor();
+  at::Tensor dh0 = at::empty({B, R}, opts);
+  at::Tensor dr = w_hr ? at::empty({N, R}, opts) : at::Tensor();
 
   T* dg_p = dgates.data_ptr<T>();
   const T* craw_p = c_raw.data_ptr<T>();
@@ -123,7 +122,6 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
   const T* dy_p = dy.data_ptr<T>();
 
   LstmBwdStep<T> p{};
-  p.B = B;
   p.H = H;
   p.R = R;
   p.step = StepInfo{T_, 0, reverse, len_p};
@@ -139,7 +137,6 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
 
   ProjBwdStep<T> pp{};
   if (w_hr) {
-    pp.B = B;
     pp.R = R;
     pp.step = p.step;
     pp.opt = opt;
@@ -151,31 +148,32 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
   for (int64_t step = 0; step < T_; ++step) {
     const int64_t t = reverse ? step : T_ - 1 - step;
     const int64_t tp = previous_time(t, reverse);
+    const int64_t M = s.rows[t], off = s.offset[t];
+    p.B = M;
     p.step.t = t;
-    p.act = act_p + t * B * 4 * H;
-    p.c_raw = craw_p + t * B * H;
-    p.c_raw_prev = (tp >= 0 && tp < T_) ? craw_p + tp * B * H : nullptr;
-    p.dgates = dg_p + t * B * 4 * H;
+    p.act = act_p + off * 4 * H;
+    p.c_raw = craw_p + off * H;
+    p.c_raw_prev = (tp >= 0 && tp < T_) ? craw_p + s.offset[tp] * H : nullptr;
+    p.dgates = dg_p + off * 4 * H;
     if (w_hr) {
+      pp.B = M;
       pp.step.t = t;
-      pp.dy = dy_p + t * B * R;
-      pp.dr = dr.data_ptr<T>() + t * B * R;
-      parallel_rows(B, R, [&](int64_t b0, int64_t b1) { k.proj_bwd(pp, b0, b1); });
+      pp.dy = dy_p + off * R;
+      pp.dr = dr.data_ptr<T>() + off * R;
+      parallel_rows(M, R, [&](int64_t b0, int64_t b1) { k.proj_bwd(pp, b0, b1); });
       // Gradient of h_t = o * tanh(c_t): dr_t W_hr, [B, P] x [P, H].
-      p.dh_direct = (*projection_t)(pp.dr);
+      p.dh_direct = (*projection_t)(pp.dr, M);
     } else {
-      p.dy = dy_p + t * B * R;
+      p.dy = dy_p + off * R;
     }
-    parallel_rows(B, 4 * H, [&](int64_t b0, int64_t b1) { k.lstm_bwd(p, b0, b1); });
-    const T* gemm = recurrent_t(p.dgates);
-    if (w_hr) {
-      pp.dh_gemm = gemm;
-    } else {
-      p.dh_gemm = gemm;
-    }
+    parallel_rows(M, 4 * H, [&](int64_t b0, int64_t b1) { k.lstm_bwd(p, b0, b1); });
+    const T* gemm = recurrent_t(p.dgates, M);
+    (w_hr ? pp.dh_gemm : p.dh_gemm) = gemm;
+    // Rows the next backward step no longer visits (packed, reverse) have their whole
+    // gradient into h0 now.
+    const int64_t next = step + 1 < T_ ? s.rows[reverse ? t + 1 : t - 1] : 0;
+    retire_rows(dh0, dh_carry, gemm, std::min(next, M), M);
   }
-  const T* last_gemm = w_hr ? pp.dh_gemm : p.dh_gemm;
-  at::Tensor dh0 = dh_carry.add_(at::from_blob(const_cast<T*>(last_gemm), {B, R}, opts));
 
   // The initial state is handed over to step 0 like any other state: clip its gradient.
   if (opt.clip_mode != ClipMode::None) {
@@ -188,17 +186,16 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
   // Gradients not asked for are empty tensors, each its own (outputs of a custom op must not
   // alias one another).
   auto empty = [&] { return at::empty({0}, opts); };
-  const at::Tensor dg2d = dgates.view({T_ * B, 4 * H});
-  at::Tensor dx = need_input_grad ? at::mm(dg2d, w_ih).view({T_, B, I}) : empty();
+  const at::Tensor x2d = x.reshape({N, I});
+  at::Tensor dx = need_input_grad ? at::mm(dgates, w_ih).view(x.sizes()) : empty();
   at::Tensor dw_ih = empty(), dw_hh = empty(), db = empty(), dw_hr = empty();
   if (need_weight_grad) {
-    dw_ih = outer_sum(dg2d, x.reshape({T_ * B, I}));
-    // dW_hh = sum_t dgates_t^T h_{t-1}: the previous state is the previous output, except at
-    // s == 0 where it is h0. Outputs of absent rows are zero, so one shifted GEMM covers all
-    // s > 0 terms and a [B]-row GEMM the h0 term.
-    dw_hh = recurrent_weight_grad(dgates, y, h0, lengths, reverse);
-    if (has_bias) db = dg2d.sum(0);
-    if (w_hr) dw_hr = outer_sum(dr.view({T_ * B, R}), h_pre.view({T_ * B, H}));
+    dw_ih = outer_sum(dgates, x2d);
+    dw_hh = s.packed ? outer_sum(dgates, previous_states(s, y, h0, reverse))
+                     : recurrent_weight_grad(dgates.view({T_, B, 4 * H}), y, h0, s.lengths,
+                                             reverse);
+    if (has_bias) db = dgates.sum(0);
+    if (w_hr) dw_hr = outer_sum(dr, h_pre.reshape({N, H}));
   }
   out = {dx, dh0, dc_rec, dw_ih, dw_hh, db, dw_hr};
 }
@@ -209,12 +206,12 @@ std::vector<at::Tensor> lstm_forward(const LayerSizes& s, const at::Tensor& x,
                                      const at::Tensor& w_ih, const at::Tensor& w_hh,
                                      const OptTensor& b_ih, const OptTensor& b_hh,
                                      const OptTensor& h0, const OptTensor& c0,
-                                     const OptTensor& w_hr, const OptTensor& lengths,
-                                     bool reverse, std::optional<double> cell_clip, bool save) {
+                                     const OptTensor& w_hr, bool reverse,
+                                     std::optional<double> cell_clip, bool save) {
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn.lstm_forward_cpu", [&] {
     lstm_forward_impl<scalar_t>(s, x.contiguous(), w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr,
-                                lengths, reverse, cell_clip, save, out);
+                                reverse, cell_clip, save, out);
   });
   return out;
 }
@@ -222,15 +219,15 @@ std::vector<at::Tensor> lstm_forward(const LayerSizes& s, const at::Tensor& x,
 std::vector<at::Tensor> lstm_backward(
     const LayerSizes& s, const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& dc_n,
     const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& w_hr,
-    const OptTensor& h0, const OptTensor& c0, const OptTensor& lengths, const at::Tensor& y,
-    const at::Tensor& act, const at::Tensor& c_raw, const at::Tensor& h_pre, bool reverse,
+    const OptTensor& h0, const OptTensor& c0, const at::Tensor& y, const at::Tensor& act,
+    const at::Tensor& c_raw, const at::Tensor& h_pre, bool reverse,
     const GradOptions<double>& opt, std::optional<double> cell_clip, bool has_bias,
     bool need_input_grad, bool need_weight_grad) {
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn.lstm_backward_cpu", [&] {
     const GradOptions<scalar_t> o{opt.clip_mode, static_cast<scalar_t>(opt.clip), opt.truncate};
     lstm_backward_impl<scalar_t>(s, dy, dh_n, dc_n, x.contiguous(), w_ih, w_hh, w_hr, h0, c0,
-                                 lengths, y.contiguous(), act.contiguous(), c_raw.contiguous(),
+                                 y.contiguous(), act.contiguous(), c_raw.contiguous(),
                                  h_pre.contiguous(), reverse, o, cell_clip, has_bias,
                                  need_input_grad, need_weight_grad, out);
   });

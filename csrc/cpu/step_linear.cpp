@@ -1,6 +1,7 @@
 // StepLinear: the recurrent GEMMs of the CPU time loops; see Note [oneDNN for the step GEMMs]
 // in cpu_common.h.
 #include <atomic>
+#include <algorithm>
 #include <cstdlib>
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -56,28 +57,28 @@ std::string set_step_gemm(const std::string& name) {
 
 template <typename T>
 StepLinear<T>::StepLinear(const at::Tensor& weight, int64_t M)
-    : M_(M), N_(weight.size(0)), K_(weight.size(1)), weight_(weight.contiguous()) {
+    : N_(weight.size(0)), K_(weight.size(1)), weight_(weight.contiguous()) {
   if (std::is_same<T, float>::value && use_onednn() && M > 0) {
     torch::jit::Stack stack{weight_, c10::IValue(M)};
     onednn_ops().reorder->callBoxed(&stack);
     packed_ = stack[0].toTensor();
-  } else {
-    out_ = at::empty({M, N_}, weight_.options());
   }
 }
 
 template <typename T>
-const T* StepLinear<T>::operator()(const T* in) {
+const T* StepLinear<T>::operator()(const T* in, int64_t M) {
   const auto opts = weight_.options();
-  const at::Tensor x =
-      at::from_blob(const_cast<T*>(in), {M_, K_}, {K_, 1}, opts.device(at::kCPU));
-  if (packed_.defined()) {
+  const at::Tensor x = at::from_blob(const_cast<T*>(in), {M, K_}, {K_, 1}, opts);
+  if (M == 0) {
+    out_ = at::empty({0, N_}, opts);
+  } else if (packed_.defined()) {
     torch::jit::Stack stack{x, packed_, c10::IValue(), c10::IValue(std::string("none")),
                             c10::IValue(c10::List<std::optional<at::Scalar>>()), c10::IValue()};
     onednn_ops().linear->callBoxed(&stack);
     out_ = stack[0].toTensor();
-    TORCH_INTERNAL_ASSERT(out_.is_contiguous() && out_.size(0) == M_ && out_.size(1) == N_);
-  } else if (M_ > 0) {
+    TORCH_INTERNAL_ASSERT(out_.is_contiguous() && out_.size(0) == M && out_.size(1) == N_);
+  } else {
+    if (!out_.defined() || out_.size(0) != M) out_ = at::empty({M, N_}, opts);
     at::cpu::mm_out(out_, x, weight_.t());
   }
   return out_.data_ptr<T>();
@@ -97,6 +98,23 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& weight,
     return out;
   }
   return bias ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());
+}
+
+at::Tensor previous_states(const LayerSizes& s, const at::Tensor& y,
+                           const std::optional<at::Tensor>& h0, bool reverse) {
+  at::Tensor prev = at::zeros_like(y);
+  for (int64_t t = 0; t < s.T; ++t) {
+    const int64_t tp = reverse ? t + 1 : t - 1;
+    // Rows that also exist at tp (a prefix: the longest sequences come first) continue from
+    // there; the others start at t.
+    const int64_t cont = (tp >= 0 && tp < s.T) ? std::min(s.rows[t], s.rows[tp]) : 0;
+    if (cont > 0) prev.narrow(0, s.offset[t], cont).copy_(y.narrow(0, s.offset[tp], cont));
+    if (h0 && cont < s.rows[t]) {
+      prev.narrow(0, s.offset[t] + cont, s.rows[t] - cont)
+          .copy_(h0->narrow(0, cont, s.rows[t] - cont));
+    }
+  }
+  return prev;
 }
 
 template class StepLinear<float>;
