@@ -1,7 +1,8 @@
 // Input checks shared by every entry point, written once. Messages name the op, the
 // argument, what was expected and what was received, e.g.
 //   fusedrnn.lstm_layer: h0 must have shape (B, R) = (32, 256), got (32, 128)
-// Wrong values and shapes raise ValueError, wrong dtypes TypeError, devices RuntimeError.
+// Wrong values and shapes raise ValueError, a non-floating or unsupported input dtype
+// TypeError, dtypes or devices that disagree between arguments RuntimeError (as torch does).
 #pragma once
 
 #include <cmath>
@@ -54,7 +55,8 @@ inline void check_shape(const char* op, const char* name, const at::Tensor& t,
 
 inline void check_like_input(const char* op, const char* name, const at::Tensor& t,
                              const at::Tensor& input) {
-  TORCH_CHECK_TYPE(t.scalar_type() == input.scalar_type(), op, ": ", name,
+  // RuntimeError, like torch's own ops (and torch.nn) for mismatched dtypes.
+  TORCH_CHECK(t.scalar_type() == input.scalar_type(), op, ": ", name,
                    " must have the same dtype as input (", input.scalar_type(), "), got ",
                    t.scalar_type());
   TORCH_CHECK(t.device() == input.device(), op, ": ", name,

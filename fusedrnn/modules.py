@@ -84,6 +84,8 @@ class _FusedRNNBase(nn.RNNBase):
             input = input.unsqueeze(0 if self.batch_first else 1)
         self.check_input(input, None)
         x = input.transpose(0, 1) if self.batch_first else input
+        if x.size(0) == 0:  # torch.nn's error for an empty sequence
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         return x, None, None, is_batched
 
     def _state(self, hx: Optional[Tensor], is_batched: bool, batch: int, size: int,
