@@ -183,6 +183,8 @@ class LSTM(_FusedRNNBase):
         batch = x.size(1) if packing is None else int(batch_sizes[0])
         h0 = c0 = None
         if hx is not None:
+            if len(hx) != 2:
+                raise RuntimeError("lstm expects two hidden states")
             h, c = hx
             if packing is None:
                 want = 3 if is_batched else 2
@@ -280,6 +282,8 @@ class LSTMCell(nn.LSTMCell):
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None):
         parts = [None, None] if hx is None else list(hx)
+        if len(parts) != 2:
+            raise RuntimeError("lstm_cell expects two hidden states")
         x, (h0, c0), is_batched = _cell_input(self, input, parts, "LSTMCell")
         _, h, c = ops.lstm_layer(x, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
                                  h0, c0)

@@ -206,6 +206,9 @@ def _lstm_setup_context(ctx, inputs, output):
     ctx.has_bias = bias_ih is not None or bias_hh is not None
     ctx.h_n_like, ctx.c_n_like = _like(output[1]), _like(output[2])
     ctx.mark_non_differentiable(act, c_raw, h_pre)
+    # Without this autograd would hand the backward zero gradients for act, c_raw and h_pre:
+    # [T, B, 6H] of memory to allocate and fill on every call, for nothing.
+    ctx.set_materialize_grads(False)
 
 
 def _lstm_backward(ctx, grad_y, grad_h_n, grad_c_n, *unused):
@@ -381,6 +384,7 @@ def _gru_setup_context(ctx, inputs, output):
     y, h_n, saved = output
     ctx.save_for_backward(input, weight_ih, weight_hh, h0, lengths, batch_sizes, y, saved)
     ctx.h_n_like = _like(h_n)
+    ctx.set_materialize_grads(False)  # no zero gradient for `saved` (see _lstm_setup_context)
     ctx.options = (reverse, grad_clip, grad_clip_mode, truncate)
     ctx.has_bias = bias_ih is not None or bias_hh is not None
     ctx.mark_non_differentiable(saved)
