@@ -5,7 +5,10 @@
   (``nn_lstm_layer`` / ``nn_gru_layer``), reverse direction and lengths included;
 * ``forward_backward``: run any layer function, return outputs and every gradient;
 * the precision rules: ``assert_tight`` (float64 against float64) and
-  ``assert_close_by_reference`` (DESIGN §4, "tolerance by comparison").
+  ``assert_close_by_reference`` (DESIGN §4, "tolerance by comparison");
+* whole modules: ``module_forward_backward`` (any torch.nn-style RNN or cell, every output
+  and gradient) and ``ReferenceRNN`` / ``reference_stack`` (a multi-layer, bidirectional
+  stack of fusedrnn.reference layers, options included, the way torch.nn stacks layers).
 
 Shape letters: T steps, B batch, I input, H hidden, P projection, R = P or H.
 """
@@ -15,7 +18,7 @@ import warnings
 
 import torch
 from torch.func import functional_call
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from fusedrnn import reference
 
@@ -336,3 +339,155 @@ def assert_tight(actual, expected, rtol=1e-9, atol=1e-10):
 def max_diff(a, b):
     """Largest max|a[k] - b[k]| over the gradient entries of two result dicts."""
     return max(max_abs_err(a[k], b[k]) for k in a if k.startswith("grad_"))
+
+
+# ---------------------------------------------------------------------------------------
+# Whole modules: run one, and the layer-by-layer reference of a stack
+# ---------------------------------------------------------------------------------------
+
+
+def packed_meta(packed):
+    """(batch_sizes, sorted_indices, unsorted_indices) of a PackedSequence, None if absent."""
+    return packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices
+
+
+def assert_same_packing(actual, expected):
+    """Two PackedSequences (or two tensors) with the same batch_sizes and index permutations."""
+    assert isinstance(actual, PackedSequence) == isinstance(expected, PackedSequence), (
+        f"output type {type(actual).__name__} != {type(expected).__name__}")
+    if not isinstance(expected, PackedSequence):
+        return
+    for name, a, e in zip(("batch_sizes", "sorted_indices", "unsorted_indices"),
+                          packed_meta(actual), packed_meta(expected)):
+        if e is None:
+            assert a is None, f"{name}: expected None, got {a}"
+        else:
+            assert a is not None and torch.equal(a, e), f"{name}: {a} != {e}"
+
+
+def module_forward_backward(module, leaves, build, grad_seed=1234, cell=False):
+    """Run ``module(*build(leaves))`` and backpropagate seeded random output gradients.
+
+    leaves: dict name -> leaf tensor (requires_grad): the caller's data (input, h0, c0);
+    build:  leaves -> (input, hx): the module's arguments made from the leaves with
+            differentiable operations (transposes, strided views, packing), so gradients
+            reach the leaves whatever the layout.
+    cell:   the module is a cell returning h or (h, c), not (output, state).
+
+    Returns (results, output): results is a dict of detached tensors, "out<i>" for every
+    output tensor (the data of a packed output first, then h_n[, c_n]), "grad_<leaf>" for
+    every leaf and "grad_<param>" for every named parameter (zeros where unused); output is
+    the raw first output of a sequence module (for its PackedSequence metadata), or None.
+    """
+    input, hx = build(leaves)
+    result = module(input, hx)
+    if cell:
+        first, states = None, tuple(result) if isinstance(result, tuple) else (result,)
+    else:
+        first, state = result
+        states = tuple(state) if isinstance(state, tuple) else (state,)
+    outputs = (() if first is None else
+               (first.data if isinstance(first, PackedSequence) else first,)) + states
+    params = dict(module.named_parameters())
+    inputs = list(leaves.values()) + list(params.values())
+    grads = torch.autograd.grad(outputs, inputs, upstream_grads(outputs, grad_seed),
+                                allow_unused=True)
+    results = {f"out{i}": o.detach() for i, o in enumerate(outputs)}
+    for name, leaf, g in zip(list(leaves) + list(params), inputs, grads):
+        results["grad_" + name] = torch.zeros_like(leaf) if g is None else g
+    return results, first
+
+
+def _pack_like(padded, packed):
+    """The rows of a zero-padded time-major [T, B, X] tensor (caller's batch order) as the
+    data of a PackedSequence laid out like ``packed`` (same batch_sizes, sorted_indices)."""
+    B = padded.shape[1]
+    order = (packed.sorted_indices if packed.sorted_indices is not None
+             else torch.arange(B))
+    rows = [padded[t, order[:n]] for t, n in enumerate(packed.batch_sizes.tolist())]
+    return PackedSequence(torch.cat(rows), packed.batch_sizes, packed.sorted_indices,
+                          packed.unsorted_indices)
+
+
+def reference_stack(kind, params, x, hx=None, *, num_layers, bidirectional, bias=True,
+                    proj_size=0, lengths=None, **options):
+    """A multi-layer, optionally bidirectional LSTM/GRU composed of fusedrnn.reference
+    layers, the way torch.nn stacks them (no dropout):
+
+    layer l's input is cat(forward output, reverse output) of layer l-1; the reverse
+    direction uses reverse=True and the ``_reverse`` weights; h0/c0 index l * D + d;
+    weight_hr for projection; ``lengths`` (per sequence) for every layer and direction.
+
+    params: torch.nn parameter names -> tensors; x: [T, B, I] zero-padded, time-major;
+    hx: None, h0 [L*D, B, R] (GRU) or (h0 [L*D, B, R], c0 [L*D, B, H]) (LSTM), either
+    state may be None; lengths: int64 [B] or None; options: grad_clip, grad_clip_mode,
+    truncate[, cell_clip].
+    Returns (output [T, B, D*R] zero-padded, h_n [L*D, B, R][, c_n [L*D, B, H]]).
+    """
+    D = 2 if bidirectional else 1
+    h0, c0 = (hx if isinstance(hx, tuple) else (hx, None))
+    layer_input, h_n, c_n = x, [], []
+    for layer in range(num_layers):
+        outputs = []
+        for d in range(D):
+            sfx = f"_l{layer}" + ("_reverse" if d else "")
+            k = layer * D + d
+            args = [layer_input, params["weight_ih" + sfx], params["weight_hh" + sfx],
+                    params["bias_ih" + sfx] if bias else None,
+                    params["bias_hh" + sfx] if bias else None,
+                    None if h0 is None else h0[k]]
+            if kind == "lstm":
+                args.append(None if c0 is None else c0[k])
+                weight_hr = params["weight_hr" + sfx] if proj_size else None
+                y, h, c = REFERENCE[kind](*args, weight_hr=weight_hr, lengths=lengths,
+                                          reverse=bool(d), **options)
+                c_n.append(c)
+            else:
+                y, h = REFERENCE[kind](*args, lengths=lengths, reverse=bool(d), **options)
+            outputs.append(y)
+            h_n.append(h)
+        layer_input = torch.cat(outputs, dim=-1)
+    if kind == "lstm":
+        return layer_input, torch.stack(h_n), torch.stack(c_n)
+    return layer_input, torch.stack(h_n)
+
+
+class ReferenceRNN(torch.nn.Module):
+    """A torch.nn-style module (tensor or PackedSequence input, batch_first, unbatched
+    input, hx in the caller's batch order) computing ``reference_stack`` with the
+    parameters of ``module`` (shared, so gradients land on the same tensors' names) and
+    fusedrnn options ``options``. Dropout is not modelled (use eval mode or dropout=0)."""
+
+    def __init__(self, kind, module, **options):
+        super().__init__()
+        self.kind, self.options = kind, options
+        for attr in ("num_layers", "bidirectional", "bias", "batch_first", "proj_size",
+                     "dropout"):
+            setattr(self, attr, getattr(module, attr))
+        for name, p in module.named_parameters():
+            self.register_parameter(name, p)
+
+    def forward(self, input, hx=None):
+        assert not (self.training and self.dropout), "ReferenceRNN does not model dropout"
+        packed = isinstance(input, PackedSequence)
+        batched = packed or input.dim() == 3
+        lengths = None
+        if packed:
+            x, lengths = pad_packed_sequence(input)  # [T, B, I], lengths in caller order
+        elif not batched:
+            x = input.unsqueeze(1)  # [T, I] -> [T, 1, I]
+        else:
+            x = input.transpose(0, 1) if self.batch_first else input
+        if hx is not None and not batched:
+            hx = tuple(h.unsqueeze(1) for h in hx) if isinstance(hx, tuple) else hx.unsqueeze(1)
+        out, *state = reference_stack(
+            self.kind, dict(self.named_parameters()), x, hx, num_layers=self.num_layers,
+            bidirectional=self.bidirectional, bias=self.bias, proj_size=self.proj_size,
+            lengths=lengths, **self.options)
+        if not batched:
+            out, state = out.squeeze(1), [s.squeeze(1) for s in state]
+        elif packed:
+            out = _pack_like(out, input)
+        elif self.batch_first:
+            out = out.transpose(0, 1)
+        return out, (tuple(state) if self.kind == "lstm" else state[0])

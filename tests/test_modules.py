@@ -1,12 +1,13 @@
-"""fusedrnn.LSTM / fusedrnn.GRU against torch.nn.LSTM / torch.nn.GRU (one unidirectional
-layer), option forwarding to the ops, and construction-time errors.
+"""fusedrnn.LSTM / fusedrnn.GRU against torch.nn.LSTM / torch.nn.GRU (mostly one
+unidirectional layer; test_modules_full.py covers stacks, PackedSequence, cells and the rest
+of the torch.nn API in depth), option forwarding to the ops, and construction-time errors.
 
 Shape letters: T steps, B batch, I input, H hidden.
 """
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fusedrnn
 from helpers import (
@@ -290,26 +291,61 @@ def test_bad_input_raises_like_torchnn(kind, case):
         ours(x, hx)
 
 
-# The next issue implements multi-layer, bidirectional, projection and PackedSequence input
-# and replaces these tests with comparisons against torch.nn.
-@pytest.mark.parametrize("kind, kwargs, match", [
-    ("lstm", dict(num_layers=2), "num_layers|layer"),
-    ("gru", dict(num_layers=3), "num_layers|layer"),
-    ("lstm", dict(bidirectional=True), "bidirectional"),
-    ("gru", dict(bidirectional=True), "bidirectional"),
-    ("lstm", dict(proj_size=2), "proj"),
-])
-def test_not_implemented_yet(kind, kwargs, match):
-    with pytest.raises(NotImplementedError, match=match):
-        module = CLASSES[kind][0](I, H, **kwargs)
-        module(torch.randn(T, B, I))
+def _stack_input(kind, num_layers=1, bidirectional=False, proj_size=0, seed=1):
+    """(x [T, B, I], hx) leaves for a stack of num_layers * D layers (R = proj_size or H)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, dtype=F64).requires_grad_(True)
+
+    LD = num_layers * (2 if bidirectional else 1)
+    x = randn(T, B, I)
+    h = randn(LD, B, proj_size or H)
+    return x, ((h, randn(LD, B, H)) if kind == "lstm" else h)
 
 
+@pytest.mark.parametrize("kind, kwargs", [
+    ("lstm", dict(num_layers=2)),
+    ("gru", dict(num_layers=3)),
+    ("lstm", dict(bidirectional=True)),
+    ("gru", dict(bidirectional=True)),
+    ("lstm", dict(proj_size=2)),
+    ("lstm", dict(num_layers=2, bidirectional=True, proj_size=3, batch_first=True)),
+], ids=["lstm_2layers", "gru_3layers", "lstm_bi", "gru_bi", "lstm_proj", "lstm_all"])
+def test_stacks_like_torchnn(kind, kwargs):
+    """Multi-layer, bidirectional and projected modules compute what torch.nn computes
+    (the configurations that raised NotImplementedError in 0.1)."""
+    ours, theirs = make_pair(kind, **kwargs)
+    x, hx = _stack_input(kind, kwargs.get("num_layers", 1), kwargs.get("bidirectional", False),
+                         kwargs.get("proj_size", 0))
+    if kwargs.get("batch_first"):
+        x = x.transpose(0, 1)  # a non-contiguous [B, T, I] view
+    assert_tight(run_module(ours, x, hx), run_module(theirs, x, hx))
+
+
+@pytest.mark.parametrize("enforce_sorted", [False, True], ids=["unsorted", "sorted"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_packed_sequence_not_implemented_yet(kind):
-    # The next issue implements PackedSequence input; replace this test then.
-    module = CLASSES[kind][0](I, H)
-    packed = pack_padded_sequence(torch.randn(T, B, I), torch.tensor([5, 2, 3]),
-                                  enforce_sorted=False)
-    with pytest.raises(NotImplementedError, match="[Pp]acked"):
-        module(packed)
+def test_packed_sequence_like_torchnn(kind, enforce_sorted):
+    """PackedSequence input: the same packed output (data, batch_sizes, sorted and unsorted
+    indices), final states in the caller's batch order, and gradients as torch.nn."""
+    ours, theirs = make_pair(kind, num_layers=2, bidirectional=True)
+    x, hx = _stack_input(kind, 2, True)
+    lengths = torch.tensor([5, 3, 2] if enforce_sorted else [3, 5, 2])
+    results = []
+    for module in (ours, theirs):
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
+        out, state = module(packed, hx)
+        assert isinstance(out, PackedSequence)
+        states = state if isinstance(state, tuple) else (state,)
+        outputs = (out.data, *states)
+        hx_leaves = list(hx) if isinstance(hx, tuple) else [hx]
+        leaves = [x, *hx_leaves, *module.parameters()]
+        grads = torch.autograd.grad(outputs, leaves, upstream_grads(outputs))
+        results.append((out, {**{f"out{i}": o.detach() for i, o in enumerate(outputs)},
+                              **{f"grad{i}": g for i, g in enumerate(grads)}}))
+    (out, result), (out_nn, expected) = results
+    assert torch.equal(out.batch_sizes, out_nn.batch_sizes)
+    for a, b in ((out.sorted_indices, out_nn.sorted_indices),
+                 (out.unsorted_indices, out_nn.unsorted_indices)):
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert_tight(result, expected)
