@@ -7,6 +7,8 @@ background load hit them equally. See benchmarks/README.md for how to read the o
 
     python benchmarks/bench.py                      # headline shape, LSTM + GRU, CPU
     python benchmarks/bench.py --grid full          # + fastrnns default and small batches
+    python benchmarks/bench.py --grid issue3        # 2-layer bidirectional, padded vs packed
+    python benchmarks/bench.py --bidirectional --packed --layers 2
     python benchmarks/bench.py --device cuda --dtype float16
     python benchmarks/bench.py --T 4 --B 2 --I 3 --H 5 --repeats 2 --warmup 1 --no-save
 
@@ -14,9 +16,13 @@ Implementations (--impls):
     fused       fusedrnn.LSTM / fusedrnn.GRU, no clipping, no truncation
     fused_clip  the same kernels with grad_clip / truncate on (--grad-clip, --truncate)
     torchnn     torch.nn.LSTM / torch.nn.GRU, weights loaded from the fused module
-    reference   fusedrnn.reference.{lstm,gru}_layer, one call per layer, with the same
-                clip/truncate options as fused_clip: what a user without fusedrnn writes
-                to get clipping inside BPTT
+    reference   fusedrnn.reference.{lstm,gru}_layer, one call per layer and direction,
+                with the same clip/truncate options as fused_clip: what a user without
+                fusedrnn writes to get clipping inside BPTT
+
+Batches: padded (all T*B steps real) by default; with --packed every sequence gets its own
+length (uniform in [ceil(T/4), T], the longest = T, fixed seed) and fused / torchnn get a
+PackedSequence (packed untimed), the reference the padded tensor plus `lengths`.
 
 Modes (--modes), each timed separately:
     fwd     forward with autograd recording (inputs and weights require grad)
@@ -34,6 +40,7 @@ import dataclasses
 import datetime
 import gc
 import json
+import math
 import os
 import platform
 import re
@@ -45,6 +52,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
@@ -66,6 +74,25 @@ FASTRNNS = (100, 64, 512, 512)  # PyTorch benchmarks/fastrnns default
 GRIDS = {
     "headline": [HEADLINE],
     "full": [HEADLINE, FASTRNNS] + [(HEADLINE[0], b, HEADLINE[2], HEADLINE[3]) for b in (1, 8, 16)],
+    "issue3": [HEADLINE],
+}
+
+# Presets that fix more than the shapes. Their settings apply even when --T/--B/--I/--H
+# replace the shapes; --layers, --modes and --impls given explicitly override them.
+#   issue3: 2-layer bidirectional LSTM/GRU, (a) padded equal-length batch vs (b) packed
+#   batch with lengths uniform in [T/4, T]; training step and inference. fused_clip is
+#   timed in fwdbwd as the like-for-like partner of the (clipping, truncating) reference
+#   loop; infer leaves out the reference (it only restates the forward loop) and fused_clip
+#   (its forward is fused's).
+PRESETS = {
+    "issue3": {
+        "layers": 2,
+        "bidirectional": True,
+        "packed": (False, True),
+        "modes": ("fwdbwd", "infer"),
+        "impls": {"fwdbwd": ("fused", "fused_clip", "torchnn", "reference"),
+                  "infer": ("fused", "torchnn")},
+    },
 }
 
 
@@ -74,29 +101,47 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def describe(exc: BaseException, limit: int = 600) -> str:
+    """`Type: message` for the report, without the argument dump of a pybind11 signature
+    mismatch ("Invoked with: <every tensor>") and capped at `limit` characters."""
+    text = str(exc).split("\n\nInvoked with:")[0].strip()
+    if len(text) > limit:
+        text = text[:limit] + " [...]"
+    return f"{type(exc).__name__}: {text}"
+
+
 # --------------------------------------------------------------------------------------
 # FLOP model
 # --------------------------------------------------------------------------------------
 
-def rnn_flops(cell: str, T: int, B: int, I: int, H: int, layers: int, mode: str) -> float:
+def rnn_flops(cell: str, T: int, B: int, I: int, H: int, layers: int, mode: str,
+              directions: int = 1, tokens: Optional[int] = None) -> float:
     """Nominal floating-point operations of one call, used for the GFLOP/s column.
 
     Only the matrix products are counted (they dominate; pointwise gate math is ignored).
-    Per layer, the forward pass multiplies [x_t, h_{t-1}] ([B, I+H]) by the stacked gate
-    weights ([I+H, G*H]) at each of T steps, with G = 4 gates for LSTM (i, f, g, o) and
-    G = 3 for GRU (r, z, n), a multiply-add counted as 2 FLOPs:
+    Per layer and direction, the forward pass multiplies [x_t, h_{t-1}] ([B, I_k+H]) by the
+    stacked gate weights ([I_k+H, G*H]) at each step, with G = 4 gates for LSTM (i, f, g, o)
+    and G = 3 for GRU (r, z, n), a multiply-add counted as 2 FLOPs:
 
-        forward = sum over layers of 2 * T * B * (I_k + H) * G * H,   I_0 = I, I_k = H
+        forward = sum over layers k and directions of 2 * N * (I_k + H) * G * H
+
+    N is the number of real tokens: T * B for a padded (equal-length) batch, sum(lengths)
+    for a packed one (`tokens`); padding is not work, so an implementation that computes on
+    pad positions gets no credit for it. I_0 = I; a later layer reads the concatenated
+    outputs of all D directions of the layer below, so I_k = D * H for k > 0 (D = 2 when
+    bidirectional, else 1). Each direction has its own weights and does its own products,
+    hence the sum over directions (a factor D).
 
     Backward needs two products of the same size per forward product (gradient w.r.t. the
     inputs/state and w.r.t. the weights), so backward ~ 2x forward and a training step
     (forward + backward) ~ 3x forward. `fwd` and `infer` count as 1x forward.
     """
     gates = {"lstm": 4, "gru": 3}[cell]
+    n = T * B if tokens is None else tokens
     forward = 0
     for k in range(layers):
-        layer_in = I if k == 0 else H
-        forward += 2 * T * B * (layer_in + H) * gates * H
+        layer_in = I if k == 0 else directions * H
+        forward += directions * 2 * n * (layer_in + H) * gates * H
     factor = {"fwd": 1, "infer": 1, "bwd": 2, "fwdbwd": 3}[mode]
     return float(factor * forward)
 
@@ -138,11 +183,17 @@ class Clock:
 
 @dataclasses.dataclass
 class Impl:
-    """One implementation: forward(x, h0, c0) returns (out, h_n[, c_n]) as a flat tuple."""
+    """One implementation: forward(*inputs) returns (out, h_n[, c_n]) as a flat tuple.
+
+    kind "module" (fused, fused_clip, torchnn): inputs (x, h0, c0), x a tensor or a
+    PackedSequence; out is a tensor (a packed output's `.data`). kind "reference": inputs
+    (x, h0, c0, lengths), x always the padded [T, B, I] tensor, lengths None or [B].
+    """
 
     name: str
     forward: Callable[..., tuple]
     params: list
+    kind: str = "module"
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -181,7 +232,7 @@ def import_fusedrnn():
         import fusedrnn.reference
     except ImportError as exc:
         sys.exit(
-            f"bench.py: cannot import fusedrnn ({type(exc).__name__}: {exc}).\n"
+            f"bench.py: cannot import fusedrnn ({describe(exc)}).\n"
             "  Build it first, from the repository root:\n"
             "      pip install --no-build-isolation -e .      (FUSEDRNN_SKIP_CUDA=1 for CPU only)\n"
             "  or time torch.nn alone with:  --impls torchnn")
@@ -195,43 +246,67 @@ def import_fusedrnn():
 
 
 def _module_forward(module: torch.nn.Module, cell: str) -> Callable[..., tuple]:
+    """(out, h_n[, c_n]); a packed output is returned as its `.data` tensor (what the loss
+    and its gradient are defined on)."""
+    def data(out):
+        return out.data if isinstance(out, PackedSequence) else out
+
     if cell == "lstm":
         def forward(x, h0, c0):
             out, (h_n, c_n) = module(x, (h0, c0))
-            return out, h_n, c_n
+            return data(out), h_n, c_n
     else:
         def forward(x, h0, c0):
             out, h_n = module(x, h0)
-            return out, h_n
+            return data(out), h_n
     return forward
 
 
 def _reference_forward(reference, weights: torch.nn.Module, cell: str, layers: int,
-                       clip: ClipConfig) -> Callable[..., tuple]:
-    """Stack single-layer reference calls into a multi-layer RNN (weights in torch.nn naming)."""
+                       directions: int, clip: ClipConfig) -> Callable[..., tuple]:
+    """Stack single-layer, single-direction reference calls into a multi-layer, optionally
+    bidirectional RNN, exactly as torch.nn composes its layers (weights in torch.nn naming).
+
+    Layer k, direction d uses the parameters `*_l{k}` (d = 0) or `*_l{k}_reverse` (d = 1,
+    run with reverse=True) and the initial state h0[k * D + d] (c0 likewise); the final
+    states come back in the same layer-major order. The input of layer k > 0 is the
+    concatenation of both directions' outputs of layer k - 1 ([T, B, D * H]). `lengths`
+    (None, or [B] in the batch order of x) goes to every call: a reverse direction then
+    starts at each sequence's own last element and padded steps output zeros.
+    """
     layer_fn = reference.lstm_layer if cell == "lstm" else reference.gru_layer
     per_layer = [
-        tuple(getattr(weights, f"{name}_l{k}")
-              for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        [tuple(getattr(weights, f"{name}_l{k}" + ("_reverse" if d == 1 else ""))
+               for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+         for d in range(directions)]
         for k in range(layers)
     ]
+    options = clip.kwargs()
 
-    def forward(x, h0, c0):
+    def forward(x, h0, c0, lengths=None):
         inp, h_list, c_list = x, [], []
-        for k, w in enumerate(per_layer):
-            if cell == "lstm":
-                inp, h_k, c_k = layer_fn(inp, *w, h0[k], c0[k], **clip.kwargs())
-                c_list.append(c_k)
-            else:
-                inp, h_k = layer_fn(inp, *w, h0[k], **clip.kwargs())
-            h_list.append(h_k)
+        for k, layer in enumerate(per_layer):
+            outs = []
+            for d, w in enumerate(layer):
+                index = k * directions + d
+                if cell == "lstm":
+                    y, h_k, c_k = layer_fn(inp, *w, h0[index], c0[index], lengths=lengths,
+                                           reverse=d == 1, **options)
+                    c_list.append(c_k)
+                else:
+                    y, h_k = layer_fn(inp, *w, h0[index], lengths=lengths, reverse=d == 1,
+                                      **options)
+                h_list.append(h_k)
+                outs.append(y)
+            inp = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
         states = (torch.stack(h_list),) + ((torch.stack(c_list),) if cell == "lstm" else ())
         return (inp,) + states
 
     return forward
 
 
-def build_impls(names, cell, I, H, layers, dtype, device, clip: ClipConfig, fusedrnn):
+def build_impls(names, cell, I, H, layers, directions, dtype, device, clip: ClipConfig,
+                fusedrnn):
     """Instantiate the requested implementations with identical weights.
 
     The fused module (when requested) is built first and its state_dict is loaded into all
@@ -239,7 +314,7 @@ def build_impls(names, cell, I, H, layers, dtype, device, clip: ClipConfig, fuse
     returned per implementation instead of aborting the run.
     """
     nn_cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
-    ctor = dict(num_layers=layers, device=device, dtype=dtype)
+    ctor = dict(num_layers=layers, bidirectional=directions == 2, device=device, dtype=dtype)
     modules, errors = {}, {}
     for name in names:
         try:
@@ -250,7 +325,7 @@ def build_impls(names, cell, I, H, layers, dtype, device, clip: ClipConfig, fuse
             else:  # torchnn, and the parameter container of the reference
                 modules[name] = nn_cls(I, H, **ctor)
         except Exception as exc:  # recorded and reported, never swallowed
-            errors[name] = f"construction failed: {type(exc).__name__}: {exc}"
+            errors[name] = f"construction failed: {describe(exc)}"
 
     source = modules.get("fused") or next(iter(modules.values()), None)
     impls = []
@@ -259,13 +334,15 @@ def build_impls(names, cell, I, H, layers, dtype, device, clip: ClipConfig, fuse
             try:
                 module.load_state_dict(source.state_dict())
             except Exception as exc:
-                errors[name] = f"load_state_dict failed: {type(exc).__name__}: {exc}"
+                errors[name] = f"load_state_dict failed: {describe(exc)}"
                 continue
         if name == "reference":
-            forward = _reference_forward(fusedrnn.reference, module, cell, layers, clip)
+            forward = _reference_forward(fusedrnn.reference, module, cell, layers, directions,
+                                         clip)
+            impls.append(Impl(name, forward, list(module.parameters()), kind="reference"))
         else:
             forward = _module_forward(module, cell)
-        impls.append(Impl(name, forward, list(module.parameters())))
+            impls.append(Impl(name, forward, list(module.parameters())))
     return impls, errors
 
 
@@ -281,22 +358,76 @@ class Case:
     I: int
     H: int
     layers: int
+    directions: int  # 2 when bidirectional
+    packed: bool
     dtype: str
     device: str
+    lengths: Optional[tuple] = None  # per-sequence lengths of a packed batch, batch order
+
+    @property
+    def tokens(self) -> int:
+        """Real tokens per batch: sum(lengths) when packed, T * B otherwise."""
+        return sum(self.lengths) if self.packed else self.T * self.B
+
+    def fields(self) -> dict:
+        """The case as row fields (lengths left out: they are listed once per case)."""
+        out = dataclasses.asdict(self)
+        del out["lengths"]
+        out["tokens"] = self.tokens
+        return out
 
 
-def fresh_inputs(case: Case):
+def draw_lengths(T: int, B: int, seed: int) -> tuple:
+    """Per-sequence lengths of a packed batch: uniform integers in [ceil(T/4), T] from a
+    generator seeded with `seed` (so every impl, repeat, cell and run with the same T, B and
+    seed gets the same lengths), then one row (at a random position) set to T, so that the
+    longest sequence is T and padded and packed runs span the same number of steps."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(max(1, math.ceil(T / 4)), T + 1, (B,), generator=gen)
+    lengths[int(torch.randint(0, B, (1,), generator=gen))] = T
+    return tuple(int(n) for n in lengths)
+
+
+def fresh_inputs(case: Case) -> dict:
     """Random input, initial state and output gradients (never zeros); shared by all impls
-    within one repeat so they are compared on the same data."""
-    T, B, I, H, L = case.T, case.B, case.I, case.H, case.layers
+    within one repeat so they are compared on the same data.
+
+    Returns {impl kind: (inputs, grads)} (see Impl). h0/c0: [L * D, B, H]; output gradient
+    [T, B, D * H], or, for a packed batch, [sum(lengths), D * H] like the packed output's
+    `.data`. Packed: "module" impls get pack_padded_sequence(x, lengths,
+    enforce_sorted=False) (built here, untimed) and that gradient; the reference gets the
+    padded x, the lengths (batch order of x) and the same gradient scattered into [T, B,
+    D * H] with zeros at padded steps, so every impl computes the same loss.
+    """
+    T, B, I, H, L, D = case.T, case.B, case.I, case.H, case.layers, case.directions
     dtype, device = DTYPES[case.dtype], torch.device(case.device)
     x = torch.randn(T, B, I, dtype=dtype, device=device)
-    h0 = torch.randn(L, B, H, dtype=dtype, device=device)
-    c0 = torch.randn(L, B, H, dtype=dtype, device=device) if case.cell == "lstm" else None
+    h0 = torch.randn(L * D, B, H, dtype=dtype, device=device)
+    c0 = torch.randn(L * D, B, H, dtype=dtype, device=device) if case.cell == "lstm" else None
     n_states = 2 if case.cell == "lstm" else 1
-    grads = [torch.randn(T, B, H, dtype=dtype, device=device)]
-    grads += [torch.randn(L, B, H, dtype=dtype, device=device) for _ in range(n_states)]
-    return (x, h0, c0), grads
+    g_states = [torch.randn(L * D, B, H, dtype=dtype, device=device) for _ in range(n_states)]
+    if not case.packed:
+        g_out = torch.randn(T, B, D * H, dtype=dtype, device=device)
+        return {"module": ((x, h0, c0), [g_out] + g_states),
+                "reference": ((x, h0, c0, None), [g_out] + g_states)}
+    lengths = torch.tensor(case.lengths, dtype=torch.int64)  # CPU, as packing wants
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    g_data = torch.randn(case.tokens, D * H, dtype=dtype, device=device)
+    g_padded, _ = pad_packed_sequence(
+        PackedSequence(g_data, packed.batch_sizes, packed.sorted_indices,
+                       packed.unsorted_indices), total_length=T)
+    return {"module": ((packed, h0, c0), [g_data] + g_states),
+            "reference": ((x, h0, c0, lengths.to(device)), [g_padded] + g_states)}
+
+
+def _leaf(value):
+    """A fresh autograd leaf for a floating-point input (for a PackedSequence: its data)."""
+    if isinstance(value, PackedSequence):
+        return PackedSequence(value.data.detach().requires_grad_(), value.batch_sizes,
+                              value.sorted_indices, value.unsorted_indices)
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.detach().requires_grad_()
+    return value  # None, integer lengths
 
 
 def prepare_call(impl: Impl, mode: str, inputs, grads) -> Callable[[], object]:
@@ -308,7 +439,7 @@ def prepare_call(impl: Impl, mode: str, inputs, grads) -> Callable[[], object]:
                 return impl.forward(*inputs)
         return call
 
-    leaves = tuple(t.detach().requires_grad_() if t is not None else None for t in inputs)
+    leaves = tuple(_leaf(t) for t in inputs)
     if mode == "fwd":
         return lambda: impl.forward(*leaves)
     if mode == "bwd":
@@ -385,18 +516,20 @@ def measure_mode(case, impls, mode, clock, warmup, repeats):
     gc.disable()
     try:
         for r in range(warmup + repeats):
-            inputs, grads = fresh_inputs(case)
+            data = fresh_inputs(case)
             for impl in in_order(active, r):
+                inputs, grads = data[impl.kind]
                 try:
                     elapsed = clock.time_ms(prepare_call(impl, mode, inputs, grads))
                 except Exception as exc:  # reported in the output, never swallowed
-                    errors[impl.name] = f"{mode}: {type(exc).__name__}: {exc}"
+                    errors[impl.name] = f"{mode}: {describe(exc)}"
                     log(f"    {impl.name} {mode} FAILED: {errors[impl.name]}")
                     active.remove(impl)
                     del times[impl.name]
                     continue
                 if r >= warmup:
                     times[impl.name].append(elapsed)
+            data = inputs = grads = None  # free this repeat's tensors before the next draw
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -411,16 +544,24 @@ CHECK_TOLERANCE = {"float64": 1e-8, "float32": 1e-3, "float16": 2e-2, "bfloat16"
 def forward_check(case, impls, errors) -> dict:
     """Max |difference| of every impl's forward outputs from torch.nn's (or the first impl's)
     on one random input: a kernel that is fast because it is wrong shows up here. Clipping
-    and truncation do not change the forward pass, so all impls must agree. An impl whose
-    forward raises is removed from `impls` and its error added to `errors`."""
-    inputs, _ = fresh_inputs(case)
+    and truncation do not change the forward pass, so all impls must agree. For a packed
+    batch the reference's padded output is packed first, so the comparison is over the real
+    steps (all impls see the same padded x, h0, c0). An impl whose forward raises is
+    removed from `impls` and its error added to `errors`."""
+    data = fresh_inputs(case)
     outputs = {}
     for impl in list(impls):
+        inputs, _ = data[impl.kind]
         try:
             with torch.no_grad():
-                outputs[impl.name] = impl.forward(*inputs)
+                outs = impl.forward(*inputs)
+                if case.packed and impl.kind == "reference":
+                    packed = pack_padded_sequence(outs[0], torch.tensor(case.lengths),
+                                                  enforce_sorted=False)
+                    outs = (packed.data,) + tuple(outs[1:])
+                outputs[impl.name] = outs
         except Exception as exc:  # reported in the output, never swallowed
-            errors[impl.name] = f"forward failed: {type(exc).__name__}: {exc}"
+            errors[impl.name] = f"forward failed: {describe(exc)}"
             log(f"    {impl.name} FAILED: {errors[impl.name]}")
             impls.remove(impl)
     ref_name = BASELINE if BASELINE in outputs else next(iter(outputs), None)
@@ -433,27 +574,40 @@ def forward_check(case, impls, errors) -> dict:
     return diffs
 
 
-def run_case(case, impl_names, modes, clip, fusedrnn, warmup, repeats):
+def case_label(case) -> str:
+    return (f"{case.cell} T={case.T} B={case.B} I={case.I} H={case.H} L={case.layers}"
+            f"{' bidir' if case.directions == 2 else ''}"
+            f" {'packed' if case.packed else 'padded'}")
+
+
+def run_case(case, mode_impls, clip, fusedrnn, warmup, repeats):
+    """Time one case. mode_impls: {mode: [impl names]}, in the order the modes run; every
+    impl named for any mode is built (and forward-checked) once."""
     clock = Clock(torch.device(case.device))
-    impls, errors = build_impls(impl_names, case.cell, case.I, case.H, case.layers,
-                                DTYPES[case.dtype], torch.device(case.device), clip, fusedrnn)
+    all_names = [n for n in IMPLS if any(n in names for names in mode_impls.values())]
+    impls, errors = build_impls(all_names, case.cell, case.I, case.H, case.layers,
+                                case.directions, DTYPES[case.dtype], torch.device(case.device),
+                                clip, fusedrnn)
     for name, err in errors.items():
         log(f"    {name} FAILED: {err}")
     diffs = forward_check(case, impls, errors)
     rows, raw = [], {}
-    for mode in modes:
-        log(f"  {case.cell} T={case.T} B={case.B} I={case.I} H={case.H} {mode} ...")
-        times, mode_errors = measure_mode(case, impls, mode, clock, warmup, repeats)
+    for mode, names in mode_impls.items():
+        log(f"  {case_label(case)} {mode} ...")
+        mode_impls_now = [impl for impl in impls if impl.name in names]
+        times, mode_errors = measure_mode(case, mode_impls_now, mode, clock, warmup, repeats)
         errors.update({f"{k} ({mode})": v for k, v in mode_errors.items()})
         raw[mode] = times
-        flops = rnn_flops(case.cell, case.T, case.B, case.I, case.H, case.layers, mode)
+        flops = rnn_flops(case.cell, case.T, case.B, case.I, case.H, case.layers, mode,
+                          case.directions, case.tokens)
         base = summarize(times[BASELINE])["median_ms"] if BASELINE in times else None
         for name, ts in times.items():
             stats = summarize(ts)
             rows.append({
-                **dataclasses.asdict(case), "mode": mode, "impl": name,
+                **case.fields(), "mode": mode, "impl": name,
                 **stats,
                 "speedup_vs_torchnn": (base / stats["median_ms"]) if base else None,
+                "tokens_per_s": case.tokens / (stats["median_ms"] * 1e-3),
                 "gflops": flops / (stats["median_ms"] * 1e-3) / 1e9,
                 "flops": flops,
                 "fwd_max_abs_diff": diffs.get(name),
@@ -481,7 +635,7 @@ def summarize_case(case, raw):
         times = raw.get(mode, {})
         return paired_ratio(times.get(num), times.get(den))
 
-    out = {**dataclasses.asdict(case)}
+    out = {**case.fields(), "lengths": list(case.lengths) if case.packed else None}
     for mode in MODES:
         out[f"{mode}_vs_torchnn"] = ratio(mode, BASELINE, "fused")
     for mode in ("fwd", "bwd", "fwdbwd"):
@@ -489,6 +643,47 @@ def summarize_case(case, raw):
         out[f"clip_overhead_{mode}_pct"] = (
             {"median": (r["median"] - 1) * 100, "iqr": r["iqr"] * 100} if r else None)
     out["fwdbwd_vs_reference"] = ratio("fwdbwd", "reference", "fused_clip")
+    return out
+
+
+# Fields that identify a configuration apart from its batch layout (padded / packed).
+CONFIG_KEYS = ("cell", "T", "B", "I", "H", "layers", "directions", "dtype", "device")
+
+
+def packed_vs_padded(summaries, rows):
+    """Per-token comparison of every configuration that ran both padded and packed.
+
+    For each mode and impl present in both: (median_padded / (T * B)) /
+    (median_packed / sum(lengths)), > 1 when a real token costs less in the packed batch
+    than a token of the padded one. The two cases ran one after the other, not interleaved,
+    so this is a ratio of medians, not a paired ratio; the same ratio of the minimum times
+    is given as a check ("min"). Also carries each case's paired train-step / infer ratios
+    vs torch.nn."""
+    def key(d):
+        return tuple(d[k] for k in CONFIG_KEYS)
+
+    by_case = {(key(s), s["packed"]): s for s in summaries}
+    by_row = {(key(r), r["packed"], r["mode"], r["impl"]): r for r in rows}
+    out = []
+    for (k, packed), s_packed in by_case.items():
+        s_padded = by_case.get((k, False))
+        if not packed or s_padded is None:
+            continue
+        entry = {**{name: s_packed[name] for name in CONFIG_KEYS},
+                 "tokens_padded": s_padded["tokens"], "tokens_packed": s_packed["tokens"],
+                 "lengths": s_packed["lengths"], "per_token": {}}
+        for mode in MODES:
+            entry[f"{mode}_vs_torchnn_padded"] = s_padded[f"{mode}_vs_torchnn"]
+            entry[f"{mode}_vs_torchnn_packed"] = s_packed[f"{mode}_vs_torchnn"]
+            for impl in IMPLS:
+                a = by_row.get((k, False, mode, impl))
+                b = by_row.get((k, True, mode, impl))
+                if a is None or b is None:
+                    continue
+                entry["per_token"].setdefault(mode, {})[impl] = {
+                    stat: (a[f"{stat}_ms"] / a["tokens"]) / (b[f"{stat}_ms"] / b["tokens"])
+                    for stat in ("median", "min")}
+        out.append(entry)
     return out
 
 
@@ -580,50 +775,131 @@ def _fmt(value, spec, none="–"):
     return none if value is None else format(value, spec)
 
 
+def _tokens(v) -> str:
+    """Tokens per second, human-readable: 123.4k, 1.23M."""
+    return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.1f}k"
+
+
+def _batch(d) -> str:
+    return f"packed ({d['tokens'] / (d['T'] * d['B']):.0%})" if d["packed"] else "padded"
+
+
 def results_table(rows) -> str:
-    head = ("| cell | T | B | I | H | layers | dtype | device | mode | impl | median ms "
-            "| min ms | IQR ms | ×torch.nn | GFLOP/s |")
-    lines = [head, "|---|--:|--:|--:|--:|--:|---|---|---|---|--:|--:|--:|--:|--:|"]
+    head = ("| cell | T | B | I | H | layers | D | batch | dtype | device | mode | impl "
+            "| median ms | min ms | IQR ms | ×torch.nn | tokens/s | GFLOP/s |")
+    lines = [head,
+             "|---|--:|--:|--:|--:|--:|--:|---|---|---|---|---|--:|--:|--:|--:|--:|--:|"]
     for r in rows:
         lines.append(
             f"| {r['cell']} | {r['T']} | {r['B']} | {r['I']} | {r['H']} | {r['layers']} "
-            f"| {r['dtype']} | {r['device']} | {r['mode']} | {r['impl']} "
+            f"| {r['directions']} | {_batch(r)} | {r['dtype']} | {r['device']} "
+            f"| {r['mode']} | {r['impl']} "
             f"| {r['median_ms']:.3f} | {r['min_ms']:.3f} | {r['iqr_ms']:.3f} "
-            f"| {_fmt(r['speedup_vs_torchnn'], '.2f')} | {r['gflops']:.3g} |")
+            f"| {_fmt(r['speedup_vs_torchnn'], '.2f')} | {_tokens(r['tokens_per_s'])} "
+            f"| {r['gflops']:.3g} |")
     return "\n".join(lines)
+
+
+def _x(r):
+    return "–" if r is None else f"{r['median']:.2f}× ±{r['iqr'] / 2:.2f}"
+
+
+def _pct(r):
+    return "–" if r is None else f"{r['median']:+.1f}% ±{r['iqr'] / 2:.1f}"
+
+
+def _table(columns, items, n_fixed) -> str:
+    """Markdown table of (header, align, cell function) columns. Of the columns after the
+    first n_fixed, one that is empty ("–") for every item (a mode or impl that was not
+    run) is left out."""
+    cells = [[fn(item) for _, _, fn in columns] for item in items]
+    keep = [j for j in range(len(columns))
+            if j < n_fixed or any(row[j] != "–" for row in cells)]
+    lines = ["| " + " | ".join(columns[j][0] for j in keep) + " |",
+             "|" + "|".join(columns[j][1] for j in keep) + "|"]
+    lines += ["| " + " | ".join(row[j] for j in keep) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+_CONFIG_COLUMNS = [
+    ("cell", "---", lambda s: s["cell"]),
+    ("T", "--:", lambda s: str(s["T"])),
+    ("B", "--:", lambda s: str(s["B"])),
+    ("I", "--:", lambda s: str(s["I"])),
+    ("H", "--:", lambda s: str(s["H"])),
+    ("layers", "--:", lambda s: str(s["layers"])),
+    ("D", "--:", lambda s: str(s["directions"])),
+]
 
 
 def summary_table(summaries) -> str:
-    def x(r):
-        return "–" if r is None else f"{r['median']:.2f}× ±{r['iqr'] / 2:.2f}"
-
-    def pct(r):
-        return "–" if r is None else f"{r['median']:+.1f}% ±{r['iqr'] / 2:.1f}"
-
-    lines = [
-        "| cell | T | B | I | H | layers | dtype | train step vs torch.nn | infer vs torch.nn "
-        "| fwd vs torch.nn | bwd vs torch.nn | clip+trunc overhead fwd | bwd | train step "
-        "| train step vs reference loop |",
-        "|---|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    columns = _CONFIG_COLUMNS + [
+        ("batch", "---", _batch),
+        ("dtype", "---", lambda s: s["dtype"]),
+        ("train step vs torch.nn", "--:", lambda s: _x(s["fwdbwd_vs_torchnn"])),
+        ("infer vs torch.nn", "--:", lambda s: _x(s["infer_vs_torchnn"])),
+        ("fwd vs torch.nn", "--:", lambda s: _x(s["fwd_vs_torchnn"])),
+        ("bwd vs torch.nn", "--:", lambda s: _x(s["bwd_vs_torchnn"])),
+        ("clip+trunc overhead fwd", "--:", lambda s: _pct(s["clip_overhead_fwd_pct"])),
+        ("clip+trunc overhead bwd", "--:", lambda s: _pct(s["clip_overhead_bwd_pct"])),
+        ("clip+trunc overhead train step", "--:",
+         lambda s: _pct(s["clip_overhead_fwdbwd_pct"])),
+        ("train step vs reference loop", "--:", lambda s: _x(s["fwdbwd_vs_reference"])),
     ]
-    for s in summaries:
-        lines.append(
-            f"| {s['cell']} | {s['T']} | {s['B']} | {s['I']} | {s['H']} | {s['layers']} "
-            f"| {s['dtype']} | {x(s['fwdbwd_vs_torchnn'])} | {x(s['infer_vs_torchnn'])} "
-            f"| {x(s['fwd_vs_torchnn'])} | {x(s['bwd_vs_torchnn'])} "
-            f"| {pct(s['clip_overhead_fwd_pct'])} | {pct(s['clip_overhead_bwd_pct'])} "
-            f"| {pct(s['clip_overhead_fwdbwd_pct'])} | {x(s['fwdbwd_vs_reference'])} |")
-    return "\n".join(lines)
+    return _table(columns, summaries, len(_CONFIG_COLUMNS) + 2)
+
+
+def packed_table(comparisons) -> str:
+    def per_token(mode, impl):
+        def cell(c):
+            r = c["per_token"].get(mode, {}).get(impl)
+            return "–" if r is None else f"{r['median']:.2f}× (min {r['min']:.2f}×)"
+        return cell
+
+    columns = _CONFIG_COLUMNS + [
+        ("dtype", "---", lambda c: c["dtype"]),
+        ("real tokens packed / padded", "---",
+         lambda c: f"{c['tokens_packed']} / {c['tokens_padded']} "
+                   f"({c['tokens_packed'] / c['tokens_padded']:.0%})"),
+        ("train step vs torch.nn (a) padded", "--:",
+         lambda c: _x(c["fwdbwd_vs_torchnn_padded"])),
+        ("train step vs torch.nn (b) packed", "--:",
+         lambda c: _x(c["fwdbwd_vs_torchnn_packed"])),
+        ("infer vs torch.nn (a) padded", "--:", lambda c: _x(c["infer_vs_torchnn_padded"])),
+        ("infer vs torch.nn (b) packed", "--:", lambda c: _x(c["infer_vs_torchnn_packed"])),
+        ("packed vs padded per real token: train step, fused", "--:",
+         per_token("fwdbwd", "fused")),
+        ("… train step, torch.nn", "--:", per_token("fwdbwd", BASELINE)),
+        ("… infer, fused", "--:", per_token("infer", "fused")),
+        ("… infer, torch.nn", "--:", per_token("infer", BASELINE)),
+    ]
+    return _table(columns, comparisons, len(_CONFIG_COLUMNS) + 2)
 
 
 SUMMARY_LEGEND = """\
 Ratios are medians of per-repeat paired ratios (the implementations run interleaved in
 each repeat), ± half the IQR of those ratios. "vs torch.nn" = torch.nn time / fused time
 (>1: fusedrnn is faster). "clip+trunc overhead" = fused_clip time / fused time − 1.
-"vs reference loop" = reference time / fused_clip time, both with the same clip/truncate."""
+"vs reference loop" = reference time / fused_clip time, both with the same clip/truncate.
+D = directions (2: bidirectional). batch: padded (T*B real tokens) or packed (sum(lengths)
+real tokens, as a share of T*B)."""
+
+PACKED_LEGEND = """\
+(a) padded equal-length batch, (b) packed batch (lengths in the header); same cell, shape
+and weights. "vs torch.nn" (a) / (b): the summary's paired ratios, torch.nn / fused.
+"packed vs padded per real token" = (median_padded / (T*B)) / (median_packed /
+sum(lengths)) for that implementation and mode: 1.00× = a real token costs the same in
+both (time proportional to real tokens); > 1: packed is cheaper per real token; < 1:
+dearer (about sum(lengths) / (T*B) when the padding is computed anyway). (a) and (b) ran
+one after the other, not interleaved, so this is a ratio of medians, not a paired ratio;
+"min" is the same ratio of the minimum times, as a check on noise."""
 
 
-def header_lines(info: dict, args, clip: ClipConfig) -> list:
+def packed_section(comparisons) -> str:
+    return packed_table(comparisons) + "\n\n" + PACKED_LEGEND
+
+
+def header_lines(info: dict, args, clip: ClipConfig, plan: dict) -> list:
     lines = [
         f"- date: {info['date']}",
         f"- machine: {info['hostname']}, {info['platform']}",
@@ -644,6 +920,22 @@ def header_lines(info: dict, args, clip: ClipConfig) -> list:
         + (f", at end: {info['loadavg_end']}" if "loadavg_end" in info else ""),
         f"- fusedrnn commit: {info['fusedrnn_commit']} ({info['fusedrnn_file']})",
         f"- fused_clip / reference options: {clip.label()}",
+        f"- configuration: grid {plan['grid']}, layers {plan['layers']}, "
+        f"{'bidirectional' if plan['bidirectional'] else 'unidirectional'}, batches: "
+        + ", ".join("packed" if pk else "padded" for pk in plan["packed"])
+        + "; timed: " + "; ".join(f"{mode}: {', '.join(names)}"
+                                  for mode, names in plan["mode_impls"].items()),
+    ]
+    if any(plan["packed"]):
+        lines.append(
+            "- packed batches: lengths uniform in [ceil(T/4), T] with the longest set to T, "
+            f"torch.Generator seed {args.seed}, the same for every impl, repeat and cell; "
+            "fused and torch.nn get pack_padded_sequence(enforce_sorted=False), built "
+            "untimed; the reference gets the padded tensor and the lengths")
+        lines += [f"- packed lengths (batch order), T={T}, B={B}: sum {sum(ls)} of {T * B} "
+                  f"({sum(ls) / (T * B):.0%}): {list(ls)}"
+                  for (T, B), ls in plan["lengths"].items()]
+    lines += [
         f"- warm-up {args.warmup}, repeats {args.repeats}, seed {args.seed}",
         f"- command: `{info['command']}`",
     ]
@@ -661,20 +953,34 @@ def parse_args(argv=None):
     p.add_argument("--cell", nargs="+", choices=CELLS, default=list(CELLS))
     p.add_argument("--grid", choices=sorted(GRIDS), default="headline",
                    help="shape set: headline = (T,B,I,H)=%s; full adds fastrnns %s and "
-                        "B=1,8,16. Ignored when any of --T/--B/--I/--H is given."
-                        % (HEADLINE, FASTRNNS))
+                        "B=1,8,16; issue3 = the headline shape with 2 layers, "
+                        "bidirectional, padded and packed batches, modes fwdbwd and infer "
+                        "(fwdbwd: fused, fused_clip, torchnn, reference; infer: fused, "
+                        "torchnn). --T/--B/--I/--H replace the grid's shapes (issue3 keeps "
+                        "its other settings)." % (HEADLINE, FASTRNNS))
     for letter, default, what in (("T", HEADLINE[0], "sequence length"),
                                   ("B", HEADLINE[1], "batch size"),
                                   ("I", HEADLINE[2], "input size"),
                                   ("H", HEADLINE[3], "hidden size")):
         p.add_argument(f"--{letter}", nargs="+", type=int, default=None,
-                       help=f"{what}(s); overrides --grid, the other letters default "
-                            f"to the headline shape ({default})")
-    p.add_argument("--layers", type=int, default=1)
+                       help=f"{what}(s); replaces the shapes of --grid, the other "
+                            f"letters default to the headline shape ({default})")
+    p.add_argument("--layers", type=int, default=None,
+                   help="num_layers (default 1; the issue3 grid: 2)")
+    p.add_argument("--bidirectional", action="store_true",
+                   help="bidirectional=True (h0 [L*2, B, H], output [T, B, 2H]); always on "
+                        "in the issue3 grid")
+    p.add_argument("--packed", action="store_true",
+                   help="packed batch: lengths uniform in [ceil(T/4), T] (longest = T, "
+                        "seed --seed), a PackedSequence for fused/torchnn, padded tensor + "
+                        "lengths for the reference. The issue3 grid runs padded and packed")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
+    p.add_argument("--modes", nargs="+", choices=MODES, default=None,
+                   help="default: all (the issue3 grid: fwdbwd infer)")
+    p.add_argument("--impls", nargs="+", choices=IMPLS, default=None,
+                   help="for every mode; default: all (the issue3 grid: per mode, see "
+                        "--grid)")
     p.add_argument("--repeats", type=int, default=20, help="timed repeats per mode")
     p.add_argument("--warmup", type=int, default=3, help="untimed repeats per mode")
     p.add_argument("--threads", type=int, default=None,
@@ -689,9 +995,32 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         p.error("--repeats must be >= 1 and --warmup >= 0")
-    if args.layers < 1:
+    if args.layers is not None and args.layers < 1:
         p.error("--layers must be >= 1")
     return args
+
+
+def resolve_plan(args) -> dict:
+    """What runs: the grid's preset (if any) with explicit --layers/--modes/--impls on top.
+
+    Returns grid, layers, bidirectional, packed (batch layouts, in run order) and
+    mode_impls ({mode: [impl names]}, modes in MODES order)."""
+    preset = PRESETS.get(args.grid, {})
+    layers = args.layers if args.layers is not None else preset.get("layers", 1)
+    modes = args.modes if args.modes is not None else list(preset.get("modes", MODES))
+    modes = [m for m in MODES if m in modes]
+    if args.impls is not None:
+        mode_impls = {m: [n for n in IMPLS if n in args.impls] for m in modes}
+    else:
+        per_mode = preset.get("impls", {})
+        mode_impls = {m: list(per_mode.get(m, IMPLS)) for m in modes}
+    return {
+        "grid": args.grid,
+        "layers": layers,
+        "bidirectional": bool(preset.get("bidirectional", False) or args.bidirectional),
+        "packed": tuple(preset.get("packed", (args.packed,))),
+        "mode_impls": mode_impls,
+    }
 
 
 def shapes_from_args(args):
@@ -712,35 +1041,52 @@ def main(argv=None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    plan = resolve_plan(args)
+    if any(plan["packed"]):
+        plan["lengths"] = {(T, B): draw_lengths(T, B, args.seed)
+                           for T, B, _, _ in shapes_from_args(args)}
 
-    needs_fusedrnn = any(name != "torchnn" for name in args.impls)
+    needs_fusedrnn = any(name != "torchnn" for names in plan["mode_impls"].values()
+                         for name in names)
     fusedrnn = import_fusedrnn() if needs_fusedrnn else None
     clip = ClipConfig(args.grad_clip, args.grad_clip_mode, args.truncate)
     info = machine_info(device, fusedrnn)
-    header = header_lines(info, args, clip)
+    header = header_lines(info, args, clip, plan)
     print("# fusedrnn benchmark\n\n" + "\n".join(header) + "\n", flush=True)
     if info["loadavg_start"] and info["loadavg_start"][0] > 0.5:
         log(f"bench.py: WARNING: load average {info['loadavg_start'][0]} before starting; "
             "other processes will distort the timings (the paired ratios suffer least)")
 
     rows, summaries, errors = [], [], []
+    directions = 2 if plan["bidirectional"] else 1
     for cell in args.cell:
         for T, B, I, H in shapes_from_args(args):
-            case = Case(cell, T, B, I, H, args.layers, args.dtype, str(device))
-            case_rows, raw, case_errors = run_case(case, args.impls, args.modes, clip,
-                                                   fusedrnn, args.warmup, args.repeats)
-            rows += case_rows
-            summaries.append(summarize_case(case, raw))
-            errors += [{**dataclasses.asdict(case), "impl": k, "error": v}
-                       for k, v in case_errors.items()]
+            # padded then packed, back to back, so the per-token comparison spans little drift
+            for packed in plan["packed"]:
+                case = Case(cell, T, B, I, H, plan["layers"], directions, packed, args.dtype,
+                            str(device), plan["lengths"][(T, B)] if packed else None)
+                case_rows, raw, case_errors = run_case(case, plan["mode_impls"], clip,
+                                                       fusedrnn, args.warmup, args.repeats)
+                rows += case_rows
+                summaries.append(summarize_case(case, raw))
+                errors += [{**case.fields(), "impl": k, "error": v}
+                           for k, v in case_errors.items()]
 
     info["loadavg_end"] = load_average()
-    header = header_lines(info, args, clip)
+    if info["loadavg_end"] and info["loadavg_end"][0] > 1.0:
+        log(f"bench.py: WARNING: load average {info['loadavg_end'][0]} at the end; other "
+            "processes ran during the timing. Compare median and min ms: where they differ "
+            "a lot, rerun that cell on an idle machine")
+    header = header_lines(info, args, clip, plan)
     table = results_table(rows)
     summary = summary_table(summaries)
+    comparisons = packed_vs_padded(summaries, rows)
     error_lines = [f"- {e['cell']} T={e['T']} B={e['B']} I={e['I']} H={e['H']} "
+                   f"L={e['layers']} D={e['directions']} {'packed' if e['packed'] else 'padded'} "
                    f"{e['impl']}: {e['error']}" for e in errors]
     body = f"## Results\n\n{table}\n\n## Summary\n\n{summary}\n\n{SUMMARY_LEGEND}\n"
+    if comparisons:
+        body += f"\n## Packed vs padded\n\n{packed_section(comparisons)}\n"
     if error_lines:
         body += "\n## Errors\n\n" + "\n".join(error_lines) + "\n"
     print(body, flush=True)
@@ -749,8 +1095,11 @@ def main(argv=None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         stem = output_stem(info, device, args.out)
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        payload = {"machine": info, "config": config, "clip": dataclasses.asdict(clip),
-                   "rows": rows, "summary": summaries, "errors": errors}
+        plan = {**plan, "lengths": [{"T": T, "B": B, "lengths": list(ls)}
+                                    for (T, B), ls in plan.get("lengths", {}).items()]}
+        payload = {"machine": info, "config": config, "plan": plan,
+                   "clip": dataclasses.asdict(clip), "rows": rows, "summary": summaries,
+                   "packed_vs_padded": comparisons, "errors": errors}
         stem.with_suffix(".json").write_text(json.dumps(payload, indent=1) + "\n")
         stem.with_suffix(".md").write_text(
             "# fusedrnn benchmark\n\n" + "\n".join(header) + "\n\n" + body)
