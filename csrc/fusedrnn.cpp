@@ -1,6 +1,7 @@
 // fusedrnn._C: the pybind11 module. Bindings only; see rnn_ops.h for the entry points.
 #include <torch/extension.h>
 
+#include "cpu/cpu_common.h"
 #include "cpu/dispatch.h"
 #include "rnn_ops.h"
 
@@ -35,5 +36,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_set_cpu_capability", &fusedrnn::cpu::set_capability, py::arg("name"),
         "Use the CPU kernels of capability `name` (at most what the CPU supports); returns the "
         "one in use. Not for use while ops run in other threads.");
+  m.def("_step_gemm", &fusedrnn::cpu::step_gemm,
+        "Backend of the float32 CPU step GEMMs: 'onednn' or 'blas'");
+  m.def("_set_step_gemm", &fusedrnn::cpu::set_step_gemm, py::arg("name"),
+        "Use 'onednn' (where torch has it) or 'blas' for the float32 CPU step GEMMs; returns "
+        "the one in use. Not for use while ops run in other threads.");
   m.attr("cuda_built") = false;
 }

@@ -60,9 +60,6 @@ inline RowStep row_step(const StepInfo& st, int64_t b, int64_t truncate) {
   return r;
 }
 
-// The time step processed just before t (in processing order).
-inline int64_t prev_time(const StepInfo& st) { return st.reverse ? st.t + 1 : st.t - 1; }
-
 // Vector body then scalar tail over n columns: f(VecTag, j) handles columns j..j+width-1.
 template <class V, class F>
 inline void for_columns(int64_t n, F&& f) {

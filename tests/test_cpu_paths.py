@@ -1,0 +1,104 @@
+"""Every CPU code path computes the same thing: the SIMD capabilities of the pointwise kernels
+(AVX-512, AVX2, portable; see Note [CPU capability dispatch] in csrc/cpu/kernels_impl.h) and
+both backends of the step GEMMs (oneDNN, BLAS; Note [oneDNN for the step GEMMs]).
+
+Each path is held to the float32 precision rule against a float64 reference (DESIGN.md §4),
+and the paths must agree with each other to float32 rounding.
+"""
+import pytest
+import torch
+
+import fusedrnn
+from fusedrnn import _C
+
+from helpers import assert_close_by_reference
+
+CAPABILITIES = ["default", "avx2", "avx512"]
+BACKENDS = ["onednn", "blas"]
+
+
+@pytest.fixture
+def restore_paths():
+    cap, gemm = _C._cpu_capability(), _C._step_gemm()
+    yield
+    _C._set_cpu_capability(cap)
+    _C._set_step_gemm(gemm)
+
+
+def _run(module, x, gy):
+    module.zero_grad()
+    x = x.detach().requires_grad_()
+    y, state = module(x)
+    states = state if isinstance(state, tuple) else (state,)
+    loss = (y * gy).sum() + sum((s * 0.7).sum() for s in states)
+    loss.backward()
+    return [y.detach(), *(s.detach() for s in states), x.grad] + [p.grad for p in module.parameters()]
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("capability", CAPABILITIES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_path_matches_reference_and_torchnn(cell, capability, backend, restore_paths):
+    if _C._set_cpu_capability(capability) != capability:
+        pytest.skip(f"this CPU does not support {capability}")
+    if _C._set_step_gemm(backend) != backend:
+        pytest.skip(f"this torch build has no {backend}")
+    torch.manual_seed(0)
+    # H = 37: a SIMD body and a scalar tail at every width; bidirectional with lengths.
+    T, B, I, H = 9, 5, 6, 37
+    ref = getattr(torch.nn, cell)(I, H, num_layers=2, bidirectional=True).double()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    gy = torch.randn(T, B, 2 * H, dtype=torch.float64)
+    want = _run(ref, x, gy)
+    nn32 = getattr(torch.nn, cell)(I, H, num_layers=2, bidirectional=True)
+    nn32.load_state_dict(ref.state_dict())
+    theirs = _run(nn32, x.float(), gy.float())
+    fused = getattr(fusedrnn, cell)(I, H, num_layers=2, bidirectional=True)
+    fused.load_state_dict(ref.state_dict())
+    ours = _run(fused, x.float(), gy.float())
+    for o, t, w in zip(ours, theirs, want):
+        assert_close_by_reference(o, t, w, floor=2e-6 * max(1.0, w.abs().max().item()))
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_paths_agree_with_options(cell, restore_paths):
+    """All capability x backend combinations give the same float32 results (to rounding) with
+    clipping, truncation and packed input, where the option code is exercised per path."""
+    torch.manual_seed(1)
+    T, B, I, H = 8, 4, 5, 19
+    kw = dict(grad_clip=0.02, grad_clip_mode="norm", truncate=3)
+    module = getattr(fusedrnn, cell)(I, H, bidirectional=True, **kw)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.mul_(4)  # large weights: the clip is active
+    x = torch.randn(T, B, I)
+    lengths = torch.tensor([8, 3, 6, 5])
+    gy = torch.randn(int(lengths.sum()), 2 * H)
+
+    def run():
+        module.zero_grad()
+        xx = x.clone().requires_grad_()
+        packed = torch.nn.utils.rnn.pack_padded_sequence(xx, lengths, enforce_sorted=False)
+        y, _ = module(packed)
+        (y.data * gy).sum().backward()
+        return [y.data.detach(), xx.grad] + [p.grad.clone() for p in module.parameters()]
+
+    results = {}
+    for capability in CAPABILITIES:
+        for backend in BACKENDS:
+            if _C._set_cpu_capability(capability) == capability and _C._set_step_gemm(backend) == backend:
+                results[(capability, backend)] = run()
+    assert len(results) >= 2, "at least the portable path with one backend must run"
+    base = results[("default", _C._step_gemm())] if ("default", _C._step_gemm()) in results else next(iter(results.values()))
+    for key, got in results.items():
+        for g, b in zip(got, base):
+            torch.testing.assert_close(g, b, rtol=2e-5, atol=2e-5 * max(1.0, b.abs().max().item()),
+                                       msg=lambda m: f"path {key}: {m}")
+
+
+def test_capability_names(restore_paths):
+    assert _C._set_cpu_capability("default") == "default"
+    with pytest.raises(ValueError, match="avx9"):
+        _C._set_cpu_capability("avx9")
+    with pytest.raises(ValueError, match="step GEMM"):
+        _C._set_step_gemm("cublas")
