@@ -261,6 +261,9 @@ def _cell_input(cell, input: Tensor, states, name: str):
         input = input.unsqueeze(0)
         states = [None if h is None else h.unsqueeze(0) for h in states]
     # The checks of torch's rnn cell kernels, with their messages and exception type.
+    if input.dtype != cell.weight_ih.dtype:
+        raise RuntimeError(f"{name}: input must have the dtype of the weights "
+                           f"({cell.weight_ih.dtype}), got {input.dtype}")
     if input.size(1) != cell.input_size:
         raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} "
                            f"expected {cell.input_size}")

@@ -10,6 +10,7 @@ Shapes use T steps, B batch, I input, H hidden, P projection, R = P with project
 The full contract (lengths, reverse, clipping and truncation semantics) is in
 docs/ops_api.md and DESIGN.md §2-3; ``fusedrnn.reference`` is the same math in plain PyTorch.
 """
+import numbers
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -33,13 +34,53 @@ Lengths = Union[Tensor, Sequence[int], None]
 
 
 def _lengths_tensor(lengths: Lengths) -> Optional[Tensor]:
+    """Per-sequence lengths as an int64 CPU tensor (from an integer tensor on any real device,
+    or a sequence of ints); the C++ checks then validate shape and range."""
     if lengths is None:
         return None
     if isinstance(lengths, Tensor):
         if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
             raise TypeError(f"fusedrnn: lengths must be an integer tensor, got dtype {lengths.dtype}")
+        if lengths.device.type == "meta":
+            raise RuntimeError("fusedrnn: lengths must be a CPU tensor (values are needed), "
+                               "got a meta tensor")
         return lengths.to(device="cpu", dtype=torch.int64)
-    return torch.as_tensor(list(lengths), dtype=torch.int64)
+    if isinstance(lengths, (str, bytes)) or not hasattr(lengths, "__iter__"):
+        raise TypeError("fusedrnn: lengths must be an int64 tensor or a sequence of ints, got "
+                        f"{type(lengths).__name__}")
+    values = list(lengths)
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"fusedrnn: lengths must hold ints, got {v!r} of type {type(v).__name__}")
+    return torch.tensor(values, dtype=torch.int64)
+
+
+def _check_batch_sizes(batch_sizes: Optional[Tensor]) -> None:
+    """What Python must know before reading batch_sizes[0]; the C++ checks do the rest."""
+    if batch_sizes is None:
+        return
+    if not isinstance(batch_sizes, Tensor):
+        raise TypeError("fusedrnn: batch_sizes must be an int64 CPU tensor (PackedSequence."
+                        f"batch_sizes), got {type(batch_sizes).__name__}")
+    if batch_sizes.device.type != "cpu":
+        raise RuntimeError(f"fusedrnn: batch_sizes must be a CPU tensor, got {batch_sizes.device}")
+    if batch_sizes.dtype != torch.int64:
+        raise TypeError(f"fusedrnn: batch_sizes must be an int64 tensor, got {batch_sizes.dtype}")
+    if batch_sizes.dim() != 1 or batch_sizes.numel() == 0:
+        raise ValueError("fusedrnn: batch_sizes must be 1-D with at least one step, got shape "
+                         f"{tuple(batch_sizes.shape)}")
+
+
+def _check_devices(op: str, input: Tensor, tensors, index_tensors) -> None:
+    """Device agreement, checked in the fake kernels too: with one meta tensor among CPU
+    tensors the dispatcher runs the fake kernel, which must not return made-up values."""
+    for name, t in tensors:
+        if t is not None and t.device != input.device:
+            raise RuntimeError(f"fusedrnn.{op}: {name} must be on the same device as input "
+                               f"({input.device}), got {t.device}")
+    for name, t in index_tensors:
+        if t is not None and t.device.type != "cpu":
+            raise RuntimeError(f"fusedrnn.{op}: {name} must be a CPU tensor, got {t.device}")
 
 
 def _normalized_options(grad_clip, grad_clip_mode, truncate, cell_clip=None):
@@ -81,7 +122,8 @@ def _packed_states(input: Tensor, batch_sizes: Optional[Tensor], states, widths)
     """With batch_sizes, initial states default to zeros here (the ops need them to know B)."""
     if batch_sizes is None:
         return states
-    B = int(batch_sizes[0]) if batch_sizes.numel() > 0 else 0
+    _check_batch_sizes(batch_sizes)
+    B = int(batch_sizes[0])
     return tuple(input.new_zeros(B, w) if s is None else s for s, w in zip(states, widths))
 
 
@@ -125,6 +167,10 @@ def _lstm_layer(
 @_lstm_layer.register_fake
 def _lstm_layer_fake(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths,
                      batch_sizes, reverse, grad_clip, grad_clip_mode, truncate, cell_clip, save):
+    _check_devices("lstm_layer", input,
+                   [("weight_ih", weight_ih), ("weight_hh", weight_hh), ("bias_ih", bias_ih),
+                    ("bias_hh", bias_hh), ("h0", h0), ("c0", c0), ("weight_hr", weight_hr)],
+                   [("lengths", lengths), ("batch_sizes", batch_sizes)])
     H = weight_hh.shape[0] // 4
     R = H if weight_hr is None else weight_hr.shape[0]
     B, rows = _batch_and_rows(input, h0, batch_sizes)
@@ -324,6 +370,10 @@ def _gru_layer(
 @_gru_layer.register_fake
 def _gru_layer_fake(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, batch_sizes,
                     reverse, grad_clip, grad_clip_mode, truncate, save):
+    _check_devices("gru_layer", input,
+                   [("weight_ih", weight_ih), ("weight_hh", weight_hh), ("bias_ih", bias_ih),
+                    ("bias_hh", bias_hh), ("h0", h0)],
+                   [("lengths", lengths), ("batch_sizes", batch_sizes)])
     H = weight_hh.shape[0] // 3
     B, rows = _batch_and_rows(input, h0, batch_sizes)
     new = input.new_empty

@@ -10,7 +10,8 @@
 // function as the vector body:
 //   exp(x):  x = n ln2 + r, |r| <= ln2/2 (Cody-Waite split of ln2), e^r by its Taylor
 //            polynomial to degree 7 (truncation error < 1e-8 relative), times 2^n built in
-//            the exponent bits. x is clamped to [-87, 88] so 2^n stays a normal float.
+//            the exponent bits. x is clamped to [-87, 88.8]: 2^n stays a normal float below,
+//            and reaches +inf above (see exp_f32).
 //   sigmoid: 1 / (1 + exp(-x)), exact division.
 //   tanh:    |x| < 0.625: x + x^3 q(x^2), q fitted for relative error < 2 ulp;
 //            otherwise sign(x) (1 - 2 / (exp(2|x|) + 1)).
@@ -24,7 +25,9 @@ inline typename V::reg exp_f32(typename V::reg x) {
   const R log2e = V::set1(1.44269504088896341f);
   const R ln2_hi = V::set1(0.693359375f);           // exactly representable high part
   const R ln2_lo = V::set1(-2.12194440e-4f);        // ln2 - ln2_hi
-  x = V::clamp(x, V::set1(-87.0f), V::set1(88.0f));
+  // Above 88.38 the scale 2^n is 2^128 = +inf: exp overflows (to +inf) a little early, which
+  // costs sigmoid/tanh nothing and gives sigmoid(-inf) = 0 exactly, as torch computes it.
+  x = V::clamp(x, V::set1(-87.0f), V::set1(88.8f));
   const R n = V::round(V::mul(x, log2e));
   R r = V::fnmadd(n, ln2_hi, x);                     // x - n * ln2_hi
   r = V::fnmadd(n, ln2_lo, r);                       // - n * ln2_lo
