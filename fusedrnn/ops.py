@@ -111,11 +111,14 @@ def _state_grad(grad: Optional[Tensor], like) -> Tensor:
 
 
 def _batch_and_rows(input: Tensor, h0: Optional[Tensor], batch_sizes: Optional[Tensor]):
-    """(B, leading shape of per-step tensors): padded input [T, B, I] -> (B, (T, B)); packed
-    input [N, I] -> (h0.shape[0], (N,)) (the wrappers always pass h0 with batch_sizes)."""
+    """For the fake kernels: (B, leading shape of per-step tensors). Padded input [T, B, I]
+    -> (B, (T, B)); packed input [N, I] -> (B, (N,)) with B = h0.shape[0], or, without h0,
+    batch_sizes[0]: a data-dependent size (the wrappers always pass h0 with batch_sizes)."""
     if batch_sizes is None:
         return input.shape[1], (input.shape[0], input.shape[1])
-    return h0.shape[0], (input.shape[0],)
+    if h0 is not None:
+        return h0.shape[0], (input.shape[0],)
+    return torch.library.get_ctx().new_dynamic_size(), (input.shape[0],)
 
 
 def _packed_states(input: Tensor, batch_sizes: Optional[Tensor], states, widths):
@@ -276,7 +279,9 @@ def _lstm_backward(ctx, grad_y, grad_h_n, grad_c_n, *unused):
         _grad_or_none(dw_ih, needs[1]),
         _grad_or_none(dw_hh, needs[2]),
         _grad_or_none(db, needs[3]),
-        _grad_or_none(db, needs[4]),
+        # bias_ih and bias_hh share the value, never the tensor (in-place users would see
+        # their changes applied twice).
+        _grad_or_none(db.clone() if needs[3] else db, needs[4]),
         _grad_or_none(dh0, needs[5]),
         _grad_or_none(dc0, needs[6]),
         _grad_or_none(dw_hr, needs[7]),

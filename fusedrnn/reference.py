@@ -49,7 +49,9 @@ def _check_positive_finite(name, value):
             f"fusedrnn: {name} must be a positive finite number, "
             f"got {value!r} of type {type(value).__name__}"
         )
-    if not (math.isfinite(value) and value > 0):
+    # Comparisons rather than math.isfinite: under torch.compile(dynamic=True) a module's
+    # float option is a symbolic float, which comparisons handle (NaN fails both).
+    if not (value > 0 and value < math.inf):
         raise ValueError(f"fusedrnn: {name} must be a positive finite number, got {value!r}")
 
 
