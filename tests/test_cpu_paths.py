@@ -35,17 +35,23 @@ def _run(module, x, gy):
     return [y.detach(), *(s.detach() for s in states), x.grad] + [p.grad for p in module.parameters()]
 
 
+# (T, B, I, H): H = 37 gives a SIMD body and a scalar tail at every width; the large shape
+# makes the step GEMMs big enough (B*4H*H >= 4M multiply-adds) for the oneDNN backend to be
+# used at all (Note [oneDNN for the step GEMMs]).
+SHAPES = {"small": (9, 5, 6, 37), "large": (3, 32, 16, 256)}
+
+
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 @pytest.mark.parametrize("capability", CAPABILITIES)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_path_matches_reference_and_torchnn(cell, capability, backend, restore_paths):
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_path_matches_reference_and_torchnn(cell, capability, backend, shape, restore_paths):
     if _C._set_cpu_capability(capability) != capability:
         pytest.skip(f"this CPU does not support {capability}")
     if _C._set_step_gemm(backend) != backend:
         pytest.skip(f"this torch build has no {backend}")
     torch.manual_seed(0)
-    # H = 37: a SIMD body and a scalar tail at every width; bidirectional with lengths.
-    T, B, I, H = 9, 5, 6, 37
+    T, B, I, H = SHAPES[shape]
     ref = getattr(torch.nn, cell)(I, H, num_layers=2, bidirectional=True).double()
     x = torch.randn(T, B, I, dtype=torch.float64)
     gy = torch.randn(T, B, 2 * H, dtype=torch.float64)
