@@ -11,6 +11,7 @@ background load hit them equally. See benchmarks/README.md for how to read the o
     python benchmarks/bench.py --bidirectional --packed --layers 2
     python benchmarks/bench.py --device cuda --dtype float16
     python benchmarks/bench.py --T 4 --B 2 --I 3 --H 5 --repeats 2 --warmup 1 --no-save
+    python benchmarks/bench.py --plot               # + a PNG chart of the speedups
 
 Implementations (--impls):
     fused       fusedrnn.LSTM / fusedrnn.GRU, no clipping, no truncation
@@ -19,6 +20,8 @@ Implementations (--impls):
     reference   fusedrnn.reference.{lstm,gru}_layer, one call per layer and direction,
                 with the same clip/truncate options as fused_clip: what a user without
                 fusedrnn writes to get clipping inside BPTT
+    flashrnn    (CUDA only, when the `flashrnn` package imports; UNTESTED) flashrnn's fused
+                LSTM/GRU, with the input projection GEMM done inside the timed call
 
 Batches: padded (all T*B steps real) by default; with --packed every sequence gets its own
 length (uniform in [ceil(T/4), T], the longest = T, fixed seed) and fused / torchnn get a
@@ -31,6 +34,9 @@ Modes (--modes), each timed separately:
     infer   forward under torch.no_grad()
 The loss is sum(out * g_out) + sum(h_n * g_h) [+ sum(c_n * g_c)] with fresh random g_*,
 applied as torch.autograd.backward(outputs, grads), so no loss arithmetic is timed.
+
+Peak memory (per implementation and mode) is measured in one extra untimed call after the
+timed repeats; see PeakMemory for what the number means on CPU and on CUDA.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -59,7 +66,9 @@ DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
 
 CELLS = ("lstm", "gru")
 MODES = ("fwd", "bwd", "fwdbwd", "infer")
-IMPLS = ("fused", "fused_clip", "torchnn", "reference")
+IMPLS = ("fused", "fused_clip", "torchnn", "reference", "flashrnn")
+# The implementations run by default; flashrnn is added on CUDA when it imports.
+DEFAULT_IMPLS = ("fused", "fused_clip", "torchnn", "reference")
 BASELINE = "torchnn"
 DTYPES = {
     "float32": torch.float32,
@@ -96,9 +105,54 @@ PRESETS = {
 }
 
 
+_BAR = None  # the tqdm progress bar while one is active (see Progress)
+
+
 def log(msg: str) -> None:
     """Progress and errors go to stderr, so stdout is exactly the markdown report."""
-    print(msg, file=sys.stderr, flush=True)
+    if _BAR is not None:
+        _BAR.write(msg, file=sys.stderr)  # above the bar, not through it
+    else:
+        print(msg, file=sys.stderr, flush=True)
+
+
+class Progress:
+    """A tqdm bar over all repeats of the run (warm-up included) when tqdm is installed and
+    not disabled; otherwise nothing beyond the per-mode stderr lines (`log`)."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        global _BAR
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=total, unit="rep", file=sys.stderr, dynamic_ncols=True,
+                                leave=True)
+                _BAR = self.bar
+
+    @property
+    def active(self) -> bool:
+        return self.bar is not None
+
+    def describe(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description(text, refresh=True)
+        else:
+            log(f"  {text} ...")
+
+    def step(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        global _BAR
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+            _BAR = None
 
 
 def describe(exc: BaseException, limit: int = 600) -> str:
@@ -175,6 +229,135 @@ class Clock:
             elapsed = (time.perf_counter() - t0) * 1e3
         del result  # freeing outputs / the autograd graph is not part of the measurement
         return elapsed
+
+
+# --------------------------------------------------------------------------------------
+# Peak memory of one call: CUDA allocator peak on GPU, peak RSS on CPU
+# --------------------------------------------------------------------------------------
+
+def _proc_status_kib(field: str) -> Optional[int]:
+    """A `kB` field (VmRSS, VmHWM) of /proc/self/status, or None where there is none."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _malloc_trim() -> None:
+    """Give free glibc heap pages back to the OS (malloc_trim(0)), so that memory freed by
+    earlier calls and reused by the measured one is counted again; a no-op elsewhere."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakMemory:
+    """Peak memory of one call in bytes, over what the process held right before it.
+
+    Note [Peak memory]
+    CUDA: torch.cuda.max_memory_allocated() after torch.cuda.reset_peak_memory_stats(),
+    minus torch.cuda.memory_allocated() before the call (both after a synchronize): the
+    peak of tensor memory the caching allocator handed out during the call, exact, and
+    not counting its cache, cuDNN/cuBLAS workspaces outside it or the CUDA context.
+
+    CPU, on Linux (method "vmhwm"): glibc's free heap pages are returned to the OS
+    (malloc_trim(0)), RSS is read (VmRSS), the kernel's peak-RSS counter is reset to the
+    current RSS by writing "5" to /proc/self/clear_refs (Linux >= 4.0), the call runs, and
+    the result is VmHWM - VmRSS_before: the largest amount of additional resident memory
+    the process had at any instant of the call. Exact, not sampled, but it is RSS, not
+    tensor bytes: it counts pages touched (an allocation never written is not counted),
+    includes anything else the process did meanwhile (other threads, Python objects), and
+    leaves out memory already resident before the call that the call reused (buffers a
+    library keeps between calls, e.g. oneDNN scratchpads and weight caches allocated in the
+    warm-up; free-list memory that malloc_trim could not return). A lower bound of the
+    call's working set, comparable between implementations on the same machine.
+
+    CPU fallback (method "rss-sampled", when clear_refs cannot be written): a background
+    thread reads VmRSS about every millisecond during the call and the result is the
+    largest sample minus VmRSS before. It misses peaks shorter than the sampling interval
+    or inside C++ code that holds the GIL, so it can only be lower than the true peak.
+
+    Elsewhere (no /proc): None, shown as "–".
+
+    The untimed call sees fresh inputs, created (like the inputs of `bwd`'s untimed
+    forward) before the "before" reading: `fwd` counts the activations kept for backward
+    plus the outputs, `bwd` the extra memory of the backward pass over the saved graph
+    (gradients included), `fwdbwd` the peak of a whole step, `infer` the forward without
+    autograd.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.method = None
+        if device.type == "cuda":
+            self.method = "cuda"
+        elif _proc_status_kib("VmRSS") is not None:
+            self.method = "vmhwm" if self._reset_hwm() else "rss-sampled"
+
+    @staticmethod
+    def _reset_hwm() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            return True
+        except OSError:
+            return False
+
+    def describe(self) -> str:
+        return {
+            "cuda": "CUDA allocator: max_memory_allocated() during the call (peak reset "
+                    "before) minus memory_allocated() before",
+            "vmhwm": "CPU peak RSS: VmHWM during the call (reset via /proc/self/clear_refs, "
+                     "after malloc_trim) minus VmRSS before; resident memory the call added "
+                     "at its peak, a lower bound of its working set (memory reused from "
+                     "before the call is not counted)",
+            "rss-sampled": "CPU peak RSS sampled about every 1 ms by a thread during the "
+                           "call minus VmRSS before (misses short peaks: a lower bound)",
+            None: "not measured (no /proc on this system)",
+        }[self.method]
+
+    def measure(self, fn: Callable[[], object]) -> Optional[int]:
+        if self.method is None:
+            fn()
+            return None
+        if self.method == "cuda":
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            result = fn()
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() - before
+            del result
+            return peak
+        _malloc_trim()
+        before = _proc_status_kib("VmRSS")
+        if self.method == "vmhwm" and self._reset_hwm():
+            result = fn()
+            peak = _proc_status_kib("VmHWM")
+        else:
+            samples, done = [before], threading.Event()
+
+            def sample():
+                while not done.is_set():
+                    samples.append(_proc_status_kib("VmRSS") or 0)
+                    time.sleep(0.001)
+
+            thread = threading.Thread(target=sample, daemon=True)
+            thread.start()
+            try:
+                result = fn()
+                samples.append(_proc_status_kib("VmRSS") or 0)
+            finally:
+                done.set()
+                thread.join()
+            peak = max(samples)
+        del result
+        return max(0, peak - before) * 1024
 
 
 # --------------------------------------------------------------------------------------
@@ -305,6 +488,67 @@ def _reference_forward(reference, weights: torch.nn.Module, cell: str, layers: i
     return forward
 
 
+def flashrnn_available() -> bool:
+    """Whether the optional `flashrnn` package (NX-AI FlashRNN, CUDA) imports."""
+    try:
+        from flashrnn.flashrnn import flashrnn  # noqa: F401
+    except Exception:  # ImportError, or a CUDA build error at import
+        return False
+    return True
+
+
+def flashrnn_unsupported(case) -> Optional[str]:
+    """Why flashrnn is not timed on this case, or None. The wrapper below covers the single
+    layer, unidirectional, padded case on CUDA in the dtypes flashrnn takes."""
+    if not case.device.startswith("cuda"):
+        return "CUDA only"
+    if case.layers != 1 or case.directions != 1 or case.packed:
+        return "only 1 layer, unidirectional, padded batches are wrapped"
+    if case.dtype not in ("float32", "float16", "bfloat16"):
+        return f"flashrnn has no {case.dtype}"
+    return None
+
+
+def _flashrnn_forward(weights: torch.nn.Module, cell: str, dtype: str) -> Callable[..., tuple]:
+    """flashrnn's fused kernel behind the (x, h0, c0) -> (out, h_n[, c_n]) interface.
+
+    UNTESTED: written without a GPU or the flashrnn package, from flashrnn 1.0.x's
+    `flashrnn(Wx, R, b, states=None, function=..., backend="cuda_fused", dtype=...)` with
+    Wx [B, T, G, NH, D], R [G, NH, D, D], b [G_b, NH, D] and outputs (h, last_h) taken as
+    [S, B, T, NH, D] and [S, B, 1, NH, D]; one head (NH = 1, D = H). Check the shapes
+    against the installed version before trusting a number.
+
+    Equal work: flashrnn takes the input projection Wx precomputed, so the GEMM
+    x @ W_ih^T + b_ih runs here, inside the timed call, as it does inside fusedrnn and
+    torch.nn. Differences that remain: flashrnn starts from zero state (h0/c0 are
+    ignored, so no gradient w.r.t. them is computed), its gate order is not mapped from
+    torch.nn's (so its outputs are not compared in the forward check), and its recurrent
+    weights are W_hh reshaped, not transposed to its convention.
+    """
+    from flashrnn.flashrnn import flashrnn
+
+    gates = {"lstm": 4, "gru": 3}[cell]
+    H = weights.hidden_size
+    w_ih, w_hh = weights.weight_ih_l0, weights.weight_hh_l0
+    b_ih, b_hh = weights.bias_ih_l0, weights.bias_hh_l0
+
+    def forward(x, h0, c0):
+        T, B, _ = x.shape
+        wx = torch.nn.functional.linear(x.transpose(0, 1), w_ih, b_ih)  # [B, T, G*H]
+        wx = wx.reshape(B, T, gates, 1, H)
+        R = w_hh.reshape(gates, 1, H, H)
+        b = b_hh.reshape(gates, 1, H)
+        if cell == "gru":  # flashrnn's GRU takes 4 bias vectors
+            b = torch.cat([b, torch.zeros_like(b[:1])], dim=0)
+        h, last_h = flashrnn(wx, R, b, function=cell, dtype=dtype)
+        out = h[0, :, :, 0, :].transpose(0, 1)  # [T, B, H]
+        states = tuple(last_h[s, :, -1, 0, :].unsqueeze(0)
+                       for s in range(2 if cell == "lstm" else 1))
+        return (out,) + states
+
+    return forward
+
+
 def build_impls(names, cell, I, H, layers, directions, dtype, device, clip: ClipConfig,
                 fusedrnn):
     """Instantiate the requested implementations with identical weights.
@@ -322,7 +566,7 @@ def build_impls(names, cell, I, H, layers, directions, dtype, device, clip: Clip
                 modules[name] = getattr(fusedrnn, cell.upper())(I, H, **ctor)
             elif name == "fused_clip":
                 modules[name] = getattr(fusedrnn, cell.upper())(I, H, **ctor, **clip.kwargs())
-            else:  # torchnn, and the parameter container of the reference
+            else:  # torchnn, and the parameter container of reference and flashrnn
                 modules[name] = nn_cls(I, H, **ctor)
         except Exception as exc:  # recorded and reported, never swallowed
             errors[name] = f"construction failed: {describe(exc)}"
@@ -340,6 +584,14 @@ def build_impls(names, cell, I, H, layers, directions, dtype, device, clip: Clip
             forward = _reference_forward(fusedrnn.reference, module, cell, layers, directions,
                                          clip)
             impls.append(Impl(name, forward, list(module.parameters()), kind="reference"))
+        elif name == "flashrnn":
+            dtype_name = {v: k for k, v in DTYPES.items()}[dtype]
+            try:
+                forward = _flashrnn_forward(module, cell, dtype_name)
+            except Exception as exc:
+                errors[name] = f"flashrnn wrapper failed: {describe(exc)}"
+                continue
+            impls.append(Impl(name, forward, list(module.parameters())))
         else:
             forward = _module_forward(module, cell)
             impls.append(Impl(name, forward, list(module.parameters())))
@@ -498,7 +750,7 @@ def in_order(items, r: int) -> list:
     return [items[i] for i in orders[r % len(orders)]]
 
 
-def measure_mode(case, impls, mode, clock, warmup, repeats):
+def measure_mode(case, impls, mode, clock, warmup, repeats, progress=None):
     """Interleaved timing of all impls for one mode: every impl once per repeat, the order
     cycling through balanced_orders. The first `warmup` repeats are not recorded.
 
@@ -530,10 +782,32 @@ def measure_mode(case, impls, mode, clock, warmup, repeats):
                 if r >= warmup:
                     times[impl.name].append(elapsed)
             data = inputs = grads = None  # free this repeat's tensors before the next draw
+            if progress is not None:
+                progress.step()
     finally:
         if gc_was_enabled:
             gc.enable()
     return times, errors
+
+
+def measure_memory(case, impls, mode, meter: PeakMemory) -> dict:
+    """{impl name: peak bytes of one untimed call (None: not measured or failed)}, each
+    impl on the same fresh inputs; see Note [Peak memory]."""
+    if meter.method is None:
+        return {impl.name: None for impl in impls}
+    data = fresh_inputs(case)
+    peaks = {}
+    gc.collect()
+    for impl in impls:
+        inputs, grads = data[impl.kind]
+        try:
+            peaks[impl.name] = meter.measure(prepare_call(impl, mode, inputs, grads))
+        except Exception as exc:  # timed fine but the extra call failed: say so, go on
+            log(f"    {impl.name} {mode} memory measurement failed: {describe(exc)}")
+            peaks[impl.name] = None
+        impl.zero_grad()
+        gc.collect()
+    return peaks
 
 
 # Forward disagreement above which a warning is printed (torch.nn vs a correct kernel is
@@ -564,6 +838,8 @@ def forward_check(case, impls, errors) -> dict:
             errors[impl.name] = f"forward failed: {describe(exc)}"
             log(f"    {impl.name} FAILED: {errors[impl.name]}")
             impls.remove(impl)
+    # flashrnn starts from zero state and keeps its own gate order: not comparable
+    outputs.pop("flashrnn", None)
     ref_name = BASELINE if BASELINE in outputs else next(iter(outputs), None)
     diffs = {}
     for name, outs in outputs.items():
@@ -580,11 +856,19 @@ def case_label(case) -> str:
             f" {'packed' if case.packed else 'padded'}")
 
 
-def run_case(case, mode_impls, clip, fusedrnn, warmup, repeats):
+def run_case(case, mode_impls, clip, fusedrnn, warmup, repeats, progress=None,
+             meter: Optional[PeakMemory] = None, notes: Optional[list] = None):
     """Time one case. mode_impls: {mode: [impl names]}, in the order the modes run; every
-    impl named for any mode is built (and forward-checked) once."""
+    impl named for any mode is built (and forward-checked) once. With a `meter`, each
+    impl's peak memory is measured in one extra untimed call per mode after the timing.
+    flashrnn is left out of cases it does not cover, with a line in `notes`."""
     clock = Clock(torch.device(case.device))
     all_names = [n for n in IMPLS if any(n in names for names in mode_impls.values())]
+    why = flashrnn_unsupported(case) if "flashrnn" in all_names else None
+    if why is not None:
+        all_names.remove("flashrnn")
+        if notes is not None:
+            notes.append(f"flashrnn not timed for {case_label(case)}: {why}")
     impls, errors = build_impls(all_names, case.cell, case.I, case.H, case.layers,
                                 case.directions, DTYPES[case.dtype], torch.device(case.device),
                                 clip, fusedrnn)
@@ -593,9 +877,15 @@ def run_case(case, mode_impls, clip, fusedrnn, warmup, repeats):
     diffs = forward_check(case, impls, errors)
     rows, raw = [], {}
     for mode, names in mode_impls.items():
-        log(f"  {case_label(case)} {mode} ...")
+        if progress is not None:
+            progress.describe(f"{case_label(case)} {mode}")
+        else:
+            log(f"  {case_label(case)} {mode} ...")
         mode_impls_now = [impl for impl in impls if impl.name in names]
-        times, mode_errors = measure_mode(case, mode_impls_now, mode, clock, warmup, repeats)
+        times, mode_errors = measure_mode(case, mode_impls_now, mode, clock, warmup, repeats,
+                                          progress)
+        peaks = (measure_memory(case, [i for i in mode_impls_now if i.name in times], mode,
+                                meter) if meter is not None else {})
         errors.update({f"{k} ({mode})": v for k, v in mode_errors.items()})
         raw[mode] = times
         flops = rnn_flops(case.cell, case.T, case.B, case.I, case.H, case.layers, mode,
@@ -611,6 +901,7 @@ def run_case(case, mode_impls, clip, fusedrnn, warmup, repeats):
                 "gflops": flops / (stats["median_ms"] * 1e-3) / 1e9,
                 "flops": flops,
                 "fwd_max_abs_diff": diffs.get(name),
+                "peak_mem_bytes": peaks.get(name),
                 "times_ms": ts,
             })
     return rows, raw, errors
@@ -643,6 +934,8 @@ def summarize_case(case, raw):
         out[f"clip_overhead_{mode}_pct"] = (
             {"median": (r["median"] - 1) * 100, "iqr": r["iqr"] * 100} if r else None)
     out["fwdbwd_vs_reference"] = ratio("fwdbwd", "reference", "fused_clip")
+    for mode in ("fwdbwd", "infer"):
+        out[f"{mode}_vs_flashrnn"] = ratio(mode, "flashrnn", "fused")
     return out
 
 
@@ -786,9 +1079,9 @@ def _batch(d) -> str:
 
 def results_table(rows) -> str:
     head = ("| cell | T | B | I | H | layers | D | batch | dtype | device | mode | impl "
-            "| median ms | min ms | IQR ms | ×torch.nn | tokens/s | GFLOP/s |")
+            "| median ms | min ms | IQR ms | ×torch.nn | tokens/s | GFLOP/s | peak MiB |")
     lines = [head,
-             "|---|--:|--:|--:|--:|--:|--:|---|---|---|---|---|--:|--:|--:|--:|--:|--:|"]
+             "|---|--:|--:|--:|--:|--:|--:|---|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|"]
     for r in rows:
         lines.append(
             f"| {r['cell']} | {r['T']} | {r['B']} | {r['I']} | {r['H']} | {r['layers']} "
@@ -796,8 +1089,12 @@ def results_table(rows) -> str:
             f"| {r['mode']} | {r['impl']} "
             f"| {r['median_ms']:.3f} | {r['min_ms']:.3f} | {r['iqr_ms']:.3f} "
             f"| {_fmt(r['speedup_vs_torchnn'], '.2f')} | {_tokens(r['tokens_per_s'])} "
-            f"| {r['gflops']:.3g} |")
+            f"| {r['gflops']:.3g} | {_mib(r.get('peak_mem_bytes'))} |")
     return "\n".join(lines)
+
+
+def _mib(nbytes) -> str:
+    return "–" if nbytes is None else f"{nbytes / 2**20:.1f}"
 
 
 def _x(r):
@@ -845,6 +1142,8 @@ def summary_table(summaries) -> str:
         ("clip+trunc overhead train step", "--:",
          lambda s: _pct(s["clip_overhead_fwdbwd_pct"])),
         ("train step vs reference loop", "--:", lambda s: _x(s["fwdbwd_vs_reference"])),
+        ("train step vs flashrnn", "--:", lambda s: _x(s.get("fwdbwd_vs_flashrnn"))),
+        ("infer vs flashrnn", "--:", lambda s: _x(s.get("infer_vs_flashrnn"))),
     ]
     return _table(columns, summaries, len(_CONFIG_COLUMNS) + 2)
 
@@ -881,6 +1180,9 @@ Ratios are medians of per-repeat paired ratios (the implementations run interlea
 each repeat), ± half the IQR of those ratios. "vs torch.nn" = torch.nn time / fused time
 (>1: fusedrnn is faster). "clip+trunc overhead" = fused_clip time / fused time − 1.
 "vs reference loop" = reference time / fused_clip time, both with the same clip/truncate.
+"vs flashrnn" (CUDA, when flashrnn imports; untested wrapper) = flashrnn time / fused time.
+peak MiB (results table): peak memory of one extra untimed call, over what the process
+held before it (method in the header; benchmarks/README.md, "Peak memory").
 D = directions (2: bidirectional). batch: padded (T*B real tokens) or packed (sum(lengths)
 real tokens, as a share of T*B)."""
 
@@ -935,11 +1237,71 @@ def header_lines(info: dict, args, clip: ClipConfig, plan: dict) -> list:
         lines += [f"- packed lengths (batch order), T={T}, B={B}: sum {sum(ls)} of {T * B} "
                   f"({sum(ls) / (T * B):.0%}): {list(ls)}"
                   for (T, B), ls in plan["lengths"].items()]
+    if info.get("peak_memory"):
+        lines.append(f"- peak memory: {info['peak_memory']}")
+    lines += [f"- note: {n}" for n in info.get("notes", [])]
     lines += [
         f"- warm-up {args.warmup}, repeats {args.repeats}, seed {args.seed}",
         f"- command: `{info['command']}`",
     ]
     return lines
+
+
+# --------------------------------------------------------------------------------------
+# Optional chart (--plot)
+# --------------------------------------------------------------------------------------
+
+PLOT_MODES = {"fwd": "forward", "bwd": "backward", "fwdbwd": "train step", "infer": "inference"}
+
+
+def have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def write_plot(summaries, path: Path, title: str) -> bool:
+    """A grouped bar chart of fused's speedup vs torch.nn (paired median, whisker ± half the
+    IQR), one group per configuration (cell, shape, layers, directions, batch layout), one
+    bar per mode; a line at 1.0 (above: fusedrnn faster). Returns False when matplotlib is
+    missing or there is nothing to plot."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")  # files only, no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    modes = [m for m in PLOT_MODES if any(s.get(f"{m}_vs_torchnn") for s in summaries)]
+    if not modes:
+        return False
+    labels = [f"{s['cell'].upper()} T={s['T']} B={s['B']}\nI={s['I']} H={s['H']} "
+              f"L={s.get('layers', 1)} D={s.get('directions', 1)}\n{_batch(s)}"
+              for s in summaries]
+    width = 0.8 / len(modes)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(summaries) * max(1, len(modes)) / 2 + 2),
+                                    4.5))
+    for j, mode in enumerate(modes):
+        xs, ys, errs = [], [], []
+        for i, s in enumerate(summaries):
+            r = s.get(f"{mode}_vs_torchnn")
+            if r:
+                xs.append(i + (j - (len(modes) - 1) / 2) * width)
+                ys.append(r["median"])
+                errs.append(r["iqr"] / 2)
+        bars = ax.bar(xs, ys, width, yerr=errs, capsize=2, label=PLOT_MODES[mode])
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(summaries)))
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_ylabel("speedup vs torch.nn (torch.nn time / fusedrnn time)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 # --------------------------------------------------------------------------------------
@@ -979,8 +1341,9 @@ def parse_args(argv=None):
     p.add_argument("--modes", nargs="+", choices=MODES, default=None,
                    help="default: all (the issue3 grid: fwdbwd infer)")
     p.add_argument("--impls", nargs="+", choices=IMPLS, default=None,
-                   help="for every mode; default: all (the issue3 grid: per mode, see "
-                        "--grid)")
+                   help="for every mode; default: all but flashrnn, which is added on "
+                        "CUDA when the flashrnn package imports (the issue3 grid: per "
+                        "mode, see --grid)")
     p.add_argument("--repeats", type=int, default=20, help="timed repeats per mode")
     p.add_argument("--warmup", type=int, default=3, help="untimed repeats per mode")
     p.add_argument("--threads", type=int, default=None,
@@ -992,6 +1355,14 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the .json/.md")
     p.add_argument("--no-save", action="store_true", help="print only, write no files")
+    p.add_argument("--plot", action="store_true",
+                   help="also write <name>.png next to the .md/.json: fusedrnn's speedup vs "
+                        "torch.nn by shape and mode (needs matplotlib)")
+    p.add_argument("--no-memory", action="store_true",
+                   help="skip the peak-memory measurement (one extra untimed call per "
+                        "implementation and mode)")
+    p.add_argument("--no-progress-bar", action="store_true",
+                   help="plain stderr progress lines even when tqdm is installed")
     args = p.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         p.error("--repeats must be >= 1 and --warmup >= 0")
@@ -1013,7 +1384,7 @@ def resolve_plan(args) -> dict:
         mode_impls = {m: [n for n in IMPLS if n in args.impls] for m in modes}
     else:
         per_mode = preset.get("impls", {})
-        mode_impls = {m: list(per_mode.get(m, IMPLS)) for m in modes}
+        mode_impls = {m: list(per_mode.get(m, DEFAULT_IMPLS)) for m in modes}
     return {
         "grid": args.grid,
         "layers": layers,
@@ -1046,11 +1417,40 @@ def main(argv=None) -> int:
         plan["lengths"] = {(T, B): draw_lengths(T, B, args.seed)
                            for T, B, _, _ in shapes_from_args(args)}
 
-    needs_fusedrnn = any(name != "torchnn" for names in plan["mode_impls"].values()
-                         for name in names)
+    notes = []
+    # flashrnn (UNTESTED wrapper): by default on CUDA when it imports; asked for explicitly,
+    # it is dropped with a note where it cannot run.
+    wants_flashrnn = args.impls is None or "flashrnn" in args.impls
+    if wants_flashrnn and device.type == "cuda":
+        if flashrnn_available():
+            if args.impls is None:
+                for names in plan["mode_impls"].values():
+                    names.append("flashrnn")
+        else:
+            notes.append("flashrnn: the package does not import here, not compared")
+    elif args.impls is not None and "flashrnn" in args.impls:
+        notes.append("flashrnn: CUDA only, not run on this device")
+    if not (device.type == "cuda" and flashrnn_available()):
+        for names in plan["mode_impls"].values():
+            if "flashrnn" in names:
+                names.remove("flashrnn")
+    for note in notes:
+        log(f"bench.py: {note}")
+    if args.plot and not args.no_save and not have_matplotlib():
+        log("bench.py: --plot needs matplotlib, which is not installed "
+            "(pip install matplotlib); the run goes on and writes no chart")
+    elif args.plot and args.no_save:
+        log("bench.py: --plot writes next to the .md/.json; with --no-save no chart is written")
+
+    needs_fusedrnn = any(name not in ("torchnn", "flashrnn")
+                         for names in plan["mode_impls"].values() for name in names)
     fusedrnn = import_fusedrnn() if needs_fusedrnn else None
     clip = ClipConfig(args.grad_clip, args.grad_clip_mode, args.truncate)
     info = machine_info(device, fusedrnn)
+    meter = None if args.no_memory else PeakMemory(device)
+    info["peak_memory"] = meter.describe() if meter else "not measured (--no-memory)"
+    info["peak_memory_method"] = meter.method if meter else None
+    info["notes"] = notes
     header = header_lines(info, args, clip, plan)
     print("# fusedrnn benchmark\n\n" + "\n".join(header) + "\n", flush=True)
     if info["loadavg_start"] and info["loadavg_start"][0] > 0.5:
@@ -1059,6 +1459,21 @@ def main(argv=None) -> int:
 
     rows, summaries, errors = [], [], []
     directions = 2 if plan["bidirectional"] else 1
+    n_cases = len(args.cell) * len(shapes_from_args(args)) * len(plan["packed"])
+    progress = Progress(n_cases * len(plan["mode_impls"]) * (args.warmup + args.repeats),
+                        enabled=not args.no_progress_bar)
+    try:
+        run_all(args, plan, directions, device, clip, fusedrnn, progress, meter, notes,
+                rows, summaries, errors)
+    finally:
+        progress.close()
+    info["notes"] = notes
+    finish(args, info, plan, clip, device, rows, summaries, errors)
+    return 1 if errors else 0
+
+
+def run_all(args, plan, directions, device, clip, fusedrnn, progress, meter, notes,
+            rows, summaries, errors) -> None:
     for cell in args.cell:
         for T, B, I, H in shapes_from_args(args):
             # padded then packed, back to back, so the per-token comparison spans little drift
@@ -1066,12 +1481,16 @@ def main(argv=None) -> int:
                 case = Case(cell, T, B, I, H, plan["layers"], directions, packed, args.dtype,
                             str(device), plan["lengths"][(T, B)] if packed else None)
                 case_rows, raw, case_errors = run_case(case, plan["mode_impls"], clip,
-                                                       fusedrnn, args.warmup, args.repeats)
+                                                       fusedrnn, args.warmup, args.repeats,
+                                                       progress, meter, notes)
                 rows += case_rows
                 summaries.append(summarize_case(case, raw))
                 errors += [{**case.fields(), "impl": k, "error": v}
                            for k, v in case_errors.items()]
 
+
+def finish(args, info, plan, clip, device, rows, summaries, errors) -> None:
+    """Print the report; write the .json/.md (and the chart with --plot) unless --no-save."""
     info["loadavg_end"] = load_average()
     if info["loadavg_end"] and info["loadavg_end"][0] > 1.0:
         log(f"bench.py: WARNING: load average {info['loadavg_end'][0]} at the end; other "
@@ -1104,7 +1523,14 @@ def main(argv=None) -> int:
         stem.with_suffix(".md").write_text(
             "# fusedrnn benchmark\n\n" + "\n".join(header) + "\n\n" + body)
         log(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')}")
-    return 1 if errors else 0
+        if args.plot:
+            title = (f"fusedrnn vs torch.nn, {info['torch_version']}, {args.dtype}, "
+                     f"{info.get('gpu_name') or info['cpu_model']}, {stem.name}")
+            if write_plot(summaries, stem.with_suffix(".png"), title):
+                log(f"wrote {stem.with_suffix('.png')}")
+            elif have_matplotlib():
+                log("bench.py: --plot: nothing to plot (the chart needs fused and torchnn "
+                    "timed in the same mode)")
 
 
 if __name__ == "__main__":
