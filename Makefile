@@ -1,0 +1,51 @@
+# The user's first hour: `make setup`, then `make test`, `make demo`, `make bench`.
+# `make setup` is idempotent: a second run only checks, it installs and builds nothing.
+
+PYTHON ?= python3
+
+# Python packages the tests, the benchmark and the demo need (import names = pip names).
+DEPS := pybind11 ninja pytest hypothesis numpy tqdm matplotlib statsmodels
+# torch is pinned: a bare `pip install torch` would pull several GB of CUDA packages.
+TORCH := torch==2.13.0
+# Files whose change means fusedrnn._C must be rebuilt.
+BUILD_INPUTS := setup.py csrc
+
+.PHONY: setup deps torch build test demo bench
+
+setup: build
+
+torch:
+	@if ! $(PYTHON) -c "import torch" 2>/dev/null; then \
+	  echo "installing $(TORCH) (CPU)..."; \
+	  $(PYTHON) -m pip install $(TORCH); \
+	fi
+
+# find_spec only looks a module up (no import), so the check takes well under a second.
+deps: torch
+	@if ! $(PYTHON) -c "import importlib.util as u, sys; \
+	sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))" $(DEPS); then \
+	  echo "installing $(DEPS)..."; \
+	  $(PYTHON) -m pip install $(DEPS); \
+	fi
+
+# Rebuild when the extension is missing, does not import (e.g. torch changed), or a file
+# of csrc/ or setup.py is newer than it. The .so is touched after the build because an
+# unchanged build may keep its old timestamp.
+build: deps
+	@so=$$(ls fusedrnn/_C*.so 2>/dev/null | head -n 1); \
+	if [ -z "$$so" ] || [ -n "$$(find $(BUILD_INPUTS) -type f -newer "$$so")" ] \
+	   || ! $(PYTHON) -c "import fusedrnn._C" 2>/dev/null; then \
+	  echo "building fusedrnn._C (a few minutes)..."; \
+	  $(PYTHON) -m pip install --no-build-isolation -e . && touch fusedrnn/_C*.so; \
+	else \
+	  echo "fusedrnn._C is up to date ($$so)"; \
+	fi
+
+test: setup
+	$(PYTHON) -m pytest -q tests
+
+demo: setup
+	$(PYTHON) examples/forecast.py
+
+bench: setup
+	$(PYTHON) benchmarks/bench.py
