@@ -61,6 +61,8 @@ from typing import Callable, Optional
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from _markdown import table as md_table  # benchmarks/ is on sys.path when run
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
 
@@ -1105,19 +1107,6 @@ def _pct(r):
     return "–" if r is None else f"{r['median']:+.1f}% ±{r['iqr'] / 2:.1f}"
 
 
-def _table(columns, items, n_fixed) -> str:
-    """Markdown table of (header, align, cell function) columns. Of the columns after the
-    first n_fixed, one that is empty ("–") for every item (a mode or impl that was not
-    run) is left out."""
-    cells = [[fn(item) for _, _, fn in columns] for item in items]
-    keep = [j for j in range(len(columns))
-            if j < n_fixed or any(row[j] != "–" for row in cells)]
-    lines = ["| " + " | ".join(columns[j][0] for j in keep) + " |",
-             "|" + "|".join(columns[j][1] for j in keep) + "|"]
-    lines += ["| " + " | ".join(row[j] for j in keep) + " |" for row in cells]
-    return "\n".join(lines)
-
-
 _CONFIG_COLUMNS = [
     ("cell", "---", lambda s: s["cell"]),
     ("T", "--:", lambda s: str(s["T"])),
@@ -1145,7 +1134,7 @@ def summary_table(summaries) -> str:
         ("train step vs flashrnn", "--:", lambda s: _x(s.get("fwdbwd_vs_flashrnn"))),
         ("infer vs flashrnn", "--:", lambda s: _x(s.get("infer_vs_flashrnn"))),
     ]
-    return _table(columns, summaries, len(_CONFIG_COLUMNS) + 2)
+    return md_table(columns, summaries, len(_CONFIG_COLUMNS) + 2)
 
 
 def packed_table(comparisons) -> str:
@@ -1172,7 +1161,7 @@ def packed_table(comparisons) -> str:
         ("… infer, fused", "--:", per_token("infer", "fused")),
         ("… infer, torch.nn", "--:", per_token("infer", BASELINE)),
     ]
-    return _table(columns, comparisons, len(_CONFIG_COLUMNS) + 2)
+    return md_table(columns, comparisons, len(_CONFIG_COLUMNS) + 2)
 
 
 SUMMARY_LEGEND = """\

@@ -34,6 +34,8 @@ import re
 import sys
 from pathlib import Path
 
+from _markdown import table as md_table  # benchmarks/ is on sys.path when run
+
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 RESULTS = HERE / "results"
@@ -108,18 +110,6 @@ def _pct(r) -> str:
     return "–" if not r else f"{r['median']:+.1f}%"
 
 
-def _table(columns, items, n_fixed: int) -> str:
-    """Markdown table; a ratio column (after the first n_fixed) that is empty for every row
-    (its mode or implementation was not run) is left out."""
-    cells = [[fn(item) for _, _, fn in columns] for item in items]
-    keep = [j for j in range(len(columns))
-            if j < n_fixed or any(row[j] != "–" for row in cells)]
-    lines = ["| " + " | ".join(columns[j][0] for j in keep) + " |",
-             "|" + "|".join(columns[j][1] for j in keep) + "|"]
-    lines += ["| " + " | ".join(row[j] for j in keep) + " |" for row in cells]
-    return "\n".join(lines)
-
-
 def _shape(s) -> str:
     return f"T={s['T']} B={s['B']} I={s['I']} H={s['H']}"
 
@@ -184,7 +174,7 @@ def summary_section(run: dict) -> str:
         ("train step vs flashrnn", "--:", lambda s: _x(s.get("fwdbwd_vs_flashrnn"))),
         ("inference vs flashrnn", "--:", lambda s: _x(s.get("infer_vs_flashrnn"))),
     ]
-    return _table(columns, data["summary"], n_fixed=3 if multi_shape else 2)
+    return md_table(columns, data["summary"], n_fixed=3 if multi_shape else 2)
 
 
 def packed_section(run: dict) -> str:
@@ -211,7 +201,7 @@ def packed_section(run: dict) -> str:
         ("fusedrnn inference", "--:", per_token("infer", "fused")),
         ("torch.nn inference", "--:", per_token("infer", "torchnn")),
     ]
-    return (_table(columns, comparisons, 3 if multi_shape else 2) + "\n\n"
+    return (md_table(columns, comparisons, 3 if multi_shape else 2) + "\n\n"
             "Packed batches: lengths uniform in [T/4, T], the longest T (fixed seed). "
             "Packed vs padded\nper real token = (padded time / (T*B)) / (packed time / "
             "real tokens), per implementation:\n1.00x = a real token costs the same in "

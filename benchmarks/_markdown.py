@@ -1,0 +1,17 @@
+"""Markdown tables for the benchmark reports (bench.py) and the README block
+(make_readme_table.py): one implementation, standard library only."""
+
+EMPTY = "–"
+
+
+def table(columns, items, n_fixed: int) -> str:
+    """Markdown table of (header, align, cell function) columns. Of the columns after the
+    first n_fixed, one that is empty (EMPTY) for every item (a mode or implementation that
+    was not run) is left out."""
+    cells = [[fn(item) for _, _, fn in columns] for item in items]
+    keep = [j for j in range(len(columns))
+            if j < n_fixed or any(row[j] != EMPTY for row in cells)]
+    lines = ["| " + " | ".join(columns[j][0] for j in keep) + " |",
+             "|" + "|".join(columns[j][1] for j in keep) + "|"]
+    lines += ["| " + " | ".join(row[j] for j in keep) + " |" for row in cells]
+    return "\n".join(lines)
