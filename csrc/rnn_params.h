@@ -142,9 +142,8 @@ struct CpuKernelTable {
   void (*proj_bwd)(const ProjBwdStep<T>&, int64_t b_begin, int64_t b_end);
   void (*gru_fwd)(const GruFwdStep<T>&, int64_t b_begin, int64_t b_end);
   void (*gru_bwd)(const GruBwdStep<T>&, int64_t b_begin, int64_t b_end);
-  // Clip rows of x in place ([B, N], row stride ld) with the gradient options' clip.
-  void (*clip_rows)(T* x, int64_t B, int64_t N, int64_t ld, GradOptions<T> opt,
-                    int64_t b_begin, int64_t b_end);
+  // Clip rows b_begin..b_end-1 of x ([B, N], contiguous) in place with the options' clip.
+  void (*clip_rows)(T* x, int64_t N, GradOptions<T> opt, int64_t b_begin, int64_t b_end);
 };
 
 }  // namespace fusedrnn

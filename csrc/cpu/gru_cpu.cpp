@@ -118,7 +118,7 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
 
   // The initial state is handed over to step 0 like any other state: clip its gradient.
   if (opt.clip_mode != ClipMode::None) {
-    parallel_rows(B, H, [&](int64_t b0, int64_t b1) { k.clip_rows(dh0.data_ptr<T>(), B, H, H, opt, b0, b1); });
+    parallel_rows(B, H, [&](int64_t b0, int64_t b1) { k.clip_rows(dh0.data_ptr<T>(), H, opt, b0, b1); });
   }
 
   // Gradients not asked for are empty tensors, each its own (outputs of a custom op must not

@@ -459,12 +459,11 @@ void gru_bwd_rows(const GruBwdStep<typename V::value_type>& p, int64_t b0, int64
 // Clip whole rows (the gradient into h0 / c0).
 
 template <class V>
-void clip_rows(typename V::value_type* x, int64_t B, int64_t N, int64_t ld,
-               GradOptions<typename V::value_type> opt, int64_t b0, int64_t b1) {
+void clip_rows(typename V::value_type* x, int64_t N, GradOptions<typename V::value_type> opt,
+               int64_t b0, int64_t b1) {
   using T = typename V::value_type;
-  (void)B;
   for (int64_t b = b0; b < b1; ++b) {
-    T* row = x + b * ld;
+    T* row = x + b * N;
     const RowClip<T> rc = make_row_clip<V, T>(opt.clip_mode, opt.clip, row, nullptr, N);
     for_columns<V>(N, [&](auto tag, int64_t j) {
       using VV = decltype(tag);

@@ -178,8 +178,8 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
   // The initial state is handed over to step 0 like any other state: clip its gradient.
   if (opt.clip_mode != ClipMode::None) {
     parallel_rows(B, R, [&](int64_t b0, int64_t b1) {
-      k.clip_rows(dh0.data_ptr<T>(), B, R, R, opt, b0, b1);
-      k.clip_rows(dc_rec.data_ptr<T>(), B, H, H, opt, b0, b1);
+      k.clip_rows(dh0.data_ptr<T>(), R, opt, b0, b1);
+      k.clip_rows(dc_rec.data_ptr<T>(), H, opt, b0, b1);
     });
   }
 
