@@ -19,7 +19,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("act"), py::arg("c_raw"),
         py::arg("h_pre"), py::arg("reverse"), py::arg("grad_clip"), py::arg("grad_clip_mode"),
         py::arg("truncate"), py::arg("cell_clip"), py::arg("has_bias"),
-        py::arg("need_input_grad"), py::arg("need_weight_grad"));
+        py::arg("need_input_grad"), py::arg("need_weight_grad"), py::arg("track_grad_norms"));
   m.def("gru_forward", &fusedrnn::gru_forward, "GRU layer forward", py::arg("input"),
         py::arg("weight_ih"), py::arg("weight_hh"), py::arg("bias_ih"), py::arg("bias_hh"),
         py::arg("h0"), py::arg("lengths"), py::arg("batch_sizes"), py::arg("reverse"),
@@ -30,7 +30,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("output"),
         py::arg("saved"), py::arg("reverse"), py::arg("grad_clip"), py::arg("grad_clip_mode"),
         py::arg("truncate"), py::arg("has_bias"), py::arg("need_input_grad"),
-        py::arg("need_weight_grad"));
+        py::arg("need_weight_grad"), py::arg("track_grad_norms"));
   m.def("_cpu_capability", &fusedrnn::cpu::capability,
         "The SIMD capability of the CPU kernels in use: 'avx512', 'avx2' or 'default'");
   m.def("_set_cpu_capability", &fusedrnn::cpu::set_capability, py::arg("name"),

@@ -40,7 +40,7 @@ std::vector<at::Tensor> lstm_backward(
     const at::Tensor& act, const at::Tensor& c_raw, const at::Tensor& h_pre, bool reverse,
     std::optional<double> grad_clip, const std::string& grad_clip_mode,
     std::optional<int64_t> truncate, std::optional<double> cell_clip, bool has_bias,
-    bool need_input_grad, bool need_weight_grad) {
+    bool need_input_grad, bool need_weight_grad, bool track_grad_norms) {
   const LayerSizes s = check_layer_inputs(kLstm, 4, input, weight_ih, weight_hh, std::nullopt,
                                           std::nullopt, h0, c0, weight_hr, lengths, batch_sizes);
   const GradOptions<double> opt = grad_options<double>(kLstm, grad_clip, grad_clip_mode, truncate);
@@ -60,7 +60,8 @@ std::vector<at::Tensor> lstm_backward(
   require_cpu(kLstm, input);
   return cpu::lstm_backward(s, grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh,
                             weight_hr, h0, c0, output, act, c_raw, h_pre, reverse, opt,
-                            cell_clip, has_bias, need_input_grad, need_weight_grad);
+                            cell_clip, has_bias, need_input_grad, need_weight_grad,
+                            track_grad_norms);
 }
 
 std::vector<at::Tensor> gru_forward(const at::Tensor& input, const at::Tensor& weight_ih,
@@ -81,7 +82,7 @@ std::vector<at::Tensor> gru_backward(
     const at::Tensor& saved, bool reverse,
     std::optional<double> grad_clip, const std::string& grad_clip_mode,
     std::optional<int64_t> truncate, bool has_bias, bool need_input_grad,
-    bool need_weight_grad) {
+    bool need_weight_grad, bool track_grad_norms) {
   const LayerSizes s = check_layer_inputs(kGru, 3, input, weight_ih, weight_hh, std::nullopt,
                                           std::nullopt, h0, std::nullopt, std::nullopt, lengths,
                                           batch_sizes);
@@ -95,7 +96,7 @@ std::vector<at::Tensor> gru_backward(
   require_cpu(kGru, input);
   return cpu::gru_backward(s, grad_output, grad_h_n, input, weight_ih, weight_hh, h0,
                            output, saved, reverse, opt, has_bias, need_input_grad,
-                           need_weight_grad);
+                           need_weight_grad, track_grad_norms);
 }
 
 }  // namespace fusedrnn

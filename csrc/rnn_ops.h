@@ -29,9 +29,11 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& input, const at::Tensor& 
                                      const OptTensor& lengths, const OptTensor& batch_sizes,
                                      bool reverse, std::optional<double> cell_clip, bool save);
 
-// -> {d_input, d_h0, d_c0, d_weight_ih, d_weight_hh, d_bias, d_weight_hr}; a gradient that
-// was not asked for (need_input_grad / need_weight_grad / has_bias / projection) is empty.
-// d_bias is the gradient of bias_ih and of bias_hh alike.
+// -> {d_input, d_h0, d_c0, d_weight_ih, d_weight_hh, d_bias, d_weight_hr, record}; a gradient
+// that was not asked for (need_input_grad / need_weight_grad / has_bias / projection) is
+// empty. d_bias is the gradient of bias_ih and of bias_hh alike. record is [2, T] float32
+// with track_grad_norms (row 0: L2 norm of dh_rec_t before clipping, row 1: the fraction the
+// clip changed; Note [Recording recurrent gradient norms] in rnn_params.h), else empty.
 std::vector<at::Tensor> lstm_backward(
     const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
     const at::Tensor& input, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
@@ -40,7 +42,7 @@ std::vector<at::Tensor> lstm_backward(
     const at::Tensor& act, const at::Tensor& c_raw, const at::Tensor& h_pre, bool reverse,
     std::optional<double> grad_clip, const std::string& grad_clip_mode,
     std::optional<int64_t> truncate, std::optional<double> cell_clip, bool has_bias,
-    bool need_input_grad, bool need_weight_grad);
+    bool need_input_grad, bool need_weight_grad, bool track_grad_norms);
 
 // -> {output [T, B, H], h_n [B, H], saved}
 std::vector<at::Tensor> gru_forward(const at::Tensor& input, const at::Tensor& weight_ih,
@@ -49,7 +51,8 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& input, const at::Tensor& w
                                     const OptTensor& lengths, const OptTensor& batch_sizes,
                                     bool reverse, bool save);
 
-// -> {d_input, d_h0, d_weight_ih, d_weight_hh, d_bias_ih, d_bias_hh}
+// -> {d_input, d_h0, d_weight_ih, d_weight_hh, d_bias_ih, d_bias_hh, record} (record as for
+// lstm_backward)
 std::vector<at::Tensor> gru_backward(
     const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
     const at::Tensor& weight_ih, const at::Tensor& weight_hh, const OptTensor& h0,
@@ -57,6 +60,6 @@ std::vector<at::Tensor> gru_backward(
     const at::Tensor& saved, bool reverse,
     std::optional<double> grad_clip, const std::string& grad_clip_mode,
     std::optional<int64_t> truncate, bool has_bias, bool need_input_grad,
-    bool need_weight_grad);
+    bool need_weight_grad, bool track_grad_norms);
 
 }  // namespace fusedrnn

@@ -26,6 +26,18 @@
 // BLAS call measurably biased the float32 recurrence (errors 2-3x torch.nn's over 64 steps).
 // The same holds forward: gates = xg + hg with hg from a beta = 0 GEMM.
 //
+// Note [Recording recurrent gradient norms]
+// With track_grad_norms the backward kernels also write, per step t and batch row b, a record
+// of the recurrent gradient dh_rec_t[b] (the gradient flowing into h_t from the next processed
+// step, before clipping; with projection the projected h) into record[b] = {sum of squares,
+// clipped share, counted}: the clipped share is the fraction of the row's elements that the
+// value clip changes, or 1 / 0 for whether the norm clip rescales the row; counted is 1 when
+// the row has a recurrent gradient at t (incoming kind "recurrent"; the row's last step, a
+// truncation point and a row that does not exist at t record {0, 0, 0}). The glue sums the
+// records of each step over rows in a fixed order (deterministic): the norm over batch and
+// hidden units is sqrt(sum of squares), the clip fraction sum(clipped share) / sum(counted)
+// (0 when no row counts). The gradient into h0 / c0 is not a dh_rec_t and is not recorded.
+//
 // The structs below describe one time step t; the kernels work out s, first/last and the cut.
 #pragma once
 
@@ -85,6 +97,7 @@ struct LstmBwdStep {
   const T* dc_n;        // [B, H]  gradient of c_n
   T* dc_rec;            // [B, H]  in: recurrent gradient into c_t (unclipped); out: gradient into c_{t-1}
   T* dgates;            // [B, 4H] out: gradients of the gate pre-activations (zero for absent rows)
+  T* record;            // [B, 3]  out (no projection): Note [Recording recurrent gradient norms], or nullptr
   T cell_clip;
   bool has_cell_clip;
 };
@@ -101,6 +114,7 @@ struct ProjBwdStep {
   const T* dh_gemm; // [B, R] dgates_{t+1} W_hh
   T* dh_carry;      // [B, R] in: carried part; out: zero for rows that process t, sum for others
   T* dr;            // [B, R] out (zero for absent rows)
+  T* record;        // [B, 3] out: Note [Recording recurrent gradient norms], or nullptr
 };
 
 // One GRU forward step, pointwise part (after hg = h_{t-1} W_hh^T).
@@ -132,6 +146,7 @@ struct GruBwdStep {
                      //         rows that process t, dh_gemm + dh_carry for the others
   T* dxg;            // [B, 3H] out: gradients of x W_ih^T + b_ih
   T* dhg;            // [B, 3H] out: gradients of h W_hh^T + b_hh
+  T* record;         // [B, 3]  out: Note [Recording recurrent gradient norms], or nullptr
 };
 
 // Function table of the pointwise kernels for one scalar type and one CPU capability.

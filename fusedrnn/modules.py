@@ -16,6 +16,9 @@ padding and no per-step Python.
 Extra keyword-only options (DESIGN.md §1, §3): ``grad_clip``, ``grad_clip_mode``,
 ``truncate`` (LSTM and GRU) and ``cell_clip`` (LSTM); they apply to every layer and
 direction. With all of them left at None the modules compute what torch.nn computes.
+``track_grad_norms=True`` makes the backward kernels record, per layer, direction and step,
+the norm of the recurrent gradient before clipping and the fraction the clip changed
+(``grad_norms`` / ``grad_clip_fraction`` after ``backward()``); it never changes a result.
 """
 from typing import List, Optional, Tuple
 
@@ -34,12 +37,45 @@ class _FusedRNNBase(nn.RNNBase):
     """What LSTM and GRU share: options, input/state layout, the layer-direction loop."""
 
     def __init__(self, mode, *args, grad_clip=None, grad_clip_mode="value", truncate=None,
-                 **kwargs):
+                 track_grad_norms=False, **kwargs):
         super().__init__(mode, *args, **kwargs)
         check_options(grad_clip, grad_clip_mode, truncate)
+        if not isinstance(track_grad_norms, bool):
+            raise TypeError("fusedrnn: track_grad_norms must be a bool, got "
+                            f"{type(track_grad_norms).__name__}")
         self.grad_clip = None if grad_clip is None else float(grad_clip)
         self.grad_clip_mode = grad_clip_mode
         self.truncate = None if truncate is None else int(truncate)
+        self.track_grad_norms = track_grad_norms
+        self._grad_records: List[Tensor] = []
+
+    def _record(self, kind: int) -> Optional[Tensor]:
+        """[L * D, T] float32 from the records of the last forward: row 0 (norms) or 1 (clip
+        fractions); None until a backward has reached them."""
+        records = getattr(self, "_grad_records", [])
+        if not records or all(r.grad is None for r in records):
+            return None
+        rows = [r.grad[kind] if r.grad is not None else torch.zeros_like(r[kind].detach())
+                for r in records]
+        return torch.stack(rows, 0)
+
+    @property
+    def grad_norms(self) -> Optional[Tensor]:
+        """With ``track_grad_norms=True``, after ``backward()``: float32 [num_layers *
+        num_directions, T] (rows in h_n's layer-major order, steps in time order; for packed
+        input the steps of batch_sizes). Entry [k, t] is the L2 norm over batch and hidden
+        units of the recurrent gradient dh_rec_t, the gradient flowing into h_t from the next
+        processed step, *before* clipping (DESIGN.md §3). A sequence's last processed step and
+        truncation points have no recurrent gradient and contribute 0. None before the first
+        backward of a tracked forward. Several backward passes through one forward add up."""
+        return self._record(0)
+
+    @property
+    def grad_clip_fraction(self) -> Optional[Tensor]:
+        """Like :attr:`grad_norms`: the fraction of dh_rec_t the clip changed, elements in
+        mode "value", batch rows in mode "norm" (over the rows that have a recurrent gradient
+        at t; 0 without ``grad_clip``)."""
+        return self._record(1)
 
     def flatten_parameters(self) -> None:
         """No-op: the fused kernels use the parameters as they are (no cuDNN weight buffer)."""
@@ -50,6 +86,8 @@ class _FusedRNNBase(nn.RNNBase):
             parts.append(f"grad_clip={self.grad_clip}, grad_clip_mode={self.grad_clip_mode!r}")
         if self.truncate is not None:
             parts.append(f"truncate={self.truncate}")
+        if self.track_grad_norms:
+            parts.append("track_grad_norms=True")
         return parts
 
     def extra_repr(self) -> str:
@@ -108,6 +146,12 @@ class _FusedRNNBase(nn.RNNBase):
         Returns the last layer's output ([T, B, D * R] or packed [N, D * R]) and, per state
         kind, the final states in layer-major order."""
         finals: List[List[Tensor]] = [[] for _ in states]
+        records: List[Tensor] = []
+        if self.track_grad_norms and torch.is_grad_enabled():
+            steps = x.size(0) if batch_sizes is None else batch_sizes.size(0)
+            records = [ops.new_grad_record(steps, device=x.device)
+                       for _ in range(self.num_layers * self._num_directions)]
+        self._grad_records = records
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout > 0 and self.training:
                 x = F.dropout(x, p=self.dropout, training=True)
@@ -116,7 +160,7 @@ class _FusedRNNBase(nn.RNNBase):
                 index = layer * self._num_directions + direction
                 init = [None if s is None else s[index] for s in states]
                 y, *final = layer_op(x, self._weights(layer, direction), init, batch_sizes,
-                                     direction == 1)
+                                     direction == 1, records[index] if records else None)
                 outputs.append(y)
                 for store, value in zip(finals, final):
                     store.append(value)
@@ -154,15 +198,17 @@ class LSTM(_FusedRNNBase):
         grad_clip_mode: "value" (default) or "norm".
         truncate: truncated BPTT: the recurrent gradient is cut every ``truncate`` steps.
         cell_clip: clamp the cell state to [-cell_clip, cell_clip] (changes the forward).
+        track_grad_norms: record the recurrent gradient in the backward pass; see
+            :attr:`grad_norms` and :attr:`grad_clip_fraction`. Never changes a result.
 
     Inputs ``input, (h_0, c_0)`` and outputs ``output, (h_n, c_n)`` as torch.nn.LSTM,
     including PackedSequence input and unbatched 2-D input.
     """
 
     def __init__(self, *args, grad_clip=None, grad_clip_mode="value", truncate=None,
-                 cell_clip=None, **kwargs):
+                 cell_clip=None, track_grad_norms=False, **kwargs):
         super().__init__("LSTM", *args, grad_clip=grad_clip, grad_clip_mode=grad_clip_mode,
-                         truncate=truncate, **kwargs)
+                         truncate=truncate, track_grad_norms=track_grad_norms, **kwargs)
         check_options(None, "value", None, cell_clip)
         self.cell_clip = None if cell_clip is None else float(cell_clip)
 
@@ -172,11 +218,11 @@ class LSTM(_FusedRNNBase):
             parts.append(f"cell_clip={self.cell_clip}")
         return parts
 
-    def _layer(self, x, weights, init, batch_sizes, reverse):
+    def _layer(self, x, weights, init, batch_sizes, reverse, record):
         w_ih, w_hh, b_ih, b_hh, w_hr = weights
         return ops.lstm_layer(x, w_ih, w_hh, b_ih, b_hh, init[0], init[1], weight_hr=w_hr,
                               batch_sizes=batch_sizes, reverse=reverse, cell_clip=self.cell_clip,
-                              **self._grad_options())
+                              grad_record=record, **self._grad_options())
 
     def forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None):
         x, batch_sizes, packing, is_batched = self._prepare(input)
@@ -209,22 +255,24 @@ class GRU(_FusedRNNBase):
 
     Args: as :class:`torch.nn.GRU` (input_size, hidden_size, num_layers=1, bias=True,
     batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None), plus the
-    keyword-only ``grad_clip``, ``grad_clip_mode`` and ``truncate`` of :class:`LSTM`.
+    keyword-only ``grad_clip``, ``grad_clip_mode``, ``truncate`` and ``track_grad_norms`` of
+    :class:`LSTM`.
 
     Inputs ``input, h_0`` and outputs ``output, h_n`` as torch.nn.GRU, including
     PackedSequence input and unbatched 2-D input.
     """
 
-    def __init__(self, *args, grad_clip=None, grad_clip_mode="value", truncate=None, **kwargs):
+    def __init__(self, *args, grad_clip=None, grad_clip_mode="value", truncate=None,
+                 track_grad_norms=False, **kwargs):
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, grad_clip=grad_clip, grad_clip_mode=grad_clip_mode,
-                         truncate=truncate, **kwargs)
+                         truncate=truncate, track_grad_norms=track_grad_norms, **kwargs)
 
-    def _layer(self, x, weights, init, batch_sizes, reverse):
+    def _layer(self, x, weights, init, batch_sizes, reverse, record):
         w_ih, w_hh, b_ih, b_hh, _ = weights
         return ops.gru_layer(x, w_ih, w_hh, b_ih, b_hh, init[0], batch_sizes=batch_sizes,
-                             reverse=reverse, **self._grad_options())
+                             reverse=reverse, grad_record=record, **self._grad_options())
 
     def forward(self, input, hx: Optional[Tensor] = None):
         x, batch_sizes, packing, is_batched = self._prepare(input)

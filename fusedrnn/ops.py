@@ -28,7 +28,7 @@ except ImportError as exc:  # pragma: no cover - depends on the build
         "(torch must be installed first; see README.md)."
     ) from exc
 
-__all__ = ["lstm_layer", "gru_layer"]
+__all__ = ["lstm_layer", "gru_layer", "new_grad_record"]
 
 Lengths = Union[Tensor, Sequence[int], None]
 
@@ -134,6 +134,49 @@ def _grad_or_none(grad: Tensor, wanted: bool) -> Optional[Tensor]:
     return grad if wanted else None
 
 
+def _steps(input: Tensor, batch_sizes: Optional[Tensor]) -> int:
+    return input.shape[0] if batch_sizes is None else batch_sizes.shape[0]
+
+
+def new_grad_record(steps: int, device=None) -> Tensor:
+    """A gradient record for ``grad_record=`` of :func:`lstm_layer` / :func:`gru_layer`: a
+    zero float32 tensor [2, steps] that requires grad.
+
+    After ``backward()`` its ``.grad`` holds, per time step t (time order), row 0: the L2
+    norm over batch and hidden units of the recurrent gradient dh_rec_t (the gradient that
+    flows into h_t from the next processed step, before clipping; DESIGN.md §3), and row 1:
+    the fraction of it that the clip changed (elements in mode "value", batch rows in mode
+    "norm"; 0 without clipping). Steps without a recurrent gradient (each sequence's last
+    processed step, truncation points) record 0. ``steps`` is T (padded input) or
+    ``len(batch_sizes)`` (packed). Like any gradient, a second backward through the same
+    graph adds to it.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ValueError(f"fusedrnn: steps must be a positive int, got {steps!r}")
+    return torch.zeros(2, int(steps), dtype=torch.float32, device=device, requires_grad=True)
+
+
+def _check_grad_record(op: str, record: Optional[Tensor], input: Tensor,
+                       batch_sizes: Optional[Tensor]) -> None:
+    if record is None:
+        return
+    if not isinstance(record, Tensor):
+        raise TypeError(f"fusedrnn.{op}: grad_record must be a tensor (see "
+                        f"fusedrnn.ops.new_grad_record), got {type(record).__name__}")
+    steps = _steps(input, batch_sizes)
+    if record.dtype != torch.float32:
+        raise TypeError(f"fusedrnn.{op}: grad_record must be float32, got {record.dtype}")
+    if tuple(record.shape) != (2, steps):
+        raise ValueError(f"fusedrnn.{op}: grad_record must have shape (2, T) = (2, {steps}), "
+                         f"got {tuple(record.shape)}")
+    if record.device != input.device:
+        raise RuntimeError(f"fusedrnn.{op}: grad_record must be on the same device as input "
+                           f"({input.device}), got {record.device}")
+    if not record.requires_grad:
+        raise ValueError(f"fusedrnn.{op}: grad_record must require grad (its .grad receives "
+                         "the record); use fusedrnn.ops.new_grad_record")
+
+
 # ---------------------------------------------------------------------------------------
 # LSTM
 
@@ -156,10 +199,12 @@ def _lstm_layer(
     truncate: Optional[int],
     cell_clip: Optional[float],
     save: bool,
+    grad_record: Optional[Tensor],
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """-> (output [T, B, R], h_n [B, R], c_n [B, H], act, c_raw, h_pre); the last three are
     saved for backward (see csrc/rnn_ops.h). grad_clip, grad_clip_mode and truncate do not
-    change the forward; they are inputs so that the autograd formula sees them."""
+    change the forward; they are inputs so that the autograd formula sees them. grad_record
+    ([2, T] float32) is not read: the backward returns the gradient record as its gradient."""
     y, h_n, c_n, act, c_raw, h_pre = _C.lstm_forward(
         input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths, batch_sizes,
         reverse, cell_clip, save,
@@ -169,10 +214,12 @@ def _lstm_layer(
 
 @_lstm_layer.register_fake
 def _lstm_layer_fake(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths,
-                     batch_sizes, reverse, grad_clip, grad_clip_mode, truncate, cell_clip, save):
+                     batch_sizes, reverse, grad_clip, grad_clip_mode, truncate, cell_clip, save,
+                     grad_record):
     _check_devices("lstm_layer", input,
                    [("weight_ih", weight_ih), ("weight_hh", weight_hh), ("bias_ih", bias_ih),
-                    ("bias_hh", bias_hh), ("h0", h0), ("c0", c0), ("weight_hr", weight_hr)],
+                    ("bias_hh", bias_hh), ("h0", h0), ("c0", c0), ("weight_hr", weight_hr),
+                    ("grad_record", grad_record)],
                    [("lengths", lengths), ("batch_sizes", batch_sizes)])
     H = weight_hh.shape[0] // 4
     R = H if weight_hr is None else weight_hr.shape[0]
@@ -213,13 +260,15 @@ def _lstm_layer_backward(
     has_bias: bool,
     need_input_grad: bool,
     need_weight_grad: bool,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> (d_input, d_h0, d_c0, d_weight_ih, d_weight_hh, d_bias, d_weight_hr); gradients not
-    asked for are empty tensors. d_bias serves bias_ih and bias_hh alike."""
+    track_grad_norms: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> (d_input, d_h0, d_c0, d_weight_ih, d_weight_hh, d_bias, d_weight_hr, record);
+    gradients not asked for are empty tensors. d_bias serves bias_ih and bias_hh alike.
+    record: [2, T] float32 with track_grad_norms (see new_grad_record), else empty."""
     return tuple(_C.lstm_backward(
         grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh, weight_hr, h0, c0, lengths,
         batch_sizes, output, act, c_raw, h_pre, reverse, grad_clip, grad_clip_mode, truncate,
-        cell_clip, has_bias, need_input_grad, need_weight_grad,
+        cell_clip, has_bias, need_input_grad, need_weight_grad, track_grad_norms,
     ))
 
 
@@ -227,7 +276,7 @@ def _lstm_layer_backward(
 def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh,
                               weight_hr, h0, c0, lengths, batch_sizes, output, act, c_raw, h_pre,
                               reverse, grad_clip, grad_clip_mode, truncate, cell_clip, has_bias,
-                              need_input_grad, need_weight_grad):
+                              need_input_grad, need_weight_grad, track_grad_norms):
     I = input.shape[-1]
     H = weight_hh.shape[0] // 4
     R = H if weight_hr is None else weight_hr.shape[0]
@@ -242,17 +291,25 @@ def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, weight_ih,
         new(4 * H, R) if w else new(0),
         new(4 * H) if w and has_bias else new(0),
         new(R, H) if w and weight_hr is not None else new(0),
+        _record_fake(input, batch_sizes, track_grad_norms),
     )
+
+
+def _record_fake(input: Tensor, batch_sizes: Optional[Tensor], track: bool) -> Tensor:
+    if not track:
+        return input.new_empty(0)
+    return input.new_empty(2, _steps(input, batch_sizes), dtype=torch.float32)
 
 
 def _lstm_setup_context(ctx, inputs, output):
     (input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths, batch_sizes,
-     reverse, grad_clip, grad_clip_mode, truncate, cell_clip, save) = inputs
+     reverse, grad_clip, grad_clip_mode, truncate, cell_clip, save, grad_record) = inputs
     y, _, _, act, c_raw, h_pre = output
     ctx.save_for_backward(input, weight_ih, weight_hh, weight_hr, h0, c0, lengths, batch_sizes, y,
                           act, c_raw, h_pre)
     ctx.options = (reverse, grad_clip, grad_clip_mode, truncate, cell_clip)
     ctx.has_bias = bias_ih is not None or bias_hh is not None
+    ctx.track = grad_record is not None
     ctx.h_n_like, ctx.c_n_like = _like(output[1]), _like(output[2])
     ctx.mark_non_differentiable(act, c_raw, h_pre)
     # Without this autograd would hand the backward zero gradients for act, c_raw and h_pre:
@@ -268,11 +325,12 @@ def _lstm_backward(ctx, grad_y, grad_h_n, grad_c_n, *unused):
     # needs: input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, ...
     need_input = needs[0]
     need_weight = any(needs[1:5]) or needs[7]
-    dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = torch.ops.fusedrnn.lstm_layer_backward(
+    track = ctx.track and needs[16]
+    dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr, record = torch.ops.fusedrnn.lstm_layer_backward(
         _or_zeros(grad_y, y), _state_grad(grad_h_n, ctx.h_n_like),
         _state_grad(grad_c_n, ctx.c_n_like), input, weight_ih, weight_hh, weight_hr, h0, c0,
         lengths, batch_sizes, y, act, c_raw, h_pre, reverse, grad_clip, grad_clip_mode, truncate,
-        cell_clip, ctx.has_bias, need_input, need_weight,
+        cell_clip, ctx.has_bias, need_input, need_weight, track,
     )
     return (
         _grad_or_none(dx, need_input),
@@ -286,6 +344,7 @@ def _lstm_backward(ctx, grad_y, grad_h_n, grad_c_n, *unused):
         _grad_or_none(dc0, needs[6]),
         _grad_or_none(dw_hr, needs[7]),
         None, None, None, None, None, None, None, None,
+        _grad_or_none(record, track),
     )
 
 
@@ -309,6 +368,7 @@ def lstm_layer(
     grad_clip_mode: str = "value",
     truncate: Optional[int] = None,
     cell_clip: Optional[float] = None,
+    grad_record: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer in one direction over a time-major sequence.
 
@@ -328,6 +388,10 @@ def lstm_layer(
         grad_clip, grad_clip_mode, truncate: clipping / truncation of the recurrent gradient
             inside BPTT (DESIGN.md §3); the forward is unchanged.
         cell_clip: clamp the cell state to [-cell_clip, cell_clip] (forward and backward).
+        grad_record: a float32 [2, T] tensor that requires grad (:func:`new_grad_record`);
+            the backward writes the per-step norm of the recurrent gradient before clipping
+            and the fraction the clip changed into its ``.grad``. None: nothing is recorded
+            and nothing is computed for it.
 
     Returns:
         (output [T, B, R], h_n [B, R], c_n [B, H]).
@@ -335,13 +399,16 @@ def lstm_layer(
     grad_clip, truncate, cell_clip = _normalized_options(grad_clip, grad_clip_mode, truncate,
                                                          cell_clip)
     lengths = _lengths_tensor(lengths)
-    save = _needs_grad(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr)
+    _check_batch_sizes(batch_sizes)
+    _check_grad_record("lstm_layer", grad_record, input, batch_sizes)
+    save = _needs_grad(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr,
+                       grad_record)
     H = weight_hh.shape[0] // 4
     h0, c0 = _packed_states(input, batch_sizes,
                             (h0, c0), (H if weight_hr is None else weight_hr.shape[0], H))
     y, h_n, c_n, _, _, _ = torch.ops.fusedrnn.lstm_layer(
         input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths, batch_sizes,
-        bool(reverse), grad_clip, grad_clip_mode, truncate, cell_clip, save,
+        bool(reverse), grad_clip, grad_clip_mode, truncate, cell_clip, save, grad_record,
     )
     return y, h_n, c_n
 
@@ -365,8 +432,10 @@ def _gru_layer(
     grad_clip_mode: str,
     truncate: Optional[int],
     save: bool,
+    grad_record: Optional[Tensor],
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """-> (output [T, B, H], h_n [B, H], saved [T, B, 4H] or empty)."""
+    """-> (output [T, B, H], h_n [B, H], saved [T, B, 4H] or empty); grad_record as for
+    fusedrnn::lstm_layer."""
     y, h_n, saved = _C.gru_forward(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths,
                                    batch_sizes, reverse, save)
     return y, h_n, saved
@@ -374,10 +443,10 @@ def _gru_layer(
 
 @_gru_layer.register_fake
 def _gru_layer_fake(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, batch_sizes,
-                    reverse, grad_clip, grad_clip_mode, truncate, save):
+                    reverse, grad_clip, grad_clip_mode, truncate, save, grad_record):
     _check_devices("gru_layer", input,
                    [("weight_ih", weight_ih), ("weight_hh", weight_hh), ("bias_ih", bias_ih),
-                    ("bias_hh", bias_hh), ("h0", h0)],
+                    ("bias_hh", bias_hh), ("h0", h0), ("grad_record", grad_record)],
                    [("lengths", lengths), ("batch_sizes", batch_sizes)])
     H = weight_hh.shape[0] // 3
     B, rows = _batch_and_rows(input, h0, batch_sizes)
@@ -404,20 +473,22 @@ def _gru_layer_backward(
     has_bias: bool,
     need_input_grad: bool,
     need_weight_grad: bool,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> (d_input, d_h0, d_weight_ih, d_weight_hh, d_bias_ih, d_bias_hh); gradients not asked
-    for are empty tensors."""
+    track_grad_norms: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> (d_input, d_h0, d_weight_ih, d_weight_hh, d_bias_ih, d_bias_hh, record); gradients
+    not asked for are empty tensors; record as for fusedrnn::lstm_layer_backward."""
     return tuple(_C.gru_backward(
         grad_output, grad_h_n, input, weight_ih, weight_hh, h0, lengths, batch_sizes, output,
         saved, reverse, grad_clip, grad_clip_mode, truncate, has_bias, need_input_grad,
-        need_weight_grad,
+        need_weight_grad, track_grad_norms,
     ))
 
 
 @_gru_layer_backward.register_fake
 def _gru_layer_backward_fake(grad_output, grad_h_n, input, weight_ih, weight_hh, h0, lengths,
                              batch_sizes, output, saved, reverse, grad_clip, grad_clip_mode,
-                             truncate, has_bias, need_input_grad, need_weight_grad):
+                             truncate, has_bias, need_input_grad, need_weight_grad,
+                             track_grad_norms):
     I = input.shape[-1]
     H = weight_hh.shape[0] // 3
     B, _ = _batch_and_rows(input, h0, batch_sizes)
@@ -430,18 +501,20 @@ def _gru_layer_backward_fake(grad_output, grad_h_n, input, weight_ih, weight_hh,
         new(3 * H, H) if w else new(0),
         new(3 * H) if w and has_bias else new(0),
         new(3 * H) if w and has_bias else new(0),
+        _record_fake(input, batch_sizes, track_grad_norms),
     )
 
 
 def _gru_setup_context(ctx, inputs, output):
     (input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, batch_sizes, reverse, grad_clip,
-     grad_clip_mode, truncate, save) = inputs
+     grad_clip_mode, truncate, save, grad_record) = inputs
     y, h_n, saved = output
     ctx.save_for_backward(input, weight_ih, weight_hh, h0, lengths, batch_sizes, y, saved)
     ctx.h_n_like = _like(h_n)
     ctx.set_materialize_grads(False)  # no zero gradient for `saved` (see _lstm_setup_context)
     ctx.options = (reverse, grad_clip, grad_clip_mode, truncate)
     ctx.has_bias = bias_ih is not None or bias_hh is not None
+    ctx.track = grad_record is not None
     ctx.mark_non_differentiable(saved)
 
 
@@ -452,10 +525,11 @@ def _gru_backward(ctx, grad_y, grad_h_n, *unused):
     # needs: input, weight_ih, weight_hh, bias_ih, bias_hh, h0, ...
     need_input = needs[0]
     need_weight = any(needs[1:5])
-    dx, dh0, dw_ih, dw_hh, db_ih, db_hh = torch.ops.fusedrnn.gru_layer_backward(
+    track = ctx.track and needs[13]
+    dx, dh0, dw_ih, dw_hh, db_ih, db_hh, record = torch.ops.fusedrnn.gru_layer_backward(
         _or_zeros(grad_y, y), _state_grad(grad_h_n, ctx.h_n_like), input, weight_ih, weight_hh,
         h0, lengths, batch_sizes, y, saved, reverse, grad_clip, grad_clip_mode, truncate,
-        ctx.has_bias, need_input, need_weight,
+        ctx.has_bias, need_input, need_weight, track,
     )
     return (
         _grad_or_none(dx, need_input),
@@ -465,6 +539,7 @@ def _gru_backward(ctx, grad_y, grad_h_n, *unused):
         _grad_or_none(db_hh, needs[4]),
         _grad_or_none(dh0, needs[5]),
         None, None, None, None, None, None, None,
+        _grad_or_none(record, track),
     )
 
 
@@ -485,6 +560,7 @@ def gru_layer(
     grad_clip: Optional[float] = None,
     grad_clip_mode: str = "value",
     truncate: Optional[int] = None,
+    grad_record: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
     """One GRU layer in one direction over a time-major sequence.
 
@@ -493,18 +569,20 @@ def gru_layer(
         weight_ih: [3H, I], weight_hh: [3H, H], bias_ih / bias_hh: [3H] or None (torch.nn
             layout, gates r, z, n; "reset after" form as in torch.nn / cuDNN).
         h0: [B, H] or None (zeros).
-        lengths, batch_sizes, reverse, grad_clip, grad_clip_mode, truncate: as for
-            :func:`lstm_layer`.
+        lengths, batch_sizes, reverse, grad_clip, grad_clip_mode, truncate, grad_record: as
+            for :func:`lstm_layer`.
 
     Returns:
         (output [T, B, H], h_n [B, H]).
     """
     grad_clip, truncate, _ = _normalized_options(grad_clip, grad_clip_mode, truncate)
     lengths = _lengths_tensor(lengths)
-    save = _needs_grad(input, weight_ih, weight_hh, bias_ih, bias_hh, h0)
+    _check_batch_sizes(batch_sizes)
+    _check_grad_record("gru_layer", grad_record, input, batch_sizes)
+    save = _needs_grad(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, grad_record)
     (h0,) = _packed_states(input, batch_sizes, (h0,), (weight_hh.shape[0] // 3,))
     y, h_n, _ = torch.ops.fusedrnn.gru_layer(
         input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, batch_sizes, bool(reverse),
-        grad_clip, grad_clip_mode, truncate, save,
+        grad_clip, grad_clip_mode, truncate, save, grad_record,
     )
     return y, h_n

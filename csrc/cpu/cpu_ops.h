@@ -26,7 +26,7 @@ std::vector<at::Tensor> lstm_backward(
     const OptTensor& h0, const OptTensor& c0, const at::Tensor& y, const at::Tensor& act,
     const at::Tensor& c_raw, const at::Tensor& h_pre, bool reverse,
     const GradOptions<double>& opt, std::optional<double> cell_clip, bool has_bias,
-    bool need_input_grad, bool need_weight_grad);
+    bool need_input_grad, bool need_weight_grad, bool track_grad_norms);
 
 std::vector<at::Tensor> gru_forward(const LayerSizes& s, const at::Tensor& x,
                                     const at::Tensor& w_ih, const at::Tensor& w_hh,
@@ -39,7 +39,8 @@ std::vector<at::Tensor> gru_backward(const LayerSizes& s, const at::Tensor& dy,
                                      const OptTensor& h0, const at::Tensor& y,
                                      const at::Tensor& saved, bool reverse,
                                      const GradOptions<double>& opt, bool has_bias,
-                                     bool need_input_grad, bool need_weight_grad);
+                                     bool need_input_grad, bool need_weight_grad,
+                                     bool track_grad_norms);
 
 }  // namespace cpu
 }  // namespace fusedrnn

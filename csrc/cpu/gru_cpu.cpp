@@ -7,6 +7,7 @@
 //           dW_hh as GEMMs over all T*B rows and the bias gradients as reductions.
 #include "cpu_ops.h"
 
+#include "../grad_record.h"
 #include "cpu_common.h"
 #include "dispatch.h"
 
@@ -69,7 +70,7 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
                        const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
                        const OptTensor& h0, const at::Tensor& y, const at::Tensor& saved,
                        bool reverse, const GradOptions<T>& opt, bool has_bias,
-                       bool need_input_grad, bool need_weight_grad,
+                       bool need_input_grad, bool need_weight_grad, bool track,
                        std::vector<at::Tensor>& out) {
   const int64_t T_ = s.T, B = s.B, N = s.N, I = s.I, H = s.H;
   const auto opts = x.options();
@@ -86,6 +87,8 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
   const at::Tensor zero_gemm = at::zeros({B, H}, opts);
   at::Tensor dh_carry = at::zeros({B, H}, opts);
   at::Tensor dh0 = at::empty({B, H}, opts);
+  const at::Tensor record = new_grad_record(s, opts, track);
+  T* rec_p = track ? record.data_ptr<T>() : nullptr;
 
   GruBwdStep<T> p{};
   p.H = H;
@@ -108,6 +111,7 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
     p.dy = dy.data_ptr<T>() + off * H;
     p.dxg = dxg.data_ptr<T>() + off * 3 * H;
     p.dhg = dhg.data_ptr<T>() + off * 3 * H;
+    p.record = rec_p ? rec_p + off * 3 : nullptr;
     parallel_rows(M, 3 * H, [&](int64_t b0, int64_t b1) { k.gru_bwd(p, b0, b1); });
     p.dh_gemm = recurrent_t(p.dhg, M);
     // Rows the next backward step no longer visits (packed, reverse) have their whole
@@ -135,7 +139,7 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
       db_hh = dhg.sum(0);
     }
   }
-  out = {dx, dh0, dw_ih, dw_hh, db_ih, db_hh};
+  out = {dx, dh0, dw_ih, dw_hh, db_ih, db_hh, track ? finish_grad_record(record, s) : empty()};
 }
 
 }  // namespace
@@ -158,13 +162,14 @@ std::vector<at::Tensor> gru_backward(const LayerSizes& s, const at::Tensor& dy,
                                      const OptTensor& h0, const at::Tensor& y,
                                      const at::Tensor& saved, bool reverse,
                                      const GradOptions<double>& opt, bool has_bias,
-                                     bool need_input_grad, bool need_weight_grad) {
+                                     bool need_input_grad, bool need_weight_grad,
+                                     bool track_grad_norms) {
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn.gru_backward_cpu", [&] {
     const GradOptions<scalar_t> o{opt.clip_mode, static_cast<scalar_t>(opt.clip), opt.truncate};
     gru_backward_impl<scalar_t>(s, dy, dh_n, x.contiguous(), w_ih, w_hh, h0,
                                 y.contiguous(), saved.contiguous(), reverse, o, has_bias,
-                                need_input_grad, need_weight_grad, out);
+                                need_input_grad, need_weight_grad, track_grad_norms, out);
   });
   return out;
 }

@@ -156,6 +156,46 @@ inline void zero_row(T* x, int64_t n) {
   for (int64_t j = 0; j < n; ++j) x[j] = T(0);
 }
 
+// Note [Recording recurrent gradient norms] (rnn_params.h): the record of one row whose
+// recurrent gradient is a + b (b may be nullptr), before the clip. The norm-mode decision
+// uses the same sum as make_row_clip, so it matches the clip exactly.
+template <class V, ClipMode CM, typename T>
+inline void record_row(T* rec, T clip, const T* a, const T* b, int64_t n) {
+  T share = T(0);
+  T sumsq;
+  if constexpr (CM == ClipMode::Value) {
+    using Rg = typename V::reg;
+    Rg acc = V::zero(), changed = V::zero();
+    const Rg hi = V::set1(clip), one = V::set1(T(1));
+    int64_t j = 0;
+    for (; j + V::width <= n; j += V::width) {
+      Rg v = V::load(a + j);
+      if (b) v = V::add(v, V::load(b + j));
+      acc = V::fmadd(v, v, acc);
+      changed = V::add(changed, V::select(V::le(V::abs(v), hi), V::zero(), one));
+    }
+    sumsq = V::hsum(acc);
+    T count = V::hsum(changed);
+    for (; j < n; ++j) {
+      const T v = b ? a[j] + b[j] : a[j];
+      sumsq += v * v;
+      if (!(__builtin_fabs(static_cast<double>(v)) <= static_cast<double>(clip))) count += T(1);
+    }
+    share = n > 0 ? count / static_cast<T>(n) : T(0);
+  } else {
+    sumsq = sum_squares<V>(a, b, n);
+    if constexpr (CM == ClipMode::Norm) share = norm_scale<T>(sumsq, clip) < T(1) ? T(1) : T(0);
+  }
+  rec[0] = sumsq;
+  rec[1] = share;
+  rec[2] = T(1);
+}
+
+template <typename T>
+inline void record_none(T* rec) {
+  if (rec) rec[0] = rec[1] = rec[2] = T(0);
+}
+
 // A row that does not exist at t carries its recurrent gradient: carry += gemm.
 template <typename T>
 inline void carry_row(T* carry, const T* gemm, int64_t n) {
@@ -258,6 +298,13 @@ inline void lstm_bwd_row(const LstmBwdStep<typename V::value_type>& p, int64_t b
     if (!dh_direct) clip_h = make_row_clip<V, T>(CM, p.opt.clip, dh_gemm, dh_carry, R);
     clip_c = make_row_clip<V, T>(CM, p.opt.clip, dc_rec, nullptr, H);
   }
+  if (p.record) {  // set only without projection (proj_bwd records the projected state)
+    if constexpr (KIND == kRecurrent) {
+      record_row<V, CM, T>(p.record + b * 3, p.opt.clip, dh_gemm, dh_carry, R);
+    } else {
+      record_none(p.record + b * 3);
+    }
+  }
 
   for_columns<V>(H, [&](auto tag, int64_t j) {
     using VV = decltype(tag);
@@ -309,6 +356,7 @@ void lstm_bwd_rows(const LstmBwdStep<typename V::value_type>& p, int64_t b0, int
     if (!rs.active) {  // state carried: recurrent gradients pass through unchanged
       zero_row(p.dgates + b * 4 * H, 4 * H);
       if (p.dh_carry) carry_row(p.dh_carry + b * p.R, p.dh_gemm + b * p.R, p.R);
+      record_none(p.record ? p.record + b * 3 : nullptr);
       continue;
     }
     with_incoming(rs.incoming, [&](auto kind) {
@@ -333,6 +381,13 @@ inline void proj_bwd_row(const ProjBwdStep<typename V::value_type>& p, int64_t b
   if constexpr (KIND == kRecurrent && CM != ClipMode::None) {
     rc = make_row_clip<V, T>(CM, p.opt.clip, dh_gemm, dh_carry, R);
   }
+  if (p.record) {
+    if constexpr (KIND == kRecurrent) {
+      record_row<V, CM, T>(p.record + b * 3, p.opt.clip, dh_gemm, dh_carry, R);
+    } else {
+      record_none(p.record + b * 3);
+    }
+  }
   for_columns<V>(R, [&](auto tag, int64_t j) {
     using VV = decltype(tag);
     VV::store(dr + j, VV::add(VV::load(dy + j),
@@ -348,6 +403,7 @@ void proj_bwd_rows(const ProjBwdStep<typename V::value_type>& p, int64_t b0, int
     if (!rs.active) {
       zero_row(p.dr + b * p.R, p.R);
       carry_row(p.dh_carry + b * p.R, p.dh_gemm + b * p.R, p.R);
+      record_none(p.record ? p.record + b * 3 : nullptr);
       continue;
     }
     with_incoming(rs.incoming, [&](auto kind) { proj_bwd_row<V, CM, decltype(kind)::value>(p, b); });
@@ -413,6 +469,13 @@ inline void gru_bwd_row(const GruBwdStep<typename V::value_type>& p, int64_t b, 
   if constexpr (KIND == kRecurrent && CM != ClipMode::None) {
     rc = make_row_clip<V, T>(CM, p.opt.clip, dh_gemm, dh_carry, H);
   }
+  if (p.record) {  // before the column loop, which overwrites dh_carry
+    if constexpr (KIND == kRecurrent) {
+      record_row<V, CM, T>(p.record + b * 3, p.opt.clip, dh_gemm, dh_carry, H);
+    } else {
+      record_none(p.record + b * 3);
+    }
+  }
   for_columns<V>(H, [&](auto tag, int64_t j) {
     using VV = decltype(tag);
     using Rg = typename VV::reg;
@@ -447,6 +510,7 @@ void gru_bwd_rows(const GruBwdStep<typename V::value_type>& p, int64_t b0, int64
       zero_row(p.dxg + b * 3 * H, 3 * H);
       zero_row(p.dhg + b * 3 * H, 3 * H);
       carry_row(p.dh_carry + b * H, p.dh_gemm + b * H, H);
+      record_none(p.record ? p.record + b * 3 : nullptr);
       continue;
     }
     with_incoming(rs.incoming, [&](auto kind) {

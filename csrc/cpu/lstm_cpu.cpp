@@ -12,6 +12,7 @@
 
 #include <cstring>
 
+#include "../grad_record.h"
 #include "cpu_common.h"
 #include "dispatch.h"
 
@@ -95,7 +96,7 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
                         const at::Tensor& c_raw, const at::Tensor& h_pre, bool reverse,
                         const GradOptions<T>& opt, std::optional<double> cell_clip,
                         bool has_bias, bool need_input_grad, bool need_weight_grad,
-                        std::vector<at::Tensor>& out) {
+                        bool track, std::vector<at::Tensor>& out) {
   const int64_t T_ = s.T, B = s.B, N = s.N, I = s.I, H = s.H, R = s.R;
   const auto opts = x.options();
   const CpuKernelTable<T> k = kernels<T>();
@@ -115,6 +116,8 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
   at::Tensor dc_rec = at::zeros({B, H}, opts);
   at::Tensor dh0 = at::empty({B, R}, opts);
   at::Tensor dr = w_hr ? at::empty({N, R}, opts) : at::Tensor();
+  const at::Tensor record = new_grad_record(s, opts, track);
+  T* rec_p = track ? record.data_ptr<T>() : nullptr;
 
   T* dg_p = dgates.data_ptr<T>();
   const T* craw_p = c_raw.data_ptr<T>();
@@ -155,6 +158,7 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
     p.c_raw = craw_p + off * H;
     p.c_raw_prev = (tp >= 0 && tp < T_) ? craw_p + s.offset[tp] * H : nullptr;
     p.dgates = dg_p + off * 4 * H;
+    (w_hr ? pp.record : p.record) = rec_p ? rec_p + off * 3 : nullptr;
     if (w_hr) {
       pp.B = M;
       pp.step.t = t;
@@ -197,7 +201,8 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
     if (has_bias) db = dgates.sum(0);
     if (w_hr) dw_hr = outer_sum(dr, h_pre.reshape({N, H}));
   }
-  out = {dx, dh0, dc_rec, dw_ih, dw_hh, db, dw_hr};
+  out = {dx, dh0, dc_rec, dw_ih, dw_hh, db, dw_hr,
+         track ? finish_grad_record(record, s) : empty()};
 }
 
 }  // namespace
@@ -222,14 +227,14 @@ std::vector<at::Tensor> lstm_backward(
     const OptTensor& h0, const OptTensor& c0, const at::Tensor& y, const at::Tensor& act,
     const at::Tensor& c_raw, const at::Tensor& h_pre, bool reverse,
     const GradOptions<double>& opt, std::optional<double> cell_clip, bool has_bias,
-    bool need_input_grad, bool need_weight_grad) {
+    bool need_input_grad, bool need_weight_grad, bool track_grad_norms) {
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn.lstm_backward_cpu", [&] {
     const GradOptions<scalar_t> o{opt.clip_mode, static_cast<scalar_t>(opt.clip), opt.truncate};
     lstm_backward_impl<scalar_t>(s, dy, dh_n, dc_n, x.contiguous(), w_ih, w_hh, w_hr, h0, c0,
                                  y.contiguous(), act.contiguous(), c_raw.contiguous(),
                                  h_pre.contiguous(), reverse, o, cell_clip, has_bias,
-                                 need_input_grad, need_weight_grad, out);
+                                 need_input_grad, need_weight_grad, track_grad_norms, out);
   });
   return out;
 }
