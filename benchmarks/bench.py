@@ -8,6 +8,7 @@ background load hit them equally. See benchmarks/README.md for how to read the o
     python benchmarks/bench.py                      # headline shape, LSTM + GRU, CPU
     python benchmarks/bench.py --grid full          # + fastrnns default and small batches
     python benchmarks/bench.py --grid issue3        # 2-layer bidirectional, padded vs packed
+    python benchmarks/bench.py --grid issue7        # cost of track_grad_norms in the backward
     python benchmarks/bench.py --bidirectional --packed --layers 2
     python benchmarks/bench.py --device cuda --dtype float16
     python benchmarks/bench.py --T 4 --B 2 --I 3 --H 5 --repeats 2 --warmup 1 --no-save
@@ -16,6 +17,9 @@ background load hit them equally. See benchmarks/README.md for how to read the o
 Implementations (--impls):
     fused       fusedrnn.LSTM / fusedrnn.GRU, no clipping, no truncation
     fused_clip  the same kernels with grad_clip / truncate on (--grad-clip, --truncate)
+    fused_track / fused_clip_track
+                fused / fused_clip with track_grad_norms=True (the backward records the
+                norm of the recurrent gradient per step)
     torchnn     torch.nn.LSTM / torch.nn.GRU, weights loaded from the fused module
     reference   fusedrnn.reference.{lstm,gru}_layer, one call per layer and direction,
                 with the same clip/truncate options as fused_clip: what a user without
@@ -68,7 +72,8 @@ DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
 
 CELLS = ("lstm", "gru")
 MODES = ("fwd", "bwd", "fwdbwd", "infer")
-IMPLS = ("fused", "fused_clip", "torchnn", "reference", "flashrnn")
+IMPLS = ("fused", "fused_clip", "fused_track", "fused_clip_track", "torchnn", "reference",
+         "flashrnn")
 # The implementations run by default; flashrnn is added on CUDA when it imports.
 DEFAULT_IMPLS = ("fused", "fused_clip", "torchnn", "reference")
 BASELINE = "torchnn"
@@ -86,6 +91,7 @@ GRIDS = {
     "headline": [HEADLINE],
     "full": [HEADLINE, FASTRNNS] + [(HEADLINE[0], b, HEADLINE[2], HEADLINE[3]) for b in (1, 8, 16)],
     "issue3": [HEADLINE],
+    "issue7": [HEADLINE],
 }
 
 # Presets that fix more than the shapes. Their settings apply even when --T/--B/--I/--H
@@ -103,6 +109,13 @@ PRESETS = {
         "modes": ("fwdbwd", "infer"),
         "impls": {"fwdbwd": ("fused", "fused_clip", "torchnn", "reference"),
                   "infer": ("fused", "torchnn")},
+    },
+    #   issue7: the cost of track_grad_norms=True: backward and training step, with and
+    #   without clipping, each against the same kernels without recording.
+    "issue7": {
+        "modes": ("bwd", "fwdbwd"),
+        "impls": {m: ("fused", "fused_track", "fused_clip", "fused_clip_track", "torchnn")
+                  for m in ("bwd", "fwdbwd")},
     },
 }
 
@@ -568,6 +581,12 @@ def build_impls(names, cell, I, H, layers, directions, dtype, device, clip: Clip
                 modules[name] = getattr(fusedrnn, cell.upper())(I, H, **ctor)
             elif name == "fused_clip":
                 modules[name] = getattr(fusedrnn, cell.upper())(I, H, **ctor, **clip.kwargs())
+            elif name == "fused_track":
+                modules[name] = getattr(fusedrnn, cell.upper())(I, H, **ctor,
+                                                                track_grad_norms=True)
+            elif name == "fused_clip_track":
+                modules[name] = getattr(fusedrnn, cell.upper())(I, H, **ctor, **clip.kwargs(),
+                                                                track_grad_norms=True)
             else:  # torchnn, and the parameter container of reference and flashrnn
                 modules[name] = nn_cls(I, H, **ctor)
         except Exception as exc:  # recorded and reported, never swallowed
@@ -935,6 +954,11 @@ def summarize_case(case, raw):
         r = ratio(mode, "fused_clip", "fused")
         out[f"clip_overhead_{mode}_pct"] = (
             {"median": (r["median"] - 1) * 100, "iqr": r["iqr"] * 100} if r else None)
+    for mode in ("bwd", "fwdbwd"):
+        for tracked, plain in (("fused_track", "fused"), ("fused_clip_track", "fused_clip")):
+            r = ratio(mode, tracked, plain)
+            out[f"track_overhead_{plain}_{mode}_pct"] = (
+                {"median": (r["median"] - 1) * 100, "iqr": r["iqr"] * 100} if r else None)
     out["fwdbwd_vs_reference"] = ratio("fwdbwd", "reference", "fused_clip")
     for mode in ("fwdbwd", "infer"):
         out[f"{mode}_vs_flashrnn"] = ratio(mode, "flashrnn", "fused")
@@ -1131,6 +1155,12 @@ def summary_table(summaries) -> str:
         ("clip+trunc overhead train step", "--:",
          lambda s: _pct(s["clip_overhead_fwdbwd_pct"])),
         ("train step vs reference loop", "--:", lambda s: _x(s["fwdbwd_vs_reference"])),
+        ("track_grad_norms overhead bwd", "--:",
+         lambda s: _pct(s.get("track_overhead_fused_bwd_pct"))),
+        ("track_grad_norms overhead bwd (clip on)", "--:",
+         lambda s: _pct(s.get("track_overhead_fused_clip_bwd_pct"))),
+        ("track_grad_norms overhead train step", "--:",
+         lambda s: _pct(s.get("track_overhead_fused_fwdbwd_pct"))),
         ("train step vs flashrnn", "--:", lambda s: _x(s.get("fwdbwd_vs_flashrnn"))),
         ("infer vs flashrnn", "--:", lambda s: _x(s.get("infer_vs_flashrnn"))),
     ]
@@ -1168,6 +1198,7 @@ SUMMARY_LEGEND = """\
 Ratios are medians of per-repeat paired ratios (the implementations run interleaved in
 each repeat), ± half the IQR of those ratios. "vs torch.nn" = torch.nn time / fused time
 (>1: fusedrnn is faster). "clip+trunc overhead" = fused_clip time / fused time − 1.
+"track_grad_norms overhead" = fused_track / fused − 1 (and fused_clip_track / fused_clip − 1).
 "vs reference loop" = reference time / fused_clip time, both with the same clip/truncate.
 "vs flashrnn" (CUDA, when flashrnn imports; untested wrapper) = flashrnn time / fused time.
 peak MiB (results table): peak memory of one extra untimed call, over what the process
