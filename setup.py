@@ -61,7 +61,11 @@ setup(
     packages=find_packages(include=["fusedrnn", "fusedrnn.*"]),
     python_requires=">=3.9",
     install_requires=[],  # torch must already be installed; see the module docstring
-    extras_require={"test": ["pytest", "hypothesis", "numpy"]},
+    extras_require={
+        "test": ["pytest", "hypothesis", "numpy"],
+        "plot": ["matplotlib"],  # fusedrnn.plot
+        "examples": ["matplotlib", "tqdm"],
+    },
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension},
     zip_safe=False,

@@ -2,12 +2,16 @@
 BPTT inside the backward pass.
 
 Public names: the modules ``LSTM``, ``GRU``, ``LSTMCell`` and ``GRUCell`` (drop-in for
-torch.nn's), the single-layer
-ops in ``fusedrnn.ops`` and the plain-PyTorch reference in ``fusedrnn.reference``.
+torch.nn's), the single-layer ops in ``fusedrnn.ops``, the plain-PyTorch reference in
+``fusedrnn.reference``, and the gradient-flow toolkit (docs/toolkit.md): ``track_grad_norms``
+on the modules, ``fusedrnn.plot`` (matplotlib optional), ``fusedrnn.tbptt.TBPTT`` and
+``fusedrnn.init``.
 """
-from . import ops, reference
+from . import init, ops, plot, reference, tbptt
 from .modules import GRU, LSTM, GRUCell, LSTMCell
+from .tbptt import TBPTT
 
 __version__ = "0.1.0"
 
-__all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "ops", "reference"]
+__all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "TBPTT", "init", "ops", "plot", "reference",
+           "tbptt"]
