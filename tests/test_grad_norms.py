@@ -329,3 +329,21 @@ def test_opcheck_and_compile_with_record():
     compiled(x, w_ih, w_hh, rec_compiled).backward()
     torch.testing.assert_close(rec_compiled.grad, rec_eager.grad)
     assert math.isfinite(float(rec_eager.grad.sum()))
+
+
+def test_module_tracking_under_torch_compile():
+    """A fresh record leaf per forward is a graph break for Dynamo (documented), not an
+    error: the compiled module records what eager records."""
+    torch.manual_seed(0)
+    module = fusedrnn.LSTM(4, 8, track_grad_norms=True, grad_clip=0.01)
+    x = torch.randn(6, 3, 4)
+
+    def loss(x):
+        out, _ = module(x)
+        return out.sum()
+
+    torch.compile(loss, backend="aot_eager")(x).backward()
+    compiled = (module.grad_norms.clone(), module.grad_clip_fraction.clone())
+    loss(x).backward()
+    torch.testing.assert_close(compiled[0], module.grad_norms)
+    torch.testing.assert_close(compiled[1], module.grad_clip_fraction)
