@@ -265,14 +265,15 @@ def _packed(kind, T=5, lengths=(5, 3, 2, 2), I=3, H=4, P=0, *, bias=True, dtype=
 
 
 def _forward_args(kind, t, *, lengths=None, batch_sizes=None, reverse=False, grad_clip=None,
-                  mode="value", truncate=None, cell_clip=None, save=True):
+                  mode="value", truncate=None, cell_clip=None, save=True, grad_record=None):
     """Positional arguments of torch.ops.fusedrnn.<kind>_layer from op-style tensors."""
     common = [t["input"], t["weight_ih"], t["weight_hh"], t.get("bias_ih"), t.get("bias_hh"),
               t.get("h0")]
     if kind == "lstm":
         return tuple(common + [t.get("c0"), t.get("weight_hr"), lengths, batch_sizes, reverse,
-                               grad_clip, mode, truncate, cell_clip, save])
-    return tuple(common + [lengths, batch_sizes, reverse, grad_clip, mode, truncate, save])
+                               grad_clip, mode, truncate, cell_clip, save, grad_record])
+    return tuple(common + [lengths, batch_sizes, reverse, grad_clip, mode, truncate, save,
+                           grad_record])
 
 
 def _requiring_grad(t):
@@ -318,7 +319,8 @@ def test_opcheck_forward_packed_without_initial_state(kind):
                           _forward_args(kind, t, batch_sizes=batch_sizes, save=False))
 
 
-def _backward_args(kind, t, *, need_input=True, need_weight=True, seed=5, **forward_options):
+def _backward_args(kind, t, *, need_input=True, need_weight=True, seed=5, track=False,
+                   **forward_options):
     """Realistic arguments of torch.ops.fusedrnn.<kind>_layer_backward: the saved tensors of
     a real forward (save=True) and seeded upstream gradients."""
     fwd = _forward_args(kind, t, save=True, **forward_options)
@@ -336,11 +338,11 @@ def _backward_args(kind, t, *, need_input=True, need_weight=True, seed=5, **forw
         return (*grads, t["input"], t["weight_ih"], t["weight_hh"], t.get("weight_hr"),
                 t.get("h0"), t.get("c0"), o.get("lengths"), o.get("batch_sizes"), y, act, c_raw,
                 h_pre, o.get("reverse", False), o.get("grad_clip"), o.get("mode", "value"),
-                o.get("truncate"), o.get("cell_clip"), has_bias, need_input, need_weight)
+                o.get("truncate"), o.get("cell_clip"), has_bias, need_input, need_weight, track)
     y, _, saved = outputs
     return (*grads, t["input"], t["weight_ih"], t["weight_hh"], t.get("h0"), o.get("lengths"),
             o.get("batch_sizes"), y, saved, o.get("reverse", False), o.get("grad_clip"),
-            o.get("mode", "value"), o.get("truncate"), has_bias, need_input, need_weight)
+            o.get("mode", "value"), o.get("truncate"), has_bias, need_input, need_weight, track)
 
 
 def _padded(kind, P=0, **kwargs):
@@ -358,6 +360,12 @@ BACKWARD_SAMPLES = {
     "packed-reverse-proj": lambda kind: _backward_args(
         kind, _packed(kind, P=2 if kind == "lstm" else 0)[0], batch_sizes=_packed(kind)[1],
         reverse=True, grad_clip=0.02),
+    "record-packed": lambda kind: _backward_args(
+        kind, _packed(kind)[0], batch_sizes=_packed(kind)[1], grad_clip=0.05, mode="norm",
+        track=True),
+    "record-lengths-proj": lambda kind: _backward_args(
+        kind, _padded(kind, P=2 if kind == "lstm" else 0), lengths=torch.tensor([5, 1, 3]),
+        grad_clip=0.02, truncate=2, track=True),
     "no-input-grad": lambda kind: _backward_args(kind, _padded(kind), need_input=False,
                                                  grad_clip=0.1),
     "no-weight-grad": lambda kind: _backward_args(kind, _padded(kind), need_weight=False,
