@@ -384,34 +384,27 @@ def plot_grad_flows(out, runs, args):
         return []  # plot_curves already said so
     from fusedrnn.plot import grad_flow
 
-    def relabel(fig, labels, path):
-        # grad_flow labels rows "layer k"; here rows are models or moments: rename, save.
+    def save(fig, path):
         # The x range is the whole sequence, also where truncate leaves nothing to draw.
-        ax = fig.axes[0]
-        ax.set_xlim(0, args.T - 1)
-        for line, label in zip(ax.get_lines(), labels):
-            line.set_label(label)
-        ax.legend(fontsize="small")
+        fig.axes[0].set_xlim(0, args.T - 1)
         fig.savefig(path, format="png", dpi=110)
 
     paths = []
     for name, r in runs.items():
         path = os.path.join(out, f"grad_flow_{slug(name)}.png")
-        fig = grad_flow(torch.cat([r["norms_before"], r["norms_after"]]),
-                        global_norms=r["global_norms"],
-                        title=f"{name}: ||dL/dh_t||, diagnostic batch, T={args.T}")
-        relabel(fig, ["before training", "after training"], path)
+        save(grad_flow(torch.cat([r["norms_before"], r["norms_after"]]),
+                       global_norms=r["global_norms"],
+                       labels=["before training", "after training"],
+                       title=f"{name}: ||dL/dh_t||, diagnostic batch, T={args.T}"), path)
         paths.append(path)
-    path = os.path.join(out, "grad_flow_all.png")
     names = list(runs)
-    fig = grad_flow(torch.cat([runs[n]["norms_before"] for n in names]),
-                    title=f"||dL/dh_t|| before training, T={args.T}")
-    relabel(fig, names, path)
+    path = os.path.join(out, "grad_flow_all.png")
+    save(grad_flow(torch.cat([runs[n]["norms_before"] for n in names]), labels=names,
+                   title=f"||dL/dh_t|| before training, T={args.T}"), path)
     paths.append(path)
     path = os.path.join(out, "grad_flow_all_trained.png")
-    fig = grad_flow(torch.cat([runs[n]["norms_after"] for n in names]),
-                    title=f"||dL/dh_t|| after {args.steps} steps, T={args.T}")
-    relabel(fig, names, path)
+    save(grad_flow(torch.cat([runs[n]["norms_after"] for n in names]), labels=names,
+                   title=f"||dL/dh_t|| after {args.steps} steps, T={args.T}"), path)
     paths.append(path)
     return paths
 

@@ -129,7 +129,8 @@ def _norms_and_directions(norms, directions):
 
 def grad_flow(norms, path: Union[str, os.PathLike, None] = None, *,
               directions: Optional[int] = None, global_norms=None, clip: Optional[float] = None,
-              title: Optional[str] = None, dpi: int = 120):
+              title: Optional[str] = None, labels: Optional[Sequence[str]] = None,
+              dpi: int = 120):
     """Plot the recurrent gradient norm against distance from the loss, one line per layer.
 
     Panel 1 has one line per layer and direction: x is the distance in steps back from the
@@ -155,6 +156,8 @@ def grad_flow(norms, path: Union[str, os.PathLike, None] = None, *,
         clip: optional positive threshold drawn on the global-norm panel (needs
             ``global_norms``); see :func:`suggest_clip`.
         title: optional figure title.
+        labels: optional legend labels, one per row of ``norms`` (e.g. model names when
+            the rows come from different models); default "layer k" / "layer k (reverse)".
         dpi: resolution of the saved PNG.
 
     Returns:
@@ -172,6 +175,11 @@ def grad_flow(norms, path: Union[str, os.PathLike, None] = None, *,
             raise ValueError("fusedrnn.plot: clip is drawn on the global-norm panel; pass "
                              "global_norms too")
     series = None if global_norms is None else _as_float64(global_norms, "global_norms", 1)
+    if labels is not None:
+        if isinstance(labels, str) or len(labels) != norms.shape[0]:
+            raise ValueError(f"fusedrnn.plot: labels must be a sequence of {norms.shape[0]} "
+                             f"strings (one per row of norms), got {labels!r}")
+        labels = [str(label) for label in labels]
     Figure, FigureCanvasAgg = _matplotlib()
 
     panels = 1 if series is None else 2
@@ -188,7 +196,8 @@ def grad_flow(norms, path: Union[str, os.PathLike, None] = None, *,
         x, y = distance[order], norms[row, order]
         shown = torch.isfinite(y) & (y > 0)
         bad = int((~torch.isfinite(y)).sum())
-        label = f"layer {layer}" + (" (reverse)" if reverse else "")
+        label = (f"layer {layer}" + (" (reverse)" if reverse else "")
+                 if labels is None else labels[row])
         if bad:
             label += f" ({bad} non-finite)"
         ax.plot(x[shown].tolist(), y[shown].tolist(), label=label, linewidth=1.2)

@@ -209,3 +209,16 @@ def test_missing_matplotlib_message(monkeypatch, tmp_path):
     monkeypatch.setattr(fusedrnn, "plot", plot, raising=False)  # restored after the test
     fresh = importlib.import_module("fusedrnn.plot")
     assert fresh is not plot and callable(fresh.grad_flow)
+
+
+@needs_mpl
+def test_custom_labels():
+    norms = torch.tensor([[3.0, 2, 1, 0], [1.0, 2, 3, 0]])
+    fig = grad_flow(norms, labels=["vanilla", "lstm"])
+    lines = lines_by_label(fig.axes[0])
+    assert list(lines) == ["vanilla", "lstm"]
+    np.testing.assert_array_equal(lines["lstm"].get_ydata(), [3, 2, 1])
+    with pytest.raises(ValueError, match="labels must be a sequence of 2 strings"):
+        grad_flow(norms, labels=["only one"])
+    with pytest.raises(ValueError, match="labels must be a sequence of 2 strings"):
+        grad_flow(norms, labels="ab")
