@@ -171,6 +171,10 @@ def summary_section(run: dict) -> str:
          lambda s: _pct(s.get("clip_overhead_fwdbwd_pct"))),
         ("vs plain-PyTorch loop, same clip (train)", "--:",
          lambda s: _x(s.get("fwdbwd_vs_reference"))),
+        ("track_grad_norms overhead (backward)", "--:",
+         lambda s: _pct(s.get("track_overhead_fused_bwd_pct"))),
+        ("track_grad_norms overhead (backward, clip on)", "--:",
+         lambda s: _pct(s.get("track_overhead_fused_clip_bwd_pct"))),
         ("train step vs flashrnn", "--:", lambda s: _x(s.get("fwdbwd_vs_flashrnn"))),
         ("inference vs flashrnn", "--:", lambda s: _x(s.get("infer_vs_flashrnn"))),
     ]
@@ -217,7 +221,8 @@ def make_block(folder: Path = RESULTS, notes: Path = NOTES) -> str:
         " do not edit by hand: edit benchmarks/results/NOTES.md and rerun it -->",
         "Ratio = torch.nn time / fusedrnn time (>1: fusedrnn faster), the median of the\n"
         "per-repeat ratios of interleaved repeats; clip+truncate overhead = fused_clip / "
-        "fused - 1\n(the price of in-kernel clipping and truncation); plain-PyTorch loop = "
+        "fused - 1\n(the price of in-kernel clipping and truncation; track_grad_norms "
+        "overhead likewise\nfused_track / fused - 1); plain-PyTorch loop = "
         "the reference\nimplementation with the same clipping / fused_clip. Latest run per "
         "configuration; full\ntables (with ± half-IQR, times, tokens/s, GFLOP/s) and the "
         "method: the `.md` file named,\nand `benchmarks/README.md`.",
