@@ -48,7 +48,7 @@ if want_cuda(cuda_sources):
         "fusedrnn._C",
         cpp_sources + cuda_sources,
         define_macros=[("FUSEDRNN_WITH_CUDA", "1")],
-        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math"]},
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
     )
 else:
     ext = CppExtension("fusedrnn._C", cpp_sources, extra_compile_args={"cxx": cxx_flags})

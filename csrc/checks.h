@@ -76,6 +76,11 @@ inline void check_input(const char* op, const at::Tensor& x, bool packed) {
   if (x.device().is_cpu()) {
     TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
                      ": on CPU input must be float32 or float64, got ", x.scalar_type());
+  } else if (x.is_cuda()) {
+    // The CUDA kernels exist for these four (DESIGN.md §4); float8 types are floating too.
+    const at::ScalarType t = x.scalar_type();
+    TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
+                     op, ": on CUDA input must be float32, float64, float16 or bfloat16, got ", t);
   }
   if (!packed) {
     TORCH_CHECK_VALUE(x.size(0) >= 1, op, ": input must have at least one time step, got T = 0 (shape ",

@@ -41,5 +41,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_set_step_gemm", &fusedrnn::cpu::set_step_gemm, py::arg("name"),
         "Use 'onednn' (where torch has it) or 'blas' for the float32 CPU step GEMMs; returns "
         "the one in use. Not for use while ops run in other threads.");
+#ifdef FUSEDRNN_WITH_CUDA
+  m.attr("cuda_built") = true;
+#else
   m.attr("cuda_built") = false;
+#endif
 }

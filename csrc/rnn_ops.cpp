@@ -3,6 +3,9 @@
 
 #include "checks.h"
 #include "cpu/cpu_ops.h"
+#ifdef FUSEDRNN_WITH_CUDA
+#include "cuda_glue/cuda_ops.h"
+#endif
 
 namespace fusedrnn {
 
@@ -11,9 +14,20 @@ namespace {
 constexpr const char* kLstm = "fusedrnn.lstm_layer";
 constexpr const char* kGru = "fusedrnn.gru_layer";
 
-void require_cpu(const char* op, const at::Tensor& input) {
-  TORCH_CHECK_NOT_IMPLEMENTED(input.device().is_cpu(), op, ": no kernel for device ",
-                              input.device(), " in this build of fusedrnn (CPU only)");
+// The implementations of this build; the arguments' devices agree (checked before).
+enum class Backend { Cpu, Cuda };
+
+Backend backend(const char* op, const at::Tensor& input) {
+  if (input.device().is_cpu()) return Backend::Cpu;
+#ifdef FUSEDRNN_WITH_CUDA
+  if (input.is_cuda()) return Backend::Cuda;
+  TORCH_CHECK_NOT_IMPLEMENTED(false, op, ": no kernel for device ", input.device(),
+                              " in this build of fusedrnn (CPU and CUDA)");
+#else
+  TORCH_CHECK_NOT_IMPLEMENTED(false, op, ": no kernel for device ", input.device(),
+                              " in this build of fusedrnn (CPU only)");
+#endif
+  return Backend::Cpu;  // not reached
 }
 
 }  // namespace
@@ -27,7 +41,13 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& input, const at::Tensor& 
   const LayerSizes s = check_layer_inputs(kLstm, 4, input, weight_ih, weight_hh, bias_ih, bias_hh,
                                           h0, c0, weight_hr, lengths, batch_sizes);
   check_positive_finite(kLstm, "cell_clip", cell_clip);
-  require_cpu(kLstm, input);
+  [[maybe_unused]] const Backend where = backend(kLstm, input);
+#ifdef FUSEDRNN_WITH_CUDA
+  if (where == Backend::Cuda) {
+    return cuda::lstm_forward(s, input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0,
+                              weight_hr, reverse, cell_clip, save);
+  }
+#endif
   return cpu::lstm_forward(s, input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr,
                            reverse, cell_clip, save);
 }
@@ -57,7 +77,15 @@ std::vector<at::Tensor> lstm_backward(
   check_grad(kLstm, "c_raw (saved; was the forward run with save=True?)", c_raw,
              step_shape(s, s.H), h_letters, input);
   if (weight_hr) check_grad(kLstm, "h_pre (saved)", h_pre, step_shape(s, s.H), h_letters, input);
-  require_cpu(kLstm, input);
+  [[maybe_unused]] const Backend where = backend(kLstm, input);
+#ifdef FUSEDRNN_WITH_CUDA
+  if (where == Backend::Cuda) {
+    return cuda::lstm_backward(s, grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh,
+                               weight_hr, h0, c0, output, act, c_raw, h_pre, reverse, opt,
+                               cell_clip, has_bias, need_input_grad, need_weight_grad,
+                               track_grad_norms);
+  }
+#endif
   return cpu::lstm_backward(s, grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh,
                             weight_hr, h0, c0, output, act, c_raw, h_pre, reverse, opt,
                             cell_clip, has_bias, need_input_grad, need_weight_grad,
@@ -71,7 +99,13 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& input, const at::Tensor& w
                                     bool reverse, bool save) {
   const LayerSizes s = check_layer_inputs(kGru, 3, input, weight_ih, weight_hh, bias_ih, bias_hh,
                                           h0, std::nullopt, std::nullopt, lengths, batch_sizes);
-  require_cpu(kGru, input);
+  [[maybe_unused]] const Backend where = backend(kGru, input);
+#ifdef FUSEDRNN_WITH_CUDA
+  if (where == Backend::Cuda) {
+    return cuda::gru_forward(s, input, weight_ih, weight_hh, bias_ih, bias_hh, h0, reverse,
+                             save);
+  }
+#endif
   return cpu::gru_forward(s, input, weight_ih, weight_hh, bias_ih, bias_hh, h0, reverse, save);
 }
 
@@ -93,7 +127,14 @@ std::vector<at::Tensor> gru_backward(
   check_grad(kGru, "output (saved)", output, step_shape(s, s.H), h_letters, input);
   check_grad(kGru, "saved (was the forward run with save=True?)", saved, step_shape(s, 4 * s.H),
              s.packed ? "(N, 4H)" : "(T, B, 4H)", input);
-  require_cpu(kGru, input);
+  [[maybe_unused]] const Backend where = backend(kGru, input);
+#ifdef FUSEDRNN_WITH_CUDA
+  if (where == Backend::Cuda) {
+    return cuda::gru_backward(s, grad_output, grad_h_n, input, weight_ih, weight_hh, h0,
+                              output, saved, reverse, opt, has_bias, need_input_grad,
+                              need_weight_grad, track_grad_norms);
+  }
+#endif
   return cpu::gru_backward(s, grad_output, grad_h_n, input, weight_ih, weight_hh, h0,
                            output, saved, reverse, opt, has_bias, need_input_grad,
                            need_weight_grad, track_grad_norms);

@@ -351,6 +351,32 @@ def _lstm_backward(ctx, grad_y, grad_h_n, grad_c_n, *unused):
 _lstm_layer.register_autograd(_lstm_backward, setup_context=_lstm_setup_context)
 
 
+def _autocast_cuda(input: Tensor, *tensors: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
+    """(input, *tensors), cast to the autocast dtype when ``input`` is a CUDA tensor inside
+    ``torch.autocast("cuda")``, as torch.nn.LSTM / GRU run there; otherwise unchanged.
+
+    The casts are ordinary differentiable ``.to()`` calls, so gradients come back in each
+    tensor's own dtype, and the op itself only ever sees tensors of one dtype. Like autocast,
+    float64 tensors (and None) are left alone; the gradient record stays float32 (it is not
+    passed here)."""
+    if not isinstance(input, Tensor) or not input.is_cuda:
+        return (input,) + tensors
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4: per-device-type spelling
+        enabled, dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+    else:
+        enabled, dtype = torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+    if not enabled:
+        return (input,) + tensors
+
+    def cast(t: Optional[Tensor]) -> Optional[Tensor]:
+        if (not isinstance(t, Tensor) or not t.is_floating_point() or t.dtype == torch.float64
+                or t.dtype == dtype):
+            return t
+        return t.to(dtype)
+
+    return tuple(cast(t) for t in (input,) + tensors)
+
+
 def lstm_layer(
     input: Tensor,
     weight_ih: Tensor,
@@ -398,6 +424,8 @@ def lstm_layer(
     """
     grad_clip, truncate, cell_clip = _normalized_options(grad_clip, grad_clip_mode, truncate,
                                                          cell_clip)
+    input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr = _autocast_cuda(
+        input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr)
     lengths = _lengths_tensor(lengths)
     _check_batch_sizes(batch_sizes)
     _check_grad_record("lstm_layer", grad_record, input, batch_sizes)
@@ -576,6 +604,8 @@ def gru_layer(
         (output [T, B, H], h_n [B, H]).
     """
     grad_clip, truncate, _ = _normalized_options(grad_clip, grad_clip_mode, truncate)
+    input, weight_ih, weight_hh, bias_ih, bias_hh, h0 = _autocast_cuda(
+        input, weight_ih, weight_hh, bias_ih, bias_hh, h0)
     lengths = _lengths_tensor(lengths)
     _check_batch_sizes(batch_sizes)
     _check_grad_record("gru_layer", grad_record, input, batch_sizes)

@@ -1,0 +1,178 @@
+// Plain parameter structs of the CUDA kernels (csrc/cuda/*.cu) and the glue that fills them
+// (csrc/cuda_glue/). Like rnn_params.h, nothing here knows torch: raw device pointers, sizes
+// and flags, so that nvcc alone compiles the kernels and g++ the glue.
+//
+// All matrices are row-major and contiguous; the shape of each buffer is written next to it
+// with the shape letters T steps, B batch, I input, H hidden, R recurrent state width (P with
+// projection, else H), M rows of the current step (B padded, batch_sizes[t] packed). A
+// pointer to "[M, ...]" points at the first row of the step's block; "[B, ...]" buffers are
+// whole-batch running state indexed by the batch row.
+//
+// Note [Storage and arithmetic types]
+// T is the storage type of the layer (float, double, __half, __nv_bfloat16) and A =
+// opmath_t<T> the type the kernels compute in (float for the half types, else T). Tensors
+// the caller sees or that feed a GEMM with the weights (outputs, saved activations, gate
+// gradients) are T. Buffers that only the kernels read back are A: the GEMM results of the
+// input projection and of each step (cuBLAS writes them in float32 from half operands, so
+// they are rounded once, not twice), the running cell state, and the recurrent gradient
+// buffers dh_gemm / dh_carry / dc_rec (Note [Recurrent gradient buffers] in rnn_params.h),
+// so a long backward recurrence does not round to 8 bits of mantissa at every step. For
+// float and double A == T and everything is as on the CPU.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "../rnn_params.h"
+
+namespace fusedrnn {
+namespace cuda {
+
+template <typename T>
+struct OpMath {
+  using type = T;
+};
+template <>
+struct OpMath<__half> {
+  using type = float;
+};
+template <>
+struct OpMath<__nv_bfloat16> {
+  using type = float;
+};
+template <typename T>
+using opmath_t = typename OpMath<T>::type;
+
+// Where the step sits for each row; see Note [Per-row step bookkeeping] in rnn_params.h.
+struct StepRows {
+  int64_t T;               // number of time steps
+  int64_t t;               // the time step of this launch
+  bool reverse;            // processing order T-1..0
+  const int64_t* lengths;  // [B] per-row lengths on the device, or nullptr (all rows length T)
+  int64_t truncate;        // backward only: 0 off, k > 0 cut every k processed steps
+};
+
+// The clip of the recurrent gradient (DESIGN.md §3); the mode is a template parameter of the
+// kernels, the bound a run-time value.
+template <typename A>
+struct ClipBound {
+  ClipMode mode;
+  A clip;  // > 0 when mode != None
+};
+
+// LSTM forward step, pointwise part: after hg = h_{t-1} W_hh^T.
+template <typename T>
+struct LstmFwdArgs {
+  using A = opmath_t<T>;
+  int64_t M, H;
+  StepRows step;
+  const A* xg;    // [M, 4H] x_t W_ih^T (no bias), gates i, f, g, o
+  const A* hg;    // [M, 4H] h_{t-1} W_hh^T
+  const A* bias;  // [4H]    b_ih + b_hh, or nullptr
+  T* act;         // [M, 4H] out: activations i, f, g, o (may alias xg when T == A)
+  A* c;           // [B, H]  running cell state: in c_{t-1}, out c_t (unchanged for absent rows)
+  T* c_raw;       // [M, H]  out: cell state before the cell clip, or nullptr (no backward)
+  T* h_out;       // [M, H]  out: o * tanh(c_t) (zero for absent rows)
+  T* h_state;     // [B, H]  running hidden state, or nullptr (projection: copy_state_rows)
+  A cell_clip;    // used when has_cell_clip
+  bool has_cell_clip;
+};
+
+// Projection only: h_state[b] = y_t[b] for the rows that exist at t.
+template <typename T>
+struct CopyRowsArgs {
+  int64_t M, R;
+  StepRows step;
+  const T* src;  // [M, R] y_t = h_t W_hr^T
+  T* dst;        // [B, R] running (projected) hidden state
+};
+
+// LSTM backward step, pointwise part: gate gradients and the cell-state recurrence.
+template <typename T>
+struct LstmBwdArgs {
+  using A = opmath_t<T>;
+  int64_t M, H, R;
+  StepRows step;
+  ClipBound<A> clip;
+  const T* act;         // [M, 4H] saved activations at t
+  const T* c_raw;       // [M, H]  saved pre-clip cell state at t
+  const T* c_raw_prev;  // [., H]  saved pre-clip cell state at the previous processed time, or nullptr
+  const T* c0;          // [B, H]  initial cell state, or nullptr (zeros)
+  const T* dy;          // [M, R]  gradient of the output at t (no projection)
+  const T* dh_n;        // [B, R]  gradient of h_n (no projection)
+  const A* dh_gemm;     // [B, R]  no projection: dgates_{t'} W_hh of the previous backward step
+  A* dh_carry;          // [B, R]  no projection: carried part (see LstmBwdStep in rnn_params.h)
+  const A* dh_direct;   // [M, H]  projection: dr_t W_hr, the full gradient of o * tanh(c_t); else nullptr
+  const T* dc_n;        // [B, H]  gradient of c_n
+  A* dc_rec;            // [B, H]  in: recurrent gradient into c_t (unclipped); out: into c_{t-1}
+  T* dgates;            // [M, 4H] out: gradients of the gate pre-activations
+  A* record;            // [M, 3]  out (no projection): Note [Recording recurrent gradient norms], or nullptr
+  A cell_clip;
+  bool has_cell_clip;
+};
+
+// Projection only: the total gradient of the projected state r_t = h_t W_hr^T at step t.
+template <typename T>
+struct ProjBwdArgs {
+  using A = opmath_t<T>;
+  int64_t M, R;
+  StepRows step;
+  ClipBound<A> clip;
+  const T* dy;       // [M, R]
+  const T* dh_n;     // [B, R]
+  const A* dh_gemm;  // [B, R] dgates_{t'} W_hh of the previous backward step
+  A* dh_carry;       // [B, R] carried part
+  T* dr;             // [M, R] out (zero for absent rows)
+  A* record;         // [M, 3] out, or nullptr
+};
+
+// GRU forward step, pointwise part: after hg = h_{t-1} W_hh^T.
+template <typename T>
+struct GruFwdArgs {
+  using A = opmath_t<T>;
+  int64_t M, H;
+  StepRows step;
+  const A* xg;      // [M, 3H] x_t W_ih^T (no bias), gates r, z, n
+  const A* hg;      // [M, 3H] h_{t-1} W_hh^T (no bias)
+  const A* bias_x;  // [3H] b_ih + (b_hr, b_hz, 0), or nullptr
+  const A* b_hn;    // [H]  the n part of b_hh, or nullptr
+  T* saved;         // [M, 4H] out: r, z, n, h W_hn^T + b_hn for backward, or nullptr
+  T* h_out;         // [M, H]  out: h_t (zero for absent rows)
+  T* h_state;       // [B, H]  running hidden state: in h_{t-1}, out h_t
+};
+
+// GRU backward step, pointwise part.
+template <typename T>
+struct GruBwdArgs {
+  using A = opmath_t<T>;
+  int64_t M, H;
+  StepRows step;
+  ClipBound<A> clip;
+  const T* saved;    // [M, 4H] r, z, n, hn at t
+  const T* h_prev;   // [., H]  output at the previous processed time, or nullptr
+  const T* h0;       // [B, H]  initial state, or nullptr (zeros)
+  const T* dy;       // [M, H]
+  const T* dh_n;     // [B, H]
+  const A* dh_gemm;  // [B, H]  dhg_{t'} W_hh of the previous backward step
+  A* dh_carry;       // [B, H]  in: direct part dh * z (or carried); out: this step's
+  T* dxg;            // [M, 3H] out: gradients of x W_ih^T + b_ih
+  T* dhg;            // [M, 3H] out: gradients of h W_hh^T + b_hh
+  A* record;         // [M, 3]  out, or nullptr
+};
+
+// The gradient into the initial state: out[b] = clip(a[b] + add[b]) for every batch row
+// (the initial state is handed over to step 0 like any other state, DESIGN.md §3).
+template <typename T>
+struct StateGradArgs {
+  using A = opmath_t<T>;
+  int64_t B, N;
+  ClipBound<A> clip;
+  const A* a;    // [B, N]
+  const A* add;  // [B, N] or nullptr
+  T* out;        // [B, N]
+};
+
+}  // namespace cuda
+}  // namespace fusedrnn

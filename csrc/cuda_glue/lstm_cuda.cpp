@@ -1,0 +1,269 @@
+// LSTM layer on CUDA: the time loops around the fused pointwise kernels of
+// csrc/cuda/lstm_kernels.cu, mirroring csrc/cpu/lstm_cpu.cpp.
+//
+// Forward:  xg = x W_ih^T for all T steps in one GEMM (float32 output for the half types);
+//           per step hg = h_{t-1} W_hh^T (one GEMM) and ONE pointwise kernel (biases,
+//           activations, cell update, cell clip, h, saved values); with projection also
+//           y_t = h_t W_hr^T (one GEMM) and a copy of y_t into the running state.
+// Backward: per step ONE pointwise kernel (clip / truncation of the recurrent gradients,
+//           gate gradients, cell recurrence; with projection a small kernel for the
+//           projected state and its GEMM first) and one GEMM dgates_t W_hh. After the loop
+//           one kernel each for the (clipped) gradients into h0 and c0, then dx, dW_ih,
+//           dW_hh, dW_hr as large GEMMs and db as one reduction.
+// Note [CUDA step loop] (cuda_common.h) says what runs where; saved tensors have the CPU
+// layouts (csrc/rnn_ops.h).
+#include "cuda_ops.h"
+
+#include "../grad_record.h"
+#include "cuda_common.h"
+
+namespace fusedrnn {
+namespace cuda {
+
+namespace {
+
+template <typename S>
+void lstm_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tensor& w_ih,
+                       const at::Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                       const OptTensor& h0, const OptTensor& c0, const OptTensor& w_hr,
+                       bool reverse, std::optional<double> cell_clip, bool save,
+                       std::vector<at::Tensor>& out) {
+  using T = typename CudaType<S>::type;
+  using A = opmath_t<T>;
+  const int64_t T_ = s.T, B = s.B, N = s.N, I = s.I, H = s.H, R = s.R;
+  const auto opts = x.options();
+  const auto acc = opts.dtype(acc_type(x.scalar_type()));
+  const cudaStream_t stream = current_stream();
+  const at::Tensor lengths = device_lengths(s, x);
+
+  // xg: [N, 4H] = x W_ih^T, all steps at once; the biases are added in the step kernel.
+  const at::Tensor xg = mm_acc(x.reshape({N, I}), w_ih.t());
+  at::Tensor bias;  // [4H] b_ih + b_hh in the arithmetic type
+  if (b_ih && b_hh) {
+    bias = b_ih->to(acc) + b_hh->to(acc);
+  } else if (b_ih || b_hh) {
+    bias = (b_ih ? *b_ih : *b_hh).to(acc).contiguous();
+  }
+  // The activations overwrite xg in place when the dtypes agree (each element is read before
+  // it is written, by the same thread).
+  const at::Tensor act = xg.scalar_type() == x.scalar_type() ? xg : at::empty({N, 4 * H}, opts);
+  const at::Tensor w_hh_t = w_hh.contiguous().t();  // [R, 4H] view: h W_hh^T
+  const at::Tensor w_hr_t = w_hr ? w_hr->contiguous().t() : at::Tensor();  // [H, P]
+
+  at::Tensor y = at::empty({N, R}, opts);
+  const at::Tensor h = h0 ? h0->contiguous().clone() : at::zeros({B, R}, opts);  // [B, R]
+  at::Tensor c = at::empty({B, H}, acc);  // [B, H] running cell state
+  if (c0) {
+    c.copy_(*c0);
+  } else {
+    c.zero_();
+  }
+  at::Tensor c_raw = save ? at::empty({N, H}, opts) : at::empty({0}, opts);
+  at::Tensor h_pre = w_hr ? at::empty({N, H}, opts) : at::empty({0}, opts);
+  const at::Tensor hg = at::empty({B, 4 * H}, acc);  // [B, 4H] h_{t-1} W_hh^T of one step
+
+  LstmFwdArgs<T> p{};
+  p.H = H;
+  p.step = StepRows{T_, 0, reverse, lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr, 0};
+  p.hg = ptr<A>(hg);
+  p.bias = bias.defined() ? ptr<A>(bias) : nullptr;
+  p.c = ptr<A>(c);
+  p.h_state = w_hr ? nullptr : ptr<T>(h);
+  p.has_cell_clip = cell_clip.has_value();
+  p.cell_clip = cell_clip ? static_cast<A>(*cell_clip) : A(0);
+  CopyRowsArgs<T> cp{};
+  cp.R = R;
+  cp.step = p.step;
+  cp.dst = ptr<T>(h);
+
+  for (int64_t step = 0; step < T_; ++step) {
+    const int64_t t = reverse ? T_ - 1 - step : step;
+    const int64_t M = s.rows[t], off = s.offset[t];
+    at::Tensor hg_t = first_rows(hg, M);
+    mm_into(hg_t, first_rows(h, M), w_hh_t);
+    p.M = M;
+    p.step.t = t;
+    p.xg = ptr<A>(xg) + off * 4 * H;
+    p.act = ptr<T>(act) + off * 4 * H;
+    p.c_raw = save ? ptr<T>(c_raw) + off * H : nullptr;
+    p.h_out = w_hr ? ptr<T>(h_pre) + off * H : ptr<T>(y) + off * R;
+    C10_CUDA_CHECK(lstm_fwd_step(p, stream));
+    if (w_hr) {
+      // r_t = h_t W_hr^T; rows that do not exist at t have h_t = 0, hence r_t = 0.
+      at::Tensor y_t = y.narrow(0, off, M);
+      mm_into(y_t, h_pre.narrow(0, off, M), w_hr_t);
+      cp.M = M;
+      cp.step.t = t;
+      cp.src = ptr<T>(y) + off * R;
+      C10_CUDA_CHECK(copy_state_rows(cp, stream));
+    }
+  }
+  at::Tensor c_n = c.to(x.scalar_type());
+  at::Tensor act_out = act;
+  if (!s.packed) {
+    y = y.view({T_, B, R});
+    act_out = act.view({T_, B, 4 * H});
+    if (save) c_raw = c_raw.view({T_, B, H});
+    if (w_hr) h_pre = h_pre.view({T_, B, H});
+  }
+  out = {y, h, c_n, act_out, c_raw, h_pre};
+}
+
+template <typename S>
+void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::Tensor& dhn_in,
+                        const at::Tensor& dcn_in, const at::Tensor& x, const at::Tensor& w_ih,
+                        const at::Tensor& w_hh, const OptTensor& w_hr, const OptTensor& h0,
+                        const OptTensor& c0, const at::Tensor& y, const at::Tensor& act,
+                        const at::Tensor& c_raw, const at::Tensor& h_pre, bool reverse,
+                        const GradOptions<double>& opt, std::optional<double> cell_clip,
+                        bool has_bias, bool need_input_grad, bool need_weight_grad,
+                        bool track, std::vector<at::Tensor>& out) {
+  using T = typename CudaType<S>::type;
+  using A = opmath_t<T>;
+  const int64_t T_ = s.T, B = s.B, N = s.N, I = s.I, H = s.H, R = s.R;
+  const auto opts = x.options();
+  const auto acc = opts.dtype(acc_type(x.scalar_type()));
+  const cudaStream_t stream = current_stream();
+  const at::Tensor lengths = device_lengths(s, x);
+
+  const at::Tensor dy = dy_in.contiguous(), dhn = dhn_in.contiguous(), dcn = dcn_in.contiguous();
+  const at::Tensor w_hh_c = w_hh.contiguous();                              // [4H, R]
+  const at::Tensor w_hr_c = w_hr ? w_hr->contiguous() : at::Tensor();       // [P, H]
+  const OptTensor c0c = c0 ? OptTensor(c0->contiguous()) : std::nullopt;
+
+  at::Tensor dgates = at::empty({N, 4 * H}, opts);
+  // Gradient into the state entering a step: dh_gemm + dh_carry, see
+  // Note [Recurrent gradient buffers] in rnn_params.h. dh_gemm starts at zero (nothing
+  // flows in before the first backward step); later steps overwrite its first M rows.
+  const at::Tensor dh_gemm = at::zeros({B, R}, acc);
+  const at::Tensor dh_carry = at::zeros({B, R}, acc);
+  const at::Tensor dc_rec = at::zeros({B, H}, acc);
+  const at::Tensor dr = w_hr ? at::empty({N, R}, opts) : at::Tensor();
+  const at::Tensor dh_direct = w_hr ? at::empty({B, H}, acc) : at::Tensor();
+  // Records in the arithmetic type: a sum of squares in bfloat16 would keep 8 bits.
+  const at::Tensor record = track ? at::empty({N, 3}, acc) : at::Tensor();
+  A* rec_p = track ? ptr<A>(record) : nullptr;
+
+  const ClipBound<A> clip{opt.clip_mode, static_cast<A>(opt.clip)};
+  const StepRows rows{T_, 0, reverse, lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr,
+                      opt.truncate};
+  const T* craw_p = ptr<T>(c_raw);
+
+  LstmBwdArgs<T> p{};
+  p.H = H;
+  p.R = R;
+  p.step = rows;
+  p.clip = clip;
+  p.c0 = opt_ptr<T>(c0c);
+  p.dh_n = w_hr ? nullptr : ptr<T>(dhn);
+  p.dh_gemm = w_hr ? nullptr : ptr<A>(dh_gemm);
+  p.dh_carry = w_hr ? nullptr : ptr<A>(dh_carry);
+  p.dh_direct = w_hr ? ptr<A>(dh_direct) : nullptr;
+  p.dc_n = ptr<T>(dcn);
+  p.dc_rec = ptr<A>(dc_rec);
+  p.has_cell_clip = cell_clip.has_value();
+  p.cell_clip = cell_clip ? static_cast<A>(*cell_clip) : A(0);
+
+  ProjBwdArgs<T> pp{};
+  if (w_hr) {
+    pp.R = R;
+    pp.step = rows;
+    pp.clip = clip;
+    pp.dh_n = ptr<T>(dhn);
+    pp.dh_gemm = ptr<A>(dh_gemm);
+    pp.dh_carry = ptr<A>(dh_carry);
+  }
+
+  for (int64_t step = 0; step < T_; ++step) {
+    const int64_t t = reverse ? step : T_ - 1 - step;
+    const int64_t tp = previous_time(t, reverse);
+    const int64_t M = s.rows[t], off = s.offset[t];
+    A* rec_t = rec_p ? rec_p + off * 3 : nullptr;
+    if (w_hr) {
+      pp.M = M;
+      pp.step.t = t;
+      pp.dy = ptr<T>(dy) + off * R;
+      pp.dr = ptr<T>(dr) + off * R;
+      pp.record = rec_t;
+      C10_CUDA_CHECK(proj_bwd_step(pp, stream));
+      // Gradient of h_t = o * tanh(c_t): dr_t W_hr, [M, P] x [P, H].
+      at::Tensor direct = first_rows(dh_direct, M);
+      mm_into(direct, dr.narrow(0, off, M), w_hr_c);
+    } else {
+      p.dy = ptr<T>(dy) + off * R;
+      p.record = rec_t;
+    }
+    p.M = M;
+    p.step.t = t;
+    p.act = ptr<T>(act) + off * 4 * H;
+    p.c_raw = craw_p + off * H;
+    p.c_raw_prev = (tp >= 0 && tp < T_) ? craw_p + s.offset[tp] * H : nullptr;
+    p.dgates = ptr<T>(dgates) + off * 4 * H;
+    C10_CUDA_CHECK(lstm_bwd_step(p, stream));
+    at::Tensor gemm = first_rows(dh_gemm, M);
+    mm_into(gemm, dgates.narrow(0, off, M), w_hh_c);
+  }
+
+  // Every row's gradient into h0 is now dh_gemm + dh_carry (rows a packed reverse batch
+  // stopped visiting were not written again), into c0 dc_rec: clip, cast.
+  at::Tensor dh0 = at::empty({B, R}, opts);
+  at::Tensor dc0 = at::empty({B, H}, opts);
+  C10_CUDA_CHECK(state_grad(
+      StateGradArgs<T>{B, R, clip, ptr<A>(dh_gemm), ptr<A>(dh_carry), ptr<T>(dh0)}, stream));
+  C10_CUDA_CHECK(
+      state_grad(StateGradArgs<T>{B, H, clip, ptr<A>(dc_rec), nullptr, ptr<T>(dc0)}, stream));
+
+  // Gradients not asked for are empty tensors, each its own (outputs of a custom op must not
+  // alias one another).
+  auto empty = [&] { return at::empty({0}, opts); };
+  const auto dtype = x.scalar_type();
+  at::Tensor dx = need_input_grad ? at::mm(dgates, w_ih).view(x.sizes()) : empty();
+  at::Tensor dw_ih = empty(), dw_hh = empty(), db = empty(), dw_hr = empty();
+  if (need_weight_grad) {
+    dw_ih = weight_grad(dgates, x.reshape({N, I})).to(dtype);
+    dw_hh = recurrent_weight_grad(s, dgates, y.reshape({N, R}), h0, reverse).to(dtype);
+    if (has_bias) db = bias_grad(dgates).to(dtype);
+    if (w_hr) dw_hr = weight_grad(dr, h_pre.reshape({N, H})).to(dtype);
+  }
+  out = {dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr, track ? finish_grad_record(record, s) : empty()};
+}
+
+}  // namespace
+
+std::vector<at::Tensor> lstm_forward(const LayerSizes& s, const at::Tensor& x,
+                                     const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                     const OptTensor& b_ih, const OptTensor& b_hh,
+                                     const OptTensor& h0, const OptTensor& c0,
+                                     const OptTensor& w_hr, bool reverse,
+                                     std::optional<double> cell_clip, bool save) {
+  const CudaScope scope(x);
+  std::vector<at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
+                                  "fusedrnn.lstm_forward_cuda", [&] {
+    lstm_forward_impl<scalar_t>(s, x.contiguous(), w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr,
+                                reverse, cell_clip, save, out);
+  });
+  return out;
+}
+
+std::vector<at::Tensor> lstm_backward(
+    const LayerSizes& s, const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& dc_n,
+    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& w_hr,
+    const OptTensor& h0, const OptTensor& c0, const at::Tensor& y, const at::Tensor& act,
+    const at::Tensor& c_raw, const at::Tensor& h_pre, bool reverse,
+    const GradOptions<double>& opt, std::optional<double> cell_clip, bool has_bias,
+    bool need_input_grad, bool need_weight_grad, bool track_grad_norms) {
+  const CudaScope scope(x);
+  std::vector<at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
+                                  "fusedrnn.lstm_backward_cuda", [&] {
+    lstm_backward_impl<scalar_t>(s, dy, dh_n, dc_n, x.contiguous(), w_ih, w_hh, w_hr, h0, c0,
+                                 y.contiguous(), act.contiguous(), c_raw.contiguous(),
+                                 h_pre.contiguous(), reverse, opt, cell_clip, has_bias,
+                                 need_input_grad, need_weight_grad, track_grad_norms, out);
+  });
+  return out;
+}
+
+}  // namespace cuda
+}  // namespace fusedrnn
