@@ -1,5 +1,6 @@
 # The user's first hour: `make setup`, then `make test`, `make demo`, `make bench`.
 # `make adding`: the adding problem (T=200), vanilla RNN vs LSTM/GRU, gradient-flow plots.
+# `make cuda-emu`: the CUDA kernels' logic emulated on the CPU under the CPU test suites (not a GPU check).
 # `make setup` is idempotent: a second run only checks, it installs and builds nothing.
 
 PYTHON ?= python3
@@ -11,7 +12,7 @@ TORCH := torch==2.13.0
 # Files whose change means fusedrnn._C must be rebuilt.
 BUILD_INPUTS := setup.py csrc
 
-.PHONY: setup deps torch build test demo adding bench
+.PHONY: setup deps torch build test demo adding bench cuda-emu
 
 setup: build
 
@@ -56,3 +57,7 @@ adding: setup
 
 bench: setup
 	$(PYTHON) benchmarks/bench.py
+
+# Opt-in developer tool, not part of `make test`: see tools/cuda_emu/README.md (about 8 minutes on 2 cores).
+cuda-emu: setup
+	$(PYTHON) tools/cuda_emu/run.py
