@@ -214,6 +214,22 @@ cudaError_t launch_rows(void (*kernel)(P), int64_t rows, int64_t cols, bool whol
   return cudaGetLastError();
 }
 
+// Calls f(ClipModeTag<CM>()) with the clip mode as a compile-time constant: the backward
+// kernels are templated on it, like the CPU kernels, so a disabled clip costs nothing.
+template <ClipMode CM>
+struct ClipModeTag {
+  static constexpr ClipMode value = CM;
+};
+
+template <class F>
+cudaError_t with_clip_mode(ClipMode mode, F&& f) {
+  switch (mode) {
+    case ClipMode::Value: return f(ClipModeTag<ClipMode::Value>());
+    case ClipMode::Norm: return f(ClipModeTag<ClipMode::Norm>());
+    default: return f(ClipModeTag<ClipMode::None>());
+  }
+}
+
 }  // namespace cuda
 }  // namespace fusedrnn
 

@@ -149,11 +149,9 @@ cudaError_t gru_fwd_step(const GruFwdArgs<T>& p, cudaStream_t stream) {
 
 template <typename T>
 cudaError_t gru_bwd_step(const GruBwdArgs<T>& p, cudaStream_t stream) {
-  switch (p.clip.mode) {
-    case ClipMode::Value: return launch_gru_bwd<T, ClipMode::Value>(p, stream);
-    case ClipMode::Norm: return launch_gru_bwd<T, ClipMode::Norm>(p, stream);
-    default: return launch_gru_bwd<T, ClipMode::None>(p, stream);
-  }
+  return with_clip_mode(p.clip.mode, [&](auto cm) {
+    return launch_gru_bwd<T, decltype(cm)::value>(p, stream);
+  });
 }
 
 #define FUSEDRNN_INSTANTIATE_GRU(T)                                          \

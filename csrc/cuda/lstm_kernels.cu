@@ -268,20 +268,16 @@ cudaError_t copy_state_rows(const CopyRowsArgs<T>& p, cudaStream_t stream) {
 
 template <typename T>
 cudaError_t lstm_bwd_step(const LstmBwdArgs<T>& p, cudaStream_t stream) {
-  switch (p.clip.mode) {
-    case ClipMode::Value: return launch_lstm_bwd<T, ClipMode::Value>(p, stream);
-    case ClipMode::Norm: return launch_lstm_bwd<T, ClipMode::Norm>(p, stream);
-    default: return launch_lstm_bwd<T, ClipMode::None>(p, stream);
-  }
+  return with_clip_mode(p.clip.mode, [&](auto cm) {
+    return launch_lstm_bwd<T, decltype(cm)::value>(p, stream);
+  });
 }
 
 template <typename T>
 cudaError_t proj_bwd_step(const ProjBwdArgs<T>& p, cudaStream_t stream) {
-  switch (p.clip.mode) {
-    case ClipMode::Value: return launch_proj_bwd<T, ClipMode::Value>(p, stream);
-    case ClipMode::Norm: return launch_proj_bwd<T, ClipMode::Norm>(p, stream);
-    default: return launch_proj_bwd<T, ClipMode::None>(p, stream);
-  }
+  return with_clip_mode(p.clip.mode, [&](auto cm) {
+    return launch_proj_bwd<T, decltype(cm)::value>(p, stream);
+  });
 }
 
 #define FUSEDRNN_INSTANTIATE_LSTM(T)                                                   \
