@@ -122,10 +122,10 @@ def _batch_and_rows(input: Tensor, h0: Optional[Tensor], batch_sizes: Optional[T
 
 
 def _packed_states(input: Tensor, batch_sizes: Optional[Tensor], states, widths):
-    """With batch_sizes, initial states default to zeros here (the ops need them to know B)."""
+    """With batch_sizes (checked by the caller), initial states default to zeros here (the
+    ops need them to know B)."""
     if batch_sizes is None:
         return states
-    _check_batch_sizes(batch_sizes)
     B = int(batch_sizes[0])
     return tuple(input.new_zeros(B, w) if s is None else s for s, w in zip(states, widths))
 

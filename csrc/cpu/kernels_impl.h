@@ -114,13 +114,17 @@ template <typename T>
 struct RowClip {
   T lo, hi;   // value mode
   T scale;    // norm mode
+  T sumsq;    // norm mode: the row's sum of squares (reused by the gradient record)
 };
 
 // The clip of the row a + b (b may be nullptr).
 template <class V, typename T>
 inline RowClip<T> make_row_clip(ClipMode mode, T clip, const T* a, const T* b, int64_t n) {
-  RowClip<T> rc{-clip, clip, T(1)};
-  if (mode == ClipMode::Norm) rc.scale = norm_scale<T>(sum_squares<V>(a, b, n), clip);
+  RowClip<T> rc{-clip, clip, T(1), T(0)};
+  if (mode == ClipMode::Norm) {
+    rc.sumsq = sum_squares<V>(a, b, n);
+    rc.scale = norm_scale<T>(rc.sumsq, clip);
+  }
   return rc;
 }
 
@@ -157,10 +161,10 @@ inline void zero_row(T* x, int64_t n) {
 }
 
 // Note [Recording recurrent gradient norms] (rnn_params.h): the record of one row whose
-// recurrent gradient is a + b (b may be nullptr), before the clip. The norm-mode decision
-// uses the same sum as make_row_clip, so it matches the clip exactly.
+// recurrent gradient is a + b (b may be nullptr), before the clip `rc` of that row. In norm
+// mode the clip has already summed the squares: the record takes its sum and its decision.
 template <class V, ClipMode CM, typename T>
-inline void record_row(T* rec, T clip, const T* a, const T* b, int64_t n) {
+inline void record_row(T* rec, T clip, const T* a, const T* b, int64_t n, const RowClip<T>& rc) {
   T share = T(0);
   T sumsq;
   if constexpr (CM == ClipMode::Value) {
@@ -182,9 +186,11 @@ inline void record_row(T* rec, T clip, const T* a, const T* b, int64_t n) {
       if (!(__builtin_fabs(static_cast<double>(v)) <= static_cast<double>(clip))) count += T(1);
     }
     share = n > 0 ? count / static_cast<T>(n) : T(0);
+  } else if constexpr (CM == ClipMode::Norm) {
+    sumsq = rc.sumsq;
+    share = rc.scale < T(1) ? T(1) : T(0);
   } else {
     sumsq = sum_squares<V>(a, b, n);
-    if constexpr (CM == ClipMode::Norm) share = norm_scale<T>(sumsq, clip) < T(1) ? T(1) : T(0);
   }
   rec[0] = sumsq;
   rec[1] = share;
@@ -293,14 +299,14 @@ inline void lstm_bwd_row(const LstmBwdStep<typename V::value_type>& p, int64_t b
   T* dg = p.dgates + b * 4 * H;
   const T cc = p.cell_clip;
 
-  RowClip<T> clip_h{T(0), T(0), T(1)}, clip_c{T(0), T(0), T(1)};
+  RowClip<T> clip_h{T(0), T(0), T(1), T(0)}, clip_c{T(0), T(0), T(1), T(0)};
   if constexpr (KIND == kRecurrent && CM != ClipMode::None) {
     if (!dh_direct) clip_h = make_row_clip<V, T>(CM, p.opt.clip, dh_gemm, dh_carry, R);
     clip_c = make_row_clip<V, T>(CM, p.opt.clip, dc_rec, nullptr, H);
   }
   if (p.record) {  // set only without projection (proj_bwd records the projected state)
     if constexpr (KIND == kRecurrent) {
-      record_row<V, CM, T>(p.record + b * 3, p.opt.clip, dh_gemm, dh_carry, R);
+      record_row<V, CM, T>(p.record + b * 3, p.opt.clip, dh_gemm, dh_carry, R, clip_h);
     } else {
       record_none(p.record + b * 3);
     }
@@ -377,13 +383,13 @@ inline void proj_bwd_row(const ProjBwdStep<typename V::value_type>& p, int64_t b
   const T* dh_gemm = p.dh_gemm + b * R;
   T* dh_carry = p.dh_carry + b * R;
   T* dr = p.dr + b * R;
-  RowClip<T> rc{T(0), T(0), T(1)};
+  RowClip<T> rc{T(0), T(0), T(1), T(0)};
   if constexpr (KIND == kRecurrent && CM != ClipMode::None) {
     rc = make_row_clip<V, T>(CM, p.opt.clip, dh_gemm, dh_carry, R);
   }
   if (p.record) {
     if constexpr (KIND == kRecurrent) {
-      record_row<V, CM, T>(p.record + b * 3, p.opt.clip, dh_gemm, dh_carry, R);
+      record_row<V, CM, T>(p.record + b * 3, p.opt.clip, dh_gemm, dh_carry, R, rc);
     } else {
       record_none(p.record + b * 3);
     }
@@ -465,13 +471,13 @@ inline void gru_bwd_row(const GruBwdStep<typename V::value_type>& p, int64_t b, 
   T* dh_carry = p.dh_carry + b * H;
   T* dxg = p.dxg + b * 3 * H;
   T* dhg = p.dhg + b * 3 * H;
-  RowClip<T> rc{T(0), T(0), T(1)};
+  RowClip<T> rc{T(0), T(0), T(1), T(0)};
   if constexpr (KIND == kRecurrent && CM != ClipMode::None) {
     rc = make_row_clip<V, T>(CM, p.opt.clip, dh_gemm, dh_carry, H);
   }
   if (p.record) {  // before the column loop, which overwrites dh_carry
     if constexpr (KIND == kRecurrent) {
-      record_row<V, CM, T>(p.record + b * 3, p.opt.clip, dh_gemm, dh_carry, H);
+      record_row<V, CM, T>(p.record + b * 3, p.opt.clip, dh_gemm, dh_carry, H, rc);
     } else {
       record_none(p.record + b * 3);
     }
