@@ -343,6 +343,17 @@ def main(argv=None) -> int:
     return 1 if errors else 0
 
 
+# The configuration columns of both report tables (summary rows and timing rows).
+CONFIG_COLUMNS = [
+    ("cell", "---", lambda r: r["cell"]),
+    ("T", "--:", lambda r: str(r["T"])),
+    ("B", "--:", lambda r: str(r["B"])),
+    ("I", "--:", lambda r: str(r["I"])),
+    ("H", "--:", lambda r: str(r["H"])),
+    ("dtype", "---", lambda r: r["dtype"]),
+]
+
+
 def report(rows, summary, info, ceil, args) -> str:
     lines = [
         "# fusedrnn GPU benchmark",
@@ -364,12 +375,7 @@ def report(rows, summary, info, ceil, args) -> str:
                      f"copy {c['copy_gbs']:.0f} GB/s")
     lines += ["", "## Summary", ""]
     columns = [
-        ("cell", "---", lambda s: s["cell"]),
-        ("T", "--:", lambda s: str(s["T"])),
-        ("B", "--:", lambda s: str(s["B"])),
-        ("I", "--:", lambda s: str(s["I"])),
-        ("H", "--:", lambda s: str(s["H"])),
-        ("dtype", "---", lambda s: s["dtype"]),
+        *CONFIG_COLUMNS,
         ("torch.nn on cuDNN", "---",
          lambda s: "yes" if s.get("torchnn_cudnn_acceptable") else "no (native)"),
     ]
@@ -399,12 +405,7 @@ def report(rows, summary, info, ceil, args) -> str:
                              f"{'met' if ok else 'NOT met'}")
     lines += ["", "## All times", ""]
     cols = [
-        ("cell", "---", lambda r: r["cell"]),
-        ("T", "--:", lambda r: str(r["T"])),
-        ("B", "--:", lambda r: str(r["B"])),
-        ("I", "--:", lambda r: str(r["I"])),
-        ("H", "--:", lambda r: str(r["H"])),
-        ("dtype", "---", lambda r: r["dtype"]),
+        *CONFIG_COLUMNS,
         ("mode", "---", lambda r: r["mode"]),
         ("impl", "---", lambda r: r["impl"]),
         ("median ms", "--:", lambda r: f"{r['median_ms']:.3f}"),
