@@ -41,7 +41,14 @@ def want_cuda(cuda_sources):
 cpp_sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
 cuda_sources = rel("csrc/cuda/*.cu") + rel("csrc/cuda_glue/*.cpp")
 # -O3 and no -march=native: the CPU kernels pick AVX-512 / AVX2 / portable code at run time.
+# -fopenmp: ATen's parallel_for in our code and the engine's thread team (csrc/cpu/team.h)
+# run on torch's own OpenMP pool; without it ATen's headers compile parallel_for serially.
+# The libgomp.so.1 we link against resolves at load time to the copy torch has loaded.
 cxx_flags = ["-O3"]
+link_flags = []
+if sys.platform.startswith("linux"):
+    cxx_flags.append("-fopenmp")
+    link_flags.append("-fopenmp")
 
 if want_cuda(cuda_sources):
     ext = CUDAExtension(
@@ -49,9 +56,11 @@ if want_cuda(cuda_sources):
         cpp_sources + cuda_sources,
         define_macros=[("FUSEDRNN_WITH_CUDA", "1")],
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+        extra_link_args=link_flags,
     )
 else:
-    ext = CppExtension("fusedrnn._C", cpp_sources, extra_compile_args={"cxx": cxx_flags})
+    ext = CppExtension("fusedrnn._C", cpp_sources, extra_compile_args={"cxx": cxx_flags},
+                       extra_link_args=link_flags)
 
 setup(
     name="fusedrnn",

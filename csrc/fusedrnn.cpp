@@ -41,6 +41,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_set_step_gemm", &fusedrnn::cpu::set_step_gemm, py::arg("name"),
         "Use 'onednn' (where torch has it) or 'blas' for the float32 CPU step GEMMs; returns "
         "the one in use. Not for use while ops run in other threads.");
+  m.def("_cpu_engine", &fusedrnn::cpu::cpu_engine,
+        "The CPU time loop in use: 'auto' (by shape), 'engine' (the persistent engine where "
+        "it applies) or 'steps' (one GEMM per step)");
+  m.def("_set_cpu_engine", &fusedrnn::cpu::set_cpu_engine, py::arg("name"),
+        "Use 'auto', 'engine' or 'steps' for the CPU time loops; returns the one in use. Not "
+        "for use while ops run in other threads.");
 #ifdef FUSEDRNN_WITH_CUDA
   m.attr("cuda_built") = true;
 #else

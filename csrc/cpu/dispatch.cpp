@@ -1,5 +1,6 @@
 #include "dispatch.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <mutex>
 
@@ -102,6 +103,41 @@ std::string set_capability(const std::string& name) {
   std::lock_guard<std::mutex> guard(s.mutex);
   s.install(c);
   return name_of(s.in_use);
+}
+
+namespace {
+
+EngineMode parse_engine(const std::string& name) {
+  if (name == "engine") return EngineMode::Engine;
+  if (name == "steps") return EngineMode::Steps;
+  TORCH_CHECK_VALUE(name == "auto", "fusedrnn: unknown CPU engine mode '", name,
+                    "', expected one of 'auto', 'engine', 'steps'");
+  return EngineMode::Auto;
+}
+
+std::atomic<int>& engine_flag() {
+  static std::atomic<int> flag([] {
+    const char* env = std::getenv("FUSEDRNN_CPU_ENGINE");
+    return static_cast<int>(env && *env ? parse_engine(env) : EngineMode::Auto);
+  }());
+  return flag;
+}
+
+}  // namespace
+
+EngineMode engine_mode() { return static_cast<EngineMode>(engine_flag().load()); }
+
+std::string cpu_engine() {
+  switch (engine_mode()) {
+    case EngineMode::Engine: return "engine";
+    case EngineMode::Steps: return "steps";
+    default: return "auto";
+  }
+}
+
+std::string set_cpu_engine(const std::string& name) {
+  engine_flag() = static_cast<int>(parse_engine(name));
+  return cpu_engine();
 }
 
 }  // namespace cpu

@@ -26,5 +26,14 @@ std::string capability();
 // Use `name` if this CPU supports it ("default" always works). Returns the one in use.
 std::string set_capability(const std::string& name);
 
+// Which CPU time loop runs a layer (Note [CPU time-loop engine]): Auto picks by shape, Engine
+// forces the persistent engine wherever it supports the call, Steps forces the per-step GEMM
+// loop. FUSEDRNN_CPU_ENGINE=auto|engine|steps in the environment sets the start value.
+enum class EngineMode : int { Auto = 0, Engine = 1, Steps = 2 };
+EngineMode engine_mode();
+std::string cpu_engine();
+// Use "auto", "engine" or "steps"; returns the one in use. Not for use while ops run.
+std::string set_cpu_engine(const std::string& name);
+
 }  // namespace cpu
 }  // namespace fusedrnn
