@@ -47,6 +47,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_set_cpu_engine", &fusedrnn::cpu::set_cpu_engine, py::arg("name"),
         "Use 'auto', 'engine' or 'steps' for the CPU time loops; returns the one in use. Not "
         "for use while ops run in other threads.");
+  m.def("_engine_runs", &fusedrnn::cpu::engine_runs,
+        "Layer calls run by the CPU engine so far: [lstm_forward, lstm_backward, "
+        "gru_forward, gru_backward]");
 #ifdef FUSEDRNN_WITH_CUDA
   m.attr("cuda_built") = true;
 #else

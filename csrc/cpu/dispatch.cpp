@@ -135,6 +135,20 @@ std::string cpu_engine() {
   }
 }
 
+namespace {
+std::atomic<int64_t> engine_run_counts[4];
+}  // namespace
+
+void count_engine_run(EngineRun kind) {
+  engine_run_counts[static_cast<int>(kind)].fetch_add(1, std::memory_order_relaxed);
+}
+
+std::vector<int64_t> engine_runs() {
+  std::vector<int64_t> out;
+  for (const auto& c : engine_run_counts) out.push_back(c.load(std::memory_order_relaxed));
+  return out;
+}
+
 std::string set_cpu_engine(const std::string& name) {
   engine_flag() = static_cast<int>(parse_engine(name));
   return cpu_engine();

@@ -2,7 +2,9 @@
 // kernels_impl.h.
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "../rnn_params.h"
 
@@ -34,6 +36,14 @@ EngineMode engine_mode();
 std::string cpu_engine();
 // Use "auto", "engine" or "steps"; returns the one in use. Not for use while ops run.
 std::string set_cpu_engine(const std::string& name);
+
+// How many layer calls each engine loop has run in this process (for tests that must know
+// the engine, not the per-step loop, produced a result): engine code calls
+// count_engine_run(kind) once per layer call it handles.
+enum class EngineRun : int { LstmForward = 0, LstmBackward = 1, GruForward = 2, GruBackward = 3 };
+void count_engine_run(EngineRun kind);
+// {lstm_forward, lstm_backward, gru_forward, gru_backward}
+std::vector<int64_t> engine_runs();
 
 }  // namespace cpu
 }  // namespace fusedrnn
