@@ -9,6 +9,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -209,7 +210,7 @@ inline void check_positive_finite(const char* op, const char* name, const std::o
 // The backward options of DESIGN.md §3 as a kernel struct.
 template <typename T>
 inline GradOptions<T> grad_options(const char* op, const std::optional<double>& grad_clip,
-                                   const std::string& grad_clip_mode,
+                                   std::string_view grad_clip_mode,
                                    const std::optional<int64_t>& truncate) {
   check_positive_finite(op, "grad_clip", grad_clip);
   TORCH_CHECK_VALUE(grad_clip_mode == "value" || grad_clip_mode == "norm", op,

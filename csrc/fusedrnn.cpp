@@ -1,36 +1,14 @@
-// fusedrnn._C: the pybind11 module. Bindings only; see rnn_ops.h for the entry points.
+// fusedrnn._C: the pybind11 module, for the CPU kernels' run-time settings only. The ops
+// themselves are registered with the dispatcher (torch.ops.fusedrnn; csrc/ops.cpp) when this
+// library is loaded.
 #include <torch/extension.h>
 
 #include "cpu/cpu_common.h"
 #include "cpu/dispatch.h"
-#include "rnn_ops.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fusedrnn: fused LSTM/GRU kernels (forward and BPTT backward)";
   namespace py = pybind11;
-  m.def("lstm_forward", &fusedrnn::lstm_forward, "LSTM layer forward", py::arg("input"),
-        py::arg("weight_ih"), py::arg("weight_hh"), py::arg("bias_ih"), py::arg("bias_hh"),
-        py::arg("h0"), py::arg("c0"), py::arg("weight_hr"), py::arg("lengths"),
-        py::arg("batch_sizes"), py::arg("reverse"), py::arg("cell_clip"), py::arg("save"));
-  m.def("lstm_backward", &fusedrnn::lstm_backward, "LSTM layer backward (BPTT)",
-        py::arg("grad_output"), py::arg("grad_h_n"), py::arg("grad_c_n"), py::arg("input"),
-        py::arg("weight_ih"), py::arg("weight_hh"), py::arg("weight_hr"), py::arg("h0"),
-        py::arg("c0"), py::arg("lengths"), py::arg("batch_sizes"), py::arg("output"),
-        py::arg("act"), py::arg("c_raw"),
-        py::arg("h_pre"), py::arg("reverse"), py::arg("grad_clip"), py::arg("grad_clip_mode"),
-        py::arg("truncate"), py::arg("cell_clip"), py::arg("has_bias"),
-        py::arg("need_input_grad"), py::arg("need_weight_grad"), py::arg("track_grad_norms"));
-  m.def("gru_forward", &fusedrnn::gru_forward, "GRU layer forward", py::arg("input"),
-        py::arg("weight_ih"), py::arg("weight_hh"), py::arg("bias_ih"), py::arg("bias_hh"),
-        py::arg("h0"), py::arg("lengths"), py::arg("batch_sizes"), py::arg("reverse"),
-        py::arg("save"));
-  m.def("gru_backward", &fusedrnn::gru_backward, "GRU layer backward (BPTT)",
-        py::arg("grad_output"), py::arg("grad_h_n"), py::arg("input"), py::arg("weight_ih"),
-        py::arg("weight_hh"), py::arg("h0"), py::arg("lengths"), py::arg("batch_sizes"),
-        py::arg("output"),
-        py::arg("saved"), py::arg("reverse"), py::arg("grad_clip"), py::arg("grad_clip_mode"),
-        py::arg("truncate"), py::arg("has_bias"), py::arg("need_input_grad"),
-        py::arg("need_weight_grad"), py::arg("track_grad_norms"));
   m.def("_cpu_capability", &fusedrnn::cpu::capability,
         "The SIMD capability of the CPU kernels in use: 'avx512', 'avx2' or 'default'");
   m.def("_set_cpu_capability", &fusedrnn::cpu::set_capability, py::arg("name"),

@@ -1,8 +1,11 @@
-// Entry points of fusedrnn._C: check the arguments once, then dispatch on the device.
-#include "rnn_ops.h"
+// The device kernels of the torch.ops.fusedrnn ops (schemas in csrc/ops.cpp): check the
+// arguments once, then call the backend's layer functions (csrc/layer_ops.inc). The same
+// checked kernel serves every backend; the dispatcher picks CPU or CUDA from the tensors.
+#include <torch/library.h>
 
 #include "checks.h"
 #include "cpu/cpu_ops.h"
+#include "rnn_ops.h"
 #ifdef FUSEDRNN_WITH_CUDA
 #include "cuda_glue/cuda_ops.h"
 #endif
@@ -14,24 +17,24 @@ namespace {
 constexpr const char* kLstm = "fusedrnn.lstm_layer";
 constexpr const char* kGru = "fusedrnn.gru_layer";
 
-// The implementations of this build; the arguments' devices agree (checked before).
-enum class Backend { Cpu, Cuda };
+// A backend: its four layer functions (csrc/layer_ops.inc).
+struct CpuBackend {
+  static constexpr auto lstm_forward = &cpu::lstm_forward;
+  static constexpr auto lstm_backward = &cpu::lstm_backward;
+  static constexpr auto gru_forward = &cpu::gru_forward;
+  static constexpr auto gru_backward = &cpu::gru_backward;
+};
 
-Backend backend(const char* op, const at::Tensor& input) {
-  if (input.device().is_cpu()) return Backend::Cpu;
 #ifdef FUSEDRNN_WITH_CUDA
-  if (input.is_cuda()) return Backend::Cuda;
-  TORCH_CHECK_NOT_IMPLEMENTED(false, op, ": no kernel for device ", input.device(),
-                              " in this build of fusedrnn (CPU and CUDA)");
-#else
-  TORCH_CHECK_NOT_IMPLEMENTED(false, op, ": no kernel for device ", input.device(),
-                              " in this build of fusedrnn (CPU only)");
+struct CudaBackend {
+  static constexpr auto lstm_forward = &cuda::lstm_forward;
+  static constexpr auto lstm_backward = &cuda::lstm_backward;
+  static constexpr auto gru_forward = &cuda::gru_forward;
+  static constexpr auto gru_backward = &cuda::gru_backward;
+};
 #endif
-  return Backend::Cpu;  // not reached
-}
 
-}  // namespace
-
+template <class Backend>
 std::vector<at::Tensor> lstm_forward(const at::Tensor& input, const at::Tensor& weight_ih,
                                      const at::Tensor& weight_hh, const OptTensor& bias_ih,
                                      const OptTensor& bias_hh, const OptTensor& h0,
@@ -41,24 +44,48 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& input, const at::Tensor& 
   const LayerSizes s = check_layer_inputs(kLstm, 4, input, weight_ih, weight_hh, bias_ih, bias_hh,
                                           h0, c0, weight_hr, lengths, batch_sizes);
   check_positive_finite(kLstm, "cell_clip", cell_clip);
-  [[maybe_unused]] const Backend where = backend(kLstm, input);
-#ifdef FUSEDRNN_WITH_CUDA
-  if (where == Backend::Cuda) {
-    return cuda::lstm_forward(s, input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0,
-                              weight_hr, reverse, cell_clip, save);
-  }
-#endif
-  return cpu::lstm_forward(s, input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr,
-                           reverse, cell_clip, save);
+  return Backend::lstm_forward(s, input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0,
+                               weight_hr, reverse, cell_clip, save);
 }
 
-std::vector<at::Tensor> lstm_backward(
+// lstm_layer without autograd (inference, or below the Autograd kernel when nothing needs a
+// gradient): nothing is saved. The grad options are checked as the backward would check them.
+template <class Backend>
+Tensor3 lstm_layer(const at::Tensor& input, const at::Tensor& weight_ih,
+                   const at::Tensor& weight_hh, const OptTensor& bias_ih, const OptTensor& bias_hh,
+                   const OptTensor& h0, const OptTensor& c0, const OptTensor& weight_hr,
+                   const OptTensor& lengths, const OptTensor& batch_sizes, bool reverse,
+                   std::optional<double> grad_clip, c10::string_view grad_clip_mode,
+                   std::optional<int64_t> truncate, std::optional<double> cell_clip,
+                   const OptTensor& /*grad_record: never read*/) {
+  grad_options<double>(kLstm, grad_clip, grad_clip_mode, truncate);
+  std::vector<at::Tensor> out =
+      lstm_forward<Backend>(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr,
+                            lengths, batch_sizes, reverse, cell_clip, /*save=*/false);
+  return {out[0], out[1], out[2]};
+}
+
+template <class Backend>
+Tensor6 lstm_layer_forward(const at::Tensor& input, const at::Tensor& weight_ih,
+                           const at::Tensor& weight_hh, const OptTensor& bias_ih,
+                           const OptTensor& bias_hh, const OptTensor& h0, const OptTensor& c0,
+                           const OptTensor& weight_hr, const OptTensor& lengths,
+                           const OptTensor& batch_sizes, bool reverse,
+                           std::optional<double> cell_clip) {
+  std::vector<at::Tensor> out =
+      lstm_forward<Backend>(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr,
+                            lengths, batch_sizes, reverse, cell_clip, /*save=*/true);
+  return {out[0], out[1], out[2], out[3], out[4], out[5]};
+}
+
+template <class Backend>
+Tensor8 lstm_layer_backward(
     const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
     const at::Tensor& input, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
     const OptTensor& weight_hr, const OptTensor& h0, const OptTensor& c0,
     const OptTensor& lengths, const OptTensor& batch_sizes, const at::Tensor& output,
     const at::Tensor& act, const at::Tensor& c_raw, const at::Tensor& h_pre, bool reverse,
-    std::optional<double> grad_clip, const std::string& grad_clip_mode,
+    std::optional<double> grad_clip, c10::string_view grad_clip_mode,
     std::optional<int64_t> truncate, std::optional<double> cell_clip, bool has_bias,
     bool need_input_grad, bool need_weight_grad, bool track_grad_norms) {
   const LayerSizes s = check_layer_inputs(kLstm, 4, input, weight_ih, weight_hh, std::nullopt,
@@ -74,24 +101,16 @@ std::vector<at::Tensor> lstm_backward(
   check_grad(kLstm, "grad_c_n", grad_c_n, {s.B, s.H}, "(B, H)", input);
   check_grad(kLstm, "output (saved)", output, step_shape(s, s.R), r_letters, input);
   check_grad(kLstm, "act (saved)", act, step_shape(s, 4 * s.H), g_letters, input);
-  check_grad(kLstm, "c_raw (saved; was the forward run with save=True?)", c_raw,
-             step_shape(s, s.H), h_letters, input);
+  check_grad(kLstm, "c_raw (saved)", c_raw, step_shape(s, s.H), h_letters, input);
   if (weight_hr) check_grad(kLstm, "h_pre (saved)", h_pre, step_shape(s, s.H), h_letters, input);
-  [[maybe_unused]] const Backend where = backend(kLstm, input);
-#ifdef FUSEDRNN_WITH_CUDA
-  if (where == Backend::Cuda) {
-    return cuda::lstm_backward(s, grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh,
-                               weight_hr, h0, c0, output, act, c_raw, h_pre, reverse, opt,
-                               cell_clip, has_bias, need_input_grad, need_weight_grad,
-                               track_grad_norms);
-  }
-#endif
-  return cpu::lstm_backward(s, grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh,
-                            weight_hr, h0, c0, output, act, c_raw, h_pre, reverse, opt,
-                            cell_clip, has_bias, need_input_grad, need_weight_grad,
-                            track_grad_norms);
+  std::vector<at::Tensor> g = Backend::lstm_backward(
+      s, grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh, weight_hr, h0, c0, output,
+      act, c_raw, h_pre, reverse, opt, cell_clip, has_bias, need_input_grad, need_weight_grad,
+      track_grad_norms);
+  return {g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]};
 }
 
+template <class Backend>
 std::vector<at::Tensor> gru_forward(const at::Tensor& input, const at::Tensor& weight_ih,
                                     const at::Tensor& weight_hh, const OptTensor& bias_ih,
                                     const OptTensor& bias_hh, const OptTensor& h0,
@@ -99,24 +118,43 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& input, const at::Tensor& w
                                     bool reverse, bool save) {
   const LayerSizes s = check_layer_inputs(kGru, 3, input, weight_ih, weight_hh, bias_ih, bias_hh,
                                           h0, std::nullopt, std::nullopt, lengths, batch_sizes);
-  [[maybe_unused]] const Backend where = backend(kGru, input);
-#ifdef FUSEDRNN_WITH_CUDA
-  if (where == Backend::Cuda) {
-    return cuda::gru_forward(s, input, weight_ih, weight_hh, bias_ih, bias_hh, h0, reverse,
-                             save);
-  }
-#endif
-  return cpu::gru_forward(s, input, weight_ih, weight_hh, bias_ih, bias_hh, h0, reverse, save);
+  return Backend::gru_forward(s, input, weight_ih, weight_hh, bias_ih, bias_hh, h0, reverse,
+                              save);
 }
 
-std::vector<at::Tensor> gru_backward(
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor> gru_layer(
+    const at::Tensor& input, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+    const OptTensor& bias_ih, const OptTensor& bias_hh, const OptTensor& h0,
+    const OptTensor& lengths, const OptTensor& batch_sizes, bool reverse,
+    std::optional<double> grad_clip, c10::string_view grad_clip_mode,
+    std::optional<int64_t> truncate, const OptTensor& /*grad_record: never read*/) {
+  grad_options<double>(kGru, grad_clip, grad_clip_mode, truncate);
+  std::vector<at::Tensor> out = gru_forward<Backend>(input, weight_ih, weight_hh, bias_ih,
+                                                     bias_hh, h0, lengths, batch_sizes, reverse,
+                                                     /*save=*/false);
+  return {out[0], out[1]};
+}
+
+template <class Backend>
+Tensor3 gru_layer_forward(const at::Tensor& input, const at::Tensor& weight_ih,
+                          const at::Tensor& weight_hh, const OptTensor& bias_ih,
+                          const OptTensor& bias_hh, const OptTensor& h0,
+                          const OptTensor& lengths, const OptTensor& batch_sizes, bool reverse) {
+  std::vector<at::Tensor> out = gru_forward<Backend>(input, weight_ih, weight_hh, bias_ih,
+                                                     bias_hh, h0, lengths, batch_sizes, reverse,
+                                                     /*save=*/true);
+  return {out[0], out[1], out[2]};
+}
+
+template <class Backend>
+Tensor7 gru_layer_backward(
     const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
     const at::Tensor& weight_ih, const at::Tensor& weight_hh, const OptTensor& h0,
     const OptTensor& lengths, const OptTensor& batch_sizes, const at::Tensor& output,
-    const at::Tensor& saved, bool reverse,
-    std::optional<double> grad_clip, const std::string& grad_clip_mode,
-    std::optional<int64_t> truncate, bool has_bias, bool need_input_grad,
-    bool need_weight_grad, bool track_grad_norms) {
+    const at::Tensor& saved, bool reverse, std::optional<double> grad_clip,
+    c10::string_view grad_clip_mode, std::optional<int64_t> truncate, bool has_bias,
+    bool need_input_grad, bool need_weight_grad, bool track_grad_norms) {
   const LayerSizes s = check_layer_inputs(kGru, 3, input, weight_ih, weight_hh, std::nullopt,
                                           std::nullopt, h0, std::nullopt, std::nullopt, lengths,
                                           batch_sizes);
@@ -125,19 +163,30 @@ std::vector<at::Tensor> gru_backward(
   check_grad(kGru, "grad_output", grad_output, step_shape(s, s.H), h_letters, input);
   check_grad(kGru, "grad_h_n", grad_h_n, {s.B, s.H}, "(B, H)", input);
   check_grad(kGru, "output (saved)", output, step_shape(s, s.H), h_letters, input);
-  check_grad(kGru, "saved (was the forward run with save=True?)", saved, step_shape(s, 4 * s.H),
+  check_grad(kGru, "saved (saved)", saved, step_shape(s, 4 * s.H),
              s.packed ? "(N, 4H)" : "(T, B, 4H)", input);
-  [[maybe_unused]] const Backend where = backend(kGru, input);
-#ifdef FUSEDRNN_WITH_CUDA
-  if (where == Backend::Cuda) {
-    return cuda::gru_backward(s, grad_output, grad_h_n, input, weight_ih, weight_hh, h0,
-                              output, saved, reverse, opt, has_bias, need_input_grad,
-                              need_weight_grad, track_grad_norms);
-  }
-#endif
-  return cpu::gru_backward(s, grad_output, grad_h_n, input, weight_ih, weight_hh, h0,
-                           output, saved, reverse, opt, has_bias, need_input_grad,
-                           need_weight_grad, track_grad_norms);
+  std::vector<at::Tensor> g = Backend::gru_backward(
+      s, grad_output, grad_h_n, input, weight_ih, weight_hh, h0, output, saved, reverse, opt,
+      has_bias, need_input_grad, need_weight_grad, track_grad_norms);
+  return {g[0], g[1], g[2], g[3], g[4], g[5], g[6]};
 }
+
+template <class Backend>
+void register_kernels(torch::Library& m) {
+  m.impl("lstm_layer", &lstm_layer<Backend>);
+  m.impl("lstm_layer_forward", &lstm_layer_forward<Backend>);
+  m.impl("lstm_layer_backward", &lstm_layer_backward<Backend>);
+  m.impl("gru_layer", &gru_layer<Backend>);
+  m.impl("gru_layer_forward", &gru_layer_forward<Backend>);
+  m.impl("gru_layer_backward", &gru_layer_backward<Backend>);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) { register_kernels<CpuBackend>(m); }
+
+#ifdef FUSEDRNN_WITH_CUDA
+TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) { register_kernels<CudaBackend>(m); }
+#endif
 
 }  // namespace fusedrnn

@@ -1,10 +1,12 @@
 """Single-layer, single-direction autograd ops over the compiled kernels.
 
 ``lstm_layer`` and ``gru_layer`` are the public entry points (the modules are thin
-compositions of them). Each is a ``torch.library`` custom op (``torch.ops.fusedrnn.*``)
-with a fake (meta) kernel and a registered autograd formula whose backward is itself a
-custom op, so ``torch.library.opcheck`` passes and ``torch.compile(fullgraph=True)``
-traces them without a graph break.
+compositions of them). They call ``torch.ops.fusedrnn.lstm_layer`` / ``gru_layer``, ops
+registered in C++ (schemas in csrc/ops.cpp) with CPU and CUDA kernels and their autograd
+formula in C++ (csrc/autograd.cpp, Note [Autograd of the layer ops]): a forward or backward
+call runs no Python beyond the small wrappers below. This module holds the ops' fake (meta)
+kernels, so ``torch.library.opcheck`` passes and ``torch.compile(fullgraph=True)`` traces
+them, forward and backward, without a graph break.
 
 Shapes use T steps, B batch, I input, H hidden, P projection, R = P with projection else H.
 The full contract (lengths, reverse, clipping and truncation semantics) is in
@@ -92,24 +94,6 @@ def _normalized_options(grad_clip, grad_clip_mode, truncate, cell_clip=None):
     )
 
 
-def _needs_grad(*tensors: Optional[Tensor]) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def _or_zeros(grad: Optional[Tensor], like: Tensor) -> Tensor:
-    return torch.zeros_like(like) if grad is None else grad
-
-
-def _like(t: Tensor):
-    """What it takes to make zeros like t later without keeping t alive."""
-    return t.shape, t.dtype, t.device
-
-
-def _state_grad(grad: Optional[Tensor], like) -> Tensor:
-    shape, dtype, device = like
-    return torch.zeros(shape, dtype=dtype, device=device) if grad is None else grad
-
-
 def _batch_and_rows(input: Tensor, h0: Optional[Tensor], batch_sizes: Optional[Tensor]):
     """For the fake kernels: (B, leading shape of per-step tensors). Padded input [T, B, I]
     -> (B, (T, B)); packed input [N, I] -> (B, (N,)) with B = h0.shape[0], or, without h0,
@@ -128,10 +112,6 @@ def _packed_states(input: Tensor, batch_sizes: Optional[Tensor], states, widths)
         return states
     B = int(batch_sizes[0])
     return tuple(input.new_zeros(B, w) if s is None else s for s, w in zip(states, widths))
-
-
-def _grad_or_none(grad: Tensor, wanted: bool) -> Optional[Tensor]:
-    return grad if wanted else None
 
 
 def _steps(input: Tensor, batch_sizes: Optional[Tensor]) -> int:
@@ -178,108 +158,55 @@ def _check_grad_record(op: str, record: Optional[Tensor], input: Tensor,
 
 
 # ---------------------------------------------------------------------------------------
-# LSTM
+# Fake (meta) kernels of the ops registered in csrc/ops.cpp
 
 
-@torch.library.custom_op("fusedrnn::lstm_layer", mutates_args=())
-def _lstm_layer(
-    input: Tensor,
-    weight_ih: Tensor,
-    weight_hh: Tensor,
-    bias_ih: Optional[Tensor],
-    bias_hh: Optional[Tensor],
-    h0: Optional[Tensor],
-    c0: Optional[Tensor],
-    weight_hr: Optional[Tensor],
-    lengths: Optional[Tensor],
-    batch_sizes: Optional[Tensor],
-    reverse: bool,
-    grad_clip: Optional[float],
-    grad_clip_mode: str,
-    truncate: Optional[int],
-    cell_clip: Optional[float],
-    save: bool,
-    grad_record: Optional[Tensor],
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> (output [T, B, R], h_n [B, R], c_n [B, H], act, c_raw, h_pre); the last three are
-    saved for backward (see csrc/rnn_ops.h). grad_clip, grad_clip_mode and truncate do not
-    change the forward; they are inputs so that the autograd formula sees them. grad_record
-    ([2, T] float32) is not read: the backward returns the gradient record as its gradient."""
-    y, h_n, c_n, act, c_raw, h_pre = _C.lstm_forward(
-        input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths, batch_sizes,
-        reverse, cell_clip, save,
-    )
-    return y, h_n, c_n, act, c_raw, h_pre
+def _lstm_sizes(weight_hh: Tensor, weight_hr: Optional[Tensor]):
+    H = weight_hh.shape[0] // 4
+    return H, (H if weight_hr is None else weight_hr.shape[0])
 
 
-@_lstm_layer.register_fake
-def _lstm_layer_fake(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths,
-                     batch_sizes, reverse, grad_clip, grad_clip_mode, truncate, cell_clip, save,
-                     grad_record):
+def _lstm_check_devices(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr,
+                        lengths, batch_sizes, grad_record=None):
     _check_devices("lstm_layer", input,
                    [("weight_ih", weight_ih), ("weight_hh", weight_hh), ("bias_ih", bias_ih),
                     ("bias_hh", bias_hh), ("h0", h0), ("c0", c0), ("weight_hr", weight_hr),
                     ("grad_record", grad_record)],
                    [("lengths", lengths), ("batch_sizes", batch_sizes)])
-    H = weight_hh.shape[0] // 4
-    R = H if weight_hr is None else weight_hr.shape[0]
+
+
+@torch.library.register_fake("fusedrnn::lstm_layer")
+def _lstm_layer_fake(input, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, c0=None,
+                     *, weight_hr=None, lengths=None, batch_sizes=None, reverse=False,
+                     grad_clip=None, grad_clip_mode="value", truncate=None, cell_clip=None,
+                     grad_record=None):
+    _lstm_check_devices(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr,
+                        lengths, batch_sizes, grad_record)
+    H, R = _lstm_sizes(weight_hh, weight_hr)
     B, rows = _batch_and_rows(input, h0, batch_sizes)
     new = input.new_empty
-    return (
-        new(*rows, R),
-        new(B, R),
-        new(B, H),
-        new(*rows, 4 * H),
-        new(*rows, H) if save else new(0),
-        new(*rows, H) if weight_hr is not None else new(0),
-    )
+    return new(*rows, R), new(B, R), new(B, H)
 
 
-@torch.library.custom_op("fusedrnn::lstm_layer_backward", mutates_args=())
-def _lstm_layer_backward(
-    grad_output: Tensor,
-    grad_h_n: Tensor,
-    grad_c_n: Tensor,
-    input: Tensor,
-    weight_ih: Tensor,
-    weight_hh: Tensor,
-    weight_hr: Optional[Tensor],
-    h0: Optional[Tensor],
-    c0: Optional[Tensor],
-    lengths: Optional[Tensor],
-    batch_sizes: Optional[Tensor],
-    output: Tensor,
-    act: Tensor,
-    c_raw: Tensor,
-    h_pre: Tensor,
-    reverse: bool,
-    grad_clip: Optional[float],
-    grad_clip_mode: str,
-    truncate: Optional[int],
-    cell_clip: Optional[float],
-    has_bias: bool,
-    need_input_grad: bool,
-    need_weight_grad: bool,
-    track_grad_norms: bool,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> (d_input, d_h0, d_c0, d_weight_ih, d_weight_hh, d_bias, d_weight_hr, record);
-    gradients not asked for are empty tensors. d_bias serves bias_ih and bias_hh alike.
-    record: [2, T] float32 with track_grad_norms (see new_grad_record), else empty."""
-    return tuple(_C.lstm_backward(
-        grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh, weight_hr, h0, c0, lengths,
-        batch_sizes, output, act, c_raw, h_pre, reverse, grad_clip, grad_clip_mode, truncate,
-        cell_clip, has_bias, need_input_grad, need_weight_grad, track_grad_norms,
-    ))
+@torch.library.register_fake("fusedrnn::lstm_layer_forward")
+def _lstm_layer_forward_fake(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr,
+                             lengths, batch_sizes, reverse, cell_clip):
+    _lstm_check_devices(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr,
+                        lengths, batch_sizes)
+    H, R = _lstm_sizes(weight_hh, weight_hr)
+    B, rows = _batch_and_rows(input, h0, batch_sizes)
+    new = input.new_empty
+    return (new(*rows, R), new(B, R), new(B, H), new(*rows, 4 * H), new(*rows, H),
+            new(*rows, H) if weight_hr is not None else new(0))
 
 
-@_lstm_layer_backward.register_fake
+@torch.library.register_fake("fusedrnn::lstm_layer_backward")
 def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh,
                               weight_hr, h0, c0, lengths, batch_sizes, output, act, c_raw, h_pre,
                               reverse, grad_clip, grad_clip_mode, truncate, cell_clip, has_bias,
                               need_input_grad, need_weight_grad, track_grad_norms):
     I = input.shape[-1]
-    H = weight_hh.shape[0] // 4
-    R = H if weight_hr is None else weight_hr.shape[0]
+    H, R = _lstm_sizes(weight_hh, weight_hr)
     B, _ = _batch_and_rows(input, h0, batch_sizes)
     new = input.new_empty
     w = need_weight_grad
@@ -301,54 +228,63 @@ def _record_fake(input: Tensor, batch_sizes: Optional[Tensor], track: bool) -> T
     return input.new_empty(2, _steps(input, batch_sizes), dtype=torch.float32)
 
 
-def _lstm_setup_context(ctx, inputs, output):
-    (input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths, batch_sizes,
-     reverse, grad_clip, grad_clip_mode, truncate, cell_clip, save, grad_record) = inputs
-    y, _, _, act, c_raw, h_pre = output
-    ctx.save_for_backward(input, weight_ih, weight_hh, weight_hr, h0, c0, lengths, batch_sizes, y,
-                          act, c_raw, h_pre)
-    ctx.options = (reverse, grad_clip, grad_clip_mode, truncate, cell_clip)
-    ctx.has_bias = bias_ih is not None or bias_hh is not None
-    ctx.track = grad_record is not None
-    ctx.h_n_like, ctx.c_n_like = _like(output[1]), _like(output[2])
-    ctx.mark_non_differentiable(act, c_raw, h_pre)
-    # Without this autograd would hand the backward zero gradients for act, c_raw and h_pre:
-    # [T, B, 6H] of memory to allocate and fill on every call, for nothing.
-    ctx.set_materialize_grads(False)
+def _gru_check_devices(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, batch_sizes,
+                       grad_record=None):
+    _check_devices("gru_layer", input,
+                   [("weight_ih", weight_ih), ("weight_hh", weight_hh), ("bias_ih", bias_ih),
+                    ("bias_hh", bias_hh), ("h0", h0), ("grad_record", grad_record)],
+                   [("lengths", lengths), ("batch_sizes", batch_sizes)])
 
 
-def _lstm_backward(ctx, grad_y, grad_h_n, grad_c_n, *unused):
-    (input, weight_ih, weight_hh, weight_hr, h0, c0, lengths, batch_sizes, y, act, c_raw,
-     h_pre) = ctx.saved_tensors
-    reverse, grad_clip, grad_clip_mode, truncate, cell_clip = ctx.options
-    needs = ctx.needs_input_grad
-    # needs: input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, ...
-    need_input = needs[0]
-    need_weight = any(needs[1:5]) or needs[7]
-    track = ctx.track and needs[16]
-    dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr, record = torch.ops.fusedrnn.lstm_layer_backward(
-        _or_zeros(grad_y, y), _state_grad(grad_h_n, ctx.h_n_like),
-        _state_grad(grad_c_n, ctx.c_n_like), input, weight_ih, weight_hh, weight_hr, h0, c0,
-        lengths, batch_sizes, y, act, c_raw, h_pre, reverse, grad_clip, grad_clip_mode, truncate,
-        cell_clip, ctx.has_bias, need_input, need_weight, track,
-    )
+@torch.library.register_fake("fusedrnn::gru_layer")
+def _gru_layer_fake(input, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, *,
+                    lengths=None, batch_sizes=None, reverse=False, grad_clip=None,
+                    grad_clip_mode="value", truncate=None, grad_record=None):
+    _gru_check_devices(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, batch_sizes,
+                       grad_record)
+    H = weight_hh.shape[0] // 3
+    B, rows = _batch_and_rows(input, h0, batch_sizes)
+    return input.new_empty(*rows, H), input.new_empty(B, H)
+
+
+@torch.library.register_fake("fusedrnn::gru_layer_forward")
+def _gru_layer_forward_fake(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths,
+                            batch_sizes, reverse):
+    _gru_check_devices(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, batch_sizes)
+    H = weight_hh.shape[0] // 3
+    B, rows = _batch_and_rows(input, h0, batch_sizes)
+    new = input.new_empty
+    return new(*rows, H), new(B, H), new(*rows, 4 * H)
+
+
+@torch.library.register_fake("fusedrnn::gru_layer_backward")
+def _gru_layer_backward_fake(grad_output, grad_h_n, input, weight_ih, weight_hh, h0, lengths,
+                             batch_sizes, output, saved, reverse, grad_clip, grad_clip_mode,
+                             truncate, has_bias, need_input_grad, need_weight_grad,
+                             track_grad_norms):
+    I = input.shape[-1]
+    H = weight_hh.shape[0] // 3
+    B, _ = _batch_and_rows(input, h0, batch_sizes)
+    new = input.new_empty
+    w = need_weight_grad
     return (
-        _grad_or_none(dx, need_input),
-        _grad_or_none(dw_ih, needs[1]),
-        _grad_or_none(dw_hh, needs[2]),
-        _grad_or_none(db, needs[3]),
-        # bias_ih and bias_hh share the value, never the tensor (in-place users would see
-        # their changes applied twice).
-        _grad_or_none(db.clone() if needs[3] else db, needs[4]),
-        _grad_or_none(dh0, needs[5]),
-        _grad_or_none(dc0, needs[6]),
-        _grad_or_none(dw_hr, needs[7]),
-        None, None, None, None, None, None, None, None,
-        _grad_or_none(record, track),
+        new(input.shape) if need_input_grad else new(0),
+        new(B, H),
+        new(3 * H, I) if w else new(0),
+        new(3 * H, H) if w else new(0),
+        new(3 * H) if w and has_bias else new(0),
+        new(3 * H) if w and has_bias else new(0),
+        _record_fake(input, batch_sizes, track_grad_norms),
     )
 
 
-_lstm_layer.register_autograd(_lstm_backward, setup_context=_lstm_setup_context)
+# ---------------------------------------------------------------------------------------
+# Public wrappers
+
+
+def _has_options(grad_clip, grad_clip_mode, truncate, cell_clip) -> bool:
+    return not (grad_clip is None and truncate is None and cell_clip is None
+                and grad_clip_mode == "value")
 
 
 def _autocast_cuda(input: Tensor, *tensors: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
@@ -422,156 +358,26 @@ def lstm_layer(
     Returns:
         (output [T, B, R], h_n [B, R], c_n [B, H]).
     """
-    grad_clip, truncate, cell_clip = _normalized_options(grad_clip, grad_clip_mode, truncate,
-                                                         cell_clip)
-    input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr = _autocast_cuda(
-        input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr)
-    lengths = _lengths_tensor(lengths)
-    _check_batch_sizes(batch_sizes)
-    _check_grad_record("lstm_layer", grad_record, input, batch_sizes)
-    save = _needs_grad(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr,
-                       grad_record)
-    H = weight_hh.shape[0] // 4
-    h0, c0 = _packed_states(input, batch_sizes,
-                            (h0, c0), (H if weight_hr is None else weight_hr.shape[0], H))
-    y, h_n, c_n, _, _, _ = torch.ops.fusedrnn.lstm_layer(
-        input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths, batch_sizes,
-        bool(reverse), grad_clip, grad_clip_mode, truncate, cell_clip, save, grad_record,
-    )
-    return y, h_n, c_n
-
-
-# ---------------------------------------------------------------------------------------
-# GRU
-
-
-@torch.library.custom_op("fusedrnn::gru_layer", mutates_args=())
-def _gru_layer(
-    input: Tensor,
-    weight_ih: Tensor,
-    weight_hh: Tensor,
-    bias_ih: Optional[Tensor],
-    bias_hh: Optional[Tensor],
-    h0: Optional[Tensor],
-    lengths: Optional[Tensor],
-    batch_sizes: Optional[Tensor],
-    reverse: bool,
-    grad_clip: Optional[float],
-    grad_clip_mode: str,
-    truncate: Optional[int],
-    save: bool,
-    grad_record: Optional[Tensor],
-) -> Tuple[Tensor, Tensor, Tensor]:
-    """-> (output [T, B, H], h_n [B, H], saved [T, B, 4H] or empty); grad_record as for
-    fusedrnn::lstm_layer."""
-    y, h_n, saved = _C.gru_forward(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths,
-                                   batch_sizes, reverse, save)
-    return y, h_n, saved
-
-
-@_gru_layer.register_fake
-def _gru_layer_fake(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, batch_sizes,
-                    reverse, grad_clip, grad_clip_mode, truncate, save, grad_record):
-    _check_devices("gru_layer", input,
-                   [("weight_ih", weight_ih), ("weight_hh", weight_hh), ("bias_ih", bias_ih),
-                    ("bias_hh", bias_hh), ("h0", h0), ("grad_record", grad_record)],
-                   [("lengths", lengths), ("batch_sizes", batch_sizes)])
-    H = weight_hh.shape[0] // 3
-    B, rows = _batch_and_rows(input, h0, batch_sizes)
-    new = input.new_empty
-    return new(*rows, H), new(B, H), new(*rows, 4 * H) if save else new(0)
-
-
-@torch.library.custom_op("fusedrnn::gru_layer_backward", mutates_args=())
-def _gru_layer_backward(
-    grad_output: Tensor,
-    grad_h_n: Tensor,
-    input: Tensor,
-    weight_ih: Tensor,
-    weight_hh: Tensor,
-    h0: Optional[Tensor],
-    lengths: Optional[Tensor],
-    batch_sizes: Optional[Tensor],
-    output: Tensor,
-    saved: Tensor,
-    reverse: bool,
-    grad_clip: Optional[float],
-    grad_clip_mode: str,
-    truncate: Optional[int],
-    has_bias: bool,
-    need_input_grad: bool,
-    need_weight_grad: bool,
-    track_grad_norms: bool,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> (d_input, d_h0, d_weight_ih, d_weight_hh, d_bias_ih, d_bias_hh, record); gradients
-    not asked for are empty tensors; record as for fusedrnn::lstm_layer_backward."""
-    return tuple(_C.gru_backward(
-        grad_output, grad_h_n, input, weight_ih, weight_hh, h0, lengths, batch_sizes, output,
-        saved, reverse, grad_clip, grad_clip_mode, truncate, has_bias, need_input_grad,
-        need_weight_grad, track_grad_norms,
-    ))
-
-
-@_gru_layer_backward.register_fake
-def _gru_layer_backward_fake(grad_output, grad_h_n, input, weight_ih, weight_hh, h0, lengths,
-                             batch_sizes, output, saved, reverse, grad_clip, grad_clip_mode,
-                             truncate, has_bias, need_input_grad, need_weight_grad,
-                             track_grad_norms):
-    I = input.shape[-1]
-    H = weight_hh.shape[0] // 3
-    B, _ = _batch_and_rows(input, h0, batch_sizes)
-    new = input.new_empty
-    w = need_weight_grad
-    return (
-        new(input.shape) if need_input_grad else new(0),
-        new(B, H),
-        new(3 * H, I) if w else new(0),
-        new(3 * H, H) if w else new(0),
-        new(3 * H) if w and has_bias else new(0),
-        new(3 * H) if w and has_bias else new(0),
-        _record_fake(input, batch_sizes, track_grad_norms),
-    )
-
-
-def _gru_setup_context(ctx, inputs, output):
-    (input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, batch_sizes, reverse, grad_clip,
-     grad_clip_mode, truncate, save, grad_record) = inputs
-    y, h_n, saved = output
-    ctx.save_for_backward(input, weight_ih, weight_hh, h0, lengths, batch_sizes, y, saved)
-    ctx.h_n_like = _like(h_n)
-    ctx.set_materialize_grads(False)  # no zero gradient for `saved` (see _lstm_setup_context)
-    ctx.options = (reverse, grad_clip, grad_clip_mode, truncate)
-    ctx.has_bias = bias_ih is not None or bias_hh is not None
-    ctx.track = grad_record is not None
-    ctx.mark_non_differentiable(saved)
-
-
-def _gru_backward(ctx, grad_y, grad_h_n, *unused):
-    input, weight_ih, weight_hh, h0, lengths, batch_sizes, y, saved = ctx.saved_tensors
-    reverse, grad_clip, grad_clip_mode, truncate = ctx.options
-    needs = ctx.needs_input_grad
-    # needs: input, weight_ih, weight_hh, bias_ih, bias_hh, h0, ...
-    need_input = needs[0]
-    need_weight = any(needs[1:5])
-    track = ctx.track and needs[13]
-    dx, dh0, dw_ih, dw_hh, db_ih, db_hh, record = torch.ops.fusedrnn.gru_layer_backward(
-        _or_zeros(grad_y, y), _state_grad(grad_h_n, ctx.h_n_like), input, weight_ih, weight_hh,
-        h0, lengths, batch_sizes, y, saved, reverse, grad_clip, grad_clip_mode, truncate,
-        ctx.has_bias, need_input, need_weight, track,
-    )
-    return (
-        _grad_or_none(dx, need_input),
-        _grad_or_none(dw_ih, needs[1]),
-        _grad_or_none(dw_hh, needs[2]),
-        _grad_or_none(db_ih, needs[3]),
-        _grad_or_none(db_hh, needs[4]),
-        _grad_or_none(dh0, needs[5]),
-        None, None, None, None, None, None, None,
-        _grad_or_none(record, track),
-    )
-
-
-_gru_layer.register_autograd(_gru_backward, setup_context=_gru_setup_context)
+    if _has_options(grad_clip, grad_clip_mode, truncate, cell_clip):
+        grad_clip, truncate, cell_clip = _normalized_options(grad_clip, grad_clip_mode,
+                                                             truncate, cell_clip)
+    if input.is_cuda:
+        input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr = _autocast_cuda(
+            input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr)
+    if lengths is not None:
+        lengths = _lengths_tensor(lengths)
+    if batch_sizes is not None:
+        _check_batch_sizes(batch_sizes)
+        H = weight_hh.shape[0] // 4
+        h0, c0 = _packed_states(input, batch_sizes,
+                                (h0, c0), (H if weight_hr is None else weight_hr.shape[0], H))
+    if grad_record is not None:
+        _check_grad_record("lstm_layer", grad_record, input, batch_sizes)
+    return torch.ops.fusedrnn.lstm_layer(
+        input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr=weight_hr,
+        lengths=lengths, batch_sizes=batch_sizes, reverse=bool(reverse), grad_clip=grad_clip,
+        grad_clip_mode=grad_clip_mode, truncate=truncate, cell_clip=cell_clip,
+        grad_record=grad_record)
 
 
 def gru_layer(
@@ -603,16 +409,19 @@ def gru_layer(
     Returns:
         (output [T, B, H], h_n [B, H]).
     """
-    grad_clip, truncate, _ = _normalized_options(grad_clip, grad_clip_mode, truncate)
-    input, weight_ih, weight_hh, bias_ih, bias_hh, h0 = _autocast_cuda(
-        input, weight_ih, weight_hh, bias_ih, bias_hh, h0)
-    lengths = _lengths_tensor(lengths)
-    _check_batch_sizes(batch_sizes)
-    _check_grad_record("gru_layer", grad_record, input, batch_sizes)
-    save = _needs_grad(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, grad_record)
-    (h0,) = _packed_states(input, batch_sizes, (h0,), (weight_hh.shape[0] // 3,))
-    y, h_n, _ = torch.ops.fusedrnn.gru_layer(
-        input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, batch_sizes, bool(reverse),
-        grad_clip, grad_clip_mode, truncate, save, grad_record,
-    )
-    return y, h_n
+    if _has_options(grad_clip, grad_clip_mode, truncate, None):
+        grad_clip, truncate, _ = _normalized_options(grad_clip, grad_clip_mode, truncate)
+    if input.is_cuda:
+        input, weight_ih, weight_hh, bias_ih, bias_hh, h0 = _autocast_cuda(
+            input, weight_ih, weight_hh, bias_ih, bias_hh, h0)
+    if lengths is not None:
+        lengths = _lengths_tensor(lengths)
+    if batch_sizes is not None:
+        _check_batch_sizes(batch_sizes)
+        (h0,) = _packed_states(input, batch_sizes, (h0,), (weight_hh.shape[0] // 3,))
+    if grad_record is not None:
+        _check_grad_record("gru_layer", grad_record, input, batch_sizes)
+    return torch.ops.fusedrnn.gru_layer(
+        input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths=lengths,
+        batch_sizes=batch_sizes, reverse=bool(reverse), grad_clip=grad_clip,
+        grad_clip_mode=grad_clip_mode, truncate=truncate, grad_record=grad_record)

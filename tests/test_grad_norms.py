@@ -314,8 +314,8 @@ def test_opcheck_and_compile_with_record():
     t = make_tensors("gru", 4, 3, 2, 5)
     record = ops.new_grad_record(4)
     leaves = [v.requires_grad_() if v is not None else v for v in _op_args("gru", t)]
-    torch.library.opcheck(torch.ops.fusedrnn.gru_layer,
-                          (*leaves, None, None, False, 0.1, "norm", None, True, record))
+    torch.library.opcheck(torch.ops.fusedrnn.gru_layer.default, tuple(leaves),
+                          dict(grad_clip=0.1, grad_clip_mode="norm", grad_record=record))
 
     def step(x, w_ih, w_hh, rec):
         y, h = ops.gru_layer(x, w_ih, w_hh, grad_clip=0.1, grad_clip_mode="norm",

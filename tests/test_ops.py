@@ -374,14 +374,16 @@ def test_nothing_requires_grad():
 
 
 def registered_ops():
-    """Every overload of every op in the torch.ops.fusedrnn namespace, except *_backward."""
+    """Every overload of every public op in the torch.ops.fusedrnn namespace (the internal
+    *_forward / *_backward ops of the autograd formula are opchecked in
+    test_reliability_runtime.py)."""
     names = sorted({
         full.split("::", 1)[1].split(".", 1)[0]
         for full in torch._C._dispatch_get_all_op_names() if full.startswith("fusedrnn::")
     })
     overloads = []
     for name in names:
-        if name.endswith("_backward"):
+        if name.endswith(("_forward", "_backward")):
             continue
         packet = getattr(torch.ops.fusedrnn, name)
         overloads += [getattr(packet, o) for o in packet.overloads()]
@@ -413,9 +415,6 @@ def op_samples(kind):
                  if isinstance(t, torch.Tensor) else t for n, t in options.items()}
     no_grad32 = {n: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
                  for n, t in options.items()}
-    # ops.py's internal flag: keep the tensors the backward needs (whenever grad is needed).
-    plain["save"] = with_grad["save"] = True
-    no_grad32["save"] = False
     return [plain, with_grad, no_grad32]
 
 

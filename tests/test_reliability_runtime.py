@@ -252,8 +252,8 @@ def _all_fusedrnn_ops():
 def test_registered_op_names_are_known():
     """Every op in torch.ops.fusedrnn has opcheck samples here or in test_ops.py: a new op
     must be added to the samples below."""
-    assert _all_fusedrnn_ops() == ["gru_layer", "gru_layer_backward", "lstm_layer",
-                                   "lstm_layer_backward"]
+    assert _all_fusedrnn_ops() == ["gru_layer", "gru_layer_backward", "gru_layer_forward",
+                                   "lstm_layer", "lstm_layer_backward", "lstm_layer_forward"]
 
 
 def _packed(kind, T=5, lengths=(5, 3, 2, 2), I=3, H=4, P=0, *, bias=True, dtype=F64, seed=0):
@@ -265,15 +265,27 @@ def _packed(kind, T=5, lengths=(5, 3, 2, 2), I=3, H=4, P=0, *, bias=True, dtype=
 
 
 def _forward_args(kind, t, *, lengths=None, batch_sizes=None, reverse=False, grad_clip=None,
-                  mode="value", truncate=None, cell_clip=None, save=True, grad_record=None):
-    """Positional arguments of torch.ops.fusedrnn.<kind>_layer from op-style tensors."""
+                  mode="value", truncate=None, cell_clip=None, grad_record=None):
+    """(args, kwargs) of torch.ops.fusedrnn.<kind>_layer from op-style tensors."""
+    args = (t["input"], t["weight_ih"], t["weight_hh"], t.get("bias_ih"), t.get("bias_hh"),
+            t.get("h0")) + ((t.get("c0"),) if kind == "lstm" else ())
+    kwargs = dict(lengths=lengths, batch_sizes=batch_sizes, reverse=reverse, grad_clip=grad_clip,
+                  grad_clip_mode=mode, truncate=truncate, grad_record=grad_record)
+    if kind == "lstm":
+        kwargs.update(weight_hr=t.get("weight_hr"), cell_clip=cell_clip)
+    return args, kwargs
+
+
+def _internal_forward_args(kind, t, *, lengths=None, batch_sizes=None, reverse=False,
+                           cell_clip=None, **grad_options):
+    """Positional arguments of torch.ops.fusedrnn.<kind>_layer_forward (the forward of the
+    autograd formula, which keeps what the backward needs)."""
     common = [t["input"], t["weight_ih"], t["weight_hh"], t.get("bias_ih"), t.get("bias_hh"),
               t.get("h0")]
     if kind == "lstm":
         return tuple(common + [t.get("c0"), t.get("weight_hr"), lengths, batch_sizes, reverse,
-                               grad_clip, mode, truncate, cell_clip, save, grad_record])
-    return tuple(common + [lengths, batch_sizes, reverse, grad_clip, mode, truncate, save,
-                           grad_record])
+                               cell_clip])
+    return tuple(common + [lengths, batch_sizes, reverse])
 
 
 def _requiring_grad(t):
@@ -300,14 +312,27 @@ def _packed_forward(kind, *, P=0, bias=True, dtype=F64, grad=True, T=5, lengths=
     t, batch_sizes = _packed(kind, T, lengths, P=P, bias=bias, dtype=dtype)
     if grad:
         t = _requiring_grad(t)
-    return _forward_args(kind, t, batch_sizes=batch_sizes, save=grad, **options)
+    return t, batch_sizes, options
 
 
 @pytest.mark.parametrize("sample", sorted(PACKED_FORWARD_SAMPLES))
 def test_opcheck_forward_packed(sample):
-    args = PACKED_FORWARD_SAMPLES[sample]()
-    op = getattr(torch.ops.fusedrnn, sample.split("-")[0] + "_layer")
-    torch.library.opcheck(op.default, args)
+    kind = sample.split("-")[0]
+    t, batch_sizes, options = PACKED_FORWARD_SAMPLES[sample]()
+    op = getattr(torch.ops.fusedrnn, f"{kind}_layer")
+    torch.library.opcheck(op.default, *_forward_args(kind, t, batch_sizes=batch_sizes, **options))
+
+
+@pytest.mark.parametrize("sample", sorted(PACKED_FORWARD_SAMPLES))
+def test_opcheck_internal_forward_packed(sample):
+    """The forward of the autograd formula, as the formula calls it (below autograd: no
+    input requires grad)."""
+    kind = sample.split("-")[0]
+    t, batch_sizes, options = PACKED_FORWARD_SAMPLES[sample]()
+    t = {n: v.detach() for n, v in t.items()}
+    op = getattr(torch.ops.fusedrnn, f"{kind}_layer_forward")
+    torch.library.opcheck(op.default,
+                          _internal_forward_args(kind, t, batch_sizes=batch_sizes, **options))
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
@@ -316,15 +341,15 @@ def test_opcheck_forward_packed_without_initial_state(kind):
     del t["h0"]
     t.pop("c0", None)
     torch.library.opcheck(getattr(torch.ops.fusedrnn, f"{kind}_layer").default,
-                          _forward_args(kind, t, batch_sizes=batch_sizes, save=False))
+                          *_forward_args(kind, t, batch_sizes=batch_sizes))
 
 
 def _backward_args(kind, t, *, need_input=True, need_weight=True, seed=5, track=False,
                    **forward_options):
     """Realistic arguments of torch.ops.fusedrnn.<kind>_layer_backward: the saved tensors of
-    a real forward (save=True) and seeded upstream gradients."""
-    fwd = _forward_args(kind, t, save=True, **forward_options)
-    op = getattr(torch.ops.fusedrnn, f"{kind}_layer")
+    a real forward (the *_layer_forward op) and seeded upstream gradients."""
+    fwd = _internal_forward_args(kind, t, **forward_options)
+    op = getattr(torch.ops.fusedrnn, f"{kind}_layer_forward")
     with torch.no_grad():
         outputs = op(*fwd)
     gen = torch.Generator().manual_seed(seed)

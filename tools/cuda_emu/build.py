@@ -88,12 +88,11 @@ def rewrite(rel, text):
         text = sub(rel, text, "  return acc == a.scalar_type() ? at::mm(a, b) : at::mm(a, b, acc);",
                    "  return acc == a.scalar_type() ? at::mm(a, b) : at::mm(a.to(acc), b.to(acc));")
     elif rel == "rnn_ops.cpp":
-        # CPU tensors go to the CUDA implementations.
-        text = sub(rel, text, "  if (input.device().is_cpu()) return Backend::Cpu;\n",
-                   "  if (input.device().is_cpu()) return Backend::Cuda;  // cuda_emu\n")
-        text = sub(rel, text, "return cpu::", "return cuda::", count=None)
-        if "cpu::" in text:
-            _fail(rel, "a call into the CPU backend left after rewriting `return cpu::`", "cpu::")
+        # CPU tensors go to the CUDA implementations: the emulated library registers the
+        # CUDA backend's kernels for the CPU key, overriding the real library's (loaded first).
+        text = sub(rel, text, "TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) { register_kernels<CpuBackend>(m); }",
+                   "TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) { register_kernels<CudaBackend>(m); }  // cuda_emu")
+        text = sub(rel, text, "&cpu::", "&cuda::", count=None)
     elif rel == "fusedrnn.cpp":
         # Only the layer ops: the CPU-path switches live in the real fusedrnn._C.
         cut = '  m.def("_cpu_capability"'
@@ -125,6 +124,8 @@ def generate():
         rel = path.relative_to(CSRC).as_posix()
         if rel.startswith("cpu/") and path.suffix == ".cpp":
             continue  # the CPU kernels are not part of the emulated build
+        if rel in ("ops.cpp", "autograd.cpp"):
+            continue  # the schemas and autograd kernels are the real library's
         dest = rel[:-3] + "_emu.cpp" if rel.endswith(".cu") else rel
         wanted[dest] = rewrite(rel, path.read_text())
     wanted["emu_rt.cpp"] = ("// cuda_emu: the CUDA runtime calls of the kernels, on the host.\n"

@@ -1,10 +1,11 @@
 """pytest plugin: run fusedrnn's ops through the emulated CUDA build, on CPU tensors.
 
 Loaded by tools/cuda_emu/run.py (`pytest -p emu_plugin`, with tools/cuda_emu on sys.path)
-after build.py has built build/cuda_emu/obj/fusedrnn_cuda_emu.so. It replaces
-`fusedrnn.ops._C`, the module every op calls, so that CPU tensors go through the CUDA glue
-and kernels of csrc/ (see the README). Names the emulated build does not have (the CPU-path
-switches such as `_cpu_capability`) fall through to the real fusedrnn._C.
+after build.py has built build/cuda_emu/obj/fusedrnn_cuda_emu.so. Loading that library after
+fusedrnn._C registers the CUDA glue and kernels of csrc/ as the CPU kernels of the
+torch.ops.fusedrnn ops (overriding the real ones; torch warns about the override), so that CPU
+tensors go through them (see the README). The schemas, the autograd formula and the CPU-path
+switches such as `_cpu_capability` stay the real fusedrnn._C's.
 """
 
 import importlib.util
@@ -31,15 +32,10 @@ def _load_emulated():
 
 
 def pytest_configure(config):
-    import fusedrnn
-    import fusedrnn.ops as ops
+    import fusedrnn  # noqa: F401  (the real library first: the emulated one overrides it)
 
     emulated = _load_emulated()
-    for name in dir(fusedrnn._C):
-        if not name.startswith("__") and not hasattr(emulated, name):
-            setattr(emulated, name, getattr(fusedrnn._C, name))
     assert emulated.emulated and emulated.cuda_built
-    ops._C = emulated
 
 
 def pytest_report_header(config):

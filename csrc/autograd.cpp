@@ -1,0 +1,298 @@
+// The autograd formulas of the public ops, in C++ (the Autograd dispatch key), so that a
+// forward or backward call runs no Python beyond the caller's own.
+//
+// Note [Autograd of the layer ops]
+// fusedrnn::lstm_layer / gru_layer have an Autograd kernel. When no input needs a gradient
+// (or grad mode is off) it redispatches the same op below autograd: the device kernel then
+// computes the outputs and saves nothing. Otherwise it runs a torch::autograd::Function whose
+// forward calls fusedrnn::*_layer_forward (which also returns the tensors BPTT needs; they
+// are saved in the node, never returned) and whose backward calls fusedrnn::*_layer_backward.
+// Every call goes through the dispatcher, so under torch.compile / AOTAutograd the fake
+// kernels (fusedrnn/ops.py) stand in for the device kernels, forward and backward alike.
+//
+// Gradients: autograd hands the backward undefined tensors for outputs the loss does not
+// use (materialize_grads is off: no zero [T, B, R] is made for nothing); the missing ones are
+// made here. d_bias is one tensor for bias_ih and bias_hh: the second gets a copy (in-place
+// users would otherwise see their changes applied twice). The gradient of grad_record is the
+// gradient record ([2, T]: norms, clip fractions), computed only when grad_record needs it.
+// Double backward: the backward ops have no derivative; a create_graph backward through them
+// gives first-order gradients that raise when differentiated again.
+#include <torch/autograd.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
+#include <torch/library.h>
+
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include "checks.h"
+#include "rnn_ops.h"
+
+namespace fusedrnn {
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+#define FUSEDRNN_OP(fn_type, name)                                                 \
+  const c10::TypedOperatorHandle<fn_type>& name##_op() {                           \
+    static const auto handle = c10::Dispatcher::singleton()                        \
+                                   .findSchemaOrThrow("fusedrnn::" #name, "")      \
+                                   .typed<fn_type>();                              \
+    return handle;                                                                 \
+  }
+FUSEDRNN_OP(LstmLayerFn, lstm_layer)
+FUSEDRNN_OP(LstmForwardFn, lstm_layer_forward)
+FUSEDRNN_OP(LstmBackwardFn, lstm_layer_backward)
+FUSEDRNN_OP(GruLayerFn, gru_layer)
+FUSEDRNN_OP(GruForwardFn, gru_layer_forward)
+FUSEDRNN_OP(GruBackwardFn, gru_layer_backward)
+#undef FUSEDRNN_OP
+
+bool requires_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
+bool requires_grad(const OptTensor& t) { return t && requires_grad(*t); }
+
+template <class... Ts>
+bool any_requires_grad(const Ts&... ts) {
+  return at::GradMode::is_enabled() && (requires_grad(ts) || ...);
+}
+
+at::Tensor value_or_undefined(const OptTensor& t) { return t ? *t : at::Tensor(); }
+OptTensor optional(const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
+
+// Which forward arguments are autograd inputs (a Tensor, or an optional tensor that is set):
+// a C++ Function numbers its input edges over those only.
+class Edges {
+ public:
+  void add(const at::Tensor&) { index_.push_back(next_++); }
+  void add(const OptTensor& t) { index_.push_back(t && t->defined() ? next_++ : -1); }
+  void skip() { index_.push_back(-1); }
+  std::vector<int64_t> indices() const { return index_; }
+
+ private:
+  std::vector<int64_t> index_;
+  int64_t next_ = 0;
+};
+
+// Whether forward argument `arg` needs its gradient.
+bool needs(AutogradContext* ctx, const std::vector<int64_t>& edges, size_t arg) {
+  return edges[arg] >= 0 && ctx->needs_input_grad(static_cast<size_t>(edges[arg]));
+}
+
+// Shapes go through SymInts (sym_size, zeros_symint): under torch.compile with dynamic
+// shapes a plain size() would specialise the graph to this call's B and T.
+at::Tensor or_zeros(const at::Tensor& g, c10::SymIntArrayRef shape, const at::Tensor& like) {
+  return g.defined() ? g : at::zeros_symint(shape, like.options());
+}
+
+c10::SymInt saved_size(AutogradContext* ctx, const char* key) {
+  return ctx->saved_data[key].toSymInt();
+}
+
+at::Tensor if_needed(const at::Tensor& g, bool wanted) { return wanted ? g : at::Tensor(); }
+
+std::optional<double> opt_double(const c10::IValue& v) {
+  return v.isNone() ? std::nullopt : std::optional<double>(v.toDouble());
+}
+std::optional<int64_t> opt_int(const c10::IValue& v) {
+  return v.isNone() ? std::nullopt : std::optional<int64_t>(v.toInt());
+}
+
+// Forward argument positions, as in the schemas.
+enum LstmArg : size_t {
+  kLInput, kLWih, kLWhh, kLBih, kLBhh, kLH0, kLC0, kLWhr, kLLengths, kLBatchSizes, kLReverse,
+  kLClip, kLMode, kLTruncate, kLCellClip, kLRecord, kLCount
+};
+enum GruArg : size_t {
+  kGInput, kGWih, kGWhh, kGBih, kGBhh, kGH0, kGLengths, kGBatchSizes, kGReverse, kGClip, kGMode,
+  kGTruncate, kGRecord, kGCount
+};
+
+class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
+                               const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                               const OptTensor& bias_ih, const OptTensor& bias_hh,
+                               const OptTensor& h0, const OptTensor& c0,
+                               const OptTensor& weight_hr, const OptTensor& lengths,
+                               const OptTensor& batch_sizes, bool reverse,
+                               std::optional<double> grad_clip, c10::string_view grad_clip_mode,
+                               std::optional<int64_t> truncate, std::optional<double> cell_clip,
+                               const OptTensor& grad_record) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [y, h_n, c_n, act, c_raw, h_pre] =
+        lstm_layer_forward_op().call(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0,
+                                     weight_hr, lengths, batch_sizes, reverse, cell_clip);
+    Edges e;
+    e.add(input), e.add(weight_ih), e.add(weight_hh), e.add(bias_ih), e.add(bias_hh);
+    e.add(h0), e.add(c0), e.add(weight_hr), e.add(lengths), e.add(batch_sizes);
+    for (int i = 0; i < 5; ++i) e.skip();
+    e.add(grad_record);
+    ctx->save_for_backward({input, weight_ih, weight_hh, value_or_undefined(weight_hr),
+                            value_or_undefined(h0), value_or_undefined(c0),
+                            value_or_undefined(lengths), value_or_undefined(batch_sizes), y, act,
+                            c_raw, h_pre});
+    ctx->saved_data["edges"] = e.indices();
+    ctx->saved_data["B"] = h_n.sym_size(0);
+    ctx->saved_data["R"] = h_n.sym_size(1);
+    ctx->saved_data["H"] = c_n.sym_size(1);
+    ctx->saved_data["reverse"] = reverse;
+    ctx->saved_data["grad_clip"] = grad_clip;
+    ctx->saved_data["grad_clip_mode"] = std::string(grad_clip_mode);
+    ctx->saved_data["truncate"] = truncate;
+    ctx->saved_data["cell_clip"] = cell_clip;
+    ctx->saved_data["has_bias"] = bias_ih.has_value() || bias_hh.has_value();
+    ctx->set_materialize_grads(false);
+    return {y, h_n, c_n};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor& input = saved[0];
+    const std::vector<int64_t> edges = ctx->saved_data["edges"].toIntVector();
+    const c10::SymInt B = saved_size(ctx, "B"), R = saved_size(ctx, "R"), H = saved_size(ctx, "H");
+    const bool need_input = needs(ctx, edges, kLInput);
+    const bool need_weight = needs(ctx, edges, kLWih) || needs(ctx, edges, kLWhh) ||
+                             needs(ctx, edges, kLBih) || needs(ctx, edges, kLBhh) ||
+                             needs(ctx, edges, kLWhr);
+    const bool track = needs(ctx, edges, kLRecord);
+    const std::string mode = ctx->saved_data["grad_clip_mode"].toStringRef();
+    auto [dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr, record] = lstm_layer_backward_op().call(
+        or_zeros(grads[0], saved[8].sym_sizes(), input), or_zeros(grads[1], {B, R}, input),
+        or_zeros(grads[2], {B, H}, input), input, saved[1], saved[2], optional(saved[3]),
+        optional(saved[4]), optional(saved[5]), optional(saved[6]), optional(saved[7]), saved[8],
+        saved[9], saved[10], saved[11], ctx->saved_data["reverse"].toBool(),
+        opt_double(ctx->saved_data["grad_clip"]), mode, opt_int(ctx->saved_data["truncate"]),
+        opt_double(ctx->saved_data["cell_clip"]), ctx->saved_data["has_bias"].toBool(),
+        need_input, need_weight, track);
+    variable_list out(kLCount);
+    out[kLInput] = if_needed(dx, need_input);
+    out[kLWih] = if_needed(dw_ih, needs(ctx, edges, kLWih));
+    out[kLWhh] = if_needed(dw_hh, needs(ctx, edges, kLWhh));
+    out[kLBih] = if_needed(db, needs(ctx, edges, kLBih));
+    out[kLBhh] = needs(ctx, edges, kLBhh) ? (out[kLBih].defined() ? db.clone() : db) : at::Tensor();
+    out[kLH0] = if_needed(dh0, needs(ctx, edges, kLH0));
+    out[kLC0] = if_needed(dc0, needs(ctx, edges, kLC0));
+    out[kLWhr] = if_needed(dw_hr, needs(ctx, edges, kLWhr));
+    out[kLRecord] = if_needed(record, track);
+    return out;
+  }
+};
+
+class GruLayerFunction : public torch::autograd::Function<GruLayerFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
+                               const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                               const OptTensor& bias_ih, const OptTensor& bias_hh,
+                               const OptTensor& h0, const OptTensor& lengths,
+                               const OptTensor& batch_sizes, bool reverse,
+                               std::optional<double> grad_clip, c10::string_view grad_clip_mode,
+                               std::optional<int64_t> truncate, const OptTensor& grad_record) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [y, h_n, saved] = gru_layer_forward_op().call(input, weight_ih, weight_hh, bias_ih,
+                                                       bias_hh, h0, lengths, batch_sizes, reverse);
+    Edges e;
+    e.add(input), e.add(weight_ih), e.add(weight_hh), e.add(bias_ih), e.add(bias_hh);
+    e.add(h0), e.add(lengths), e.add(batch_sizes);
+    for (int i = 0; i < 4; ++i) e.skip();
+    e.add(grad_record);
+    ctx->save_for_backward({input, weight_ih, weight_hh, value_or_undefined(h0),
+                            value_or_undefined(lengths), value_or_undefined(batch_sizes), y,
+                            saved});
+    ctx->saved_data["edges"] = e.indices();
+    ctx->saved_data["B"] = h_n.sym_size(0);
+    ctx->saved_data["H"] = h_n.sym_size(1);
+    ctx->saved_data["reverse"] = reverse;
+    ctx->saved_data["grad_clip"] = grad_clip;
+    ctx->saved_data["grad_clip_mode"] = std::string(grad_clip_mode);
+    ctx->saved_data["truncate"] = truncate;
+    ctx->saved_data["has_bias"] = bias_ih.has_value() || bias_hh.has_value();
+    ctx->set_materialize_grads(false);
+    return {y, h_n};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor& input = saved[0];
+    const std::vector<int64_t> edges = ctx->saved_data["edges"].toIntVector();
+    const c10::SymInt B = saved_size(ctx, "B"), H = saved_size(ctx, "H");
+    const bool need_input = needs(ctx, edges, kGInput);
+    const bool need_weight = needs(ctx, edges, kGWih) || needs(ctx, edges, kGWhh) ||
+                             needs(ctx, edges, kGBih) || needs(ctx, edges, kGBhh);
+    const bool track = needs(ctx, edges, kGRecord);
+    const std::string mode = ctx->saved_data["grad_clip_mode"].toStringRef();
+    auto [dx, dh0, dw_ih, dw_hh, db_ih, db_hh, record] = gru_layer_backward_op().call(
+        or_zeros(grads[0], saved[6].sym_sizes(), input), or_zeros(grads[1], {B, H}, input),
+        input, saved[1], saved[2], optional(saved[3]), optional(saved[4]), optional(saved[5]),
+        saved[6], saved[7], ctx->saved_data["reverse"].toBool(),
+        opt_double(ctx->saved_data["grad_clip"]), mode, opt_int(ctx->saved_data["truncate"]),
+        ctx->saved_data["has_bias"].toBool(), need_input, need_weight, track);
+    variable_list out(kGCount);
+    out[kGInput] = if_needed(dx, need_input);
+    out[kGWih] = if_needed(dw_ih, needs(ctx, edges, kGWih));
+    out[kGWhh] = if_needed(dw_hh, needs(ctx, edges, kGWhh));
+    out[kGBih] = if_needed(db_ih, needs(ctx, edges, kGBih));
+    out[kGBhh] = if_needed(db_hh, needs(ctx, edges, kGBhh));
+    out[kGH0] = if_needed(dh0, needs(ctx, edges, kGH0));
+    out[kGRecord] = if_needed(record, track);
+    return out;
+  }
+};
+
+Tensor3 lstm_layer_autograd(const at::Tensor& input, const at::Tensor& weight_ih,
+                            const at::Tensor& weight_hh, const OptTensor& bias_ih,
+                            const OptTensor& bias_hh, const OptTensor& h0, const OptTensor& c0,
+                            const OptTensor& weight_hr, const OptTensor& lengths,
+                            const OptTensor& batch_sizes, bool reverse,
+                            std::optional<double> grad_clip, c10::string_view grad_clip_mode,
+                            std::optional<int64_t> truncate, std::optional<double> cell_clip,
+                            const OptTensor& grad_record) {
+  if (!any_requires_grad(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr,
+                         grad_record)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return lstm_layer_op().call(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr,
+                                lengths, batch_sizes, reverse, grad_clip, grad_clip_mode,
+                                truncate, cell_clip, grad_record);
+  }
+  // The backward would check the grad options only when it runs: check them now.
+  grad_options<double>("fusedrnn.lstm_layer", grad_clip, grad_clip_mode, truncate);
+  variable_list out = LstmLayerFunction::apply(input, weight_ih, weight_hh, bias_ih, bias_hh, h0,
+                                               c0, weight_hr, lengths, batch_sizes, reverse,
+                                               grad_clip, grad_clip_mode, truncate, cell_clip,
+                                               grad_record);
+  return {out[0], out[1], out[2]};
+}
+
+std::tuple<at::Tensor, at::Tensor> gru_layer_autograd(
+    const at::Tensor& input, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+    const OptTensor& bias_ih, const OptTensor& bias_hh, const OptTensor& h0,
+    const OptTensor& lengths, const OptTensor& batch_sizes, bool reverse,
+    std::optional<double> grad_clip, c10::string_view grad_clip_mode,
+    std::optional<int64_t> truncate, const OptTensor& grad_record) {
+  if (!any_requires_grad(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, grad_record)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return gru_layer_op().call(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths,
+                               batch_sizes, reverse, grad_clip, grad_clip_mode, truncate,
+                               grad_record);
+  }
+  grad_options<double>("fusedrnn.gru_layer", grad_clip, grad_clip_mode, truncate);
+  variable_list out = GruLayerFunction::apply(input, weight_ih, weight_hh, bias_ih, bias_hh, h0,
+                                              lengths, batch_sizes, reverse, grad_clip,
+                                              grad_clip_mode, truncate, grad_record);
+  return {out[0], out[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fusedrnn, Autograd, m) {
+  m.impl("lstm_layer", &lstm_layer_autograd);
+  m.impl("gru_layer", &gru_layer_autograd);
+  // The internal ops have no derivative: differentiating them (a create_graph backward, or
+  // a direct call with inputs that require grad) raises "derivative for fusedrnn::... is not
+  // implemented" when the gradient is taken, instead of silently giving zeros.
+  for (const char* name : {"lstm_layer_forward", "lstm_layer_backward", "gru_layer_forward",
+                           "gru_layer_backward"}) {
+    m.impl(name, torch::autograd::autogradNotImplementedFallback());
+  }
+}
+
+}  // namespace fusedrnn
