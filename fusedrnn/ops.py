@@ -177,7 +177,7 @@ def _lstm_check_devices(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, w
 
 @torch.library.register_fake("fusedrnn::lstm_layer")
 def _lstm_layer_fake(input, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, c0=None,
-                     *, weight_hr=None, lengths=None, batch_sizes=None, reverse=False,
+                     weight_hr=None, lengths=None, batch_sizes=None, reverse=False,
                      grad_clip=None, grad_clip_mode="value", truncate=None, cell_clip=None,
                      grad_record=None):
     _lstm_check_devices(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr,
@@ -237,7 +237,7 @@ def _gru_check_devices(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, length
 
 
 @torch.library.register_fake("fusedrnn::gru_layer")
-def _gru_layer_fake(input, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, *,
+def _gru_layer_fake(input, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None,
                     lengths=None, batch_sizes=None, reverse=False, grad_clip=None,
                     grad_clip_mode="value", truncate=None, grad_record=None):
     _gru_check_devices(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, batch_sizes,
@@ -280,6 +280,10 @@ def _gru_layer_backward_fake(grad_output, grad_h_n, input, weight_ih, weight_hh,
 
 # ---------------------------------------------------------------------------------------
 # Public wrappers
+
+
+_lstm_op = torch.ops.fusedrnn.lstm_layer.default
+_gru_op = torch.ops.fusedrnn.gru_layer.default
 
 
 def _has_options(grad_clip, grad_clip_mode, truncate, cell_clip) -> bool:
@@ -373,11 +377,10 @@ def lstm_layer(
                                 (h0, c0), (H if weight_hr is None else weight_hr.shape[0], H))
     if grad_record is not None:
         _check_grad_record("lstm_layer", grad_record, input, batch_sizes)
-    return torch.ops.fusedrnn.lstm_layer(
-        input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr=weight_hr,
-        lengths=lengths, batch_sizes=batch_sizes, reverse=bool(reverse), grad_clip=grad_clip,
-        grad_clip_mode=grad_clip_mode, truncate=truncate, cell_clip=cell_clip,
-        grad_record=grad_record)
+    # Positional: keyword arguments cost more per call (csrc/ops.cpp).
+    return _lstm_op(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths,
+                    batch_sizes, bool(reverse), grad_clip, grad_clip_mode, truncate, cell_clip,
+                    grad_record)
 
 
 def gru_layer(
@@ -421,7 +424,5 @@ def gru_layer(
         (h0,) = _packed_states(input, batch_sizes, (h0,), (weight_hh.shape[0] // 3,))
     if grad_record is not None:
         _check_grad_record("gru_layer", grad_record, input, batch_sizes)
-    return torch.ops.fusedrnn.gru_layer(
-        input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths=lengths,
-        batch_sizes=batch_sizes, reverse=bool(reverse), grad_clip=grad_clip,
-        grad_clip_mode=grad_clip_mode, truncate=truncate, grad_record=grad_record)
+    return _gru_op(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, batch_sizes,
+                   bool(reverse), grad_clip, grad_clip_mode, truncate, grad_record)
