@@ -98,12 +98,14 @@ class _FusedRNNBase(nn.RNNBase):
         return 2 if self.bidirectional else 1
 
     def _weights(self, layer: int, direction: int):
-        """(weight_ih, weight_hh, bias_ih, bias_hh, weight_hr) of one layer and direction."""
-        sfx = f"_l{layer}" + ("_reverse" if direction == 1 else "")
-        get = lambda name: getattr(self, name + sfx)  # noqa: E731
-        bias = (get("bias_ih"), get("bias_hh")) if self.bias else (None, None)
-        w_hr = get("weight_hr") if self.proj_size > 0 else None
-        return get("weight_ih"), get("weight_hh"), bias[0], bias[1], w_hr
+        """(weight_ih, weight_hh, bias_ih, bias_hh, weight_hr) of one layer and direction,
+        from torch.nn's ``_flat_weights`` (kept in step with the parameters by RNNBase, also
+        under functional_call and after ``.to()``), without building names per call."""
+        flat = self._flat_weights
+        per = len(flat) // (self.num_layers * self._num_directions)
+        w = flat[(layer * self._num_directions + direction) * per:][:per]
+        bias = (w[2], w[3]) if self.bias else (None, None)
+        return w[0], w[1], bias[0], bias[1], (w[-1] if self.proj_size > 0 else None)
 
     def _prepare(self, input):
         """(x, batch_sizes, packing, is_batched) after torch.nn's input checks: time-major
@@ -336,8 +338,9 @@ class LSTMCell(nn.LSTMCell):
         if len(parts) != 2:
             raise RuntimeError("lstm_cell expects two hidden states")
         x, (h0, c0), is_batched = _cell_input(self, input, parts, "LSTMCell")
-        _, h, c = ops.lstm_layer(x, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
-                                 h0, c0)
+        # The op itself, positionally: nothing of ops.lstm_layer's option handling applies.
+        _, h, c = ops._lstm_op(x, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
+                               h0, c0, None, None, None, False, None, "value", None, None, None)
         if not is_batched:
             h, c = h.squeeze(0), c.squeeze(0)
         return h, c
@@ -349,5 +352,6 @@ class GRUCell(nn.GRUCell):
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         x, (h0,), is_batched = _cell_input(self, input, [hx], "GRUCell")
-        _, h = ops.gru_layer(x, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, h0)
+        _, h = ops._gru_op(x, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, h0,
+                           None, None, False, None, "value", None, None)
         return h if is_batched else h.squeeze(0)
