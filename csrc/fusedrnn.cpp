@@ -3,8 +3,46 @@
 // library is loaded.
 #include <torch/extension.h>
 
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
 #include "cpu/cpu_common.h"
 #include "cpu/dispatch.h"
+#include "rnn_ops.h"
+
+namespace {
+
+// For tests of Note [Thread team]: runs `copies` calls of fusedrnn::lstm_layer or gru_layer
+// (no bias, no state, nothing requiring grad) inside one at::parallel_for region, i.e. from
+// inside another parallel region, as a caller's own parallel code would; returns each call's
+// output. Python cannot make such a call itself.
+std::vector<at::Tensor> layer_in_parallel_region(const std::string& kind, const at::Tensor& x,
+                                                 const at::Tensor& w_ih,
+                                                 const at::Tensor& w_hh, int64_t copies) {
+  TORCH_CHECK_VALUE(kind == "lstm" || kind == "gru", "kind must be 'lstm' or 'gru'");
+  std::vector<at::Tensor> out(copies);
+  auto& d = c10::Dispatcher::singleton();
+  if (kind == "lstm") {
+    auto op = d.findSchemaOrThrow("fusedrnn::lstm_layer", "").typed<fusedrnn::LstmLayerFn>();
+    at::parallel_for(0, copies, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        out[i] = std::get<0>(op.call(x, w_ih, w_hh, {}, {}, {}, {}, {}, {}, {}, false, {},
+                                     "value", {}, {}, {}));
+      }
+    });
+  } else {
+    auto op = d.findSchemaOrThrow("fusedrnn::gru_layer", "").typed<fusedrnn::GruLayerFn>();
+    at::parallel_for(0, copies, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        out[i] = std::get<0>(op.call(x, w_ih, w_hh, {}, {}, {}, {}, {}, false, {}, "value", {},
+                                     {}));
+      }
+    });
+  }
+  return out;
+}
+
+}  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fusedrnn: fused LSTM/GRU kernels (forward and BPTT backward)";
@@ -28,6 +66,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_engine_runs", &fusedrnn::cpu::engine_runs,
         "Layer calls run by the CPU engine so far: [lstm_forward, lstm_backward, "
         "gru_forward, gru_backward]");
+  m.def("_layer_in_parallel_region", &layer_in_parallel_region, py::arg("kind"),
+        py::arg("input"), py::arg("weight_ih"), py::arg("weight_hh"), py::arg("copies"),
+        py::call_guard<py::gil_scoped_release>(),
+        "Test hook: `copies` layer calls made from inside one at::parallel_for region");
 #ifdef FUSEDRNN_WITH_CUDA
   m.attr("cuda_built") = true;
 #else
