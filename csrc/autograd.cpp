@@ -88,6 +88,19 @@ c10::SymInt saved_size(AutogradContext* ctx, const char* key) {
   return ctx->saved_data[key].toSymInt();
 }
 
+// In a backward without create_graph (grad mode off) the backward op is called below
+// autograd, skipping its not-implemented autograd kernel (a boxed call); with create_graph
+// that kernel runs, so that differentiating the gradients again raises.
+class BelowAutogradUnlessCreateGraph {
+ public:
+  BelowAutogradUnlessCreateGraph() {
+    if (!at::GradMode::is_enabled()) guard_.emplace();
+  }
+
+ private:
+  std::optional<at::AutoDispatchBelowADInplaceOrView> guard_;
+};
+
 at::Tensor if_needed(const at::Tensor& g, bool wanted) { return wanted ? g : at::Tensor(); }
 
 std::optional<double> opt_double(const c10::IValue& v) {
@@ -156,6 +169,7 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
                              needs(ctx, edges, kLWhr);
     const bool track = needs(ctx, edges, kLRecord);
     const std::string mode = ctx->saved_data["grad_clip_mode"].toStringRef();
+    BelowAutogradUnlessCreateGraph below;
     auto [dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr, record] = lstm_layer_backward_op().call(
         or_zeros(grads[0], saved[8].sym_sizes(), input), or_zeros(grads[1], {B, R}, input),
         or_zeros(grads[2], {B, H}, input), input, saved[1], saved[2], optional(saved[3]),
@@ -220,6 +234,7 @@ class GruLayerFunction : public torch::autograd::Function<GruLayerFunction> {
                              needs(ctx, edges, kGBih) || needs(ctx, edges, kGBhh);
     const bool track = needs(ctx, edges, kGRecord);
     const std::string mode = ctx->saved_data["grad_clip_mode"].toStringRef();
+    BelowAutogradUnlessCreateGraph below;
     auto [dx, dh0, dw_ih, dw_hh, db_ih, db_hh, record] = gru_layer_backward_op().call(
         or_zeros(grads[0], saved[6].sym_sizes(), input), or_zeros(grads[1], {B, H}, input),
         input, saved[1], saved[2], optional(saved[3]), optional(saved[4]), optional(saved[5]),

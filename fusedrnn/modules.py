@@ -98,12 +98,15 @@ class _FusedRNNBase(nn.RNNBase):
         return 2 if self.bidirectional else 1
 
     def _weights(self, layer: int, direction: int):
-        """(weight_ih, weight_hh, bias_ih, bias_hh, weight_hr) of one layer and direction,
-        from torch.nn's ``_flat_weights`` (kept in step with the parameters by RNNBase, also
-        under functional_call and after ``.to()``), without building names per call."""
-        flat = self._flat_weights
-        per = len(flat) // (self.num_layers * self._num_directions)
-        w = flat[(layer * self._num_directions + direction) * per:][:per]
+        """(weight_ih, weight_hh, bias_ih, bias_hh, weight_hr) of one layer and direction.
+        Names come from torch.nn's ``_flat_weights_names`` (layer-major, as registered), values
+        from ``_parameters``, which is what ``functional_call`` swaps (it bypasses
+        ``__setattr__``, so RNNBase's ``_flat_weights`` list can be stale there)."""
+        names = self._flat_weights_names
+        per = len(names) // (self.num_layers * self._num_directions)
+        start = (layer * self._num_directions + direction) * per
+        params = self._parameters
+        w = [params[n] for n in names[start:start + per]]
         bias = (w[2], w[3]) if self.bias else (None, None)
         return w[0], w[1], bias[0], bias[1], (w[-1] if self.proj_size > 0 else None)
 
