@@ -12,10 +12,10 @@
 //    gates of those units, so its gate math needs no other thread's results: the only data
 //    shared between threads is the state h_{t-1}, which every thread reads whole.
 //  - Packing. Each thread packs its units' rows of W_hh once per call, inside the region
-//    (so the pages are first touched, and the panel cached, by the core that reads it every
-//    step), into one panel allocated before the region, in the layout of
-//    Note [Engine panel layout] (engine_fwd.h): per block of W units, K columns of G
-//    vectors. At B = 1 a step is bound by streaming this slice from L2 (a thread's share is
+//    (so its slice is in the cache of the core that reads it every step), into one panel
+//    set up before the region (a workspace the calling thread keeps for its next call), in
+//    the layout of Note [Engine panel layout] (engine_fwd.h): per block of W units, K
+//    columns of G vectors. At B = 1 a step is bound by streaming this slice from L2 (a thread's share is
 //    4H R / n floats: 512 KiB at H = 256 on two threads, in a 2 MiB L2), at larger B by the
 //    FMAs.
 //  - Steps. Per step a thread runs register blocks (engine_fwd_impl.h): a few rows x G gates
@@ -45,6 +45,7 @@
 #include "engine_fwd_run.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 
 #include "dispatch.h"
@@ -100,6 +101,35 @@ int team_size(const LayerSizes& s, int64_t G, int64_t W) {
   return static_cast<int>(std::max<int64_t>(1, std::min(chunks, by_work)));
 }
 
+// The panels of one call live in a buffer of the calling thread that the next call on that
+// thread reuses: a fresh allocation of this size is mmap'ed, and its page faults (one per
+// 4 KiB, in the first step that touches them) cost more than the packing itself (~0.5 ms
+// for the 1 MiB of H = 256). Per calling thread, so concurrent calls from several threads
+// never share one.
+class Workspace {
+ public:
+  ~Workspace() { std::free(data_); }
+  float* get(int64_t floats) {
+    if (floats > size_) {
+      std::free(data_);
+      const size_t bytes = (static_cast<size_t>(floats) * sizeof(float) + 63) / 64 * 64;
+      data_ = static_cast<float*>(std::aligned_alloc(64, bytes));
+      TORCH_CHECK(data_ != nullptr, "fusedrnn: cannot allocate ", bytes, " bytes of engine workspace");
+      size_ = floats;
+    }
+    return data_;
+  }
+
+ private:
+  float* data_ = nullptr;
+  int64_t size_ = 0;
+};
+
+float* workspace(int64_t floats) {
+  thread_local Workspace ws;
+  return ws.get(floats);
+}
+
 float* ptr(at::Tensor& t) { return t.data_ptr<float>(); }
 const float* cptr(const at::Tensor& t) { return t.data_ptr<float>(); }
 
@@ -144,9 +174,9 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
   const int64_t P = w_hr ? R : 0;
   const at::Tensor whh = w_hh.contiguous();
   const at::Tensor whr = w_hr ? w_hr->contiguous() : at::Tensor();
-  // Workspaces of the whole call: the panels, filled inside the region.
-  at::Tensor panel = at::empty({panel_floats(4, H, R, W)}, gates.options());
-  at::Tensor panel_hr = at::empty({P ? panel_floats(1, P, H, W) : 0}, gates.options());
+  // Workspace of the whole call: the panels of W_hh and W_hr, filled inside the region.
+  const int64_t hh_floats = panel_floats(4, H, R, W);
+  float* panel = workspace(hh_floats + (P ? panel_floats(1, P, H, W) : 0));
   StateBuffers state(h, T);
 
   LstmEngineStep base{};
@@ -154,7 +184,7 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
   base.H = H;
   base.R = R;
   base.lengths = s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr;
-  base.panel = cptr(panel);
+  base.panel = panel;
   base.c = ptr(c);
   base.cell_clip = cell_clip ? static_cast<float>(*cell_clip) : 0.0f;
   base.has_cell_clip = cell_clip.has_value();
@@ -163,7 +193,7 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
   pbase.H = H;
   pbase.P = P;
   pbase.lengths = base.lengths;
-  pbase.panel = P ? cptr(panel_hr) : nullptr;
+  pbase.panel = P ? panel + hh_floats : nullptr;
   float* g_p = ptr(gates);
   float* y_p = ptr(y);
   float* craw_p = save ? ptr(c_raw) : nullptr;
@@ -214,14 +244,14 @@ void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Ten
   const EngineFwdKernels& k = engine_kernels();
   const int64_t T = s.T, B = s.B, H = s.H, W = k.width;
   const at::Tensor whh = w_hh.contiguous();
-  at::Tensor panel = at::empty({panel_floats(3, H, H, W)}, xg.options());
+  float* panel = workspace(panel_floats(3, H, H, W));
   StateBuffers state(h, T);
 
   GruEngineStep base{};
   base.B = B;
   base.H = H;
   base.lengths = s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr;
-  base.panel = cptr(panel);
+  base.panel = panel;
   base.b_hn = b_hn.defined() ? cptr(b_hn) : nullptr;
   const float* xg_p = cptr(xg);
   float* y_p = ptr(y);

@@ -53,16 +53,17 @@ inline void copy_n(float* dst, const float* src, int64_t n) {
   for (int64_t l = 0; l < n; ++l) dst[l] = src[l];
 }
 
-// Note [Engine panel layout] (engine_fwd.h).
+// Note [Engine panel layout] (engine_fwd.h). The panel is written in order (k outer); the
+// G * kW weight rows a block reads from stay in L1 while k advances along them.
 void pack(const float* weight, int64_t G, int64_t U, int64_t K, int64_t u0, int64_t u1,
           float* panel) {
   for (int64_t j = u0 / kW; j * kW < u1; ++j) {
-    float* blk = panel + j * K * G * kW;
-    for (int64_t g = 0; g < G; ++g) {
-      for (int64_t l = 0; l < kW; ++l) {
-        const int64_t u = j * kW + l;
-        const float* row = u < U ? weight + (g * U + u) * K : nullptr;
-        for (int64_t k = 0; k < K; ++k) blk[(k * G + g) * kW + l] = row ? row[k] : 0.0f;
+    const int64_t lanes = U - j * kW < kW ? U - j * kW : kW;
+    float* out = panel + j * K * G * kW;
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t g = 0; g < G; ++g) {
+        const float* col = weight + (g * U + j * kW) * K + k;
+        for (int64_t l = 0; l < kW; ++l) *out++ = l < lanes ? col[l * K] : 0.0f;
       }
     }
   }
