@@ -7,9 +7,12 @@
 //           dW_hh as GEMMs over all T*B rows and the bias gradients as reductions.
 #include "cpu_ops.h"
 
+#include <type_traits>
+
 #include "../grad_record.h"
 #include "cpu_common.h"
 #include "dispatch.h"
+#include "engine_fwd_run.h"
 
 namespace fusedrnn {
 namespace cpu {
@@ -38,24 +41,32 @@ void gru_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tensor
   at::Tensor h = h0 ? h0->contiguous().clone() : at::zeros({B, H}, opts);
   // Without backward the r, z, n, hn scratch of one step is enough.
   at::Tensor saved = at::empty({save ? N : B, 4 * H}, opts);
-  StepLinear<T> recurrent(w_hh, B);  // h_{t-1} W_hh^T
+  bool engine = false;
+  if constexpr (std::is_same_v<T, float>) engine = use_forward_engine(s, 3, 0);
+  if (engine) {
+    // The engine writes r, z, n, hn only where they are saved (Note [CPU time-loop engine]).
+    at::Tensor saved_out = save ? saved : at::Tensor();
+    gru_forward_engine(s, xg, w_hh, b_hn, y, h, saved_out, reverse);
+  } else {
+    StepLinear<T> recurrent(w_hh, B);  // h_{t-1} W_hh^T
 
-  GruFwdStep<T> p{};
-  p.H = H;
-  p.step = StepInfo{T_, 0, reverse, s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr};
-  p.b_hn = b_hh ? b_hn.data_ptr<T>() : nullptr;
-  p.h_state = h.data_ptr<T>();
+    GruFwdStep<T> p{};
+    p.H = H;
+    p.step = StepInfo{T_, 0, reverse, s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr};
+    p.b_hn = b_hh ? b_hn.data_ptr<T>() : nullptr;
+    p.h_state = h.data_ptr<T>();
 
-  for (int64_t step = 0; step < T_; ++step) {
-    const int64_t t = reverse ? T_ - 1 - step : step;
-    const int64_t M = s.rows[t], off = s.offset[t];
-    p.B = M;
-    p.hg = recurrent(p.h_state, M);
-    p.step.t = t;
-    p.xg = xg.data_ptr<T>() + off * 3 * H;
-    p.saved = saved.data_ptr<T>() + (save ? off * 4 * H : 0);
-    p.h_out = y.data_ptr<T>() + off * H;
-    parallel_rows(M, 3 * H, [&](int64_t b0, int64_t b1) { k.gru_fwd(p, b0, b1); });
+    for (int64_t step = 0; step < T_; ++step) {
+      const int64_t t = reverse ? T_ - 1 - step : step;
+      const int64_t M = s.rows[t], off = s.offset[t];
+      p.B = M;
+      p.hg = recurrent(p.h_state, M);
+      p.step.t = t;
+      p.xg = xg.data_ptr<T>() + off * 3 * H;
+      p.saved = saved.data_ptr<T>() + (save ? off * 4 * H : 0);
+      p.h_out = y.data_ptr<T>() + off * H;
+      parallel_rows(M, 3 * H, [&](int64_t b0, int64_t b1) { k.gru_fwd(p, b0, b1); });
+    }
   }
   if (!save) saved = at::empty({0}, opts);
   if (!s.packed) {

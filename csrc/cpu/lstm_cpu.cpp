@@ -11,10 +11,12 @@
 #include "cpu_ops.h"
 
 #include <cstring>
+#include <type_traits>
 
 #include "../grad_record.h"
 #include "cpu_common.h"
 #include "dispatch.h"
+#include "engine_fwd_run.h"
 
 namespace fusedrnn {
 namespace cpu {
@@ -41,41 +43,49 @@ void lstm_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tenso
   at::Tensor c = c0 ? c0->contiguous().clone() : at::zeros({B, H}, opts);
   at::Tensor c_raw = save ? at::empty({N, H}, opts) : at::empty({0}, opts);
   at::Tensor h_pre = w_hr ? at::empty({N, H}, opts) : at::empty({0}, opts);
-  StepLinear<T> recurrent(w_hh, B);                                   // h_{t-1} W_hh^T
-  std::optional<StepLinear<T>> projection;                            // h_t W_hr^T
-  if (w_hr) projection.emplace(*w_hr, B);
-  const int64_t* len_p = s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr;
+  // float32 calls the engine takes (Note [CPU time-loop engine] in engine_fwd.cpp) run the
+  // whole time loop there.
+  bool engine = false;
+  if constexpr (std::is_same_v<T, float>) engine = use_forward_engine(s, 4, w_hr ? R : 0);
+  if (engine) {
+    lstm_forward_engine(s, gates, w_hh, w_hr, y, h, c, c_raw, h_pre, reverse, cell_clip, save);
+  } else {
+    StepLinear<T> recurrent(w_hh, B);                                   // h_{t-1} W_hh^T
+    std::optional<StepLinear<T>> projection;                            // h_t W_hr^T
+    if (w_hr) projection.emplace(*w_hr, B);
+    const int64_t* len_p = s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr;
 
-  T* g_p = gates.data_ptr<T>();
-  T* y_p = y.data_ptr<T>();
-  T* h_p = h.data_ptr<T>();
-  T* craw_p = save ? c_raw.data_ptr<T>() : nullptr;
-  T* hpre_p = w_hr ? h_pre.data_ptr<T>() : nullptr;
+    T* g_p = gates.data_ptr<T>();
+    T* y_p = y.data_ptr<T>();
+    T* h_p = h.data_ptr<T>();
+    T* craw_p = save ? c_raw.data_ptr<T>() : nullptr;
+    T* hpre_p = w_hr ? h_pre.data_ptr<T>() : nullptr;
 
-  LstmFwdStep<T> p{};
-  p.H = H;
-  p.step = StepInfo{T_, 0, reverse, len_p};
-  p.c = c.data_ptr<T>();
-  p.h_state = w_hr ? nullptr : h_p;
-  p.has_cell_clip = cell_clip.has_value();
-  p.cell_clip = cell_clip ? static_cast<T>(*cell_clip) : T(0);
+    LstmFwdStep<T> p{};
+    p.H = H;
+    p.step = StepInfo{T_, 0, reverse, len_p};
+    p.c = c.data_ptr<T>();
+    p.h_state = w_hr ? nullptr : h_p;
+    p.has_cell_clip = cell_clip.has_value();
+    p.cell_clip = cell_clip ? static_cast<T>(*cell_clip) : T(0);
 
-  for (int64_t step = 0; step < T_; ++step) {
-    const int64_t t = reverse ? T_ - 1 - step : step;
-    const int64_t M = s.rows[t], off = s.offset[t];
-    p.B = M;
-    p.hg = recurrent(h_p, M);
-    p.step.t = t;
-    p.gates = g_p + off * 4 * H;
-    p.c_raw = craw_p ? craw_p + off * H : nullptr;
-    p.h_out = w_hr ? hpre_p + off * H : y_p + off * R;
-    parallel_rows(M, 4 * H, [&](int64_t b0, int64_t b1) { k.lstm_fwd(p, b0, b1); });
-    if (w_hr) {
-      // r_t = h_t W_hr^T; rows that do not exist at t have h_t = 0, hence r_t = 0.
-      T* y_t = y_p + off * R;
-      std::memcpy(y_t, (*projection)(p.h_out, M), sizeof(T) * M * R);
-      for (int64_t b = 0; b < M; ++b) {
-        if (!len_p || t < len_p[b]) std::memcpy(h_p + b * R, y_t + b * R, sizeof(T) * R);
+    for (int64_t step = 0; step < T_; ++step) {
+      const int64_t t = reverse ? T_ - 1 - step : step;
+      const int64_t M = s.rows[t], off = s.offset[t];
+      p.B = M;
+      p.hg = recurrent(h_p, M);
+      p.step.t = t;
+      p.gates = g_p + off * 4 * H;
+      p.c_raw = craw_p ? craw_p + off * H : nullptr;
+      p.h_out = w_hr ? hpre_p + off * H : y_p + off * R;
+      parallel_rows(M, 4 * H, [&](int64_t b0, int64_t b1) { k.lstm_fwd(p, b0, b1); });
+      if (w_hr) {
+        // r_t = h_t W_hr^T; rows that do not exist at t have h_t = 0, hence r_t = 0.
+        T* y_t = y_p + off * R;
+        std::memcpy(y_t, (*projection)(p.h_out, M), sizeof(T) * M * R);
+        for (int64_t b = 0; b < M; ++b) {
+          if (!len_p || t < len_p[b]) std::memcpy(h_p + b * R, y_t + b * R, sizeof(T) * R);
+        }
       }
     }
   }

@@ -1,0 +1,282 @@
+// The CPU forward engine: the whole time loop of one layer call (one direction) in one
+// parallel region, float32, LSTM (with projection) and GRU.
+//
+// Note [CPU time-loop engine]
+// The per-step loop (lstm_cpu.cpp, gru_cpu.cpp) runs one GEMM h_{t-1} W_hh^T per step (oneDNN
+// or MKL) and then a separate parallel pass for the pointwise math. At small batch that is
+// all overhead: the GEMM call, waking the pool twice per step, and reading W_hh (4H x R
+// floats, 1 MiB at H = 256) from wherever the last GEMM left it. The engine instead:
+//
+//  - Slices. run_team (team.h) starts one region for the whole call. Thread tid of n owns
+//    the hidden units team_slice(H, W, tid, n) (W = SIMD lanes of the capability) and ALL
+//    gates of those units, so its gate math needs no other thread's results: the only data
+//    shared between threads is the state h_{t-1}, which every thread reads whole.
+//  - Packing. Each thread packs its units' rows of W_hh once per call, inside the region
+//    (so its slice is in the cache of the core that reads it every step), into one panel
+//    set up before the region (a workspace the calling thread keeps for its next call), in
+//    the layout of Note [Engine panel layout] (engine_fwd.h): per block of W units, K
+//    columns of G vectors. At B = 1 a step is bound by streaming this slice from L2 (a thread's share is
+//    4H R / n floats: 512 KiB at H = 256 on two threads, in a 2 MiB L2), at larger B by the
+//    FMAs.
+//  - Steps. Per step a thread runs register blocks (engine_fwd_impl.h): a few rows x G gates
+//    x one to four unit blocks of accumulators, k = 0..R-1 with one FMA chain per output;
+//    then, while the gate sums are in registers, adds the x part (the all-steps GEMM
+//    x W_ih^T + b, done before by oneDNN/MKL), applies the activations, the cell update and
+//    clip and h, and writes act / c_raw / h_out and its units of h_t. Then one barrier per
+//    step. The state lives in two buffers (h_{t-1} is read by all threads while each writes
+//    its units of h_t) that swap every step; the barrier at the end of step s both
+//    publishes h_s and guarantees that nobody still reads the buffer step s+1 overwrites.
+//    Rows a step does not have (packed input) or that have ended (lengths) copy their units
+//    of the state to the other buffer.
+//  - Projection. h_t (H wide) goes to h_pre; after a barrier the threads split the P outputs
+//    r_t = h_t W_hr^T the same way (a G = 1 panel of W_hr), write y and the projected state,
+//    and meet at a second barrier.
+//  - Order of the sums. Each gate value is (sum_k h_{t-1}[k] W[g,u,k], from zero, k
+//    ascending) + x part: the same order as the per-step loop's beta = 0 GEMM followed by
+//    the pointwise add. Starting the chain from the x part instead (like a beta = 1 GEMM)
+//    measurably biases the float32 recurrence (Note [Recurrent gradient buffers] in
+//    rnn_params.h). And because every output is one chain whose order depends on neither
+//    the row blocking nor the unit split, results are bitwise identical for any number of
+//    threads.
+//
+// The saved tensors (act, c_raw, h_pre; GRU saved) have exactly the per-step loop's layout
+// and meaning, so either backward consumes them. float64 stays on the per-step loop; which
+// loop a float32 call takes is decided in use_forward_engine (the crossover rule is there).
+#include "engine_fwd_run.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+
+#include "dispatch.h"
+#include "engine_fwd.h"
+#include "team.h"
+
+namespace fusedrnn {
+namespace cpu {
+
+namespace base {
+void fill_engine_fwd(EngineFwdKernels* table);
+}
+#if defined(__x86_64__) || defined(_M_X64)
+namespace avx2 {
+void fill_engine_fwd(EngineFwdKernels* table);
+}
+namespace avx512 {
+void fill_engine_fwd(EngineFwdKernels* table);
+}
+#endif
+
+namespace {
+
+struct EngineTables {
+  EngineFwdKernels base_, avx2_, avx512_;
+  EngineTables() {
+    base::fill_engine_fwd(&base_);
+    avx2_ = avx512_ = base_;
+#if defined(__x86_64__) || defined(_M_X64)
+    avx2::fill_engine_fwd(&avx2_);
+    avx512::fill_engine_fwd(&avx512_);
+#endif
+  }
+};
+
+// The engine kernels of the capability the pointwise kernels use (dispatch.h), so that
+// _set_cpu_capability switches both.
+const EngineFwdKernels& engine_kernels() {
+  static const EngineTables tables;
+  const std::string cap = capability();
+  if (cap == "avx512") return tables.avx512_;
+  if (cap == "avx2") return tables.avx2_;
+  return tables.base_;
+}
+
+// How many threads to start: one per chunk of W units at most, and one when a step is so
+// small that a barrier would cost more than the split saves.
+int team_size(const LayerSizes& s, int64_t G, int64_t W) {
+  const int64_t chunks = (s.H + W - 1) / W;
+  const int64_t macs = s.B * G * s.H * s.R;  // per step
+  constexpr int64_t kMinMacsPerThread = 16 << 10;
+  const int64_t by_work = std::max<int64_t>(1, macs / kMinMacsPerThread);
+  return static_cast<int>(std::max<int64_t>(1, std::min(chunks, by_work)));
+}
+
+// The panels of one call live in a buffer of the calling thread that the next call on that
+// thread reuses: a fresh allocation of this size is mmap'ed, and its page faults (one per
+// 4 KiB, in the first step that touches them) cost more than the packing itself (~0.5 ms
+// for the 1 MiB of H = 256). Per calling thread, so concurrent calls from several threads
+// never share one.
+class Workspace {
+ public:
+  ~Workspace() { std::free(data_); }
+  float* get(int64_t floats) {
+    if (floats > size_) {
+      std::free(data_);
+      const size_t bytes = (static_cast<size_t>(floats) * sizeof(float) + 63) / 64 * 64;
+      data_ = static_cast<float*>(std::aligned_alloc(64, bytes));
+      TORCH_CHECK(data_ != nullptr, "fusedrnn: cannot allocate ", bytes, " bytes of engine workspace");
+      size_ = floats;
+    }
+    return data_;
+  }
+
+ private:
+  float* data_ = nullptr;
+  int64_t size_ = 0;
+};
+
+float* workspace(int64_t floats) {
+  thread_local Workspace ws;
+  return ws.get(floats);
+}
+
+float* ptr(at::Tensor& t) { return t.data_ptr<float>(); }
+const float* cptr(const at::Tensor& t) { return t.data_ptr<float>(); }
+
+// The two state buffers [2][B, R]: buffer step % 2 is read by step `step`. `state` holds the
+// initial state and must end up holding the final one (after T steps: buffer T % 2), so it
+// is used as that buffer, and the initial state is copied where step 0 reads it.
+struct StateBuffers {
+  at::Tensor scratch;
+  float* buf[2];
+  StateBuffers(at::Tensor& state, int64_t T) {
+    scratch = at::empty_like(state);
+    if (T % 2 == 0) {
+      buf[0] = ptr(state);
+      buf[1] = ptr(scratch);
+    } else {
+      scratch.copy_(state);
+      buf[0] = ptr(scratch);
+      buf[1] = ptr(state);
+    }
+  }
+};
+
+}  // namespace
+
+bool use_forward_engine(const LayerSizes& s, int64_t G, int64_t P) {
+  const EngineMode mode = engine_mode();
+  if (mode == EngineMode::Steps || s.B == 0) return false;
+  if (mode == EngineMode::Engine) return true;
+  // Auto: see the crossover measurements below.
+  (void)G;
+  (void)P;
+  return capability() != "default";
+}
+
+void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tensor& w_hh,
+                         const OptTensor& w_hr, at::Tensor& y, at::Tensor& h, at::Tensor& c,
+                         at::Tensor& c_raw, at::Tensor& h_pre, bool reverse,
+                         std::optional<double> cell_clip, bool save) {
+  count_engine_run(EngineRun::LstmForward);
+  const EngineFwdKernels& k = engine_kernels();
+  const int64_t T = s.T, B = s.B, H = s.H, R = s.R, W = k.width;
+  const int64_t P = w_hr ? R : 0;
+  const at::Tensor whh = w_hh.contiguous();
+  const at::Tensor whr = w_hr ? w_hr->contiguous() : at::Tensor();
+  // Workspace of the whole call: the panels of W_hh and W_hr, filled inside the region.
+  const int64_t hh_floats = panel_floats(4, H, R, W);
+  float* panel = workspace(hh_floats + (P ? panel_floats(1, P, H, W) : 0));
+  StateBuffers state(h, T);
+
+  LstmEngineStep base{};
+  base.B = B;
+  base.H = H;
+  base.R = R;
+  base.lengths = s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr;
+  base.panel = panel;
+  base.c = ptr(c);
+  base.cell_clip = cell_clip ? static_cast<float>(*cell_clip) : 0.0f;
+  base.has_cell_clip = cell_clip.has_value();
+  ProjEngineStep pbase{};
+  pbase.B = B;
+  pbase.H = H;
+  pbase.P = P;
+  pbase.lengths = base.lengths;
+  pbase.panel = P ? panel + hh_floats : nullptr;
+  float* g_p = ptr(gates);
+  float* y_p = ptr(y);
+  float* craw_p = save ? ptr(c_raw) : nullptr;
+  float* hpre_p = P ? ptr(h_pre) : nullptr;
+
+  run_team(team_size(s, 4, W), [&](int tid, int n, SpinBarrier& barrier) {
+    int64_t u0, u1, p0 = 0, p1 = 0;
+    team_slice(H, W, tid, n, &u0, &u1);
+    k.pack(cptr(whh), 4, H, R, u0, u1, const_cast<float*>(base.panel));
+    if (P) {
+      team_slice(P, W, tid, n, &p0, &p1);
+      k.pack(cptr(whr), 1, P, H, p0, p1, const_cast<float*>(pbase.panel));
+    }
+    LstmEngineStep p = base;
+    ProjEngineStep pp = pbase;
+    for (int64_t step = 0; step < T; ++step) {
+      const int64_t t = reverse ? T - 1 - step : step;
+      const int64_t M = s.rows[t], off = s.offset[t];
+      float* prev = state.buf[step % 2];
+      float* next = state.buf[(step + 1) % 2];
+      p.M = M;
+      p.t = t;
+      p.h_prev = prev;
+      p.h_next = P ? nullptr : next;
+      p.gates = g_p + off * 4 * H;
+      p.c_raw = craw_p ? craw_p + off * H : nullptr;
+      p.h_out = P ? hpre_p + off * H : y_p + off * R;
+      if (u0 < u1) k.lstm_step(p, u0, u1);
+      barrier.wait();
+      if (P) {
+        pp.M = M;
+        pp.t = t;
+        pp.h_pre = p.h_out;
+        pp.r_prev = prev;
+        pp.r_next = next;
+        pp.y = y_p + off * R;
+        if (p0 < p1) k.proj_step(pp, p0, p1);
+        barrier.wait();
+      }
+    }
+  });
+}
+
+void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Tensor& w_hh,
+                        const at::Tensor& b_hn, at::Tensor& y, at::Tensor& h, at::Tensor& saved,
+                        bool reverse) {
+  count_engine_run(EngineRun::GruForward);
+  const EngineFwdKernels& k = engine_kernels();
+  const int64_t T = s.T, B = s.B, H = s.H, W = k.width;
+  const at::Tensor whh = w_hh.contiguous();
+  float* panel = workspace(panel_floats(3, H, H, W));
+  StateBuffers state(h, T);
+
+  GruEngineStep base{};
+  base.B = B;
+  base.H = H;
+  base.lengths = s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr;
+  base.panel = panel;
+  base.b_hn = b_hn.defined() ? cptr(b_hn) : nullptr;
+  const float* xg_p = cptr(xg);
+  float* y_p = ptr(y);
+  float* saved_p = saved.defined() ? ptr(saved) : nullptr;
+
+  run_team(team_size(s, 3, W), [&](int tid, int n, SpinBarrier& barrier) {
+    int64_t u0, u1;
+    team_slice(H, W, tid, n, &u0, &u1);
+    k.pack(cptr(whh), 3, H, H, u0, u1, const_cast<float*>(base.panel));
+    GruEngineStep p = base;
+    for (int64_t step = 0; step < T; ++step) {
+      const int64_t t = reverse ? T - 1 - step : step;
+      const int64_t M = s.rows[t], off = s.offset[t];
+      p.M = M;
+      p.t = t;
+      p.h_prev = state.buf[step % 2];
+      p.h_next = state.buf[(step + 1) % 2];
+      p.xg = xg_p + off * 3 * H;
+      p.saved = saved_p ? saved_p + off * 4 * H : nullptr;
+      p.h_out = y_p + off * H;
+      if (u0 < u1) k.gru_step(p, u0, u1);
+      barrier.wait();
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace fusedrnn

@@ -1,0 +1,309 @@
+// The register-blocked micro-kernels of the CPU forward engine (Note [CPU time-loop engine]
+// in engine_fwd.cpp): one time step for the units of one thread, the recurrent dot products
+// and the pointwise math in one pass while the gate values are in registers.
+//
+// Compiled once per capability by engine_fwd_avx512.cpp, engine_fwd_avx2.cpp and
+// engine_fwd_default.cpp under the rules of Note [CPU capability dispatch] (kernels_impl.h):
+// no header is included here, everything lands in fusedrnn::cpu::<capability>::fwd_engine.
+// The including file defines FUSEDRNN_CPU_CAPABILITY, the vector type in FUSEDRNN_ENGINE_VEC
+// and the accumulator budget in FUSEDRNN_ENGINE_ACCS (vector registers the micro-kernel may
+// hold accumulators in: the rest carry the weight vectors and the broadcast inputs).
+
+#ifndef FUSEDRNN_CPU_CAPABILITY
+#error "engine_fwd_impl.h is included by the engine_fwd_<capability>.cpp files only"
+#endif
+
+namespace fusedrnn {
+namespace cpu {
+namespace FUSEDRNN_CPU_CAPABILITY {
+namespace fwd_engine {
+
+#include "vec.h"
+
+using V = FUSEDRNN_ENGINE_VEC;
+using Rg = typename V::reg;
+constexpr int kW = V::width;
+constexpr int kAccs = FUSEDRNN_ENGINE_ACCS;
+constexpr int kMaxRows = 8;  // rows of one register block at most
+
+// n <= kW lanes from p (the rest zero): the last unit block of H may be partial, and a full
+// load there could read past the end of a buffer.
+inline Rg load_n(const float* p, int64_t n) {
+  if (n == kW) return V::load(p);
+  float tmp[kW];
+  for (int l = 0; l < kW; ++l) tmp[l] = l < n ? p[l] : 0.0f;
+  return V::load(tmp);
+}
+
+inline void store_n(float* p, Rg v, int64_t n) {
+  if (n == kW) {
+    V::store(p, v);
+    return;
+  }
+  float tmp[kW];
+  V::store(tmp, v);
+  for (int64_t l = 0; l < n; ++l) p[l] = tmp[l];
+}
+
+inline void zero_n(float* p, int64_t n) {
+  for (int64_t l = 0; l < n; ++l) p[l] = 0.0f;
+}
+
+inline void copy_n(float* dst, const float* src, int64_t n) {
+  for (int64_t l = 0; l < n; ++l) dst[l] = src[l];
+}
+
+// Note [Engine panel layout] (engine_fwd.h). The panel is written in order (k outer); the
+// G * kW weight rows a block reads from stay in L1 while k advances along them.
+void pack(const float* weight, int64_t G, int64_t U, int64_t K, int64_t u0, int64_t u1,
+          float* panel) {
+  for (int64_t j = u0 / kW; j * kW < u1; ++j) {
+    const int64_t lanes = U - j * kW < kW ? U - j * kW : kW;
+    float* out = panel + j * K * G * kW;
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t g = 0; g < G; ++g) {
+        const float* col = weight + (g * U + j * kW) * K + k;
+        for (int64_t l = 0; l < kW; ++l) *out++ = l < lanes ? col[l * K] : 0.0f;
+      }
+    }
+  }
+}
+
+// The micro-kernel: acc[m][g][nb] = sum_k x[m][k] * panel[j + nb][k][g][:] over k = 0..K-1
+// in order, starting from zero, for MB rows and NB neighbouring unit blocks; then
+// epi(m, nb, acc[m][.][nb]) for each. Every accumulator is one FMA chain over k whatever MB
+// and NB are, so a result does not depend on how rows and units were blocked (or split
+// between threads): this is what makes the engine bitwise deterministic.
+template <int G, int MB, int NB, class Epi>
+inline void gate_block(const float* panel, int64_t K, const float* const* x, const Epi& epi) {
+  static_assert(MB * G * NB <= kAccs || MB == 1, "register block too large");
+  Rg acc[MB][G][NB];
+#pragma GCC unroll 8
+  for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g)
+#pragma GCC unroll 8
+      for (int nb = 0; nb < NB; ++nb) acc[m][g][nb] = V::zero();
+  const int64_t block = K * G * kW;  // distance between neighbouring unit blocks
+  for (int64_t k = 0; k < K; ++k) {
+    const float* wk = panel + k * G * kW;
+    Rg w[G][NB];
+#pragma GCC unroll 8
+    for (int nb = 0; nb < NB; ++nb)
+#pragma GCC unroll 8
+      for (int g = 0; g < G; ++g) w[g][nb] = V::load(wk + nb * block + g * kW);
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) {
+      const Rg xm = V::set1(x[m][k]);
+#pragma GCC unroll 8
+      for (int g = 0; g < G; ++g)
+#pragma GCC unroll 8
+        for (int nb = 0; nb < NB; ++nb) acc[m][g][nb] = V::fmadd(xm, w[g][nb], acc[m][g][nb]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MB; ++m) {
+#pragma GCC unroll 8
+    for (int nb = 0; nb < NB; ++nb) {
+      Rg a[G];
+#pragma GCC unroll 8
+      for (int g = 0; g < G; ++g) a[g] = acc[m][g][nb];
+      epi(m, nb, a);
+    }
+  }
+}
+
+// Rows that fit one register block with NB unit blocks.
+template <int G, int NB>
+constexpr int max_rows() {
+  return kAccs / (G * NB) < 1 ? 1 : (kAccs / (G * NB) > kMaxRows ? kMaxRows : kAccs / (G * NB));
+}
+
+// gate_block with MB chosen at run time (1 <= mb <= max_rows<G, NB>()).
+template <int G, int NB, int MB = 1, class Epi>
+inline void gate_block_rows(int mb, const float* panel, int64_t K, const float* const* x,
+                            const Epi& epi) {
+  if constexpr (MB < max_rows<G, NB>()) {
+    if (mb != MB) {
+      gate_block_rows<G, NB, MB + 1>(mb, panel, K, x, epi);
+      return;
+    }
+  }
+  gate_block<G, MB, NB>(panel, K, x, epi);
+}
+
+// Unit blocks side by side: enough independent FMA chains (about 8, the FMA latency times
+// the FMAs per cycle) when the rows are few; with more rows the rows give the chains.
+template <int G>
+inline int unit_blocks_for(int64_t M) {
+  if (G * M >= 8) return 1;
+  return G * M >= 4 ? 2 : 4;
+}
+
+// Runs the register blocks of one step: units [u0, u1) of the panel (u0 a multiple of kW)
+// against rows 0..M-1 of x (row m at x + m * ldx, K values), calling
+// epi(row, first unit, lanes, acc[G]) for each row and unit block.
+//
+// Unit blocks are the outer loop: the panel of NB blocks (NB * K * G * kW floats) stays in
+// L1/L2 while all rows go past it, so each weight is read from L2 once per row block and
+// from farther away at most once per step.
+template <int G, class Epi>
+void run_blocks(const float* panel, int64_t K, const float* x, int64_t ldx, int64_t M,
+                int64_t U, int64_t u0, int64_t u1, const Epi& epi) {
+  const int NB = unit_blocks_for<G>(M);
+  const int max_mb = NB == 4 ? max_rows<G, 4>() : (NB == 2 ? max_rows<G, 2>() : max_rows<G, 1>());
+  const int64_t row_blocks = (M + max_mb - 1) / max_mb;
+  for (int64_t j = u0 / kW; j * kW < u1;) {
+    const int64_t left = (u1 - j * kW + kW - 1) / kW;
+    const int nb = left >= NB ? NB : 1;
+    const float* pj = panel + j * K * G * kW;
+    for (int64_t rb = 0, m0 = 0; rb < row_blocks; ++rb) {
+      // Balanced row blocks: M = 8 with at most 6 per block runs 4 + 4, not 6 + 2.
+      const int mb = static_cast<int>(M / row_blocks + (rb < M % row_blocks ? 1 : 0));
+      const float* xs[kMaxRows];
+      for (int m = 0; m < mb; ++m) xs[m] = x + (m0 + m) * ldx;
+      auto at = [&](int m, int b, const Rg* acc) {
+        const int64_t u = (j + b) * kW;
+        epi(m0 + m, u, U - u < kW ? U - u : kW, acc);
+      };
+      if (nb == 4) {
+        gate_block_rows<G, 4>(mb, pj, K, xs, at);
+      } else if (nb == 2) {
+        gate_block_rows<G, 2>(mb, pj, K, xs, at);
+      } else {
+        gate_block_rows<G, 1>(mb, pj, K, xs, at);
+      }
+      m0 += mb;
+    }
+    j += nb;
+  }
+}
+
+inline bool row_active(const int64_t* lengths, int64_t t, int64_t b) {
+  return lengths == nullptr || t < lengths[b];
+}
+
+// Rows [M, B): not part of a packed step; their state is carried to the next buffer.
+inline void carry_rows(const float* prev, float* next, int64_t ld, int64_t M, int64_t B,
+                       int64_t u0, int64_t u1) {
+  for (int64_t b = M; b < B; ++b) copy_n(next + b * ld + u0, prev + b * ld + u0, u1 - u0);
+}
+
+// ---------------------------------------------------------------------------------------
+// LSTM: the same pointwise math as lstm_fwd_rows (kernels_impl.h), on the accumulators.
+
+template <bool CCLIP>
+void lstm_step_impl(const LstmEngineStep& p, int64_t u0, int64_t u1) {
+  const int64_t H = p.H, R = p.R;
+  const Rg lo = V::set1(-p.cell_clip), hi = V::set1(p.cell_clip);
+  run_blocks<4>(p.panel, R, p.h_prev, R, p.M, H, u0, u1,
+                [&](int64_t b, int64_t u, int64_t n, const Rg* acc) {
+    float* g = p.gates + b * 4 * H + u;
+    float* h_out = p.h_out + b * H + u;
+    float* c_raw = p.c_raw ? p.c_raw + b * H + u : nullptr;
+    if (!row_active(p.lengths, p.t, b)) {  // state carried; outputs and saved values zero
+      for (int q = 0; q < 4; ++q) zero_n(g + q * H, n);
+      zero_n(h_out, n);
+      if (c_raw) zero_n(c_raw, n);
+      if (p.h_next) copy_n(p.h_next + b * R + u, p.h_prev + b * R + u, n);
+      return;
+    }
+    // The x part is added to the finished recurrent sum (Note [Recurrent gradient buffers]).
+    const Rg i = V::sigmoid(V::add(load_n(g, n), acc[0]));
+    const Rg f = V::sigmoid(V::add(load_n(g + H, n), acc[1]));
+    const Rg gg = V::tanh(V::add(load_n(g + 2 * H, n), acc[2]));
+    const Rg o = V::sigmoid(V::add(load_n(g + 3 * H, n), acc[3]));
+    store_n(g, i, n);
+    store_n(g + H, f, n);
+    store_n(g + 2 * H, gg, n);
+    store_n(g + 3 * H, o, n);
+    float* c = p.c + b * H + u;
+    const Rg cr = V::fmadd(f, load_n(c, n), V::mul(i, gg));
+    if (c_raw) store_n(c_raw, cr, n);
+    Rg cn = cr;
+    if constexpr (CCLIP) cn = V::clamp(cr, lo, hi);
+    store_n(c, cn, n);
+    const Rg h = V::mul(o, V::tanh(cn));
+    store_n(h_out, h, n);
+    if (p.h_next) store_n(p.h_next + b * R + u, h, n);
+  });
+  if (p.h_next) carry_rows(p.h_prev, p.h_next, R, p.M, p.B, u0, u1);
+}
+
+void lstm_step(const LstmEngineStep& p, int64_t u0, int64_t u1) {
+  if (p.has_cell_clip) {
+    lstm_step_impl<true>(p, u0, u1);
+  } else {
+    lstm_step_impl<false>(p, u0, u1);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// GRU: the pointwise math of gru_fwd (kernels_impl.h).
+
+void gru_step(const GruEngineStep& p, int64_t u0, int64_t u1) {
+  const int64_t H = p.H;
+  run_blocks<3>(p.panel, H, p.h_prev, H, p.M, H, u0, u1,
+                [&](int64_t b, int64_t u, int64_t n, const Rg* acc) {
+    float* h_out = p.h_out + b * H + u;
+    float* sv = p.saved ? p.saved + b * 4 * H + u : nullptr;
+    const float* hp_row = p.h_prev + b * H + u;
+    float* hn_row = p.h_next + b * H + u;
+    if (!row_active(p.lengths, p.t, b)) {
+      zero_n(h_out, n);
+      if (sv) {
+        for (int q = 0; q < 4; ++q) zero_n(sv + q * H, n);
+      }
+      copy_n(hn_row, hp_row, n);
+      return;
+    }
+    const float* xg = p.xg + b * 3 * H + u;
+    const Rg r = V::sigmoid(V::add(load_n(xg, n), acc[0]));
+    const Rg z = V::sigmoid(V::add(load_n(xg + H, n), acc[1]));
+    Rg hn = acc[2];
+    if (p.b_hn) hn = V::add(hn, load_n(p.b_hn + u, n));
+    const Rg nn = V::tanh(V::fmadd(r, hn, load_n(xg + 2 * H, n)));
+    const Rg hp = load_n(hp_row, n);
+    const Rg hnew = V::fmadd(z, V::sub(hp, nn), nn);  // (1 - z) n + z h
+    if (sv) {
+      store_n(sv, r, n);
+      store_n(sv + H, z, n);
+      store_n(sv + 2 * H, nn, n);
+      store_n(sv + 3 * H, hn, n);
+    }
+    store_n(h_out, hnew, n);
+    store_n(hn_row, hnew, n);
+  });
+  carry_rows(p.h_prev, p.h_next, H, p.M, p.B, u0, u1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Projection: r_t = h_t W_hr^T for outputs [p0, p1).
+
+void proj_step(const ProjEngineStep& p, int64_t p0, int64_t p1) {
+  const int64_t P = p.P;
+  run_blocks<1>(p.panel, p.H, p.h_pre, p.H, p.M, P, p0, p1,
+                [&](int64_t b, int64_t u, int64_t n, const Rg* acc) {
+    if (!row_active(p.lengths, p.t, b)) {
+      zero_n(p.y + b * P + u, n);
+      copy_n(p.r_next + b * P + u, p.r_prev + b * P + u, n);
+      return;
+    }
+    store_n(p.y + b * P + u, acc[0], n);
+    store_n(p.r_next + b * P + u, acc[0], n);
+  });
+  carry_rows(p.r_prev, p.r_next, P, p.M, p.B, p0, p1);
+}
+
+inline void fill(EngineFwdKernels* table) {
+  table->width = kW;
+  table->pack = &pack;
+  table->lstm_step = &lstm_step;
+  table->gru_step = &gru_step;
+  table->proj_step = &proj_step;
+}
+
+}  // namespace fwd_engine
+}  // namespace FUSEDRNN_CPU_CAPABILITY
+}  // namespace cpu
+}  // namespace fusedrnn

@@ -1,0 +1,305 @@
+"""The CPU forward engine (Note [CPU time-loop engine] in csrc/cpu/engine_fwd.cpp).
+
+Every test forces the engine (``_C._set_cpu_engine('engine')``, restored afterwards) and
+checks with ``_C._engine_runs()`` that the engine, not the per-step loop, produced the
+result. Forward outputs and final states follow the float32 precision rule (DESIGN §4)
+against torch.nn / fusedrnn.reference; the saved tensors (act, c_raw, h_pre; GRU saved) are
+checked through a backward, whose gradients must match the per-step loop's. The engine must
+be bitwise deterministic for any thread count, and safe when called from several threads.
+
+Shape letters: T steps, B batch, I input, H hidden, P projection.
+"""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import fusedrnn
+import fusedrnn.ops as ops
+from fusedrnn import _C, reference
+from helpers import (
+    FLOOR32,
+    TORCHNN,
+    assert_close_by_reference,
+    cast,
+    forward_backward,
+    make_tensors,
+)
+
+OPS = {"lstm": ops.lstm_layer, "gru": ops.gru_layer}
+REFERENCE = {"lstm": reference.lstm_layer, "gru": reference.gru_layer}
+RUN_INDEX = {"lstm": 0, "gru": 2}  # forward counters in _C._engine_runs()
+F32, F64 = torch.float32, torch.float64
+
+
+@pytest.fixture
+def mode():
+    """Set the CPU loop ('engine' / 'steps' / 'auto') and the thread count; restore both."""
+    saved_mode, saved_threads = _C._cpu_engine(), torch.get_num_threads()
+
+    def set_mode(name, threads=None):
+        assert _C._set_cpu_engine(name) == name
+        if threads is not None:
+            torch.set_num_threads(threads)
+
+    yield set_mode
+    _C._set_cpu_engine(saved_mode)
+    torch.set_num_threads(saved_threads)
+
+
+def engine_runs(kind):
+    return _C._engine_runs()[RUN_INDEX[kind]]
+
+
+def run(kind, tensors, expect_engine, **kwargs):
+    """forward_backward of the op; asserts whether the engine ran the forward."""
+    before = engine_runs(kind)
+    result = forward_backward(OPS[kind], kind, tensors, **kwargs)
+    ran = engine_runs(kind) - before
+    assert (ran > 0) == expect_engine, f"engine forward runs: {ran}"
+    return result
+
+
+def forward(kind, tensors, **kwargs):
+    """Forward only, under no_grad (the inference path: nothing saved)."""
+    with torch.no_grad():
+        args = [tensors.get(n) for n in ("input", "weight_ih", "weight_hh", "bias_ih",
+                                          "bias_hh", "h0", "c0")[:7 if kind == "lstm" else 6]]
+        if "weight_hr" in tensors:
+            kwargs["weight_hr"] = tensors["weight_hr"]
+        return OPS[kind](*args, **kwargs)
+
+
+# (T, B, I, H): H = 1, 17 (a partial SIMD block on AVX-512), 129 (a partial block on every
+# width and slices of unequal size), B = 1 and 7 (row blocks of every size), odd I, T = 1.
+SHAPES = [(1, 1, 1, 1), (6, 1, 3, 17), (5, 7, 5, 17), (3, 7, 7, 129), (1, 3, 2, 33),
+          (9, 2, 1, 64)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
+@pytest.mark.parametrize("variant", ["lstm", "lstm_proj", "gru"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_matches_torchnn_and_steps(variant, shape, threads, reverse, mode):
+    kind = variant.split("_")[0]
+    T, B, I, H = shape
+    if variant == "lstm_proj" and H == 1:
+        pytest.skip("torch.nn needs proj_size < hidden_size")
+    P = H // 2 + 1 if variant == "lstm_proj" else 0
+    lengths = torch.tensor([T - (b * 3) % T for b in range(B)]) if B > 1 else None
+    tensors = make_tensors(kind, T, B, I, H, P, dtype=F32, seed=T * 100 + H)
+    kw = dict(reverse=reverse, lengths=lengths)
+    mode("engine", threads)
+    ours = run(kind, tensors, True, **kw)
+    mode("steps")
+    steps = run(kind, tensors, False, **kw)
+    theirs = forward_backward(TORCHNN[kind], kind, tensors, **kw)
+    ref64 = forward_backward(TORCHNN[kind], kind, cast(tensors, F64), **kw)
+    assert_close_by_reference(ours, theirs, ref64, FLOOR32)
+    # The backward read the engine's saved tensors: its gradients agree with the per-step
+    # loop's to float32 rounding (the forwards differ only in summation order).
+    for name, s in steps.items():
+        torch.testing.assert_close(ours[name], s, rtol=1e-4,
+                                   atol=1e-5 * max(1.0, s.abs().max().item()),
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("options", ["cell_clip", "cell_clip_proj", "no_bias_no_h0"])
+def test_options_against_reference(options, threads, mode):
+    """cell_clip (active: large weights) and projection against fusedrnn.reference (torch.nn
+    has no cell clip); no bias and no initial state against torch.nn."""
+    T, B, I, H = 12, 5, 3, 37
+    P = 11 if options == "cell_clip_proj" else 0
+    lengths = torch.tensor([12, 4, 9, 1, 12])
+    tensors = make_tensors("lstm", T, B, I, H, P, dtype=F32, weight_scale=3.0,
+                           bias=options != "no_bias_no_h0", h0=options != "no_bias_no_h0")
+    kw = dict(lengths=lengths)
+    if options.startswith("cell_clip"):
+        kw["cell_clip"] = 0.4
+        base = REFERENCE["lstm"]
+    else:
+        base = TORCHNN["lstm"]
+    mode("engine", threads)
+    ours = run("lstm", tensors, True, **kw)
+    theirs = forward_backward(base, "lstm", tensors, **kw)
+    ref64 = forward_backward(base, "lstm", cast(tensors, F64), **kw)
+    assert_close_by_reference(ours, theirs, ref64, FLOOR32)
+    mode("steps")
+    steps = run("lstm", tensors, False, **kw)
+    for name, s in steps.items():
+        torch.testing.assert_close(ours[name], s, rtol=1e-4,
+                                   atol=1e-5 * max(1.0, s.abs().max().item()))
+
+
+def _module_pair(kind, I, H, proj, seed):
+    torch.manual_seed(seed)
+    extra = dict(proj_size=proj) if proj else {}
+    nn64 = getattr(torch.nn, kind)(I, H, bidirectional=True, dtype=F64, **extra)
+    nn32 = getattr(torch.nn, kind)(I, H, bidirectional=True, **extra)
+    nn32.load_state_dict(nn64.state_dict())
+    ours = getattr(fusedrnn, kind)(I, H, bidirectional=True, **extra)
+    ours.load_state_dict(nn64.state_dict())
+    return ours, nn32, nn64
+
+
+def _packed_run(module, x, lengths, gy):
+    module.zero_grad()
+    x = x.detach().clone().requires_grad_()
+    y, state = module(pack_padded_sequence(x, lengths, enforce_sorted=False))
+    states = state if isinstance(state, tuple) else (state,)
+    loss = (y.data * gy).sum() + sum((s * 0.5).sum() for s in states)
+    loss.backward()
+    return [y.data.detach(), *(s.detach() for s in states), x.grad] + [
+        p.grad.clone() for p in module.parameters()]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("kind, proj", [("LSTM", 0), ("LSTM", 7), ("GRU", 0)])
+def test_packed_both_directions(kind, proj, threads, mode):
+    """Packed input: rows per step shrink (forward) and grow (reverse direction)."""
+    T, B, I, H = 10, 6, 5, 21
+    ours, nn32, nn64 = _module_pair(kind, I, H, proj, seed=7)
+    x = torch.randn(T, B, I, dtype=F64)
+    lengths = torch.tensor([10, 3, 7, 1, 10, 5])
+    gy = torch.randn(int(lengths.sum()), 2 * (proj or H), dtype=F64)
+    mode("engine", threads)
+    before = engine_runs(kind.lower())
+    got = _packed_run(ours, x.float(), lengths, gy.float())
+    assert engine_runs(kind.lower()) - before == 2  # one call per direction
+    want = _packed_run(nn64, x, lengths, gy)
+    base = _packed_run(nn32, x.float(), lengths, gy.float())
+    for o, t, w in zip(got, base, want):
+        assert_close_by_reference(o, t, w, FLOOR32)
+
+
+@pytest.mark.parametrize("variant", ["lstm", "lstm_proj", "gru"])
+def test_bitwise_same_for_any_thread_count(variant, mode):
+    """Uneven slices (H = 80: 5 blocks of 16 lanes on AVX-512, 3 + 2 between two threads),
+    lengths, many steps: 1 and 2 threads and repeated runs give identical bits."""
+    kind = variant.split("_")[0]
+    T, B, I, H = 60, 6, 9, 80
+    P = 24 if variant == "lstm_proj" else 0
+    tensors = make_tensors(kind, T, B, I, H, P, dtype=F32, seed=5)
+    lengths = torch.tensor([60, 17, 59, 1, 33, 60])
+    results = []
+    for threads in (1, 2, 2, 1, 2):
+        mode("engine", threads)
+        before = engine_runs(kind)
+        results.append(forward(kind, tensors, lengths=lengths))
+        assert engine_runs(kind) == before + 1
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("variant", ["lstm", "lstm_proj", "gru"])
+def test_many_steps_uneven_slices(variant, threads, mode):
+    """A missing or misplaced barrier shows up as a race on the state between steps: many
+    steps, slices of different sizes (H = 144: 9 blocks of 16, or 18 of 8), against
+    float64."""
+    kind = variant.split("_")[0]
+    T, B, I, H = 300, 3, 4, 144
+    P = 40 if variant == "lstm_proj" else 0
+    tensors = make_tensors(kind, T, B, I, H, P, dtype=F32, seed=11)
+    mode("engine", threads)
+    ours = forward(kind, tensors)
+    with torch.no_grad():
+        args = dict(tensors)
+        theirs = forward_like_nn(kind, args)
+        ref64 = forward_like_nn(kind, cast(args, F64))
+    names = ("output", "h_n", "c_n")
+    assert_close_by_reference(dict(zip(names, ours)), dict(zip(names, theirs)),
+                              dict(zip(names, ref64)), FLOOR32)
+
+
+def forward_like_nn(kind, tensors):
+    args = [tensors.get(n) for n in ("input", "weight_ih", "weight_hh", "bias_ih", "bias_hh",
+                                      "h0", "c0")[:7 if kind == "lstm" else 6]]
+    kwargs = {"weight_hr": tensors["weight_hr"]} if "weight_hr" in tensors else {}
+    return TORCHNN[kind](*args, **kwargs)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_concurrent_calls_from_python_threads(threads, mode):
+    """Several Python threads run the engine at once (each may start its own team; with
+    torch.set_num_threads(2) the teams oversubscribe the cores): nothing deadlocks and every
+    result is bitwise the single-call result."""
+    mode("engine", threads)
+    cases = []
+    for i, (kind, P) in enumerate([("lstm", 0), ("gru", 0), ("lstm", 9), ("gru", 0)]):
+        tensors = make_tensors(kind, 40, 3, 5, 48, P, dtype=F32, seed=20 + i)
+        cases.append((kind, tensors, forward(kind, tensors)))
+
+    def work(i):
+        kind, tensors, want = cases[i % len(cases)]
+        got = forward(kind, tensors)
+        return all(torch.equal(a, b) for a, b in zip(got, want))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [pool.submit(work, i) for i in range(16)]
+        assert all(f.result(timeout=120) for f in futures)
+
+
+def test_module_from_thread_pool_with_training(mode):
+    """The modules under a Python thread pool with torch.set_num_threads(2), forward and
+    backward, engine forced: same results as one call on the main thread."""
+    mode("engine", 2)
+    torch.manual_seed(3)
+    module = fusedrnn.LSTM(6, 40, num_layers=2)
+    x = torch.randn(30, 4, 6)
+
+    def train_step(_):
+        xx = x.clone().requires_grad_()
+        y, _ = module(xx)
+        (gx,) = torch.autograd.grad(y.square().sum(), xx)
+        return y.detach(), gx
+
+    want = train_step(None)
+    barrier = threading.Barrier(3)
+
+    def together(i):
+        barrier.wait(timeout=60)
+        return train_step(i)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        for got in pool.map(together, range(3), timeout=120):
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_steps_mode_and_float64_skip_the_engine(mode):
+    tensors = make_tensors("lstm", 3, 2, 3, 8, dtype=F32)
+    mode("steps")
+    before = _C._engine_runs()
+    forward("lstm", tensors)
+    forward("gru", make_tensors("gru", 3, 2, 3, 8, dtype=F32))
+    mode("engine")
+    forward("lstm", make_tensors("lstm", 3, 2, 3, 8, dtype=F64))
+    assert _C._engine_runs() == before
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
+@pytest.mark.parametrize("variant", ["lstm", "lstm_proj", "gru"])
+def test_every_capability(variant, capability, mode):
+    """The micro-kernels of every capability this CPU runs (1, 8 and 16 lanes), with a
+    partial unit block (H = 37) and two threads."""
+    saved = _C._cpu_capability()
+    try:
+        if _C._set_cpu_capability(capability) != capability:
+            pytest.skip(f"this CPU does not support {capability}")
+        kind = variant.split("_")[0]
+        T, B, I, H = 7, 9, 4, 37
+        P = 13 if variant == "lstm_proj" else 0
+        tensors = make_tensors(kind, T, B, I, H, P, dtype=F32, seed=2)
+        kw = dict(lengths=torch.tensor([7, 2, 5, 7, 1, 6, 7, 3, 4]), reverse=True)
+        mode("engine", 2)
+        ours = run(kind, tensors, True, **kw)
+        theirs = forward_backward(TORCHNN[kind], kind, tensors, **kw)
+        ref64 = forward_backward(TORCHNN[kind], kind, cast(tensors, F64), **kw)
+        assert_close_by_reference(ours, theirs, ref64, FLOOR32)
+    finally:
+        _C._set_cpu_capability(saved)
