@@ -1,0 +1,132 @@
+#!/usr/bin/env python
+"""Backward engine vs per-step loop vs torch.nn (Note [CPU backward engine]).
+
+Paired and interleaved in one process: every repeat times each variant once, in turn, on
+the same module weights and inputs; the figure is the median over repeats. float32.
+
+    flock /tmp/fusedrnn-bench.lock python benchmarks/bwd_engine_bench.py --threads 2
+    python benchmarks/bwd_engine_bench.py --cell lstm --shapes 128,8,64,256 --repeats 5
+
+Variants: engine / steps (fusedrnn with _C._set_cpu_engine), torchnn; bwd = backward only
+(forward untimed), train = forward + backward. With --options: the engine with
+grad_clip + truncate, and with track_grad_norms, against the plain engine.
+"""
+import argparse
+import statistics
+import time
+
+import torch
+
+import fusedrnn
+from fusedrnn import _C
+
+SHAPES = [(128, 1, 64, 256), (128, 8, 64, 256), (128, 32, 64, 256), (100, 64, 512, 512),
+          (64, 1, 1, 64), (24, 16, 8, 32)]
+
+
+def make(cell, I, H, **kw):
+    fused = getattr(fusedrnn, cell.upper())(I, H, **kw)
+    nn = getattr(torch.nn, cell.upper())(I, H)
+    nn.load_state_dict({k: v for k, v in fused.state_dict().items()}, strict=False)
+    return fused, nn
+
+
+def step_fns(module, x, g):
+    """(forward, backward, train) closures for one module."""
+    state = {}
+
+    def fwd():
+        xx = x.detach().requires_grad_()
+        out, h = module(xx)
+        hs = h if isinstance(h, tuple) else (h,)
+        state["outs"] = (out,) + hs
+
+    def bwd():
+        outs = state.pop("outs")
+        torch.autograd.backward(outs, [g[0]] + [torch.ones_like(o) for o in outs[1:]])
+        for p in module.parameters():
+            p.grad = None
+
+    def train():
+        fwd()
+        bwd()
+
+    return fwd, bwd, train
+
+
+def timed(fn, before=None):
+    if before is not None:
+        before()
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cell", default="both")
+    ap.add_argument("--shapes", default=None, help="T,B,I,H;T,B,I,H")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--options", action="store_true", help="time clip+truncate and the record")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    shapes = SHAPES if not args.shapes else [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")]
+    cells = ["lstm", "gru"] if args.cell == "both" else [args.cell]
+    print(f"capability={_C._cpu_capability()} threads={torch.get_num_threads()} torch={torch.__version__}")
+    old = _C._cpu_engine()
+    try:
+        for cell in cells:
+            for (T, B, I, H) in shapes:
+                torch.manual_seed(0)
+                x = torch.randn(T, B, I)
+                g = (torch.randn(T, B, H),)
+                fused, nn = make(cell, I, H)
+                variants = {}
+                f_fwd, f_bwd, f_train = step_fns(fused, x, g)
+                n_fwd, n_bwd, n_train = step_fns(nn, x, g)
+                modes = {"engine": "engine", "steps": "steps"}
+                for name, mode in modes.items():
+                    def set_mode(mode=mode):
+                        _C._set_cpu_engine(mode)
+                    variants[name] = (set_mode, f_fwd, f_bwd, f_train)
+                variants["torchnn"] = (lambda: None, n_fwd, n_bwd, n_train)
+                if args.options:
+                    clip, _ = make(cell, I, H, grad_clip=1.0, grad_clip_mode="value", truncate=16)
+                    clip.load_state_dict(fused.state_dict())
+                    track, _ = make(cell, I, H, track_grad_norms=True)
+                    track.load_state_dict(fused.state_dict())
+                    for name, m in (("engine_clip", clip), ("engine_track", track)):
+                        fw, bw, tr = step_fns(m, x, g)
+                        variants[name] = (lambda: _C._set_cpu_engine("engine"), fw, bw, tr)
+                res = {name: {"bwd": [], "train": []} for name in variants}
+                for rep in range(args.repeats + 1):
+                    for name, (setup, fw, bw, tr) in variants.items():
+                        setup()
+                        fw()
+                        b = timed(bw)
+                        setup()
+                        tt = timed(tr)
+                        if rep:  # the first round warms up
+                            res[name]["bwd"].append(b)
+                            res[name]["train"].append(tt)
+                med = {n: {m: statistics.median(v) for m, v in r.items()} for n, r in res.items()}
+                e, s, t = med["engine"], med["steps"], med["torchnn"]
+                line = (f"{cell} T={T} B={B} I={I} H={H}: bwd engine {e['bwd']*1e3:.2f} ms "
+                        f"({e['bwd']/T*1e6:.1f} us/step), steps {s['bwd']*1e3:.2f} ms, torch.nn "
+                        f"{t['bwd']*1e3:.2f} ms | train engine {e['train']*1e3:.2f} ms, steps "
+                        f"{s['train']*1e3:.2f}, torch.nn {t['train']*1e3:.2f} | bwd engine/steps "
+                        f"speedup {s['bwd']/e['bwd']:.2f}x, train vs torch.nn "
+                        f"{t['train']/e['train']:.2f}x (steps {t['train']/s['train']:.2f}x)")
+                if args.options:
+                    c, k = med["engine_clip"], med["engine_track"]
+                    line += (f" | clip+trunc bwd {c['bwd']/e['bwd']-1:+.1%} train "
+                             f"{c['train']/e['train']-1:+.1%}; record bwd {k['bwd']/e['bwd']-1:+.1%} "
+                             f"train {k['train']/e['train']-1:+.1%}")
+                print(line, flush=True)
+    finally:
+        _C._set_cpu_engine(old)
+
+
+if __name__ == "__main__":
+    main()
