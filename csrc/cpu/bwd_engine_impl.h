@@ -41,9 +41,11 @@ struct Blocking<1> {  // portable
   static constexpr int MR = 2, NB = 1, NB1 = 1, NB2 = 1;
 };
 
+// Rows k0 <= k < k1 of the product; accumulates onto C unless k0 == 0 (a float32 store and
+// reload is exact, so splitting k into blocks keeps every element's FMA chain unchanged).
 template <class V, int MR, int NB>
 inline void micro_kernel(const typename V::value_type* A, int64_t lda,
-                         const typename V::value_type* Bp, int64_t K,
+                         const typename V::value_type* Bp, int64_t K, int64_t k0, int64_t k1,
                          typename V::value_type* C, int64_t ldc) {
   using T = typename V::value_type;
   using Rg = typename V::reg;
@@ -53,10 +55,16 @@ inline void micro_kernel(const typename V::value_type* A, int64_t lda,
 #pragma GCC unroll 64
   for (int i = 0; i < MR; ++i) {
 #pragma GCC unroll 64
-    for (int q = 0; q < NV; ++q) acc[i][q] = V::zero();
+    for (int p = 0; p < NB; ++p) {
+#pragma GCC unroll 64
+      for (int v = 0; v < VP; ++v) {
+        acc[i][p * VP + v] =
+            k0 == 0 ? V::zero() : V::load(C + i * ldc + p * kEngineBlock + v * V::width);
+      }
+    }
   }
   const int64_t panel = K * kEngineBlock;
-  for (int64_t k = 0; k < K; ++k) {
+  for (int64_t k = k0; k < k1; ++k) {
     Rg b[NV];
     const T* bk = Bp + k * kEngineBlock;
 #pragma GCC unroll 64
@@ -85,37 +93,42 @@ inline void micro_kernel(const typename V::value_type* A, int64_t lda,
 
 template <class V, int MR>
 inline void micro_nb(int nb, const typename V::value_type* A, int64_t lda,
-                     const typename V::value_type* Bp, int64_t K, typename V::value_type* C,
-                     int64_t ldc) {
+                     const typename V::value_type* Bp, int64_t K, int64_t k0, int64_t k1,
+                     typename V::value_type* C, int64_t ldc) {
   // Only the (MR, NB) pairs the blocking can ask for are instantiated.
   constexpr int maxnb = MR == 1 ? Blocking<V::width>::NB1
                                 : (MR == 2 ? Blocking<V::width>::NB2 : Blocking<V::width>::NB);
   switch (nb) {
-    case 1: micro_kernel<V, MR, 1>(A, lda, Bp, K, C, ldc); break;
-    case 2: if constexpr (maxnb >= 2) micro_kernel<V, MR, 2>(A, lda, Bp, K, C, ldc); break;
-    case 3: if constexpr (maxnb >= 3) micro_kernel<V, MR, 3>(A, lda, Bp, K, C, ldc); break;
-    case 4: if constexpr (maxnb >= 4) micro_kernel<V, MR, 4>(A, lda, Bp, K, C, ldc); break;
-    case 5: if constexpr (maxnb >= 5) micro_kernel<V, MR, 5>(A, lda, Bp, K, C, ldc); break;
-    case 6: if constexpr (maxnb >= 6) micro_kernel<V, MR, 6>(A, lda, Bp, K, C, ldc); break;
-    case 7: if constexpr (maxnb >= 7) micro_kernel<V, MR, 7>(A, lda, Bp, K, C, ldc); break;
-    default: if constexpr (maxnb >= 8) micro_kernel<V, MR, 8>(A, lda, Bp, K, C, ldc); break;
+    case 1: micro_kernel<V, MR, 1>(A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 2: if constexpr (maxnb >= 2) micro_kernel<V, MR, 2>(A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 3: if constexpr (maxnb >= 3) micro_kernel<V, MR, 3>(A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 4: if constexpr (maxnb >= 4) micro_kernel<V, MR, 4>(A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 5: if constexpr (maxnb >= 5) micro_kernel<V, MR, 5>(A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 6: if constexpr (maxnb >= 6) micro_kernel<V, MR, 6>(A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 7: if constexpr (maxnb >= 7) micro_kernel<V, MR, 7>(A, lda, Bp, K, k0, k1, C, ldc); break;
+    default: if constexpr (maxnb >= 8) micro_kernel<V, MR, 8>(A, lda, Bp, K, k0, k1, C, ldc); break;
   }
 }
 
 template <class V>
 inline void micro(int mr, int nb, const typename V::value_type* A, int64_t lda,
-                  const typename V::value_type* Bp, int64_t K, typename V::value_type* C,
-                  int64_t ldc) {
+                  const typename V::value_type* Bp, int64_t K, int64_t k0, int64_t k1,
+                  typename V::value_type* C, int64_t ldc) {
   constexpr int MRX = Blocking<V::width>::MR;
   switch (mr) {
-    case 1: micro_nb<V, 1>(nb, A, lda, Bp, K, C, ldc); break;
-    case 2: if constexpr (MRX >= 2) micro_nb<V, 2>(nb, A, lda, Bp, K, C, ldc); break;
-    case 3: if constexpr (MRX >= 3) micro_nb<V, 3>(nb, A, lda, Bp, K, C, ldc); break;
-    case 4: if constexpr (MRX >= 4) micro_nb<V, 4>(nb, A, lda, Bp, K, C, ldc); break;
-    case 5: if constexpr (MRX >= 5) micro_nb<V, 5>(nb, A, lda, Bp, K, C, ldc); break;
-    default: if constexpr (MRX >= 6) micro_nb<V, 6>(nb, A, lda, Bp, K, C, ldc); break;
+    case 1: micro_nb<V, 1>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 2: if constexpr (MRX >= 2) micro_nb<V, 2>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 3: if constexpr (MRX >= 3) micro_nb<V, 3>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 4: if constexpr (MRX >= 4) micro_nb<V, 4>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 5: if constexpr (MRX >= 5) micro_nb<V, 5>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
+    default: if constexpr (MRX >= 6) micro_nb<V, 6>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
   }
 }
+
+// Rows of k per block when the step has more rows than one chunk: the panel group's k-block
+// (NB panels x 128 x 64 bytes = 32 KiB at NB = 4) stays in L1 while every row chunk reads
+// it, instead of streaming the whole group from L2 once per row chunk.
+constexpr int64_t kKBlock = 128;
 
 template <class V>
 void gemm(const EngineGemm<typename V::value_type>& g) {
@@ -123,13 +136,17 @@ void gemm(const EngineGemm<typename V::value_type>& g) {
   if (g.M <= 0) return;
   // Row chunks of MR (the last one shorter); the panel group width follows the chunk height.
   const int nbmax = g.M == 1 ? Bl::NB1 : (g.M == 2 ? Bl::NB2 : Bl::NB);
+  const int64_t kb = g.M > Bl::MR ? kKBlock : g.K;
   for (int64_t blk = g.blk0; blk < g.blk1; blk += nbmax) {
     const int nb = static_cast<int>(g.blk1 - blk < nbmax ? g.blk1 - blk : nbmax);
     const auto* bp = g.Bp + blk * g.K * kEngineBlock;
-    for (int64_t i = 0; i < g.M; i += Bl::MR) {
-      const int mr = static_cast<int>(g.M - i < Bl::MR ? g.M - i : Bl::MR);
-      micro<V>(mr, nb, g.A + i * g.lda, g.lda, bp, g.K, g.C + i * g.ldc + blk * kEngineBlock,
-               g.ldc);
+    for (int64_t k0 = 0; k0 < g.K; k0 += kb) {
+      const int64_t k1 = g.K - k0 < kb ? g.K : k0 + kb;
+      for (int64_t i = 0; i < g.M; i += Bl::MR) {
+        const int mr = static_cast<int>(g.M - i < Bl::MR ? g.M - i : Bl::MR);
+        micro<V>(mr, nb, g.A + i * g.lda, g.lda, bp, g.K, k0, k1,
+                 g.C + i * g.ldc + blk * kEngineBlock, g.ldc);
+      }
     }
   }
 }
