@@ -85,6 +85,19 @@ def test_matches_torchnn(engine, kind, P, shape, reverse, threads):
     assert_close_by_reference(ours, theirs, ref64, FLOOR32)
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_large_hidden_precision(engine, kind):
+    """K = 4H = 1024 terms per element of dgates_t W_hh: the micro-kernel's blocked FMA
+    chains keep the error within the rule (one chain over all K terms did not, with margin)."""
+    torch.set_num_threads(2)
+    T, B, I, H = 30, 4, 16, 256
+    tensors = make_tensors(kind, T, B, I, H, dtype=F32)
+    ours = run(kind, tensors)
+    theirs = forward_backward(TORCHNN[kind], kind, tensors)
+    ref64 = forward_backward(TORCHNN[kind], kind, cast(tensors, F64))
+    assert_close_by_reference(ours, theirs, ref64, FLOOR32)
+
+
 OPTIONS = {
     "value": dict(grad_clip=0.05),
     "norm": dict(grad_clip=0.1, grad_clip_mode="norm"),

@@ -10,10 +10,15 @@
 //
 // Packing. Before the loop each thread copies its columns of W_hh ([K, R], K = 4H or 3H)
 // into 16-wide panels [blk][K][16] (zero beyond R) of a workspace allocated before the
-// region; the thread that uses a panel writes it, so it sits in that core's L2. Per step the
-// micro-kernel (bwd_engine_impl.h) computes dh_gemm[rows, its blocks] = dgates_t[rows, 0:K]
-// . W_hh[:, its blocks] with MR x NB register tiles (AVX-512: 6 rows x 4 panels, 8 panels
-// for a single row). With projection W_hr [P, H] is packed the same way for dr_t W_hr.
+// region; the thread that uses a panel writes it, so it sits in that core's L2 (at H = 256
+// and 2 threads a slice is 512 KiB of the 2 MiB L2). Per step the micro-kernel
+// (bwd_engine_impl.h) computes dh_gemm[rows, its blocks] = dgates_t[rows, 0:K] .
+// W_hh[:, its blocks] with MR x NB register tiles (AVX-512: 6 rows x 4 panels = 24 zmm
+// accumulators; 8 panels for a single row, where only more independent FMA chains hide the
+// latency); with more rows than one tile, k runs in blocks of 128 so a panel group's block
+// stays in L1 while every row tile reads it. The engine's recurrent buffers are [B, Rp]
+// (Rp = R rounded up to whole blocks), so the kernel always stores whole vectors. With
+// projection W_hr [P, H] is packed the same way for dr_t W_hr.
 //
 // Barriers (per step, no projection):
 //   A  pointwise pass over its units for the M rows of step t: the incoming recurrent
@@ -43,6 +48,7 @@
 #include "bwd_engine.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <string>
 
