@@ -54,6 +54,38 @@ def step_fns(module, x, g):
     return fwd, bwd, train
 
 
+def measure_floor_rates():
+    """(L2 read bytes/s, sgemm FLOP/s) of one core: a sum over a 1 MiB buffer (L2-resident
+    after the first pass) and a 1024^3 matmul, best of several."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        buf = torch.randn(256 * 1024)
+        best_bw = 0.0
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(200):
+                buf.sum()
+            best_bw = max(best_bw, 200 * buf.numel() * 4 / (time.perf_counter() - t0))
+        a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+        best_fl = 0.0
+        for _ in range(5):
+            t0 = time.perf_counter()
+            a @ b
+            best_fl = max(best_fl, 2 * 1024 ** 3 / (time.perf_counter() - t0))
+        return best_bw, best_fl
+    finally:
+        torch.set_num_threads(old)
+
+
+def step_floor(cell, B, H, threads, bw, flops):
+    """Lower bound of one backward step's recurrence: each thread reads its W_hh slice (from
+    L2 at best) and does its share of the 2 B K H FLOPs of dgates_t W_hh at the sgemm rate."""
+    K = (4 if cell == "lstm" else 3) * H
+    n = max(1, min(threads, (H + 15) // 16))
+    return max(K * H * 4 / n / bw, 2 * B * K * H / n / flops)
+
+
 def timed(fn, before=None):
     if before is not None:
         before()
@@ -69,11 +101,17 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--options", action="store_true", help="time clip+truncate and the record")
+    ap.add_argument("--floor", action="store_true",
+                    help="measure L2 read bandwidth and the sgemm rate of one core, and print "
+                         "each shape's per-step floor of the backward recurrence")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     shapes = SHAPES if not args.shapes else [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")]
     cells = ["lstm", "gru"] if args.cell == "both" else [args.cell]
     print(f"capability={_C._cpu_capability()} threads={torch.get_num_threads()} torch={torch.__version__}")
+    rates = measure_floor_rates() if args.floor else None
+    if rates:
+        print(f"one core: L2 read {rates[0] / 1e9:.1f} GB/s, sgemm {rates[1] / 1e9:.1f} GFLOP/s")
     old = _C._cpu_engine()
     try:
         for cell in cells:
@@ -118,6 +156,9 @@ def main():
                         f"{s['train']*1e3:.2f}, torch.nn {t['train']*1e3:.2f} | bwd engine/steps "
                         f"speedup {s['bwd']/e['bwd']:.2f}x, train vs torch.nn "
                         f"{t['train']/e['train']:.2f}x (steps {t['train']/s['train']:.2f}x)")
+                if rates:
+                    fl = step_floor(cell, B, H, args.threads, *rates)
+                    line += f" | floor {fl * 1e6:.1f} us/step"
                 if args.options:
                     c, k = med["engine_clip"], med["engine_track"]
                     line += (f" | clip+trunc bwd {c['bwd']/e['bwd']-1:+.1%} train "
