@@ -8,7 +8,8 @@ the same module weights and inputs; the figure is the median over repeats. float
     python benchmarks/bwd_engine_bench.py --cell lstm --shapes 128,8,64,256 --repeats 5
 
 Variants: engine / steps (fusedrnn with _C._set_cpu_engine), torchnn; bwd = backward only
-(forward untimed), train = forward + backward. With --options: the engine with
+(forward untimed), train = forward + backward. "time loop us/step" is the engine's run_team
+region alone (_C._bwd_engine_loop_ns), without the all-steps GEMMs after it. With --options: the engine with
 grad_clip + truncate, and with track_grad_norms, against the plain engine.
 """
 import argparse
@@ -137,21 +138,24 @@ def main():
                     for name, m in (("engine_clip", clip), ("engine_track", track)):
                         fw, bw, tr = step_fns(m, x, g)
                         variants[name] = (lambda: _C._set_cpu_engine("engine"), fw, bw, tr)
-                res = {name: {"bwd": [], "train": []} for name in variants}
+                res = {name: {"bwd": [], "train": [], "loop": []} for name in variants}
                 for rep in range(args.repeats + 1):
                     for name, (setup, fw, bw, tr) in variants.items():
                         setup()
                         fw()
+                        ns = _C._bwd_engine_loop_ns()
                         b = timed(bw)
+                        loop = (_C._bwd_engine_loop_ns() - ns) * 1e-9
                         setup()
                         tt = timed(tr)
                         if rep:  # the first round warms up
                             res[name]["bwd"].append(b)
                             res[name]["train"].append(tt)
+                            res[name]["loop"].append(loop)
                 med = {n: {m: statistics.median(v) for m, v in r.items()} for n, r in res.items()}
                 e, s, t = med["engine"], med["steps"], med["torchnn"]
                 line = (f"{cell} T={T} B={B} I={I} H={H}: bwd engine {e['bwd']*1e3:.2f} ms "
-                        f"({e['bwd']/T*1e6:.1f} us/step), steps {s['bwd']*1e3:.2f} ms, torch.nn "
+                        f"(time loop {e['loop']/T*1e6:.1f} us/step), steps {s['bwd']*1e3:.2f} ms, torch.nn "
                         f"{t['bwd']*1e3:.2f} ms | train engine {e['train']*1e3:.2f} ms, steps "
                         f"{s['train']*1e3:.2f}, torch.nn {t['train']*1e3:.2f} | bwd engine/steps "
                         f"speedup {s['bwd']/e['bwd']:.2f}x, train vs torch.nn "

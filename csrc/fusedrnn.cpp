@@ -1,6 +1,7 @@
 // fusedrnn._C: the pybind11 module. Bindings only; see rnn_ops.h for the entry points.
 #include <torch/extension.h>
 
+#include "cpu/bwd_engine.h"
 #include "cpu/cpu_common.h"
 #include "cpu/dispatch.h"
 #include "rnn_ops.h"
@@ -50,6 +51,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_engine_runs", &fusedrnn::cpu::engine_runs,
         "Layer calls run by the CPU engine so far: [lstm_forward, lstm_backward, "
         "gru_forward, gru_backward]");
+  m.def("_bwd_engine_loop_ns", &fusedrnn::cpu::bwd_engine_loop_ns,
+        "Nanoseconds spent so far inside the backward engine's time loops (the run_team "
+        "region: packing and the loop), for benchmarks that compare a step with its floor");
 #ifdef FUSEDRNN_WITH_CUDA
   m.attr("cuda_built") = true;
 #else

@@ -48,6 +48,8 @@
 #include "bwd_engine.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -176,9 +178,23 @@ int engine_threads(int64_t B, int64_t K, int64_t units) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks_of(units))));
 }
 
+std::atomic<int64_t> loop_ns{0};
+
+// run_team(want, body), its wall time added to loop_ns.
+template <class Body>
+void timed_team(int want, const Body& body) {
+  const auto start = std::chrono::steady_clock::now();
+  run_team(want, body);
+  loop_ns.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                        std::chrono::steady_clock::now() - start).count(),
+                    std::memory_order_relaxed);
+}
+
 float* fptr(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
 }  // namespace
+
+int64_t bwd_engine_loop_ns() { return loop_ns.load(std::memory_order_relaxed); }
 
 bool bwd_engine_selected(const LayerSizes& s, int gates) {
   switch (engine_mode()) {
@@ -280,7 +296,7 @@ void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>
   // The partials of step `t` rows live per step with the record, else in one reused buffer.
   auto part_rows = [&](int64_t off) { return track ? psq_p + off * nblk_r : psq_p; };
 
-  run_team(engine_threads(B, K, std::min(H, R)), [&](int tid, int n, SpinBarrier& barrier) {
+  timed_team(engine_threads(B, K, std::min(H, R)), [&](int tid, int n, SpinBarrier& barrier) {
     int64_t k0, k1, q0, q1;  // hidden units, recurrent (R) units
     team_slice(H, kEngineBlock, tid, n, &k0, &k1);
     team_slice(R, kEngineBlock, tid, n, &q0, &q1);
@@ -415,7 +431,7 @@ void gru_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>&
   base.nblk = nblk;
   auto part_rows = [&](int64_t off) { return track ? psq_p + off * nblk : psq_p; };
 
-  run_team(engine_threads(B, K, H), [&](int tid, int n, SpinBarrier& barrier) {
+  timed_team(engine_threads(B, K, H), [&](int tid, int n, SpinBarrier& barrier) {
     int64_t k0, k1;
     team_slice(H, kEngineBlock, tid, n, &k0, &k1);
     const int64_t b0 = k0 / kEngineBlock, b1 = blocks_of(k1);

@@ -35,5 +35,9 @@ void gru_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>&
                     const OptTensor& h0, const at::Tensor& dy, const at::Tensor& dhn,
                     at::Tensor& dxg, at::Tensor& dhg, at::Tensor& dh0, at::Tensor& record);
 
+// Nanoseconds spent inside the engine's run_team regions so far (all calls, all threads'
+// wall time once per call): lets benchmarks separate the time loop from the all-steps GEMMs.
+int64_t bwd_engine_loop_ns();
+
 }  // namespace cpu
 }  // namespace fusedrnn
