@@ -5,6 +5,8 @@
 //           separate because it sits inside r * (h W_hn^T + b_hn).
 // Backward: per step ONE pointwise pass and one GEMM dh += dhg_t W_hh; then dx, dW_ih,
 //           dW_hh as GEMMs over all T*B rows and the bias gradients as reductions.
+//           float32 runs the backward loop on the persistent engine instead where
+//           bwd_engine_selected says so (Note [CPU backward engine] in bwd_engine.cpp).
 #include "cpu_ops.h"
 
 #include "../grad_record.h"

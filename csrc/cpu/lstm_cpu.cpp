@@ -8,6 +8,9 @@
 //           state first) and one GEMM dgates_t W_hh (the gradient into h_{t-1}, see
 //           Note [Recurrent gradient buffers] in rnn_params.h). After the loop dx, dW_ih,
 //           dW_hh, dW_hr are a few GEMMs over all T*B rows and db one reduction.
+//           float32 runs the backward loop on the persistent engine instead where
+//           bwd_engine_selected says so (Note [CPU backward engine] in bwd_engine.cpp); the
+//           steps after the loop are shared.
 #include "cpu_ops.h"
 
 #include <cstring>
