@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include "cpu/bwd_engine.h"
 #include "cpu/cpu_common.h"
 #include "cpu/dispatch.h"
 #include "rnn_ops.h"
@@ -98,6 +99,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("input"), py::arg("weight_ih"), py::arg("weight_hh"), py::arg("copies"),
         py::call_guard<py::gil_scoped_release>(),
         "Test hook: `copies` layer calls made from inside one at::parallel_for region");
+  m.def("_bwd_engine_loop_ns", &fusedrnn::cpu::bwd_engine_loop_ns,
+        "Nanoseconds spent so far inside the backward engine's time loops (the run_team "
+        "region: packing and the loop), for benchmarks that compare a step with its floor");
 #ifdef FUSEDRNN_WITH_CUDA
   m.attr("cuda_built") = true;
 #else

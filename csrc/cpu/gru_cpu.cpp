@@ -5,11 +5,14 @@
 //           separate because it sits inside r * (h W_hn^T + b_hn).
 // Backward: per step ONE pointwise pass and one GEMM dh += dhg_t W_hh; then dx, dW_ih,
 //           dW_hh as GEMMs over all T*B rows and the bias gradients as reductions.
+//           float32 runs the backward loop on the persistent engine instead where
+//           bwd_engine_selected says so (Note [CPU backward engine] in bwd_engine.cpp).
 #include "cpu_ops.h"
 
 #include <type_traits>
 
 #include "../grad_record.h"
+#include "bwd_engine.h"
 #include "cpu_common.h"
 #include "dispatch.h"
 #include "engine_fwd_run.h"
@@ -88,7 +91,6 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
   const CpuKernelTable<T> k = kernels<T>();
 
   const at::Tensor dy = dy_in.contiguous(), dhn = dhn_in.contiguous();
-  StepLinear<T> recurrent_t(w_hh.t(), B);  // dhg_t W_hh
   const at::Tensor h0c = h0 ? h0->contiguous() : at::Tensor();
 
   at::Tensor dxg = at::empty({N, 3 * H}, opts);
@@ -98,7 +100,7 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
   const at::Tensor zero_gemm = at::zeros({B, H}, opts);
   at::Tensor dh_carry = at::zeros({B, H}, opts);
   at::Tensor dh0 = at::empty({B, H}, opts);
-  const at::Tensor record = new_grad_record(s, opts, track);
+  at::Tensor record = new_grad_record(s, opts, track);
   T* rec_p = track ? record.data_ptr<T>() : nullptr;
 
   GruBwdStep<T> p{};
@@ -111,24 +113,34 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
   p.dh_carry = dh_carry.data_ptr<T>();
   const T* y_p = y.data_ptr<T>();
 
-  for (int64_t step = 0; step < T_; ++step) {
-    const int64_t t = reverse ? step : T_ - 1 - step;
-    const int64_t tp = previous_time(t, reverse);
-    const int64_t M = s.rows[t], off = s.offset[t];
-    p.B = M;
-    p.step.t = t;
-    p.saved = saved.data_ptr<T>() + off * 4 * H;
-    p.h_prev = (tp >= 0 && tp < T_) ? y_p + s.offset[tp] * H : nullptr;
-    p.dy = dy.data_ptr<T>() + off * H;
-    p.dxg = dxg.data_ptr<T>() + off * 3 * H;
-    p.dhg = dhg.data_ptr<T>() + off * 3 * H;
-    p.record = rec_p ? rec_p + off * 3 : nullptr;
-    parallel_rows(M, 3 * H, [&](int64_t b0, int64_t b1) { k.gru_bwd(p, b0, b1); });
-    p.dh_gemm = recurrent_t(p.dhg, M);
-    // Rows the next backward step no longer visits (packed, reverse) have their whole
-    // gradient into h0 now.
-    const int64_t next = step + 1 < T_ ? s.rows[reverse ? t + 1 : t - 1] : 0;
-    retire_rows(dh0, dh_carry, p.dh_gemm, std::min(next, M), M);
+  // The whole time loop in one parallel region where it is faster (Note [CPU backward
+  // engine] in bwd_engine.cpp); float64 and the other shapes run one GEMM per step.
+  bool engine = false;
+  if constexpr (std::is_same<T, float>::value) {
+    engine = bwd_engine_selected(s, 3);
+    if (engine) gru_bwd_engine(s, reverse, opt, w_hh, saved, y, h0, dy, dhn, dxg, dhg, dh0, record);
+  }
+  if (!engine) {
+    StepLinear<T> recurrent_t(w_hh.t(), B);  // dhg_t W_hh
+    for (int64_t step = 0; step < T_; ++step) {
+      const int64_t t = reverse ? step : T_ - 1 - step;
+      const int64_t tp = previous_time(t, reverse);
+      const int64_t M = s.rows[t], off = s.offset[t];
+      p.B = M;
+      p.step.t = t;
+      p.saved = saved.data_ptr<T>() + off * 4 * H;
+      p.h_prev = (tp >= 0 && tp < T_) ? y_p + s.offset[tp] * H : nullptr;
+      p.dy = dy.data_ptr<T>() + off * H;
+      p.dxg = dxg.data_ptr<T>() + off * 3 * H;
+      p.dhg = dhg.data_ptr<T>() + off * 3 * H;
+      p.record = rec_p ? rec_p + off * 3 : nullptr;
+      parallel_rows(M, 3 * H, [&](int64_t b0, int64_t b1) { k.gru_bwd(p, b0, b1); });
+      p.dh_gemm = recurrent_t(p.dhg, M);
+      // Rows the next backward step no longer visits (packed, reverse) have their whole
+      // gradient into h0 now.
+      const int64_t next = step + 1 < T_ ? s.rows[reverse ? t + 1 : t - 1] : 0;
+      retire_rows(dh0, dh_carry, p.dh_gemm, std::min(next, M), M);
+    }
   }
 
   // The initial state is handed over to step 0 like any other state: clip its gradient.

@@ -8,12 +8,16 @@
 //           state first) and one GEMM dgates_t W_hh (the gradient into h_{t-1}, see
 //           Note [Recurrent gradient buffers] in rnn_params.h). After the loop dx, dW_ih,
 //           dW_hh, dW_hr are a few GEMMs over all T*B rows and db one reduction.
+//           float32 runs the backward loop on the persistent engine instead where
+//           bwd_engine_selected says so (Note [CPU backward engine] in bwd_engine.cpp); the
+//           steps after the loop are shared.
 #include "cpu_ops.h"
 
 #include <cstring>
 #include <type_traits>
 
 #include "../grad_record.h"
+#include "bwd_engine.h"
 #include "cpu_common.h"
 #include "dispatch.h"
 #include "engine_fwd_run.h"
@@ -112,9 +116,6 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
   const CpuKernelTable<T> k = kernels<T>();
 
   const at::Tensor dy = dy_in.contiguous(), dhn = dhn_in.contiguous(), dcn = dcn_in.contiguous();
-  StepLinear<T> recurrent_t(w_hh.t(), B);                            // dgates_t W_hh
-  std::optional<StepLinear<T>> projection_t;                           // dr_t W_hr
-  if (w_hr) projection_t.emplace(w_hr->t(), B);
   const at::Tensor c0c = c0 ? c0->contiguous() : at::Tensor();
   const int64_t* len_p = s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr;
 
@@ -126,7 +127,7 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
   at::Tensor dc_rec = at::zeros({B, H}, opts);
   at::Tensor dh0 = at::empty({B, R}, opts);
   at::Tensor dr = w_hr ? at::empty({N, R}, opts) : at::Tensor();
-  const at::Tensor record = new_grad_record(s, opts, track);
+  at::Tensor record = new_grad_record(s, opts, track);
   T* rec_p = track ? record.data_ptr<T>() : nullptr;
 
   T* dg_p = dgates.data_ptr<T>();
@@ -158,35 +159,50 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
     pp.dh_carry = dh_carry.data_ptr<T>();
   }
 
-  for (int64_t step = 0; step < T_; ++step) {
-    const int64_t t = reverse ? step : T_ - 1 - step;
-    const int64_t tp = previous_time(t, reverse);
-    const int64_t M = s.rows[t], off = s.offset[t];
-    p.B = M;
-    p.step.t = t;
-    p.act = act_p + off * 4 * H;
-    p.c_raw = craw_p + off * H;
-    p.c_raw_prev = (tp >= 0 && tp < T_) ? craw_p + s.offset[tp] * H : nullptr;
-    p.dgates = dg_p + off * 4 * H;
-    (w_hr ? pp.record : p.record) = rec_p ? rec_p + off * 3 : nullptr;
-    if (w_hr) {
-      pp.B = M;
-      pp.step.t = t;
-      pp.dy = dy_p + off * R;
-      pp.dr = dr.data_ptr<T>() + off * R;
-      parallel_rows(M, R, [&](int64_t b0, int64_t b1) { k.proj_bwd(pp, b0, b1); });
-      // Gradient of h_t = o * tanh(c_t): dr_t W_hr, [B, P] x [P, H].
-      p.dh_direct = (*projection_t)(pp.dr, M);
-    } else {
-      p.dy = dy_p + off * R;
+  // The whole time loop in one parallel region where it is faster (Note [CPU backward
+  // engine] in bwd_engine.cpp); float64 and the other shapes run one GEMM per step.
+  bool engine = false;
+  if constexpr (std::is_same<T, float>::value) {
+    engine = bwd_engine_selected(s, 4);
+    if (engine) {
+      lstm_bwd_engine(s, reverse, opt, cell_clip, w_hh, w_hr, act, c_raw, c0, dy, dhn, dcn,
+                      dgates, dh0, dc_rec, dr, record);
     }
-    parallel_rows(M, 4 * H, [&](int64_t b0, int64_t b1) { k.lstm_bwd(p, b0, b1); });
-    const T* gemm = recurrent_t(p.dgates, M);
-    (w_hr ? pp.dh_gemm : p.dh_gemm) = gemm;
-    // Rows the next backward step no longer visits (packed, reverse) have their whole
-    // gradient into h0 now.
-    const int64_t next = step + 1 < T_ ? s.rows[reverse ? t + 1 : t - 1] : 0;
-    retire_rows(dh0, dh_carry, gemm, std::min(next, M), M);
+  }
+  if (!engine) {
+    StepLinear<T> recurrent_t(w_hh.t(), B);                          // dgates_t W_hh
+    std::optional<StepLinear<T>> projection_t;                         // dr_t W_hr
+    if (w_hr) projection_t.emplace(w_hr->t(), B);
+    for (int64_t step = 0; step < T_; ++step) {
+      const int64_t t = reverse ? step : T_ - 1 - step;
+      const int64_t tp = previous_time(t, reverse);
+      const int64_t M = s.rows[t], off = s.offset[t];
+      p.B = M;
+      p.step.t = t;
+      p.act = act_p + off * 4 * H;
+      p.c_raw = craw_p + off * H;
+      p.c_raw_prev = (tp >= 0 && tp < T_) ? craw_p + s.offset[tp] * H : nullptr;
+      p.dgates = dg_p + off * 4 * H;
+      (w_hr ? pp.record : p.record) = rec_p ? rec_p + off * 3 : nullptr;
+      if (w_hr) {
+        pp.B = M;
+        pp.step.t = t;
+        pp.dy = dy_p + off * R;
+        pp.dr = dr.data_ptr<T>() + off * R;
+        parallel_rows(M, R, [&](int64_t b0, int64_t b1) { k.proj_bwd(pp, b0, b1); });
+        // Gradient of h_t = o * tanh(c_t): dr_t W_hr, [B, P] x [P, H].
+        p.dh_direct = (*projection_t)(pp.dr, M);
+      } else {
+        p.dy = dy_p + off * R;
+      }
+      parallel_rows(M, 4 * H, [&](int64_t b0, int64_t b1) { k.lstm_bwd(p, b0, b1); });
+      const T* gemm = recurrent_t(p.dgates, M);
+      (w_hr ? pp.dh_gemm : p.dh_gemm) = gemm;
+      // Rows the next backward step no longer visits (packed, reverse) have their whole
+      // gradient into h0 now.
+      const int64_t next = step + 1 < T_ ? s.rows[reverse ? t + 1 : t - 1] : 0;
+      retire_rows(dh0, dh_carry, gemm, std::min(next, M), M);
+    }
   }
 
   // The initial state is handed over to step 0 like any other state: clip its gradient.

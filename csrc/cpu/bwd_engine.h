@@ -1,0 +1,43 @@
+// The persistent CPU backward engine (Note [CPU backward engine] in bwd_engine.cpp): the
+// backward time loop of one LSTM / GRU layer call in one parallel region. The drivers
+// (lstm_cpu.cpp, gru_cpu.cpp) call it in place of their per-step loop and keep everything
+// after the loop (h0 / c0 clip, the all-steps GEMMs, the record's reduction).
+#pragma once
+
+#include <optional>
+
+#include <ATen/ATen.h>
+
+#include "../checks.h"
+#include "../rnn_params.h"
+
+namespace fusedrnn {
+namespace cpu {
+
+// Whether the engine runs a float32 backward call of this shape: engine_mode() (Steps: never,
+// Engine: always), else the measured crossover rule (see bwd_engine.cpp). gates: 4 or 3.
+bool bwd_engine_selected(const LayerSizes& s, int gates);
+
+// The LSTM backward time loop. Outputs (allocated by the caller, any content):
+//   dgates [N, 4H], dh0 [B, R], dc0 [B, H] (unclipped: the caller clips h0 / c0 gradients),
+//   dr [N, P] with projection, record [N, 3] when the grad record is on (else undefined).
+// Inputs as lstm_backward_impl has them (contiguous float32).
+void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>& opt,
+                     std::optional<double> cell_clip, const at::Tensor& w_hh,
+                     const OptTensor& w_hr, const at::Tensor& act, const at::Tensor& c_raw,
+                     const OptTensor& c0, const at::Tensor& dy, const at::Tensor& dhn,
+                     const at::Tensor& dcn, at::Tensor& dgates, at::Tensor& dh0,
+                     at::Tensor& dc0, at::Tensor& dr, at::Tensor& record);
+
+// The GRU backward time loop. Outputs: dxg, dhg [N, 3H], dh0 [B, H] (unclipped), record.
+void gru_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>& opt,
+                    const at::Tensor& w_hh, const at::Tensor& saved, const at::Tensor& y,
+                    const OptTensor& h0, const at::Tensor& dy, const at::Tensor& dhn,
+                    at::Tensor& dxg, at::Tensor& dhg, at::Tensor& dh0, at::Tensor& record);
+
+// Nanoseconds spent inside the engine's run_team regions so far (all calls, all threads'
+// wall time once per call): lets benchmarks separate the time loop from the all-steps GEMMs.
+int64_t bwd_engine_loop_ns();
+
+}  // namespace cpu
+}  // namespace fusedrnn

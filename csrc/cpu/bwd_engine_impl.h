@@ -1,0 +1,523 @@
+// The CPU backward engine's kernels (Note [CPU backward engine] in bwd_engine.cpp): the
+// register-blocked micro-kernel of dgates_t W_hh over a thread's packed W_hh panels, the
+// per-block partial sums of squares of the norm clip and the gradient record, and the
+// pointwise passes of one step over a thread's units.
+//
+// Compiled once per CPU capability by bwd_engine_avx512.cpp, bwd_engine_avx2.cpp and
+// bwd_engine_default.cpp, exactly like kernels_impl.h (Note [CPU capability dispatch]): no
+// header is included here, and everything lives in fusedrnn::cpu::<capability>::bwd (a
+// namespace of its own, so nothing here can collide with kernels_impl.h's inline functions
+// of the same capability).
+
+#ifndef FUSEDRNN_CPU_CAPABILITY
+#error "bwd_engine_impl.h is included by the bwd_engine_<capability>.cpp files only"
+#endif
+
+namespace fusedrnn {
+namespace cpu {
+namespace FUSEDRNN_CPU_CAPABILITY {
+namespace bwd {
+
+#include "vec.h"
+
+// ---------------------------------------------------------------------------------------
+// Register blocking of the micro-kernel, per vector width: at most MR rows of A at a time,
+// NB 16-unit panels per row chunk (NB1 when the step has a single row: a GEMV, where only
+// more independent accumulator chains hide the FMA latency). MR * NB * (16 / width)
+// accumulators plus NB * (16 / width) loaded B vectors and one broadcast must fit the
+// register file (32 zmm, 16 ymm).
+template <int W>
+struct Blocking;
+template <>
+struct Blocking<16> {  // AVX-512
+  static constexpr int MR = 6, NB = 4, NB1 = 8, NB2 = 8;
+};
+template <>
+struct Blocking<8> {  // AVX2
+  static constexpr int MR = 6, NB = 1, NB1 = 4, NB2 = 2;
+};
+template <>
+struct Blocking<1> {  // portable
+  static constexpr int MR = 2, NB = 1, NB1 = 1, NB2 = 1;
+};
+
+// The terms k0 <= k < k1 of the product, summed in a fresh FMA chain and then added onto C
+// (stored when k0 == 0). See kKBlock for why k comes in blocks.
+template <class V, int MR, int NB>
+inline void micro_kernel(const typename V::value_type* A, int64_t lda,
+                         const typename V::value_type* Bp, int64_t K, int64_t k0, int64_t k1,
+                         typename V::value_type* C, int64_t ldc) {
+  using T = typename V::value_type;
+  using Rg = typename V::reg;
+  constexpr int VP = static_cast<int>(kEngineBlock) / V::width;  // vectors per panel row
+  constexpr int NV = NB * VP;
+  Rg acc[MR][NV];
+#pragma GCC unroll 64
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 64
+    for (int p = 0; p < NB; ++p) {
+#pragma GCC unroll 64
+      for (int v = 0; v < VP; ++v) {
+        acc[i][p * VP + v] = V::zero();
+      }
+    }
+  }
+  const int64_t panel = K * kEngineBlock;
+  for (int64_t k = k0; k < k1; ++k) {
+    Rg b[NV];
+    const T* bk = Bp + k * kEngineBlock;
+#pragma GCC unroll 64
+    for (int p = 0; p < NB; ++p) {
+#pragma GCC unroll 64
+      for (int v = 0; v < VP; ++v) b[p * VP + v] = V::load(bk + p * panel + v * V::width);
+    }
+#pragma GCC unroll 64
+    for (int i = 0; i < MR; ++i) {
+      const Rg a = V::set1(A[i * lda + k]);
+#pragma GCC unroll 64
+      for (int q = 0; q < NV; ++q) acc[i][q] = V::fmadd(a, b[q], acc[i][q]);
+    }
+  }
+#pragma GCC unroll 64
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 64
+    for (int p = 0; p < NB; ++p) {
+#pragma GCC unroll 64
+      for (int v = 0; v < VP; ++v) {
+        T* c = C + i * ldc + p * kEngineBlock + v * V::width;
+        V::store(c, k0 == 0 ? acc[i][p * VP + v] : V::add(V::load(c), acc[i][p * VP + v]));
+      }
+    }
+  }
+}
+
+template <class V, int MR>
+inline void micro_nb(int nb, const typename V::value_type* A, int64_t lda,
+                     const typename V::value_type* Bp, int64_t K, int64_t k0, int64_t k1,
+                     typename V::value_type* C, int64_t ldc) {
+  // Only the (MR, NB) pairs the blocking can ask for are instantiated.
+  constexpr int maxnb = MR == 1 ? Blocking<V::width>::NB1
+                                : (MR == 2 ? Blocking<V::width>::NB2 : Blocking<V::width>::NB);
+  switch (nb) {
+    case 1: micro_kernel<V, MR, 1>(A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 2: if constexpr (maxnb >= 2) micro_kernel<V, MR, 2>(A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 3: if constexpr (maxnb >= 3) micro_kernel<V, MR, 3>(A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 4: if constexpr (maxnb >= 4) micro_kernel<V, MR, 4>(A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 5: if constexpr (maxnb >= 5) micro_kernel<V, MR, 5>(A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 6: if constexpr (maxnb >= 6) micro_kernel<V, MR, 6>(A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 7: if constexpr (maxnb >= 7) micro_kernel<V, MR, 7>(A, lda, Bp, K, k0, k1, C, ldc); break;
+    default: if constexpr (maxnb >= 8) micro_kernel<V, MR, 8>(A, lda, Bp, K, k0, k1, C, ldc); break;
+  }
+}
+
+template <class V>
+inline void micro(int mr, int nb, const typename V::value_type* A, int64_t lda,
+                  const typename V::value_type* Bp, int64_t K, int64_t k0, int64_t k1,
+                  typename V::value_type* C, int64_t ldc) {
+  constexpr int MRX = Blocking<V::width>::MR;
+  switch (mr) {
+    case 1: micro_nb<V, 1>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 2: if constexpr (MRX >= 2) micro_nb<V, 2>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 3: if constexpr (MRX >= 3) micro_nb<V, 3>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 4: if constexpr (MRX >= 4) micro_nb<V, 4>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 5: if constexpr (MRX >= 5) micro_nb<V, 5>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
+    default: if constexpr (MRX >= 6) micro_nb<V, 6>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
+  }
+}
+
+// k comes in blocks of 128 terms, each summed in its own FMA chain and then added to the
+// running result in block order. Accuracy: one float32 chain over all K = 4H terms (1024 at
+// H = 256) gave gradients into h0 with 1.9x torch.nn's error against float64, at the edge of
+// the project's 2x rule; chains of 128 plus K / 128 block sums keep the rounding growth
+// near BLAS's. Speed: with more rows than one register tile, a panel group's k-block
+// (4 panels x 128 x 64 bytes = 32 KiB) stays in L1 while every row tile reads it, instead of
+// streaming the whole group from L2 once per tile. The block boundaries are fixed (not
+// chosen by M or by the thread's slice), so results stay independent of the thread count.
+constexpr int64_t kKBlock = 128;
+
+template <class V>
+void gemm(const EngineGemm<typename V::value_type>& g) {
+  using Bl = Blocking<V::width>;
+  if (g.M <= 0) return;
+  // Row chunks of MR (the last one shorter); the panel group width follows the chunk height.
+  const int nbmax = g.M == 1 ? Bl::NB1 : (g.M == 2 ? Bl::NB2 : Bl::NB);
+  const int64_t kb = kKBlock;
+  for (int64_t blk = g.blk0; blk < g.blk1; blk += nbmax) {
+    const int nb = static_cast<int>(g.blk1 - blk < nbmax ? g.blk1 - blk : nbmax);
+    const auto* bp = g.Bp + blk * g.K * kEngineBlock;
+    for (int64_t k0 = 0; k0 < g.K; k0 += kb) {
+      const int64_t k1 = g.K - k0 < kb ? g.K : k0 + kb;
+      for (int64_t i = 0; i < g.M; i += Bl::MR) {
+        const int mr = static_cast<int>(g.M - i < Bl::MR ? g.M - i : Bl::MR);
+        micro<V>(mr, nb, g.A + i * g.lda, g.lda, bp, g.K, k0, k1,
+                 g.C + i * g.ldc + blk * kEngineBlock, g.ldc);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Partial sums of squares per 16-unit block (norm clip and gradient record).
+
+template <class V>
+void partials(const EnginePartials<typename V::value_type>& p, int64_t blk0, int64_t blk1) {
+  using T = typename V::value_type;
+  using Rg = typename V::reg;
+  constexpr int VP = static_cast<int>(kEngineBlock) / V::width;
+  const Rg clip = V::set1(p.clip), one = V::set1(T(1));
+  for (int64_t i = 0; i < p.M; ++i) {
+    const T* a = p.a + i * p.ld;
+    const T* b = p.b ? p.b + i * p.ld : nullptr;
+    for (int64_t blk = blk0; blk < blk1; ++blk) {
+      Rg acc = V::zero(), changed = V::zero();
+#pragma GCC unroll 16
+      for (int v = 0; v < VP; ++v) {
+        const int64_t j = blk * kEngineBlock + v * V::width;
+        Rg x = V::load(a + j);
+        if (b) x = V::add(x, V::load(b + j));
+        acc = V::fmadd(x, x, acc);
+        if (p.cnt) changed = V::add(changed, V::select(V::le(V::abs(x), clip), V::zero(), one));
+      }
+      p.sq[i * p.nblk + blk] = V::hsum(acc);
+      if (p.cnt) p.cnt[i * p.nblk + blk] = V::hsum(changed);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Row bookkeeping (Note [Per-row step bookkeeping] in rnn_params.h).
+
+enum Incoming : int { kFromFinal = 0, kCut = 1, kRecurrent = 2 };
+
+struct RowStep {
+  bool active, first;
+  int incoming;
+};
+
+inline RowStep row_step(const StepInfo& st, int64_t b, int64_t truncate) {
+  const int64_t len = st.lengths ? st.lengths[b] : st.T;
+  RowStep r;
+  r.active = st.t < len;
+  const int64_t s = st.reverse ? len - 1 - st.t : st.t;
+  r.first = s == 0;
+  if (s == len - 1) {
+    r.incoming = kFromFinal;
+  } else if (truncate > 0 && (s + 1) % truncate == 0) {
+    r.incoming = kCut;
+  } else {
+    r.incoming = kRecurrent;
+  }
+  return r;
+}
+
+// The norm clip's factor for a row from its block partials, summed in block order (the same
+// sum whatever the thread count).
+template <typename T>
+inline T norm_scale_of(const T* part, int64_t nblk, T clip) {
+  T sumsq = T(0);
+  for (int64_t k = 0; k < nblk; ++k) sumsq += part[k];
+  const T norm = sizeof(T) == 4 ? __builtin_sqrtf(static_cast<float>(sumsq)) : __builtin_sqrt(sumsq);
+  return norm > clip ? clip / norm : T(1);
+}
+
+// Vector body then scalar tail over the units [k0, k1): f(VecTag, j).
+template <class V, class F>
+inline void for_units(int64_t k0, int64_t k1, F&& f) {
+  int64_t j = k0;
+  for (; j + V::width <= k1; j += V::width) f(V(), j);
+  for (; j < k1; ++j) f(ScalarVec<typename V::value_type>(), j);
+}
+
+// The incoming recurrent gradient of a row at unit j by kind: the final-state gradient,
+// nothing, or the clipped recurrent gradient a + b (b may be nullptr).
+template <class VV, int KIND, ClipMode CM, typename T>
+inline typename VV::reg incoming(const T* fin, const T* a, const T* b, T clip, T scale, int64_t j) {
+  if constexpr (KIND == kFromFinal) {
+    return VV::load(fin + j);
+  } else if constexpr (KIND == kCut) {
+    return VV::zero();
+  } else {
+    typename VV::reg g = VV::load(a + j);
+    if (b) g = VV::add(g, VV::load(b + j));
+    if constexpr (CM == ClipMode::Value) {
+      return VV::clamp(g, VV::set1(-clip), VV::set1(clip));
+    } else if constexpr (CM == ClipMode::Norm) {
+      return VV::mul(g, VV::set1(scale));
+    } else {
+      return g;
+    }
+  }
+}
+
+template <int K>
+struct KindTag {
+  static constexpr int value = K;
+};
+
+template <class Body>
+inline void with_kind(int kind, Body&& body) {
+  switch (kind) {
+    case kFromFinal: body(KindTag<kFromFinal>()); break;
+    case kCut: body(KindTag<kCut>()); break;
+    default: body(KindTag<kRecurrent>()); break;
+  }
+}
+
+template <typename T>
+inline void zero_units(T* x, int64_t k0, int64_t k1) {
+  for (int64_t j = k0; j < k1; ++j) x[j] = T(0);
+}
+
+// A row that does not exist at t carries its recurrent gradient: carry += gemm.
+template <typename T>
+inline void carry_units(T* carry, const T* gemm, int64_t k0, int64_t k1) {
+  for (int64_t j = k0; j < k1; ++j) carry[j] += gemm[j];
+}
+
+// ---------------------------------------------------------------------------------------
+// LSTM, one step, units [k0, k1).
+
+template <class V, ClipMode CM, bool CCLIP, int KIND>
+inline void lstm_row(const LstmBwdUnits<typename V::value_type>& p, int64_t b, bool first,
+                     int64_t k0, int64_t k1) {
+  using T = typename V::value_type;
+  const int64_t H = p.H, Hp = p.Hp;
+  const T* a = p.act + b * 4 * H;
+  const T* c_raw = p.c_raw + b * H;
+  const T* c_prev = first ? (p.c0 ? p.c0 + b * H : nullptr)
+                          : (p.c_raw_prev ? p.c_raw_prev + b * H : nullptr);
+  const bool clamp_prev = CCLIP && !first;  // c_raw_prev is pre-clip, c0 is not clipped
+  const T* dh_direct = p.dh_direct ? p.dh_direct + b * Hp : nullptr;
+  const T* dy = p.dy ? p.dy + b * H : nullptr;
+  const T* dh_n = p.dh_n ? p.dh_n + b * H : nullptr;
+  const T* dh_gemm = p.dh_gemm ? p.dh_gemm + b * Hp : nullptr;
+  T* dh_carry = p.dh_carry ? p.dh_carry + b * Hp : nullptr;
+  const T* dc_n = p.dc_n + b * H;
+  T* dc_rec = p.dc_rec + b * Hp;
+  T* dg = p.dgates + b * 4 * H;
+  const T cc = p.cell_clip, clip = p.opt.clip;
+  T scale_h = T(1), scale_c = T(1);
+  if constexpr (KIND == kRecurrent && CM == ClipMode::Norm) {
+    if (!dh_direct) scale_h = norm_scale_of(p.part_h + b * p.nblk_h, p.nblk_h, clip);
+    scale_c = norm_scale_of(p.part_c + b * p.nblk_c, p.nblk_c, clip);
+  }
+  for_units<V>(k0, k1, [&](auto tag, int64_t j) {
+    using VV = decltype(tag);
+    using Rg = typename VV::reg;
+    const Rg one = VV::set1(T(1));
+    Rg dh;
+    if (dh_direct) {
+      dh = VV::load(dh_direct + j);
+    } else {
+      dh = VV::add(VV::load(dy + j),
+                   incoming<VV, KIND, CM, T>(dh_n, dh_gemm, dh_carry, clip, scale_h, j));
+    }
+    const Rg dc_in = incoming<VV, KIND, CM, T>(dc_n, dc_rec, nullptr, clip, scale_c, j);
+    const Rg i = VV::load(a + j);
+    const Rg f = VV::load(a + H + j);
+    const Rg g = VV::load(a + 2 * H + j);
+    const Rg o = VV::load(a + 3 * H + j);
+    const Rg cr = VV::load(c_raw + j);
+    Rg c = cr;
+    if constexpr (CCLIP) c = VV::clamp(cr, VV::set1(-cc), VV::set1(cc));
+    Rg cp = c_prev ? VV::load(c_prev + j) : VV::zero();
+    if constexpr (CCLIP) {
+      if (clamp_prev) cp = VV::clamp(cp, VV::set1(-cc), VV::set1(cc));
+    }
+    const Rg tc = VV::tanh(c);
+    // dc_t = dc_in + dh * o * (1 - tanh(c)^2), zero where the cell clip was active.
+    Rg dct = VV::fmadd(VV::mul(dh, o), VV::fnmadd(tc, tc, one), dc_in);
+    if constexpr (CCLIP) dct = VV::select(VV::le(VV::abs(cr), VV::set1(cc)), dct, VV::zero());
+    VV::store(dg + j, VV::mul(VV::mul(dct, g), VV::mul(i, VV::sub(one, i))));
+    VV::store(dg + H + j, VV::mul(VV::mul(dct, cp), VV::mul(f, VV::sub(one, f))));
+    VV::store(dg + 2 * H + j, VV::mul(VV::mul(dct, i), VV::fnmadd(g, g, one)));
+    VV::store(dg + 3 * H + j, VV::mul(VV::mul(dh, tc), VV::mul(o, VV::sub(one, o))));
+    VV::store(dc_rec + j, VV::mul(dct, f));
+  });
+  // This row's incoming gradient is consumed; the next one is dgates W_hh alone.
+  if (dh_carry) zero_units(dh_carry, k0, k1);
+}
+
+template <class V, ClipMode CM, bool TRUNC, bool CCLIP>
+void lstm_rows(const LstmBwdUnits<typename V::value_type>& p, int64_t k0, int64_t k1) {
+  const int64_t H = p.H;
+  StepInfo st = p.step;
+  for (int64_t b = 0; b < p.M; ++b) {
+    const RowStep rs = row_step(st, b, TRUNC ? p.opt.truncate : 0);
+    if (!rs.active) {  // state carried: recurrent gradients pass through unchanged
+      for (int g = 0; g < 4; ++g) zero_units(p.dgates + b * 4 * H + g * H, k0, k1);
+      if (p.dh_carry) carry_units(p.dh_carry + b * p.Hp, p.dh_gemm + b * p.Hp, k0, k1);
+      continue;
+    }
+    with_kind(rs.incoming, [&](auto kind) {
+      lstm_row<V, CM, CCLIP, decltype(kind)::value>(p, b, rs.first, k0, k1);
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Projection: dr_t over the units [k0, k1) of P.
+
+template <class V, ClipMode CM, int KIND>
+inline void proj_row(const ProjBwdUnits<typename V::value_type>& p, int64_t b, int64_t k0,
+                     int64_t k1) {
+  using T = typename V::value_type;
+  const int64_t P = p.P, Pp = p.Pp;
+  const T* dy = p.dy + b * P;
+  const T* dh_n = p.dh_n + b * P;
+  const T* dh_gemm = p.dh_gemm + b * Pp;
+  T* dh_carry = p.dh_carry + b * Pp;
+  T* dr = p.dr + b * P;
+  T* dr_pad = p.dr_pad + b * Pp;
+  const T clip = p.opt.clip;
+  T scale = T(1);
+  if constexpr (KIND == kRecurrent && CM == ClipMode::Norm) {
+    scale = norm_scale_of(p.part_h + b * p.nblk, p.nblk, clip);
+  }
+  for_units<V>(k0, k1, [&](auto tag, int64_t j) {
+    using VV = decltype(tag);
+    const typename VV::reg v =
+        VV::add(VV::load(dy + j), incoming<VV, KIND, CM, T>(dh_n, dh_gemm, dh_carry, clip, scale, j));
+    VV::store(dr + j, v);
+    VV::store(dr_pad + j, v);
+  });
+  zero_units(dh_carry, k0, k1);
+}
+
+template <class V, ClipMode CM, bool TRUNC>
+void proj_rows(const ProjBwdUnits<typename V::value_type>& p, int64_t k0, int64_t k1) {
+  for (int64_t b = 0; b < p.M; ++b) {
+    const RowStep rs = row_step(p.step, b, TRUNC ? p.opt.truncate : 0);
+    if (!rs.active) {
+      zero_units(p.dr + b * p.P, k0, k1);
+      zero_units(p.dr_pad + b * p.Pp, k0, k1);
+      carry_units(p.dh_carry + b * p.Pp, p.dh_gemm + b * p.Pp, k0, k1);
+      continue;
+    }
+    with_kind(rs.incoming, [&](auto kind) { proj_row<V, CM, decltype(kind)::value>(p, b, k0, k1); });
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// GRU, one step, units [k0, k1).
+
+template <class V, ClipMode CM, int KIND>
+inline void gru_row(const GruBwdUnits<typename V::value_type>& p, int64_t b, bool first,
+                    int64_t k0, int64_t k1) {
+  using T = typename V::value_type;
+  const int64_t H = p.H, Hp = p.Hp;
+  const T* sv = p.saved + b * 4 * H;
+  const T* h_prev = first ? (p.h0 ? p.h0 + b * H : nullptr) : p.h_prev + b * H;
+  const T* dy = p.dy + b * H;
+  const T* dh_n = p.dh_n + b * H;
+  const T* dh_gemm = p.dh_gemm + b * Hp;
+  T* dh_carry = p.dh_carry + b * Hp;
+  T* dxg = p.dxg + b * 3 * H;
+  T* dhg = p.dhg + b * 3 * H;
+  const T clip = p.opt.clip;
+  T scale = T(1);
+  if constexpr (KIND == kRecurrent && CM == ClipMode::Norm) {
+    scale = norm_scale_of(p.part_h + b * p.nblk, p.nblk, clip);
+  }
+  for_units<V>(k0, k1, [&](auto tag, int64_t j) {
+    using VV = decltype(tag);
+    using Rg = typename VV::reg;
+    const Rg one = VV::set1(T(1));
+    const Rg r = VV::load(sv + j);
+    const Rg z = VV::load(sv + H + j);
+    const Rg n = VV::load(sv + 2 * H + j);
+    const Rg hn = VV::load(sv + 3 * H + j);
+    const Rg hp = h_prev ? VV::load(h_prev + j) : VV::zero();
+    const Rg dh = VV::add(VV::load(dy + j),
+                          incoming<VV, KIND, CM, T>(dh_n, dh_gemm, dh_carry, clip, scale, j));
+    // h = (1 - z) n + z h_prev
+    const Rg dn_pre = VV::mul(VV::mul(dh, VV::sub(one, z)), VV::fnmadd(n, n, one));
+    const Rg dz_pre = VV::mul(VV::mul(dh, VV::sub(hp, n)), VV::mul(z, VV::sub(one, z)));
+    const Rg dr_pre = VV::mul(VV::mul(dn_pre, hn), VV::mul(r, VV::sub(one, r)));
+    VV::store(dxg + j, dr_pre);
+    VV::store(dxg + H + j, dz_pre);
+    VV::store(dxg + 2 * H + j, dn_pre);
+    VV::store(dhg + j, dr_pre);
+    VV::store(dhg + H + j, dz_pre);
+    VV::store(dhg + 2 * H + j, VV::mul(dn_pre, r));
+    VV::store(dh_carry + j, VV::mul(dh, z));  // unit j of the carry was read above
+  });
+}
+
+template <class V, ClipMode CM, bool TRUNC>
+void gru_rows(const GruBwdUnits<typename V::value_type>& p, int64_t k0, int64_t k1) {
+  const int64_t H = p.H;
+  for (int64_t b = 0; b < p.M; ++b) {
+    const RowStep rs = row_step(p.step, b, TRUNC ? p.opt.truncate : 0);
+    if (!rs.active) {
+      for (int g = 0; g < 3; ++g) {
+        zero_units(p.dxg + b * 3 * H + g * H, k0, k1);
+        zero_units(p.dhg + b * 3 * H + g * H, k0, k1);
+      }
+      carry_units(p.dh_carry + b * p.Hp, p.dh_gemm + b * p.Hp, k0, k1);
+      continue;
+    }
+    with_kind(rs.incoming, [&](auto kind) {
+      gru_row<V, CM, decltype(kind)::value>(p, b, rs.first, k0, k1);
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Option switches and the table.
+
+template <template <ClipMode, bool> class Fn, class P>
+inline void switch_clip_trunc(const P& p, int64_t k0, int64_t k1) {
+  const bool trunc = p.opt.truncate > 0;
+  switch (p.opt.clip_mode) {
+    case ClipMode::Value:
+      trunc ? Fn<ClipMode::Value, true>::run(p, k0, k1) : Fn<ClipMode::Value, false>::run(p, k0, k1);
+      break;
+    case ClipMode::Norm:
+      trunc ? Fn<ClipMode::Norm, true>::run(p, k0, k1) : Fn<ClipMode::Norm, false>::run(p, k0, k1);
+      break;
+    default:
+      trunc ? Fn<ClipMode::None, true>::run(p, k0, k1) : Fn<ClipMode::None, false>::run(p, k0, k1);
+      break;
+  }
+}
+
+template <class V>
+struct Entry {
+  using T = typename V::value_type;
+  template <ClipMode CM, bool TRUNC>
+  struct Lstm {
+    static void run(const LstmBwdUnits<T>& p, int64_t k0, int64_t k1) {
+      if (p.has_cell_clip) {
+        lstm_rows<V, CM, TRUNC, true>(p, k0, k1);
+      } else {
+        lstm_rows<V, CM, TRUNC, false>(p, k0, k1);
+      }
+    }
+  };
+  template <ClipMode CM, bool TRUNC>
+  struct Proj {
+    static void run(const ProjBwdUnits<T>& p, int64_t k0, int64_t k1) { proj_rows<V, CM, TRUNC>(p, k0, k1); }
+  };
+  template <ClipMode CM, bool TRUNC>
+  struct Gru {
+    static void run(const GruBwdUnits<T>& p, int64_t k0, int64_t k1) { gru_rows<V, CM, TRUNC>(p, k0, k1); }
+  };
+
+  static void lstm_units(const LstmBwdUnits<T>& p, int64_t k0, int64_t k1) { switch_clip_trunc<Lstm>(p, k0, k1); }
+  static void proj_units(const ProjBwdUnits<T>& p, int64_t k0, int64_t k1) { switch_clip_trunc<Proj>(p, k0, k1); }
+  static void gru_units(const GruBwdUnits<T>& p, int64_t k0, int64_t k1) { switch_clip_trunc<Gru>(p, k0, k1); }
+
+  static void fill(BwdEngineTable<T>* table) {
+    table->gemm = &bwd::gemm<V>;
+    table->partials = &bwd::partials<V>;
+    table->lstm_units = &lstm_units;
+    table->proj_units = &proj_units;
+    table->gru_units = &gru_units;
+  }
+};
+
+}  // namespace bwd
+}  // namespace FUSEDRNN_CPU_CAPABILITY
+}  // namespace cpu
+}  // namespace fusedrnn
