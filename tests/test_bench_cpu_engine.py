@@ -50,6 +50,9 @@ def test_all_sections_run_at_a_trivial_size(tmp_path):
         # fusedrnn and torch.nn hold the same weights: the forward check must agree
         assert all(d < 1e-4 for d in r["fwd_max_abs_diff"].values()), r["fwd_max_abs_diff"]
         assert r["floor"]["whh_bytes"] == bce.GATES[r["cell"]] * 5 * 5 * 4
+        # preemption is counted per sample; the clean ratio covers at most every repeat
+        assert len(r["impls"]["torch.nn"]["preempted"]) == 2
+        assert 0 <= r["n_clean"] <= 2 and r["min_ratio"] > 0
     assert len(result["cells"]) == 4 and all(r["ratio"] for r in result["cells"])
     assert len(result["fixed"]) == 4 and all(r["op_us"] > 0 for r in result["fixed"])
     assert len(result["overheads"]) == 2
