@@ -20,7 +20,7 @@ Each layer shape's time per step is shown next to its floors from benchmarks/flo
 (W_hh bytes / measured cache bandwidth, recurrent FLOPs / measured FMA peak), and every
 ratio next to the issue's target. Results: benchmarks/results/<cpu>-<date>-cpu-engine.{md,json}.
 
-    python benchmarks/bench_cpu_engine.py                 # everything (~10 min, 2 cores)
+    python benchmarks/bench_cpu_engine.py                 # everything (~20-30 min, 2 cores)
     python benchmarks/bench_cpu_engine.py --quick         # smoke run, writes nothing
     python benchmarks/bench_cpu_engine.py --only fixed cells
     python benchmarks/bench_cpu_engine.py --lock /tmp/fusedrnn-bench.lock   # shared machine
