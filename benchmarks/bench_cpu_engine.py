@@ -1,0 +1,1036 @@
+#!/usr/bin/env python
+"""The CPU engine issue's benchmark (issue 11): fusedrnn vs torch.nn on CPU, paired.
+
+Every comparison runs in one process, interleaved within each repeat (the order cycling
+through bench.py's Williams design), on fresh random inputs each repeat, float32, with
+`--threads` intra-op threads (default 2). Four sections (`--only` picks some):
+
+  layers     fusedrnn.LSTM/GRU vs torch.nn.LSTM/GRU (same weights), 1 layer, the issue's
+             shapes, inference (no_grad) and train (forward + backward of sum(out * g));
+             fusedrnn also under each CPU time loop (_C._set_cpu_engine 'steps', 'engine';
+             the default 'auto' is the main column), with how many calls the engine ran
+  cells      fusedrnn.LSTMCell/GRUCell vs torch.nn's, one call, I = H = 64, B in 1, 8, 32,
+             97, inference and train
+  fixed      the fixed cost of one fusedrnn.ops.lstm_layer / gru_layer call (T=1, B=1,
+             I=H=8) timed from Python over loops of calls, next to torch.nn's cell
+  overheads  clip (norm) + truncate, and track_grad_norms, each against the same model
+             without, train step at T=128 B=8 I=64 H=256
+
+Each layer shape's time per step is shown next to its floors from benchmarks/floor.py
+(W_hh bytes / measured cache bandwidth, recurrent FLOPs / measured FMA peak), and every
+ratio next to the issue's target. Results: benchmarks/results/<cpu>-<date>-cpu-engine.{md,json}.
+
+    python benchmarks/bench_cpu_engine.py                 # everything (~20-30 min, 2 cores)
+    python benchmarks/bench_cpu_engine.py --quick         # smoke run, writes nothing
+    python benchmarks/bench_cpu_engine.py --only fixed cells
+    python benchmarks/bench_cpu_engine.py --lock /tmp/fusedrnn-bench.lock   # shared machine
+
+See benchmarks/README.md ("bench_cpu_engine.py") for how to read the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import gc
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+_HERE = Path(__file__).resolve().parent
+if str(_HERE) not in sys.path:  # so that the test (and `python -m`) find bench and floor
+    sys.path.insert(0, str(_HERE))
+
+import bench  # noqa: E402  (timing, table and machine helpers; bench.py is not changed)
+import floor  # noqa: E402
+from _markdown import table as md_table  # noqa: E402
+from bench import describe, in_order, log, paired_ratio, percentile  # noqa: E402
+
+SECTIONS = ("layers", "cells", "fixed", "overheads")
+ENGINE_MODES = ("auto", "steps", "engine")
+
+# (T, B, I, H) -> kind; the kind selects the target row of the issue's table.
+LAYER_SHAPES = [
+    ((128, 1, 64, 256), "b1"),
+    ((128, 8, 64, 256), "b8"),
+    ((128, 32, 64, 256), "b32"),
+    ((100, 64, 512, 512), "fastrnns"),
+    ((64, 1, 1, 64), "forecast"),
+    ((24, 16, 8, 32), "forecast"),
+    ((64, 32, 1, 64), "forecast"),
+]
+# Issue 11's targets, ratio torch.nn time / fusedrnn time: {kind: {cell: (infer, train)}}.
+LAYER_TARGETS = {
+    "b1": {"lstm": (2.0, 2.0), "gru": (2.5, 3.0)},
+    "b8": {"lstm": (1.8, 1.8), "gru": (2.5, 3.0)},
+    "b32": {"lstm": (1.3, 1.3), "gru": (2.0, 2.0)},
+    "fastrnns": {"lstm": (1.0, 1.0), "gru": (1.3, 1.3)},
+    "forecast": {"lstm": (1.5, 1.5), "gru": (2.5, 2.5)},
+}
+CELL_BATCHES = (1, 8, 32, 97)
+CELL_SIZE = 64          # I = H for the cells section
+CELL_TARGET = 1.25      # both cells, inference and train
+FIXED_SIZE = 8          # T=1, B=1, I=H=8 for the fixed-cost section
+FIXED_TARGET_US = {"infer": 20.0, "train": 60.0}
+OVERHEAD_SHAPE = (128, 8, 64, 256)
+OVERHEAD_TARGET_PCT = 3.0
+CLIP = dict(grad_clip=1.0, grad_clip_mode="norm", truncate=32)
+GATES = {"lstm": 4, "gru": 3}
+MODES = ("infer", "train")
+
+
+# ---------------------------------------------------------------------------------------
+# The paired, interleaved timer
+# ---------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Impl:
+    """One contender. prepare(data) does everything untimed (leaves, zeroed gradients) and
+    returns the timed closure; it runs `inner` calls, and the time is divided by `inner`.
+    engine_mode: the CPU time loop to select (untimed) before each of its calls."""
+    name: str
+    prepare: Callable[[object], Callable[[], object]]
+    engine_mode: Optional[str] = None
+
+
+@dataclasses.dataclass
+class Budget:
+    warmup: int
+    min_repeats: int
+    max_repeats: int
+    seconds: float  # wall-clock goal per measurement (all impls, one mode)
+
+
+class EngineCounter:
+    """fusedrnn._C's CPU-engine hooks, where this build has them: selecting the time loop
+    and counting the layer calls the engine ran (so a column labelled 'engine' that never
+    ran it says so instead of silently timing the per-step path)."""
+
+    def __init__(self, fusedrnn):
+        C = getattr(fusedrnn, "_C", None) if fusedrnn is not None else None
+        self.set = getattr(C, "_set_cpu_engine", None)
+        self.get = getattr(C, "_cpu_engine", None)
+        self.runs = getattr(C, "_engine_runs", None)
+        self.default = self.get() if self.get else None
+
+    @property
+    def can_select(self) -> bool:
+        return self.set is not None
+
+    def select(self, mode: Optional[str]) -> None:
+        if mode is not None and self.set is not None:
+            self.set(mode)
+
+    def total(self) -> Optional[int]:
+        return sum(self.runs()) if self.runs is not None else None
+
+    def restore(self) -> None:
+        if self.set is not None and self.default is not None:
+            self.set(self.default)
+
+
+def time_paired(impls, make_data, budget: Budget, engine: EngineCounter,
+                errors: dict, label: str) -> tuple:
+    """Interleaved repeats: each repeat draws fresh data and runs every impl once, the order
+    cycling through bench.balanced_orders. The warm-up repeats size the run: as many timed
+    repeats as fit in budget.seconds, within [min_repeats, max_repeats], rounded to whole
+    cycles of the order design where that stays within max_repeats.
+
+    Returns ({name: [ms per call]}, {name: calls that ran the engine}, repeats,
+    {name: [involuntary context switches during each timed sample]}). An impl that raises
+    is dropped and its error stored in `errors` under `label`.
+
+    Note [Preempted samples]
+    On a 2-core machine shared with builds and tests, a 2-thread call whose worker thread
+    is descheduled waits at the next barrier of every parallel region for a scheduler
+    time slice (milliseconds), so a sample is either near the true time or many times it:
+    bimodal. The process's involuntary context switches (getrusage, all threads) are read
+    around every sample, untimed; a sample with none ran undisturbed. The tables give the
+    share of preempted samples and the paired ratio over the repeats where neither side
+    was preempted ("clean"), next to the plain paired median over all repeats."""
+    active = list(impls)
+    times = {i.name: [] for i in active}
+    preempt = {i.name: [] for i in active}
+    engine_calls = {i.name: 0 for i in active}
+    cycle = len(bench.balanced_orders(len(active))) if active else 1
+    target = None
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()  # as timeit: no collector pause inside a timed call
+    try:
+        r = 0
+        while active:
+            timed = r - budget.warmup
+            if target is not None and timed >= target:
+                break
+            wall0 = time.perf_counter()
+            data = make_data()
+            for impl in in_order(active, r):
+                try:
+                    engine.select(impl.engine_mode)
+                    fn = impl.prepare(data)
+                    before = engine.total()
+                    switches = _involuntary_switches()
+                    t0 = time.perf_counter_ns()
+                    result = fn()
+                    elapsed_ns = time.perf_counter_ns() - t0
+                    switches = _involuntary_switches() - switches
+                    del result  # freeing outputs and the graph is not part of the call
+                    after = engine.total()
+                except Exception as exc:  # reported, never swallowed
+                    errors[f"{label} {impl.name}"] = describe(exc)
+                    log(f"    {label} {impl.name} FAILED: {describe(exc)}")
+                    active.remove(impl)
+                    times.pop(impl.name, None)
+                    preempt.pop(impl.name, None)
+                    continue
+                if timed >= 0:
+                    times[impl.name].append(elapsed_ns / 1e6 / getattr(fn, "inner", 1))
+                    preempt[impl.name].append(switches)
+                    if before is not None and after > before:
+                        engine_calls[impl.name] += 1
+            data = None
+            r += 1
+            if timed == -1 or (budget.warmup == 0 and timed == 0):
+                # The last warm-up repeat (or the first timed one) sizes the run.
+                per_repeat = max(time.perf_counter() - wall0, 1e-6)
+                n = int(budget.seconds / per_repeat)
+                n = max(budget.min_repeats, min(budget.max_repeats, n))
+                if n >= cycle and (n // cycle) * cycle >= budget.min_repeats:
+                    n = (n // cycle) * cycle
+                target = n
+    finally:
+        engine.restore()
+        if gc_was_enabled:
+            gc.enable()
+    repeats = len(next(iter(times.values()))) if times else 0
+    return times, engine_calls, repeats, preempt
+
+
+def _involuntary_switches() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
+
+
+def pair_stats(times, preempt, num: str, den: str) -> dict:
+    """Ratios num / den: paired over all repeats, paired over the clean repeats (neither
+    sample preempted, Note [Preempted samples]) with their count, and the ratio of the two
+    minima (the best either side managed; robust to load, but not paired)."""
+    a, b = times.get(num), times.get(den)
+    if not a or not b:
+        return {"ratio": None, "clean_ratio": None, "n_clean": 0, "min_ratio": None}
+    pa, pb = preempt.get(num, []), preempt.get(den, [])
+    clean = [i for i in range(min(len(a), len(b), len(pa), len(pb)))
+             if pa[i] == 0 and pb[i] == 0]
+    return {"ratio": paired_ratio(a, b),
+            "clean_ratio": paired_ratio([a[i] for i in clean], [b[i] for i in clean]),
+            "n_clean": len(clean),
+            "min_ratio": min(a) / min(b)}
+
+
+def impl_entry(ts, preempt, extra=None) -> dict:
+    """Per-impl stats with its raw times and preemption counts."""
+    pre = preempt or []
+    return {**(stats(ts) or {}), **(extra or {}), "times_ms": ts, "preempted": pre,
+            "preempted_pct": 100.0 * sum(1 for c in pre if c) / len(pre) if pre else None}
+
+
+def stats(ts) -> Optional[dict]:
+    if not ts:
+        return None
+    s = sorted(ts)
+    return {"median_ms": percentile(s, 0.5), "min_ms": s[0], "max_ms": s[-1],
+            "iqr_ms": percentile(s, 0.75) - percentile(s, 0.25), "n": len(s)}
+
+
+def looped(fn: Callable[[], object], inner: int) -> Callable[[], None]:
+    """A closure that runs fn `inner` times (the timer divides by .inner): one call of a
+    cell is tens of microseconds, too short to time alone against the clock's and the
+    interpreter's jitter."""
+    def run():
+        for _ in range(inner):
+            fn()
+    run.inner = inner
+    return run
+
+
+def calibrate_inner(calls, block_s: float, cap: int = 20000) -> int:
+    """Calls per timed block so that the slowest impl's block lasts about block_s."""
+    slowest = 0.0
+    for call in calls:
+        call()  # first call: allocations, dispatcher caches
+        best = float("inf")
+        for _ in range(10):  # the best of 10: one slow call under load must not size it
+            t0 = time.perf_counter()
+            call()
+            best = min(best, time.perf_counter() - t0)
+        slowest = max(slowest, best)
+    return max(1, min(cap, int(block_s / max(slowest, 1e-7))))
+
+
+# ---------------------------------------------------------------------------------------
+# Floors
+# ---------------------------------------------------------------------------------------
+
+def step_floor(cell: str, B: int, H: int, mode: str, threads: int, ceilings) -> dict:
+    """The time per step no implementation can beat, from the measured ceilings.
+
+    bytes: W_hh (G*H x H float32, G = 4 LSTM / 3 GRU) is read once per step forward
+    (h_{t-1} @ W_hh^T) and once more backward (dgates_t @ W_hh); split over the threads,
+    each reads its slice from its own L2 when the slice fits (else from the LLC), so the
+    floor is the bytes over the aggregate bandwidth at `threads`.
+    flops: the recurrent product, 2*B*G*H*H per step forward; backward about twice that,
+    so a train step counts 3x. The input projection and the weight gradients are not
+    counted (they are one large GEMM over all steps, off the sequential path).
+    """
+    G = GATES[cell]
+    whh = G * H * H * 4
+    mult_bytes, mult_flops = (1, 1) if mode == "infer" else (2, 3)
+    out = {"whh_bytes": whh, "bytes_per_step": mult_bytes * whh,
+           "flops_per_step": mult_flops * 2.0 * B * G * H * H}
+    if ceilings is None:
+        return out
+    slice_bytes = whh / max(threads, 1)
+    l2_size = ceilings["machine"]["caches"].get("L2")
+    level = "l2" if l2_size is None or slice_bytes <= l2_size else "llc"
+    bw = floor.bandwidth(ceilings, level, threads)
+    peak = floor.fma_peak(ceilings, threads)
+    out["bw_level"] = level
+    out["bytes_floor_us"] = out["bytes_per_step"] / (bw * 1e9) * 1e6 if bw else None
+    out["flops_floor_us"] = out["flops_per_step"] / (peak * 1e9) * 1e6 if peak else None
+    floors = [v for v in (out["bytes_floor_us"], out["flops_floor_us"]) if v]
+    out["floor_us"] = max(floors) if floors else None
+    out["bound"] = (None if not floors else
+                    "bytes" if out["floor_us"] == out["bytes_floor_us"] else "flops")
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------
+
+def _load_same_weights(src: torch.nn.Module, *others: torch.nn.Module) -> None:
+    for m in others:
+        m.load_state_dict(src.state_dict())
+
+
+def _zero_grad(*modules) -> None:
+    for m in modules:
+        for p in m.parameters():
+            p.grad = None
+
+
+def _leaves(*tensors):
+    return tuple(None if t is None else t.detach().requires_grad_() for t in tensors)
+
+
+def _layer_call(module, cell, x, h0, c0):
+    """The module's output tensor (the loss is sum(output * g))."""
+    return module(x, (h0, c0))[0] if cell == "lstm" else module(x, h0)[0]
+
+
+def _layer_prepare(module, cell, mode):
+    def prepare(data):
+        x, h0, c0, g = data
+        if mode == "infer":
+            def call():
+                with torch.no_grad():
+                    return _layer_call(module, cell, x, h0, c0)
+            return call
+        _zero_grad(module)
+        lx, lh, lc = _leaves(x, h0, c0)
+        return lambda: torch.autograd.backward(_layer_call(module, cell, lx, lh, lc), g)
+    return prepare
+
+
+def run_layers(args, fusedrnn, engine, ceilings, errors, notes, progress, lock) -> list:
+    rows = []
+    modes_cols = list(args.engine_modes) if engine.can_select else []
+    if not engine.can_select:
+        notes.append("this fusedrnn build has no _C._set_cpu_engine: engine columns left out")
+    for cell in args.cells:
+        for (T, B, I, H), kind in layer_shapes(args):
+            label = f"{cell} T={T} B={B} I={I} H={H}"
+            torch.manual_seed(args.seed)
+            fused = getattr(fusedrnn, cell.upper())(I, H)
+            ref = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](I, H)
+            _load_same_weights(fused, ref)
+
+            def make_data(T=T, B=B, I=I, H=H, cell=cell):
+                return (torch.randn(T, B, I), torch.randn(1, B, H),
+                        torch.randn(1, B, H) if cell == "lstm" else None,
+                        torch.randn(T, B, H))
+
+            # Forward check, per time loop: a fast wrong kernel must show up here.
+            x, h0, c0, _ = make_data()
+            diffs = {}
+            with torch.no_grad():
+                want = _layer_call(ref, cell, x, h0, c0)
+                for m in (modes_cols or [None]):
+                    engine.select(m)
+                    got = _layer_call(fused, cell, x, h0, c0)
+                    diffs[m or "auto"] = (got - want).abs().max().item()
+                engine.restore()
+            for m, d in diffs.items():
+                if d > 1e-3:
+                    log(f"    WARNING: {label} fused ({m}) forward differs from torch.nn "
+                        f"by {d:.3g}")
+            for mode in MODES:
+                if mode not in args.modes:
+                    continue
+                impls = [Impl("torch.nn", _layer_prepare(ref, cell, mode))]
+                if modes_cols:
+                    impls += [Impl(f"fused:{m}", _layer_prepare(fused, cell, mode), m)
+                              for m in modes_cols]
+                else:
+                    impls.append(Impl("fused:auto", _layer_prepare(fused, cell, mode)))
+                progress.describe(f"layers {label} {mode}")
+                with lock:
+                    times, eng, n, pre = time_paired(impls, make_data, args.budget, engine,
+                                                errors, f"layers {label} {mode}")
+                progress.step()
+                rows.append(layer_row(cell, (T, B, I, H), kind, mode, times, eng, n, diffs,
+                                      args.threads, ceilings, pre))
+    return rows
+
+
+def layer_shapes(args) -> list:
+    """[((T, B, I, H), target kind or None)]: the issue's shapes, or those of --shape (a
+    shape that is not the issue's gets no target)."""
+    if not args.shapes:
+        return LAYER_SHAPES
+    kinds = dict(LAYER_SHAPES)
+    return [(s, kinds.get(s)) for s in args.shapes]
+
+
+def layer_row(cell, shape, kind, mode, times, eng, n, diffs, threads, ceilings,
+              preempt=None) -> dict:
+    preempt = preempt or {}
+    T, B, I, H = shape
+    target = LAYER_TARGETS[kind][cell][MODES.index(mode)] if kind else None
+    row = {"cell": cell, "T": T, "B": B, "I": I, "H": H, "kind": kind, "mode": mode,
+           "repeats": n, "target": target,
+           "impls": {name: impl_entry(ts, preempt.get(name),
+                                      {"engine_calls": eng.get(name, 0)})
+                     for name, ts in times.items()},
+           "fwd_max_abs_diff": diffs}
+    main = "fused:auto"
+    row.update(pair_stats(times, preempt, "torch.nn", main))
+    row["met"] = (None if row["ratio"] is None or target is None
+                  else row["ratio"]["median"] >= target)
+    # The engine's gain, paired in the same run: steps / engine and steps / auto.
+    row["engine_vs_steps"] = paired_ratio(times.get("fused:steps"), times.get("fused:engine"))
+    row["auto_vs_steps"] = paired_ratio(times.get("fused:steps"), times.get(main))
+    row["floor"] = step_floor(cell, B, H, mode, threads, ceilings)
+    for name, s in row["impls"].items():
+        if s.get("median_ms") is not None:
+            s["us_per_step"] = s["median_ms"] * 1e3 / T
+            f = row["floor"].get("floor_us")
+            s["gap"] = s["us_per_step"] / f if f else None
+    return row
+
+
+def _cell_prepare(cell_module, cell, mode, inner):
+    def prepare(data):
+        x, h, c, gh = data
+        state = (h, c) if cell == "lstm" else h
+        if mode == "infer":
+            def one():
+                with torch.no_grad():
+                    return cell_module(x, state)
+            return looped(one, inner)
+        _zero_grad(cell_module)
+        lx, lh, lc = _leaves(x, h, c)
+        lstate = (lh, lc) if cell == "lstm" else lh
+
+        def one():
+            out = cell_module(lx, lstate)
+            torch.autograd.backward(out[0] if cell == "lstm" else out, gh)
+        return looped(one, inner)
+    return prepare
+
+
+def run_cells(args, fusedrnn, engine, errors, progress, lock) -> list:
+    rows = []
+    n = CELL_SIZE
+    for cell in args.cells:
+        for B in args.cell_batches or CELL_BATCHES:
+            torch.manual_seed(args.seed)
+            fused = getattr(fusedrnn, cell.upper() + "Cell")(n, n)
+            ref = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}[cell](n, n)
+            _load_same_weights(fused, ref)
+
+            def make_data(B=B, cell=cell):
+                return (torch.randn(B, n), torch.randn(B, n),
+                        torch.randn(B, n) if cell == "lstm" else None, torch.randn(B, n))
+
+            label = f"{cell}Cell B={B} I=H={n}"
+            for mode in MODES:
+                if mode not in args.modes:
+                    continue
+                probe = make_data()
+                inner = calibrate_inner([_cell_prepare(m, cell, mode, 1)(probe)
+                                         for m in (ref, fused)], args.block_s)
+                impls = [Impl("torch.nn", _cell_prepare(ref, cell, mode, inner)),
+                         Impl("fused", _cell_prepare(fused, cell, mode, inner))]
+                progress.describe(f"cells {label} {mode}")
+                with lock:
+                    times, _, reps, pre = time_paired(impls, make_data, args.budget_small,
+                                                      engine, errors, f"cells {label} {mode}")
+                progress.step()
+                pair = pair_stats(times, pre, "torch.nn", "fused")
+                ratio = pair["ratio"]
+                rows.append({"cell": cell, "B": B, "I": n, "H": n, "mode": mode,
+                             "calls_per_sample": inner, "repeats": reps,
+                             "impls": {k: impl_entry(v, pre.get(k)) for k, v in times.items()},
+                             **pair, "target": CELL_TARGET,
+                             "met": None if ratio is None else ratio["median"] >= CELL_TARGET})
+    return rows
+
+
+def run_fixed(args, fusedrnn, engine, errors, progress, lock) -> list:
+    """One op call at T=1, B=1, I=H=8: nearly all of it is the fixed cost per call."""
+    rows = []
+    n = FIXED_SIZE
+    for cell in args.cells:
+        G = GATES[cell]
+        torch.manual_seed(args.seed)
+        ref = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}[cell](n, n)
+        weights = [p.detach().clone() for p in (ref.weight_ih, ref.weight_hh, ref.bias_ih,
+                                                ref.bias_hh)]
+        op = fusedrnn.ops.lstm_layer if cell == "lstm" else fusedrnn.ops.gru_layer
+
+        def make_data(cell=cell):
+            return (torch.randn(1, 1, n), torch.randn(1, n),
+                    torch.randn(1, n) if cell == "lstm" else None, torch.randn(1, 1, n))
+
+        def op_prepare(mode, inner, op=op, cell=cell):
+            def prepare(data):
+                x, h, c, g = data
+                states = (h, c) if cell == "lstm" else (h,)
+                if mode == "infer":
+                    def one():
+                        with torch.no_grad():
+                            return op(x, *weights, *states)
+                    return looped(one, inner)
+                w = _leaves(*weights)
+                lx, *ls = _leaves(x, *states)
+
+                def one():
+                    torch.autograd.backward(op(lx, *w, *ls)[0], g)
+                return looped(one, inner)
+            return prepare
+
+        for mode in MODES:
+            if mode not in args.modes:
+                continue
+            probe = make_data()
+            cell_prep = _cell_prepare(ref, cell, mode, 1)
+            # torch.nn's cell takes [B, I] and returns [B, H]: its gradient is g[0].
+            ref_impl = lambda data, p=cell_prep: p((data[0][0], data[1], data[2], data[3][0]))
+            inner = calibrate_inner([op_prepare(mode, 1)(probe), ref_impl(probe)],
+                                    args.block_s)
+            cell_prep_n = _cell_prepare(ref, cell, mode, inner)
+            impls = [Impl(f"ops.{cell}_layer", op_prepare(mode, inner)),
+                     Impl(f"torch.nn.{cell.upper()}Cell",
+                          lambda data, p=cell_prep_n: p((data[0][0], data[1], data[2],
+                                                         data[3][0])))]
+            label = f"fixed {cell} T=1 B=1 I=H={n} {mode}"
+            progress.describe(label)
+            with lock:
+                times, _, reps, pre = time_paired(impls, make_data, args.budget_small,
+                                                  engine, errors, label)
+            progress.step()
+            op_stats = stats(times.get(impls[0].name))
+            target = FIXED_TARGET_US[mode]
+            rows.append({"cell": cell, "mode": mode, "G": G, "calls_per_sample": inner,
+                         "repeats": reps,
+                         "impls": {k: impl_entry(v, pre.get(k)) for k, v in times.items()},
+                         "op_us": op_stats["median_ms"] * 1e3 if op_stats else None,
+                         "target_us": target,
+                         "met": None if op_stats is None
+                         else op_stats["median_ms"] * 1e3 <= target})
+    return rows
+
+
+def run_overheads(args, fusedrnn, engine, errors, progress, lock) -> list:
+    rows = []
+    T, B, I, H = args.overhead_shape
+    for cell in args.cells:
+        cls = getattr(fusedrnn, cell.upper())
+        torch.manual_seed(args.seed)
+        base = cls(I, H)
+        clip = cls(I, H, **CLIP)
+        track = cls(I, H, track_grad_norms=True)
+        _load_same_weights(base, clip, track)
+
+        def make_data(cell=cell):
+            return (torch.randn(T, B, I), torch.randn(1, B, H),
+                    torch.randn(1, B, H) if cell == "lstm" else None, torch.randn(T, B, H))
+
+        impls = [Impl("fused", _layer_prepare(base, cell, "train")),
+                 Impl("fused+clip(norm)+truncate", _layer_prepare(clip, cell, "train")),
+                 Impl("fused+track_grad_norms", _layer_prepare(track, cell, "train"))]
+        label = f"overheads {cell} T={T} B={B} I={I} H={H} train"
+        progress.describe(label)
+        with lock:
+            times, _, reps, pre = time_paired(impls, make_data, args.budget, engine, errors,
+                                              label)
+        progress.step()
+        row = {"cell": cell, "T": T, "B": B, "I": I, "H": H, "mode": "train",
+               "repeats": reps, "options": {"clip": CLIP, "track_grad_norms": True},
+               "impls": {k: impl_entry(v, pre.get(k)) for k, v in times.items()},
+               "target_pct": OVERHEAD_TARGET_PCT}
+        for key, name in (("clip", impls[1].name), ("track", impls[2].name)):
+            pair = pair_stats(times, pre, name, "fused")
+            c = pair["clean_ratio"]
+            row[f"{key}_clean_overhead_pct"] = (None if c is None else
+                                                {"median": (c["median"] - 1) * 100,
+                                                 "iqr": c["iqr"] * 100, "n": pair["n_clean"]})
+            r = pair["ratio"]
+            row[f"{key}_overhead_pct"] = (None if r is None else
+                                          {"median": (r["median"] - 1) * 100,
+                                           "iqr": r["iqr"] * 100})
+            row[f"{key}_met"] = (None if r is None
+                                 else (r["median"] - 1) * 100 <= OVERHEAD_TARGET_PCT)
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------
+
+E = "–"
+
+
+def _f(v, spec=".3g"):
+    return E if v is None else format(v, spec)
+
+
+def _ratio(r):
+    return E if r is None else f"{r['median']:.2f}x ±{r['iqr'] / 2:.2f}"
+
+
+def _met(m):
+    return E if m is None else ("met" if m else "**not met**")
+
+
+def _ms(s):
+    """median [min-max] ms."""
+    if not s or s.get("median_ms") is None:
+        return E
+    return f"{s['median_ms']:.3g} [{s['min_ms']:.3g}-{s['max_ms']:.3g}]"
+
+
+def _us(s):
+    if not s or s.get("median_ms") is None:
+        return E
+    return f"{s['median_ms'] * 1e3:.1f} [{s['min_ms'] * 1e3:.1f}-{s['max_ms'] * 1e3:.1f}]"
+
+
+def _clean(r):
+    """The paired ratio over the repeats where neither side was preempted, (n of them)."""
+    c = r.get("clean_ratio")
+    return E if c is None else f"{c['median']:.2f}x ({r['n_clean']})"
+
+
+def _preempted(a, b):
+    def cell(r):
+        pa = r["impls"].get(a, {}).get("preempted_pct")
+        pb = r["impls"].get(b, {}).get("preempted_pct")
+        return E if pa is None or pb is None else f"{pa:.0f} / {pb:.0f}"
+    return cell
+
+
+def layers_tables(rows) -> str:
+    def shape(r):
+        return f"{r['T']}, {r['B']}, {r['I']}, {r['H']}"
+
+    ratio_cols = [
+        ("cell", "---", lambda r: r["cell"]),
+        ("T, B, I, H", "---", shape),
+        ("mode", "---", lambda r: r["mode"]),
+        ("torch.nn ms", "--:", lambda r: _ms(r["impls"].get("torch.nn"))),
+        ("fusedrnn ms", "--:", lambda r: _ms(r["impls"].get("fused:auto"))),
+        ("×torch.nn (paired)", "--:", lambda r: _ratio(r["ratio"])),
+        ("clean pairs", "--:", _clean),
+        ("of mins", "--:", lambda r: _f(r.get("min_ratio"), ".2f") + "x"),
+        ("preempted % nn / fused", "--:", _preempted("torch.nn", "fused:auto")),
+        ("target", "--:", lambda r: E if r["target"] is None else f">= {r['target']:g}x"),
+        ("", "---", lambda r: _met(r["met"])),
+        ("repeats", "--:", lambda r: str(r["repeats"])),
+    ]
+
+    def per_step(name):
+        return lambda r: _f(r["impls"].get(name, {}).get("us_per_step"), ".1f")
+
+    def floor_cell(key):
+        return lambda r: _f(r["floor"].get(key), ".2f")
+
+    floor_cols = [
+        ("cell", "---", lambda r: r["cell"]),
+        ("T, B, I, H", "---", shape),
+        ("mode", "---", lambda r: r["mode"]),
+        ("torch.nn us/step", "--:", per_step("torch.nn")),
+        ("fusedrnn us/step", "--:", per_step("fused:auto")),
+        ("W_hh KiB (read/step)", "--:",
+         lambda r: f"{r['floor']['whh_bytes'] / 1024:g} ({r['floor']['bytes_per_step'] / 1024:g})"),
+        ("bytes floor us", "--:",
+         lambda r: E if r["floor"].get("bytes_floor_us") is None else
+         f"{r['floor']['bytes_floor_us']:.2f} ({r['floor']['bw_level'].upper()})"),
+        ("MFLOP/step", "--:", lambda r: f"{r['floor']['flops_per_step'] / 1e6:.3g}"),
+        ("FLOP floor us", "--:", floor_cell("flops_floor_us")),
+        ("gap fusedrnn", "--:",
+         lambda r: _f(r["impls"].get("fused:auto", {}).get("gap"), ".0f") + "x"
+         if r["impls"].get("fused:auto", {}).get("gap") else E),
+        ("gap torch.nn", "--:",
+         lambda r: _f(r["impls"].get("torch.nn", {}).get("gap"), ".0f") + "x"
+         if r["impls"].get("torch.nn", {}).get("gap") else E),
+    ]
+
+    def engine_calls(name):
+        def cell(r):
+            s = r["impls"].get(name)
+            return E if not s or not s.get("n") else f"{s['engine_calls']}/{s['n']}"
+        return cell
+
+    engine_cols = [
+        ("cell", "---", lambda r: r["cell"]),
+        ("T, B, I, H", "---", shape),
+        ("mode", "---", lambda r: r["mode"]),
+        ("steps ms", "--:", lambda r: _ms(r["impls"].get("fused:steps"))),
+        ("engine ms", "--:", lambda r: _ms(r["impls"].get("fused:engine"))),
+        ("auto ms", "--:", lambda r: _ms(r["impls"].get("fused:auto"))),
+        ("steps/engine", "--:", lambda r: _ratio(r["engine_vs_steps"])),
+        ("steps/auto", "--:", lambda r: _ratio(r["auto_vs_steps"])),
+        ("engine ran (engine col)", "--:", engine_calls("fused:engine")),
+        ("engine ran (auto col)", "--:", engine_calls("fused:auto")),
+    ]
+    parts = ["### fusedrnn vs torch.nn (ratio = torch.nn time / fusedrnn time; "
+             "median [min-max] ms)", "", md_table(ratio_cols, rows, 3), "",
+             "### Time per step vs this machine's floors", "",
+             md_table(floor_cols, rows, 3), ""]
+    if any("fused:steps" in r["impls"] for r in rows):
+        parts += ["### CPU time loops: _set_cpu_engine('steps' / 'engine' / 'auto'), paired",
+                  "", md_table(engine_cols, rows, 3), ""]
+    return "\n".join(parts)
+
+
+def cells_table(rows) -> str:
+    cols = [
+        ("cell", "---", lambda r: f"{r['cell'].upper()}Cell"),
+        ("B", "--:", lambda r: str(r["B"])),
+        ("I = H", "--:", lambda r: str(r["H"])),
+        ("mode", "---", lambda r: r["mode"]),
+        ("torch.nn us/call", "--:", lambda r: _us(r["impls"].get("torch.nn"))),
+        ("fusedrnn us/call", "--:", lambda r: _us(r["impls"].get("fused"))),
+        ("×torch.nn (paired)", "--:", lambda r: _ratio(r["ratio"])),
+        ("clean pairs", "--:", _clean),
+        ("of mins", "--:", lambda r: _f(r.get("min_ratio"), ".2f") + "x"),
+        ("preempted % nn / fused", "--:", _preempted("torch.nn", "fused")),
+        ("target", "--:", lambda r: f">= {r['target']:g}x"),
+        ("", "---", lambda r: _met(r["met"])),
+        ("calls/sample × repeats", "--:", lambda r: f"{r['calls_per_sample']} × {r['repeats']}"),
+    ]
+    return md_table(cols, rows, 4)
+
+
+def fixed_table(rows) -> str:
+    cols = [
+        ("op", "---", lambda r: f"ops.{r['cell']}_layer"),
+        ("mode", "---", lambda r: "no-grad" if r["mode"] == "infer" else "forward+backward"),
+        ("op us/call", "--:", lambda r: _us(r["impls"].get(f"ops.{r['cell']}_layer"))),
+        ("torch.nn cell us/call", "--:",
+         lambda r: _us(r["impls"].get(f"torch.nn.{r['cell'].upper()}Cell"))),
+        ("preempted % op / nn", "--:",
+         lambda r: _preempted(f"ops.{r['cell']}_layer", f"torch.nn.{r['cell'].upper()}Cell")(r)),
+        ("target", "--:", lambda r: f"<= {r['target_us']:g} us"),
+        ("", "---", lambda r: _met(r["met"])),
+        ("calls/sample × repeats", "--:", lambda r: f"{r['calls_per_sample']} × {r['repeats']}"),
+    ]
+    return md_table(cols, rows, 2)
+
+
+def overheads_table(rows) -> str:
+    def pct(key):
+        def cell(r):
+            v = r.get(f"{key}_overhead_pct")
+            if v is None:
+                return E
+            n = f" ({v['n']})" if "n" in v else ""
+            return f"{v['median']:+.1f}% ±{v['iqr'] / 2:.1f}{n}"
+        return cell
+
+    cols = [
+        ("cell", "---", lambda r: r["cell"]),
+        ("T, B, I, H", "---", lambda r: f"{r['T']}, {r['B']}, {r['I']}, {r['H']}"),
+        ("fused ms", "--:", lambda r: _ms(r["impls"].get("fused"))),
+        ("+clip(norm)+truncate ms", "--:",
+         lambda r: _ms(r["impls"].get("fused+clip(norm)+truncate"))),
+        ("overhead", "--:", pct("clip")),
+        ("clean", "--:", pct("clip_clean")),
+        ("", "---", lambda r: _met(r.get("clip_met"))),
+        ("+track_grad_norms ms", "--:", lambda r: _ms(r["impls"].get("fused+track_grad_norms"))),
+        ("overhead", "--:", pct("track")),
+        ("clean ", "--:", pct("track_clean")),
+        (" ", "---", lambda r: _met(r.get("track_met"))),
+        ("repeats", "--:", lambda r: str(r["repeats"])),
+    ]
+    return md_table(cols, rows, 2)
+
+
+def report(result: dict) -> str:
+    info, m = result["machine"], result["machine"]["floor_machine"]
+    lines = [f"# CPU engine benchmark (issue 11), {info['date']}", "",
+             f"- CPU: {m['cpu_model']}, {info['cpu_count_logical']} logical cores "
+             f"({info['cpu_affinity']} usable); flags: {' '.join(m['flags'])}",
+             f"- fusedrnn._C._cpu_capability(): {m['fusedrnn_capability']}; "
+             f"_cpu_engine() default: {result['config']['engine_default']}; "
+             f"step GEMM: {result['config']['step_gemm']}",
+             f"- torch {info['torch_version']}, fusedrnn {info['fusedrnn_version']} "
+             f"(commit {info['fusedrnn_commit']}, {info['fusedrnn_file']})",
+             f"- threads: {result['config']['threads']} (torch.get_num_threads() = "
+             f"{info['torch_num_threads']}); float32; fresh torch.randn inputs every repeat",
+             f"- load average at start {info['loadavg_start']}, at end "
+             f"{info.get('loadavg_end')}",
+             f"- command: `{info['command']}`; took {result['seconds']:.0f} s"]
+    lines += [f"- note: {n}" for n in result["notes"]]
+    lines.append("")
+    if result.get("floor"):
+        lines += ["## Floors (benchmarks/floor.py, quick)" if result["floor"].get("quick")
+                  else "## Floors (benchmarks/floor.py)", "", floor.table(result["floor"]), ""]
+    if result.get("layers"):
+        lines += ["## Layers (1 layer, unidirectional; train = forward + backward of "
+                  "sum(output * g), input and h0/c0 require grad)", "",
+                  layers_tables(result["layers"])]
+    if result.get("cells"):
+        lines += ["## Cells (one call; train = forward + backward of sum(h' * g))", "",
+                  cells_table(result["cells"]), ""]
+    if result.get("fixed"):
+        lines += ["## Fixed cost per call (T=1, B=1, I=H=8, timed from Python over loops "
+                  "of calls)", "", fixed_table(result["fixed"]), ""]
+    if result.get("overheads"):
+        lines += ["## Overheads on the fast path (train step, paired against the same "
+                  "model without the option)", "", overheads_table(result["overheads"]), ""]
+    if result["errors"]:
+        lines += ["## Errors", ""] + [f"- {k}: {v}" for k, v in result["errors"].items()]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------------------
+
+class FileLock:
+    """flock(PATH) held around each measurement (not the whole run): on a shared machine
+    other benchmarks wait at most one measurement, and no two time at once. A no-op
+    without a path."""
+
+    def __init__(self, path: Optional[str]):
+        self.path, self.fd = path, None
+
+    def __enter__(self):
+        if self.path:
+            import fcntl
+            self.fd = open(self.path, "a")
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            import fcntl
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            self.fd.close()
+            self.fd = None
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="Issue 11's CPU benchmark: fusedrnn vs torch.nn, paired, with floors.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: tiny repeats and budgets, quick floors, writes nothing "
+                        "unless --save")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads(N)")
+    p.add_argument("--cells", nargs="+", choices=("lstm", "gru"), default=["lstm", "gru"])
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--shape", nargs=4, type=int, action="append", metavar=("T", "B", "I", "H"),
+                   dest="shapes", help="layers: these shapes instead of the issue's "
+                   "(repeatable; a shape not in the issue's table has no target)")
+    p.add_argument("--cell-batches", nargs="+", type=int, default=None,
+                   help=f"cells: these batch sizes instead of {CELL_BATCHES}")
+    p.add_argument("--overhead-shape", nargs=4, type=int, default=list(OVERHEAD_SHAPE),
+                   metavar=("T", "B", "I", "H"), help="overheads: the shape")
+    p.add_argument("--engine-modes", nargs="+", choices=ENGINE_MODES, default=list(ENGINE_MODES),
+                   help="fusedrnn columns in the layers section ('auto' is always timed)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed repeats per measurement")
+    p.add_argument("--min-repeats", type=int, default=8)
+    p.add_argument("--max-repeats", type=int, default=48)
+    p.add_argument("--seconds", type=float, default=8.0,
+                   help="time goal per layer measurement (all impls, one mode); the warm-up "
+                        "sizes the repeats to it within [min, max]")
+    p.add_argument("--seconds-small", type=float, default=3.0,
+                   help="the same for the cells and fixed-cost sections")
+    p.add_argument("--block-ms", type=float, default=5.0,
+                   help="cells / fixed cost: length of one timed loop of calls")
+    p.add_argument("--floor-json", type=Path, default=None,
+                   help="use these ceilings (a floor.py --json output or an earlier result "
+                        "JSON) instead of measuring them")
+    p.add_argument("--no-floor", action="store_true", help="no floors (no compiler needed)")
+    p.add_argument("--lock", default=None,
+                   help="flock this file around each measurement, e.g. "
+                        "/tmp/fusedrnn-bench.lock on a shared machine")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=bench.DEFAULT_OUT)
+    p.add_argument("--save", action="store_true", help="write the result files even with --quick")
+    p.add_argument("--no-save", action="store_true")
+    p.add_argument("--no-progress-bar", action="store_true")
+    args = p.parse_args(argv)
+    if "auto" not in args.engine_modes:
+        args.engine_modes = ["auto"] + list(args.engine_modes)
+    args.shapes = [tuple(s) for s in args.shapes] if args.shapes else None
+    args.overhead_shape = tuple(args.overhead_shape)
+    if args.quick:
+        args.warmup, args.min_repeats, args.max_repeats = 1, 2, 4
+        args.seconds, args.seconds_small, args.block_ms = 0.2, 0.1, 1.0
+    args.budget = Budget(args.warmup, args.min_repeats, args.max_repeats, args.seconds)
+    args.budget_small = Budget(args.warmup, args.min_repeats, args.max_repeats,
+                               args.seconds_small)
+    args.block_s = args.block_ms / 1e3
+    args.save_files = (args.save or not args.quick) and not args.no_save
+    return args
+
+
+def load_ceilings(args, notes, lock) -> Optional[dict]:
+    if args.no_floor:
+        notes.append("floors not measured (--no-floor)")
+        return None
+    if args.floor_json is not None:
+        data = json.loads(args.floor_json.read_text())
+        data = data.get("floor", data)  # an earlier result JSON carries it under "floor"
+        notes.append(f"floors from {args.floor_json}")
+        return data
+    try:
+        with lock:
+            return floor.measure(quick=True, threads=tuple(sorted({1, args.threads})))
+    except Exception as exc:  # no compiler, no headers: the run goes on without floors
+        notes.append(f"floors not measured: floor.py failed ({describe(exc, 300)})")
+        log(f"  floor.py failed, no floors: {describe(exc, 300)}")
+        return None
+
+
+def units(args) -> int:
+    """Measurements in the run, for the progress bar."""
+    n = 0
+    cells, modes = len(args.cells), len(args.modes)
+    if "layers" in args.only:
+        n += cells * len(layer_shapes(args)) * modes
+    if "cells" in args.only:
+        n += cells * len(args.cell_batches or CELL_BATCHES) * modes
+    if "fixed" in args.only:
+        n += cells * modes
+    if "overheads" in args.only:
+        n += cells
+    return n
+
+
+def run(args) -> dict:
+    """Run the selected sections; returns the result dict (also what the JSON holds)."""
+    t0 = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    fusedrnn = bench.import_fusedrnn()
+    import fusedrnn.ops  # noqa: F401  (the fixed-cost section calls the ops directly)
+    engine = EngineCounter(fusedrnn)
+    lock = FileLock(args.lock)
+    notes, errors = [], {}
+    info = bench.machine_info(torch.device("cpu"), fusedrnn)
+    info["floor_machine"] = floor.machine()
+    ceilings = load_ceilings(args, notes, lock)
+    C = fusedrnn._C
+    config = {k: v for k, v in vars(args).items()
+              if k not in ("budget", "budget_small", "out", "floor_json")}
+    config.update({"engine_default": engine.default,
+                   "step_gemm": C._step_gemm() if hasattr(C, "_step_gemm") else None,
+                   "engine_runs_at_start": list(engine.runs()) if engine.runs else None,
+                   "budget": dataclasses.asdict(args.budget),
+                   "budget_small": dataclasses.asdict(args.budget_small)})
+    result = {"machine": info, "config": config, "floor": ceilings, "notes": notes,
+              "errors": errors}
+    progress = bench.Progress(units(args), enabled=not args.no_progress_bar)
+    try:
+        if "layers" in args.only:
+            result["layers"] = run_layers(args, fusedrnn, engine, ceilings, errors, notes,
+                                          progress, lock)
+            if engine.runs is not None and "engine" in args.engine_modes and not any(
+                    r["impls"].get("fused:engine", {}).get("engine_calls")
+                    for r in result["layers"]):
+                notes.append("_C._engine_runs() stayed 0 for every 'engine' column: this "
+                             "build has no persistent engine (or it applies to none of "
+                             "these shapes); the steps/engine/auto columns all timed the "
+                             "per-step path (an A/A check of the noise)")
+        if "cells" in args.only:
+            result["cells"] = run_cells(args, fusedrnn, engine, errors, progress, lock)
+        if "fixed" in args.only:
+            result["fixed"] = run_fixed(args, fusedrnn, engine, errors, progress, lock)
+        if "overheads" in args.only:
+            result["overheads"] = run_overheads(args, fusedrnn, engine, errors, progress,
+                                                lock)
+    finally:
+        progress.close()
+        engine.restore()
+    config["engine_runs_at_end"] = list(engine.runs()) if engine.runs else None
+    info["loadavg_end"] = bench.load_average()
+    result["seconds"] = time.perf_counter() - t0
+    result["targets"] = targets_summary(result)
+    return result
+
+
+def targets_summary(result) -> dict:
+    """How many of the issue's targets this run met, per section."""
+    out = {}
+    for section, key in (("layers", "met"), ("cells", "met"), ("fixed", "met")):
+        rows = result.get(section) or []
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        out[section] = {"met": sum(vals), "of": len(vals)}
+    rows = result.get("overheads") or []
+    vals = [r[k] for r in rows for k in ("clip_met", "track_met") if r.get(k) is not None]
+    out["overheads"] = {"met": sum(vals), "of": len(vals)}
+    return out
+
+
+def output_stem(result, out_dir: Path) -> Path:
+    now = datetime.datetime.now()
+    name = bench.slug(result["machine"]["cpu_model"])
+    stem = out_dir / f"{name}-{now:%Y-%m-%d}-cpu-engine"
+    if stem.with_suffix(".json").exists():  # never overwrite an earlier run of the day
+        stem = out_dir / f"{name}-{now:%Y-%m-%d-%H%M%S}-cpu-engine"
+    return stem
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    text = report(result)
+    summary = ", ".join(f"{k} {v['met']}/{v['of']}" for k, v in result["targets"].items()
+                        if v["of"])
+    text += f"\nTargets met: {summary or 'none measured'}\n"
+    print(text)
+    if args.save_files:
+        args.out.mkdir(parents=True, exist_ok=True)
+        stem = output_stem(result, args.out)
+        stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+        stem.with_suffix(".md").write_text(text)
+        log(f"wrote {stem}.md and .json")
+    return 1 if result["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Smoke test of the issue 11 benchmark scripts (benchmarks/bench_cpu_engine.py and
+benchmarks/floor.py): every section runs at a trivial size and produces well-formed rows
+and a report. Nothing here asserts anything about speed: on a shared CI machine a timing
+assertion would only measure the neighbours."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH_DIR))
+
+bce = pytest.importorskip("bench_cpu_engine")
+floor = pytest.importorskip("floor")
+
+
+def _tiny_args(tmp_path, *extra):
+    # Tiny shapes, one warm-up and two timed repeats: seconds, not minutes. Floors are left
+    # to their own test (the compile takes about a minute the first time).
+    return bce.parse_args([
+        "--quick", "--no-floor", "--no-progress-bar", "--threads", "1",
+        "--shape", "3", "2", "3", "5", "--cell-batches", "2",
+        "--overhead-shape", "4", "2", "3", "5",
+        "--warmup", "1", "--min-repeats", "2", "--max-repeats", "2",
+        "--out", str(tmp_path), *extra])
+
+
+def test_all_sections_run_at_a_trivial_size(tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        args = _tiny_args(tmp_path)
+        args.warmup, args.min_repeats, args.max_repeats = 1, 2, 2
+        args.budget = bce.Budget(1, 2, 2, 0.01)
+        args.budget_small = bce.Budget(1, 2, 2, 0.01)
+        result = bce.run(args)
+    finally:
+        torch.set_num_threads(threads)
+    assert not result["errors"], result["errors"]
+    layers = result["layers"]
+    assert {(r["cell"], r["mode"]) for r in layers} == {
+        (c, m) for c in ("lstm", "gru") for m in ("infer", "train")}
+    for r in layers:
+        assert r["target"] is None  # not one of the issue's shapes
+        assert r["impls"]["torch.nn"]["n"] == 2
+        assert r["ratio"]["median"] > 0
+        # fusedrnn and torch.nn hold the same weights: the forward check must agree
+        assert all(d < 1e-4 for d in r["fwd_max_abs_diff"].values()), r["fwd_max_abs_diff"]
+        assert r["floor"]["whh_bytes"] == bce.GATES[r["cell"]] * 5 * 5 * 4
+        # preemption is counted per sample; the clean ratio covers at most every repeat
+        assert len(r["impls"]["torch.nn"]["preempted"]) == 2
+        assert 0 <= r["n_clean"] <= 2 and r["min_ratio"] > 0
+    assert len(result["cells"]) == 4 and all(r["ratio"] for r in result["cells"])
+    assert len(result["fixed"]) == 4 and all(r["op_us"] > 0 for r in result["fixed"])
+    assert len(result["overheads"]) == 2
+    assert all(r["clip_overhead_pct"] is not None and r["track_overhead_pct"] is not None
+               for r in result["overheads"])
+    text = bce.report(result)
+    for heading in ("## Layers", "## Cells", "## Fixed cost", "## Overheads"):
+        assert heading in text
+    json.dumps(result, default=str)  # what main() writes must serialise
+
+
+def test_engine_columns_and_run_counter_are_reported(tmp_path):
+    args = _tiny_args(tmp_path, "--only", "layers", "--cells", "gru", "--modes", "infer")
+    args.budget = bce.Budget(1, 2, 2, 0.01)
+    result = bce.run(args)
+    (row,) = result["layers"]
+    import fusedrnn
+    if hasattr(fusedrnn._C, "_set_cpu_engine"):
+        assert {"fused:auto", "fused:steps", "fused:engine"} <= set(row["impls"])
+        # the counter is read around every timed call: a count, whether or not it ran
+        assert 0 <= row["impls"]["fused:engine"]["engine_calls"] <= 2
+    assert fusedrnn._C._cpu_engine() == result["config"]["engine_default"]  # restored
+
+
+def test_main_writes_md_and_json(tmp_path):
+    rc = bce.main(["--quick", "--no-floor", "--no-progress-bar", "--threads", "1",
+                   "--only", "fixed", "--cells", "lstm", "--modes", "infer",
+                   "--save", "--out", str(tmp_path)])
+    assert rc == 0
+    (js,) = tmp_path.glob("*-cpu-engine.json")
+    assert js.with_suffix(".md").exists()
+    data = json.loads(js.read_text())
+    assert data["fixed"][0]["target_us"] == 20.0
+
+
+def test_step_floor_arithmetic():
+    ceilings = {"machine": {"caches": {"L2": 2 << 20}, "fusedrnn_capability": "avx2"},
+                "isa": "avx2",
+                "fma": {"avx2": {"2": {"gflops": 100.0}}},
+                "l2": {"2": {"gbs": 200.0}}, "llc": {"2": {"gbs": 50.0}}}
+    f = bce.step_floor("lstm", 8, 256, "infer", 2, ceilings)
+    assert f["whh_bytes"] == 4 * 256 * 256 * 4
+    assert f["bytes_floor_us"] == pytest.approx(f["whh_bytes"] / 200e9 * 1e6)
+    assert f["flops_floor_us"] == pytest.approx(2 * 8 * 4 * 256 * 256 / 100e9 * 1e6)
+    assert f["floor_us"] == max(f["bytes_floor_us"], f["flops_floor_us"])
+    train = bce.step_floor("lstm", 8, 256, "train", 2, ceilings)
+    assert train["bytes_per_step"] == 2 * f["bytes_per_step"]
+    assert train["flops_per_step"] == 3 * f["flops_per_step"]
+    # a slice that does not fit L2 is read from the LLC
+    big = bce.step_floor("lstm", 8, 1024, "infer", 2, ceilings)
+    assert big["bw_level"] == "llc"
+
+
+def test_floor_quick_measure():
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler on PATH: floor.py compiles its kernels at run time")
+    try:
+        floor._build()
+    except Exception as exc:  # missing headers, ninja, ...: not a bug of the script
+        pytest.skip(f"floor.py's kernels do not compile here: {exc}")
+    result = floor.measure(quick=True, threads=(1,))
+    assert result["fma"][result["isa"]]["1"]["gflops"] > 0
+    for level in ("l1", "l2", "llc", "mem"):
+        assert result[level]["1"]["gbs"] > 0
+    assert result["sgemm"]["1"]["gflops"] > 0
+    assert floor.fma_peak(result, 1) > 0
+    assert "FMA peak" in floor.table(result)
