@@ -287,7 +287,7 @@ def test_bitwise_repeatable_and_thread_count_independent(engine, kind, P):
     kw = dict(grad_clip=0.05, grad_clip_mode="norm", truncate=5,
               lengths=torch.tensor([12, 3, 12, 7, 1, 9, 12]))
     results = []
-    for threads in (2, 2, 1, 2):
+    for threads in (2, 2, 1, 3, 2):  # 3 > cores: oversubscribed, still the same bits
         torch.set_num_threads(threads)
         results.append(_all(run(kind, tensors, **kw)))
     for other in results[1:]:
