@@ -7,7 +7,7 @@ the same module weights and inputs; the figure is the median over repeats. float
     flock /tmp/fusedrnn-bench.lock python benchmarks/bwd_engine_bench.py --threads 2
     python benchmarks/bwd_engine_bench.py --cell lstm --shapes 128,8,64,256 --repeats 5
 
-Variants: engine / steps (fusedrnn with _C._set_cpu_engine), torchnn; bwd = backward only
+Variants: engine (fusedrnn in Auto mode) / steps (_C._set_cpu_engine('steps')), torchnn; bwd = backward only
 (forward untimed), train = forward + backward. "time loop us/step" is the engine's run_team
 region alone (_C._bwd_engine_loop_ns), without the all-steps GEMMs after it. With --options: the engine with
 grad_clip + truncate, and with track_grad_norms, against the plain engine.
@@ -124,7 +124,9 @@ def main():
                 variants = {}
                 f_fwd, f_bwd, f_train = step_fns(fused, x, g)
                 n_fwd, n_bwd, n_train = step_fns(nn, x, g)
-                modes = {"engine": "engine", "steps": "steps"}
+                # "engine" runs in Auto mode, as users get it (it picks the engine, and its
+                # thread count, for every shape here); "steps" forces the per-step loop.
+                modes = {"engine": "auto", "steps": "steps"}
                 for name, mode in modes.items():
                     def set_mode(mode=mode):
                         _C._set_cpu_engine(mode)
@@ -137,7 +139,7 @@ def main():
                     track.load_state_dict(fused.state_dict())
                     for name, m in (("engine_clip", clip), ("engine_track", track)):
                         fw, bw, tr = step_fns(m, x, g)
-                        variants[name] = (lambda: _C._set_cpu_engine("engine"), fw, bw, tr)
+                        variants[name] = (lambda: _C._set_cpu_engine("auto"), fw, bw, tr)
                 res = {name: {"bwd": [], "train": [], "loop": []} for name in variants}
                 for rep in range(args.repeats + 1):
                     for name, (setup, fw, bw, tr) in variants.items():

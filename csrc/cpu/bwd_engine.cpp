@@ -165,12 +165,15 @@ void finish_record(const LayerSizes& s, bool reverse, const GradOptions<float>& 
 // The engine wins or ties everywhere measured; it only loses its edge once a thread's W_hh
 // slice is far beyond its L2 at a large batch, where BLAS's own cache blocking is as good.
 // Rule: the engine, unless the slice exceeds 4x the L2 (8 MiB) and B >= 64.
-// Threads: a step with fewer than 64K multiply-adds (about a microsecond of FMA work, e.g.
-// B=1 H=64) costs less than the barrier of a second thread, so such calls run on one (in
-// Auto mode only: Engine mode, used by the tests, always takes every thread it can, so small
-// test shapes still exercise the barriers).
+// Threads: a step with fewer than 128K multiply-adds (about two microseconds of FMA work on
+// one core) gains less from a second thread than the barriers cost. Time loop per step,
+// LSTM, minimum over repeats on the shared machine, 1 / 2 threads: B=1 H=64 (16K MACs)
+// 0.7 / 1.5 us, B=16 H=32 (64K) 2.3 / 4.1 us, B=4 H=128 (256K) 5.3 / 5.8 us, B=1 H=256
+// (256K, bound by reading W_hh: each thread reads half) 10.4 / 6.7 us. Such calls run on one
+// thread in Auto mode only: Engine mode, used by the tests, always takes every thread it
+// can, so small test shapes still exercise the barriers.
 constexpr int64_t kL2Bytes = int64_t(2) << 20;
-constexpr int64_t kMinMacsPerThreadStep = int64_t(64) << 10;
+constexpr int64_t kMinMacsPerThreadStep = int64_t(128) << 10;
 
 // Threads of the team: every thread needs at least one block of units.
 int engine_threads(int64_t B, int64_t K, int64_t units) {
