@@ -955,6 +955,9 @@ def run(args) -> dict:
     info["floor_machine"] = floor.machine()
     ceilings = load_ceilings(args, notes, lock)
     C = fusedrnn._C
+    # The kernels' SIMD level as the imported build reports it (floor_machine's copy comes
+    # from floor.py's own import and is None when that fails); the README block shows it.
+    info["cpu_capability"] = C._cpu_capability() if hasattr(C, "_cpu_capability") else None
     config = {k: v for k, v in vars(args).items()
               if k not in ("budget", "budget_small", "out", "floor_json")}
     config.update({"engine_default": engine.default,

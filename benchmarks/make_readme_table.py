@@ -9,7 +9,16 @@ The block is the text between `<!-- results:begin -->` and `<!-- results:end -->
 made only from the recorded JSON files (never from the current time or machine), so the
 same files always give the same block:
 
-- The files are grouped by configuration: device, CPU/GPU model, grid, dtype, layers,
+- First, the issue 11 CPU-engine runs (`*-cpu-engine.json`, written by
+  bench_cpu_engine.py), the current headline: the latest run per CPU model (older ones of
+  the same model named as superseded), each with its machine line (CPU, _cpu_capability
+  and flags, cores, torch version, threads, date, load average, the command), the measured
+  floors (FMA peak, L2 read bandwidth, sgemm), and compact tables of the layers (paired
+  ratio vs torch.nn per cell and mode, the undisturbed-repeats ratio, target and met / not
+  met, time per step vs the floor, the per-step loop vs the engine), the cells, the fixed
+  cost per call and the clip+truncate / track_grad_norms overheads, each against the
+  issue's target.
+- The bench.py files are grouped by configuration: device, CPU/GPU model, grid, dtype, layers,
   directions, batch layouts (padded / packed), cells and shapes. Of each group only the
   latest run (machine.date in the JSON) is shown; the older ones are named as superseded.
 - Per configuration: the machine line (CPU/GPU, cores, torch version, threads, dtype,
@@ -44,6 +53,7 @@ NOTES = RESULTS / "NOTES.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 GRID_ORDER = {"headline": 0, "full": 1, "issue3": 2}
 MODES = ("fwd", "bwd", "fwdbwd", "infer")
+CPU_ENGINE_SUFFIX = "-cpu-engine.json"
 
 
 def load_runs(folder: Path) -> list:
@@ -57,8 +67,8 @@ def load_runs(folder: Path) -> list:
         except (OSError, json.JSONDecodeError) as exc:
             print(f"make_readme_table.py: skipping {path.name}: {exc}", file=sys.stderr)
             continue
-        if not data.get("summary"):
-            continue
+        if path.name.endswith(CPU_ENGINE_SUFFIX) or not data.get("summary"):
+            continue  # cpu-engine runs: load_cpu_engine_runs
         config, plan, machine = data["config"], data.get("plan") or {}, data["machine"]
         summaries = data["summary"]
         for s in summaries:  # older files lack these fields
@@ -214,11 +224,331 @@ def packed_section(run: dict) -> str:
             "interleaved: a ratio of medians, not a paired ratio.")
 
 
+# ----------------------------------------------------------------------------------------
+# Issue 11 CPU-engine runs (benchmarks/bench_cpu_engine.py, *-cpu-engine.json)
+# ----------------------------------------------------------------------------------------
+
+def load_cpu_engine_runs(folder: Path) -> list:
+    """Every *-cpu-engine.json, as {path, data, model, date}."""
+    runs = []
+    for path in sorted(folder.glob("*" + CPU_ENGINE_SUFFIX)):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            print(f"make_readme_table.py: skipping {path.name}: {exc}", file=sys.stderr)
+            continue
+        if not isinstance(data, dict) or not isinstance(data.get("machine"), dict):
+            continue
+        m = data["machine"]
+        model = m.get("cpu_model") or (m.get("floor_machine") or {}).get("cpu_model") or "?"
+        runs.append({"path": path, "data": data, "model": model,
+                     "date": m.get("date", "")})
+    return runs
+
+
+def latest_cpu_engine_per_model(runs: list) -> list:
+    """[(latest run, [older runs of the same CPU model])], the most recent first (ties:
+    model name)."""
+    groups = {}
+    for run in runs:
+        groups.setdefault(run["model"], []).append(run)
+    out = []
+    for members in groups.values():
+        members.sort(key=lambda r: (r["date"], r["path"].name))
+        out.append((members[-1], members[:-1]))
+    out.sort(key=lambda item: item[0]["model"])
+    out.sort(key=lambda item: item[0]["date"], reverse=True)
+    return out
+
+
+def _met(m) -> str:
+    return "–" if m is None else ("met" if m else "**not met**")
+
+
+def _num(v) -> str:
+    """A time or size: 3 significant figures, whole numbers from 100 on."""
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+def _gap(g) -> str:
+    return f"{g:.0f}x" if g >= 10 else f"{g:.1f}x"
+
+
+def _ratio_u(r) -> str:
+    """Paired median ratio, with the undisturbed-repeats ratio (u R/n) where there is one."""
+    if not r or not r.get("ratio"):
+        return "–"
+    text = f"{r['ratio']['median']:.2f}x"
+    if r.get("clean_ratio") and r.get("n_clean"):
+        text += f" (u {r['clean_ratio']['median']:.2f}x/{r['n_clean']})"
+    return text
+
+
+def _pair(a: str, b: str) -> str:
+    return "–" if a == "–" and b == "–" else f"{a} / {b}"
+
+
+def cpu_engine_machine_line(data: dict) -> str:
+    m, c = data["machine"], data.get("config") or {}
+    fm = m.get("floor_machine") or {}
+    cap = m.get("cpu_capability") or fm.get("fusedrnn_capability")
+    flags = m.get("cpu_flags") or fm.get("flags")
+    hw = f"CPU {m.get('cpu_model') or fm.get('cpu_model')}"
+    hw += f", `_cpu_capability` {cap or 'not recorded'}"
+    if flags:
+        hw += f" (flags: {' '.join(flags)})"
+    cores = m.get("cpu_affinity") or m.get("cpu_count_logical") or fm.get("cpus_allowed")
+    load = m.get("loadavg_start")
+    load_txt = f"load average {load[0]}" if load else ""
+    if load and m.get("loadavg_end"):
+        load_txt += f" at start, {m['loadavg_end'][0]} at end"
+    commit = str(m.get("fusedrnn_commit", "?"))
+    parts = [hw, f"{cores} cores" if cores else "",
+             f"torch {m.get('torch_version', '?')}",
+             f"{c.get('threads', m.get('torch_num_threads'))} threads", "float32",
+             str(m.get("date", "?")).replace("T", " ")[:16], load_txt,
+             f"engine default {c['engine_default']}" if c.get("engine_default") else "",
+             f"step GEMM {c['step_gemm']}" if c.get("step_gemm") else "",
+             f"fusedrnn {commit[:12]}" + ("-dirty" if commit.endswith("-dirty") else "")]
+    line = ", ".join(p for p in parts if p)
+    if m.get("command"):
+        line += f"; `{m['command']}`"
+    return line
+
+
+def cpu_engine_floor_line(data: dict) -> str:
+    """The measured ceilings at the run's thread count, in one line."""
+    fl = data.get("floor")
+    if not fl:
+        return "Floors: not measured in this run."
+    t = str((data.get("config") or {}).get("threads")
+            or data["machine"].get("torch_num_threads") or 1)
+    fm = fl.get("machine") or {}
+    isa = fm.get("fusedrnn_capability") or fl.get("isa")  # as floor.fma_peak
+    fma = fl.get("fma") or {}
+    if isa not in fma:
+        isa = fl.get("isa")
+    peak = ((fma.get(isa) or {}).get(t) or {}).get("gflops")
+    l2 = ((fl.get("l2") or {}).get(t) or {}).get("gbs")
+    sg = (fl.get("sgemm") or {}).get(t) or {}
+    items = [f"FMA peak {peak:.1f} GFLOP/s ({isa})" if peak else "",
+             f"L2 read {l2:.1f} GB/s" if l2 else "",
+             f"sgemm {sg['gflops']:.1f} GFLOP/s (n={sg.get('n')})" if sg.get("gflops") else ""]
+    items = [i for i in items if i]
+    head = f"Floors (benchmarks/floor.py{', quick' if fl.get('quick') else ''}, {t} " \
+           f"thread{'s' if t != '1' else ''})"
+    return head + ": " + ("; ".join(items) if items else "not recorded") + "."
+
+
+def cpu_engine_targets_line(data: dict) -> str:
+    targets = data.get("targets")
+    if not targets:  # older files: count the marks
+        targets = {}
+        for sec in ("layers", "cells", "fixed"):
+            vals = [r["met"] for r in data.get(sec) or [] if r.get("met") is not None]
+            targets[sec] = {"met": sum(vals), "of": len(vals)}
+        vals = [r[k] for r in data.get("overheads") or [] for k in ("clip_met", "track_met")
+                if r.get(k) is not None]
+        targets["overheads"] = {"met": sum(vals), "of": len(vals)}
+    names = {"fixed": "fixed cost"}
+    items = [f"{names.get(k, k)} {v['met']}/{v['of']}" for k, v in targets.items()
+             if v.get("of")]
+    return "Issue 11 targets met: " + (", ".join(items) if items else "none measured") + "."
+
+
+def _rows_by(rows: list, key) -> list:
+    """[(key, {mode: row})] in first-seen order."""
+    out = {}
+    for r in rows:
+        out.setdefault(key(r), {})[r.get("mode")] = r
+    return list(out.items())
+
+
+def _target_cell(r, fmt) -> str:
+    if not r or r.get("target") is None:
+        return "–"
+    return f"{fmt(r['target'])} {_met(r.get('met'))}"
+
+
+def cpu_engine_layers_table(rows: list) -> str:
+    def mode(m, fn):
+        return lambda item: fn(item[1].get(m))
+
+    def ge(v):
+        return f">= {v:g}x"
+
+    def per_step(r):
+        s = ((r or {}).get("impls") or {}).get("fused:auto") or {}
+        if s.get("us_per_step") is None:
+            return "–"
+        g = s.get("gap")
+        return _num(s["us_per_step"]) + (f" ({_gap(g)})" if g else "")
+
+    def floor_us(r):
+        f = ((r or {}).get("floor") or {}).get("floor_us")
+        return "–" if f is None else _num(f)
+
+    def engine(r):
+        e = (r or {}).get("engine_vs_steps")
+        return "–" if not e else f"{e['median']:.2f}x"
+
+    columns = [
+        ("cell", "---", lambda item: item[0][0].upper()),
+        ("T, B, I, H", "---", lambda item: ", ".join(str(v) for v in item[0][1:])),
+        ("infer", "--:", mode("infer", _ratio_u)),
+        ("target (infer)", "--:", mode("infer", lambda r: _target_cell(r, ge))),
+        ("train", "--:", mode("train", _ratio_u)),
+        ("target (train)", "--:", mode("train", lambda r: _target_cell(r, ge))),
+        ("us/step (gap) infer / train", "--:",
+         lambda item: _pair(per_step(item[1].get("infer")), per_step(item[1].get("train")))),
+        ("floor us/step infer / train", "--:",
+         lambda item: _pair(floor_us(item[1].get("infer")), floor_us(item[1].get("train")))),
+        ("steps/engine infer / train", "--:",
+         lambda item: _pair(engine(item[1].get("infer")), engine(item[1].get("train")))),
+    ]
+    items = _rows_by(rows, lambda r: (r["cell"], r["T"], r["B"], r["I"], r["H"]))
+    return md_table(columns, items, 2)
+
+
+def cpu_engine_cells_table(rows: list) -> str:
+    def ge(v):
+        return f">= {v:g}x"
+
+    columns = [
+        ("cell", "---", lambda item: f"{item[0][0].upper()}Cell"),
+        ("B", "--:", lambda item: str(item[0][1])),
+        ("I = H", "--:", lambda item: str(item[0][2])),
+        ("infer", "--:", lambda item: _ratio_u(item[1].get("infer"))),
+        ("target (infer)", "--:", lambda item: _target_cell(item[1].get("infer"), ge)),
+        ("train", "--:", lambda item: _ratio_u(item[1].get("train"))),
+        ("target (train)", "--:", lambda item: _target_cell(item[1].get("train"), ge)),
+    ]
+    items = _rows_by(rows, lambda r: (r["cell"], r["B"], r.get("H")))
+    return md_table(columns, items, 3)
+
+
+def cpu_engine_fixed_table(rows: list) -> str:
+    def op_cell(r):
+        if not r or r.get("op_us") is None:
+            return "–"
+        nn_name = f"torch.nn.{r['cell'].upper()}Cell"
+        nn = (r.get("impls") or {}).get(nn_name) or {}
+        text = f"{_num(r['op_us'])} us"
+        if nn.get("median_ms") is not None:
+            text += f" ({r['cell'].upper()}Cell {_num(nn['median_ms'] * 1e3)} us)"
+        return text
+
+    def target(r):
+        if not r or r.get("target_us") is None:
+            return "–"
+        return f"<= {r['target_us']:g} us {_met(r.get('met'))}"
+
+    columns = [
+        ("op (T=1, B=1, I=H=8)", "---", lambda item: f"ops.{item[0]}_layer"),
+        ("no-grad (torch.nn cell)", "--:", lambda item: op_cell(item[1].get("infer"))),
+        ("target (no-grad)", "--:", lambda item: target(item[1].get("infer"))),
+        ("fwd+bwd (torch.nn cell)", "--:", lambda item: op_cell(item[1].get("train"))),
+        ("target (fwd+bwd)", "--:", lambda item: target(item[1].get("train"))),
+    ]
+    return md_table(columns, _rows_by(rows, lambda r: r["cell"]), 1)
+
+
+def cpu_engine_overheads_table(rows: list) -> str:
+    def pct(key):
+        def cell(r):
+            v = r.get(f"{key}_overhead_pct")
+            if not v:
+                return "–"
+            text = f"{v['median']:+.1f}%"
+            u = r.get(f"{key}_clean_overhead_pct")
+            if u and u.get("n"):
+                text += f" (u {u['median']:+.1f}%/{u['n']})"
+            return text
+        return cell
+
+    def target(key):
+        def cell(r):
+            if r.get("target_pct") is None or r.get(f"{key}_met") is None:
+                return "–"
+            return f"<= {r['target_pct']:g}% {_met(r[f'{key}_met'])}"
+        return cell
+
+    columns = [
+        ("cell (train step)", "---", lambda r: r["cell"].upper()),
+        ("T, B, I, H", "---", lambda r: f"{r['T']}, {r['B']}, {r['I']}, {r['H']}"),
+        ("clip(norm)+truncate", "--:", pct("clip")),
+        ("target (clip)", "--:", target("clip")),
+        ("track_grad_norms", "--:", pct("track")),
+        ("target (track)", "--:", target("track")),
+    ]
+    return md_table(columns, rows, 2)
+
+
+def _undisturbed_line(data: dict) -> str:
+    counts = []
+    for sec in ("layers", "cells"):
+        rows = data.get(sec) or []
+        if rows and any("n_clean" in r for r in rows):
+            counts.append(f"{sum(1 for r in rows if r.get('n_clean'))} of {len(rows)} "
+                          f"{sec[:-1]} measurements")
+    if not counts:
+        return ""
+    return ("Undisturbed repeats (neither sample preempted; the (u R/n) ratios) in "
+            + " and ".join(counts) + ".")
+
+
+CPU_ENGINE_LEGEND = (
+    "Ratio = torch.nn time / fusedrnn time (>1: fusedrnn faster), the median of the "
+    "per-repeat\nratios of interleaved repeats; (u R/n): the same over the n repeats where "
+    "neither side\nwas preempted, where there were any. us/step: fusedrnn's median time "
+    "per step, (gap) its\nmultiple of the floor = max(W_hh bytes / L2 bandwidth, recurrent "
+    "FLOPs / FMA peak);\nsteps/engine: the per-step time loop's time / the persistent "
+    "engine's, paired. Overheads:\nwith the option / without - 1, paired.")
+
+
+def cpu_engine_section(run: dict, older: list) -> str:
+    data = run["data"]
+    md = run["path"].with_suffix(".md").name
+    head = (f"**CPU engine benchmark (issue 11): {run['model']}** "
+            f"(`{md}`, `{run['path'].name}`)")
+    if older:
+        head += "; superseded: " + ", ".join(f"`{r['path'].stem}`" for r in older)
+    section = [head + "\\\n" + cpu_engine_machine_line(data),
+               cpu_engine_floor_line(data) + " " + cpu_engine_targets_line(data),
+               CPU_ENGINE_LEGEND]
+    if data.get("layers"):
+        section.append("Layers (1 layer, unidirectional; train = forward + backward):\n\n"
+                       + cpu_engine_layers_table(data["layers"]))
+    if data.get("cells"):
+        section.append("Cells (one call; train = forward + backward):\n\n"
+                       + cpu_engine_cells_table(data["cells"]))
+    if data.get("fixed"):
+        section.append("Fixed cost of one op call, us (timed from Python over loops of "
+                       "calls):\n\n" + cpu_engine_fixed_table(data["fixed"]))
+    if data.get("overheads"):
+        section.append("Overheads on the fast path:\n\n"
+                       + cpu_engine_overheads_table(data["overheads"]))
+    tail = [t for t in [_undisturbed_line(data)]
+            + [f"Note: {n}." if not str(n).endswith(".") else f"Note: {n}"
+               for n in data.get("notes") or []] if t]
+    errors = data.get("errors") or {}
+    if errors:
+        tail.append(f"{len(errors)} measurement(s) failed in this run: see `{md}`.")
+    if tail:
+        section.append("\n".join(tail))
+    return "\n\n".join(section)
+
+
 def make_block(folder: Path = RESULTS, notes: Path = NOTES) -> str:
     runs = load_runs(folder)
+    engine_runs = latest_cpu_engine_per_model(load_cpu_engine_runs(folder))
     parts = [
         "<!-- generated by benchmarks/make_readme_table.py from benchmarks/results/*.json;"
-        " do not edit by hand: edit benchmarks/results/NOTES.md and rerun it -->",
+        " do not edit by hand: edit benchmarks/results/NOTES.md and rerun it -->"]
+    parts += [cpu_engine_section(run, older) for run, older in engine_runs]
+    if engine_runs and runs:
+        parts.append("**`bench.py` runs** (fusedrnn vs torch.nn per configuration):")
+    parts += [
         "Ratio = torch.nn time / fusedrnn time (>1: fusedrnn faster), the median of the\n"
         "per-repeat ratios of interleaved repeats; clip+truncate overhead = fused_clip / "
         "fused - 1\n(the price of in-kernel clipping and truncation; track_grad_norms "
@@ -227,7 +557,7 @@ def make_block(folder: Path = RESULTS, notes: Path = NOTES) -> str:
         "configuration; full\ntables (with ± half-IQR, times, tokens/s, GFLOP/s) and the "
         "method: the `.md` file named,\nand `benchmarks/README.md`.",
     ]
-    if not runs:
+    if not runs and not engine_runs:
         parts.append("No recorded runs in `benchmarks/results/` yet: see "
                      "`benchmarks/README.md`.")
     for run, older in latest_per_config(runs):

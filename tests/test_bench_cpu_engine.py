@@ -58,6 +58,8 @@ def test_all_sections_run_at_a_trivial_size(tmp_path):
     assert len(result["overheads"]) == 2
     assert all(r["clip_overhead_pct"] is not None and r["track_overhead_pct"] is not None
                for r in result["overheads"])
+    import fusedrnn
+    assert result["machine"]["cpu_capability"] == fusedrnn._C._cpu_capability()
     text = bce.report(result)
     for heading in ("## Layers", "## Cells", "## Fixed cost", "## Overheads"):
         assert heading in text
