@@ -91,6 +91,7 @@ inline int64_t previous_time(int64_t t, bool reverse) { return reverse ? t + 1 :
 inline at::Tensor outer_sum(const at::Tensor& a, const at::Tensor& b) {
   const int64_t K = a.size(0);
   const int64_t block = std::max<int64_t>(64, (K + 15) / 16);
+  if (K <= block) return at::mm(a.t(), b);
   at::Tensor out = at::mm(a.narrow(0, 0, std::min(block, K)).t(), b.narrow(0, 0, std::min(block, K)));
   for (int64_t k = block; k < K; k += block) {
     const int64_t n = std::min(block, K - k);
@@ -113,11 +114,13 @@ inline at::Tensor recurrent_weight_grad(const at::Tensor& dg, const at::Tensor& 
                                         const std::optional<at::Tensor>& h0,
                                         const std::optional<at::Tensor>& lengths, bool reverse) {
   const int64_t T = dg.size(0), B = dg.size(1), G = dg.size(2), R = y.size(2);
-  at::Tensor dw = at::zeros({G, R}, y.options());
+  at::Tensor dw;
   if (T > 1) {
     const at::Tensor dg_s = reverse ? dg.narrow(0, 0, T - 1) : dg.narrow(0, 1, T - 1);
     const at::Tensor y_s = reverse ? y.narrow(0, 1, T - 1) : y.narrow(0, 0, T - 1);
     dw = outer_sum(dg_s.reshape({(T - 1) * B, G}), y_s.reshape({(T - 1) * B, R}));
+  } else {
+    dw = at::zeros({G, R}, y.options());
   }
   if (h0) {
     at::Tensor first;

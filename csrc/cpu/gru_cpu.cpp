@@ -95,10 +95,14 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
 
   at::Tensor dxg = at::empty({N, 3 * H}, opts);
   at::Tensor dhg = at::empty({N, 3 * H}, opts);
+  // The whole time loop in one parallel region where it is faster (Note [CPU backward
+  // engine] in bwd_engine.cpp); float64 and the other shapes run one GEMM per step.
+  bool engine = false;
+  if constexpr (std::is_same<T, float>::value) engine = bwd_engine_selected(s, 3);
   // Gradient into the state entering step t: dh_gemm + dh_carry, see
-  // Note [Recurrent gradient buffers] in rnn_params.h.
-  const at::Tensor zero_gemm = at::zeros({B, H}, opts);
-  at::Tensor dh_carry = at::zeros({B, H}, opts);
+  // Note [Recurrent gradient buffers] in rnn_params.h (the engine keeps its own).
+  const at::Tensor zero_gemm = engine ? at::Tensor() : at::zeros({B, H}, opts);
+  at::Tensor dh_carry = engine ? at::Tensor() : at::zeros({B, H}, opts);
   at::Tensor dh0 = at::empty({B, H}, opts);
   at::Tensor record = new_grad_record(s, opts, track);
   T* rec_p = track ? record.data_ptr<T>() : nullptr;
@@ -109,15 +113,11 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
   p.opt = opt;
   p.h0 = h0 ? h0c.data_ptr<T>() : nullptr;
   p.dh_n = dhn.data_ptr<T>();
-  p.dh_gemm = zero_gemm.data_ptr<T>();
-  p.dh_carry = dh_carry.data_ptr<T>();
+  p.dh_gemm = engine ? nullptr : zero_gemm.data_ptr<T>();
+  p.dh_carry = engine ? nullptr : dh_carry.data_ptr<T>();
   const T* y_p = y.data_ptr<T>();
 
-  // The whole time loop in one parallel region where it is faster (Note [CPU backward
-  // engine] in bwd_engine.cpp); float64 and the other shapes run one GEMM per step.
-  bool engine = false;
   if constexpr (std::is_same<T, float>::value) {
-    engine = bwd_engine_selected(s, 3);
     if (engine) gru_bwd_engine(s, reverse, opt, w_hh, saved, y, h0, dy, dhn, dxg, dhg, dh0, record);
   }
   if (!engine) {

@@ -119,12 +119,18 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
   const at::Tensor c0c = c0 ? c0->contiguous() : at::Tensor();
   const int64_t* len_p = s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr;
 
+  // The whole time loop in one parallel region where it is faster (Note [CPU backward
+  // engine] in bwd_engine.cpp); float64 and the other shapes run one GEMM per step.
+  bool engine = false;
+  if constexpr (std::is_same<T, float>::value) engine = bwd_engine_selected(s, 4);
+
   at::Tensor dgates = at::empty({N, 4 * H}, opts);
   // Gradient into the state entering step t: dh_gemm + dh_carry, see
-  // Note [Recurrent gradient buffers] in rnn_params.h.
-  const at::Tensor zero_gemm = at::zeros({B, R}, opts);
-  at::Tensor dh_carry = at::zeros({B, R}, opts);
-  at::Tensor dc_rec = at::zeros({B, H}, opts);
+  // Note [Recurrent gradient buffers] in rnn_params.h. The engine keeps its own buffers and
+  // writes dc_rec at the end; the per-step loop needs them zeroed.
+  const at::Tensor zero_gemm = engine ? at::Tensor() : at::zeros({B, R}, opts);
+  at::Tensor dh_carry = engine ? at::Tensor() : at::zeros({B, R}, opts);
+  at::Tensor dc_rec = engine ? at::empty({B, H}, opts) : at::zeros({B, H}, opts);
   at::Tensor dh0 = at::empty({B, R}, opts);
   at::Tensor dr = w_hr ? at::empty({N, R}, opts) : at::Tensor();
   at::Tensor record = new_grad_record(s, opts, track);
@@ -142,15 +148,15 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
   p.opt = opt;
   p.c0 = c0 ? c0c.data_ptr<T>() : nullptr;
   p.dh_n = w_hr ? nullptr : dhn.data_ptr<T>();
-  p.dh_gemm = w_hr ? nullptr : zero_gemm.data_ptr<T>();
-  p.dh_carry = w_hr ? nullptr : dh_carry.data_ptr<T>();
+  p.dh_gemm = w_hr || engine ? nullptr : zero_gemm.data_ptr<T>();
+  p.dh_carry = w_hr || engine ? nullptr : dh_carry.data_ptr<T>();
   p.dc_n = dcn.data_ptr<T>();
   p.dc_rec = dc_rec.data_ptr<T>();
   p.has_cell_clip = cell_clip.has_value();
   p.cell_clip = cell_clip ? static_cast<T>(*cell_clip) : T(0);
 
   ProjBwdStep<T> pp{};
-  if (w_hr) {
+  if (w_hr && !engine) {
     pp.R = R;
     pp.step = p.step;
     pp.opt = opt;
@@ -159,11 +165,7 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
     pp.dh_carry = dh_carry.data_ptr<T>();
   }
 
-  // The whole time loop in one parallel region where it is faster (Note [CPU backward
-  // engine] in bwd_engine.cpp); float64 and the other shapes run one GEMM per step.
-  bool engine = false;
   if constexpr (std::is_same<T, float>::value) {
-    engine = bwd_engine_selected(s, 4);
     if (engine) {
       lstm_bwd_engine(s, reverse, opt, cell_clip, w_hh, w_hr, act, c_raw, c0, dy, dhn, dcn,
                       dgates, dh0, dc_rec, dr, record);
