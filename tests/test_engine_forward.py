@@ -303,3 +303,22 @@ def test_every_capability(variant, capability, mode):
         assert_close_by_reference(ours, theirs, ref64, FLOOR32)
     finally:
         _C._set_cpu_capability(saved)
+
+
+def test_auto_picks_by_shape(mode):
+    """Auto (Note [Forward engine crossover]): the engine for small batches whose weights
+    fit in L2, the per-step loop for very large batches; results agree either way."""
+    if _C._cpu_capability() == "default":
+        pytest.skip("the portable build always takes the per-step loop")
+    mode("auto", 2)
+    small = make_tensors("lstm", 4, 2, 3, 64, dtype=F32)
+    before = engine_runs("lstm")
+    forward("lstm", small)
+    assert engine_runs("lstm") == before + 1
+    large = make_tensors("gru", 2, 300, 3, 16, dtype=F32)
+    before = engine_runs("gru")
+    got = forward("gru", large)
+    assert engine_runs("gru") == before
+    mode("engine")
+    for a, b in zip(got, forward("gru", large)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
