@@ -176,15 +176,18 @@ def test_packed_both_directions(kind, proj, threads, mode):
         assert_close_by_reference(o, t, w, FLOOR32)
 
 
+@pytest.mark.parametrize("B, H", [(6, 80), (1, 112), (2, 112)])
 @pytest.mark.parametrize("variant", ["lstm", "lstm_proj", "gru"])
-def test_bitwise_same_for_any_thread_count(variant, mode):
-    """Uneven slices (H = 80: 5 blocks of 16 lanes on AVX-512, 3 + 2 between two threads),
-    lengths, many steps: 1 and 2 threads and repeated runs give identical bits."""
+def test_bitwise_same_for_any_thread_count(variant, B, H, mode):
+    """Uneven slices (H = 80: 5 blocks of 16 lanes on AVX-512, 2 + 3 between two threads;
+    H = 112 at B = 1, 2: 7 blocks, 3 + 4, so that one thread runs a unit block beside its
+    neighbour where two threads run it alone), lengths, many steps: 1 and 2 threads and
+    repeated runs give identical bits."""
     kind = variant.split("_")[0]
-    T, B, I, H = 60, 6, 9, 80
+    T, I = 60, 9
     P = 24 if variant == "lstm_proj" else 0
     tensors = make_tensors(kind, T, B, I, H, P, dtype=F32, seed=5)
-    lengths = torch.tensor([60, 17, 59, 1, 33, 60])
+    lengths = torch.tensor([60, 17, 59, 1, 33, 60][:B])
     results = []
     for threads in (1, 2, 2, 1, 2):
         mode("engine", threads)
@@ -303,3 +306,22 @@ def test_every_capability(variant, capability, mode):
         assert_close_by_reference(ours, theirs, ref64, FLOOR32)
     finally:
         _C._set_cpu_capability(saved)
+
+
+def test_auto_picks_by_shape(mode):
+    """Auto (Note [Forward engine crossover]): the engine for small batches whose weights
+    fit in L2, the per-step loop for very large batches; results agree either way."""
+    if _C._cpu_capability() == "default":
+        pytest.skip("the portable build always takes the per-step loop")
+    mode("auto", 2)
+    small = make_tensors("lstm", 4, 2, 3, 64, dtype=F32)
+    before = engine_runs("lstm")
+    forward("lstm", small)
+    assert engine_runs("lstm") == before + 1
+    large = make_tensors("gru", 2, 300, 3, 16, dtype=F32)
+    before = engine_runs("gru")
+    got = forward("gru", large)
+    assert engine_runs("gru") == before
+    mode("engine")
+    for a, b in zip(got, forward("gru", large)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -39,6 +39,13 @@
 //    the row blocking nor the unit split, results are bitwise identical for any number of
 //    threads.
 //
+// Where it stands (2-core AVX-512 Xeon, 2 MiB L2 per core; measured there: L2 reads ~150 GB/s
+// and ~210 GFLOP/s of FMA per core). One thread's half of an H = 256 LSTM step (W_hh slice
+// 512 KiB), kernel alone, best of 2000: M = 1 row 5.2 us (floor: the slice from L2, 3.5 us),
+// M = 8 18 us and M = 32 66 us (floors: the FMAs, 10 and 40 us); the gap at larger M is
+// mostly the pointwise epilogue (~180 cycles per row and unit block: 5 exp, 5 divisions)
+// and the second pass over the panel when the rows do not fit one register block.
+//
 // The saved tensors (act, c_raw, h_pre; GRU saved) have exactly the per-step loop's layout
 // and meaning, so either backward consumes them. float64 stays on the per-step loop; which
 // loop a float32 call takes is decided in use_forward_engine (the crossover rule is there).
@@ -154,14 +161,32 @@ struct StateBuffers {
 
 }  // namespace
 
+// Note [Forward engine crossover]
+// Measured on the 2-core AVX-512 Xeon (2 MiB L2 per core) with T = 32..64, min of rounds,
+// engine time / per-step loop time as "x faster" (per-step loop = oneDNN/MKL GEMM + pointwise):
+//   H = 128, 256 (slice <= 1 MiB per thread): the engine wins at every B from 1 to 128:
+//     2 threads LSTM H=256: B=1 1.65x, 8 1.42x, 32 1.38x, 64 1.17x, 128 1.05x; GRU 1.79x ..
+//     1.12x; 1 thread alike (H=256 LSTM B=128 1.08x). The margin shrinks with B (the GEMM
+//     reaches ~180 GFLOP/s per core, the engine's blocks ~130 with the pointwise math).
+//   H = 512 (LSTM slice 2 MiB per thread at 2 threads, 4 MiB at 1; GRU 1.5 / 3 MiB): the
+//     slice streams from L3 every step; the engine still wins at B <= 8-16 (LSTM 2 threads
+//     B=8 1.62x, 1 thread 1.28x) and loses from B = 32-64 on (0.86-0.93x).
+//   H = 1024 (slices 6-8 MiB): even within noise at B <= 32 (0.8x-1.2x).
+// Hence: the engine when a thread's share of the weights (W_hh, and W_hr with projection)
+// fits in L2 with room to spare, up to B = 128; beyond that only small batches with slices
+// up to 4 MiB. The portable build (one lane per vector) always takes the per-step loop.
 bool use_forward_engine(const LayerSizes& s, int64_t G, int64_t P) {
   const EngineMode mode = engine_mode();
   if (mode == EngineMode::Steps || s.B == 0) return false;
   if (mode == EngineMode::Engine) return true;
-  // Auto: see the crossover measurements below.
-  (void)G;
-  (void)P;
-  return capability() != "default";
+  const EngineFwdKernels& k = engine_kernels();
+  if (k.width == 1) return false;
+  constexpr int64_t kL2Slice = 3 << 19;    // 1.5 MiB
+  constexpr int64_t kMaxSlice = 4 << 20;   // 4 MiB
+  const int64_t threads = std::min<int64_t>(team_size(s, G, k.width), team_capacity());
+  const int64_t slice = (G * s.H * s.R + P * s.H) * int64_t(sizeof(float)) / threads;
+  if (slice <= kL2Slice) return s.B <= 128;
+  return slice <= kMaxSlice && s.B <= 16;
 }
 
 void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tensor& w_hh,

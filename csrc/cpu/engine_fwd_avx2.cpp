@@ -15,9 +15,8 @@
 
 #define FUSEDRNN_CPU_CAPABILITY avx2
 #define FUSEDRNN_VEC_AVX2
-// 16 ymm registers: 12 accumulators, the rest for weight vectors and broadcasts.
 #define FUSEDRNN_ENGINE_VEC Avx2Vec
-#define FUSEDRNN_ENGINE_ACCS 12
+#define FUSEDRNN_ENGINE_REGS 16
 #include "engine_fwd_impl.h"
 
 namespace fusedrnn {

@@ -15,9 +15,8 @@
 
 #define FUSEDRNN_CPU_CAPABILITY avx512
 #define FUSEDRNN_VEC_AVX512
-// 32 zmm registers: 24 accumulators, the rest for weight vectors and broadcasts.
 #define FUSEDRNN_ENGINE_VEC Avx512Vec
-#define FUSEDRNN_ENGINE_ACCS 24
+#define FUSEDRNN_ENGINE_REGS 32
 #include "engine_fwd_impl.h"
 
 namespace fusedrnn {

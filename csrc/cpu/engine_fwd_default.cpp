@@ -5,7 +5,7 @@
 
 #define FUSEDRNN_CPU_CAPABILITY base
 #define FUSEDRNN_ENGINE_VEC ScalarVec<float>
-#define FUSEDRNN_ENGINE_ACCS 8
+#define FUSEDRNN_ENGINE_REGS 16
 #include "engine_fwd_impl.h"
 
 namespace fusedrnn {

@@ -6,8 +6,8 @@
 // engine_fwd_default.cpp under the rules of Note [CPU capability dispatch] (kernels_impl.h):
 // no header is included here, everything lands in fusedrnn::cpu::<capability>::fwd_engine.
 // The including file defines FUSEDRNN_CPU_CAPABILITY, the vector type in FUSEDRNN_ENGINE_VEC
-// and the accumulator budget in FUSEDRNN_ENGINE_ACCS (vector registers the micro-kernel may
-// hold accumulators in: the rest carry the weight vectors and the broadcast inputs).
+// and the number of vector registers in FUSEDRNN_ENGINE_REGS (they bound the register
+// blocks, see max_rows).
 
 #ifndef FUSEDRNN_CPU_CAPABILITY
 #error "engine_fwd_impl.h is included by the engine_fwd_<capability>.cpp files only"
@@ -23,8 +23,17 @@ namespace fwd_engine {
 using V = FUSEDRNN_ENGINE_VEC;
 using Rg = typename V::reg;
 constexpr int kW = V::width;
-constexpr int kAccs = FUSEDRNN_ENGINE_ACCS;
+constexpr int kRegs = FUSEDRNN_ENGINE_REGS;
+// The epilogues (pointwise math) are inlined into each register block: a call would spill
+// all accumulators and switch vector widths (vzeroupper) once per row and unit block.
+#if defined(__GNUC__) || defined(__clang__)
+#define FUSEDRNN_ENGINE_INLINE __attribute__((always_inline))
+#else
+#define FUSEDRNN_ENGINE_INLINE
+#endif
 constexpr int kMaxRows = 8;  // rows of one register block at most
+// How far ahead (in panel columns k) the micro-kernel prefetches.
+constexpr int64_t kPrefetchColumns = 8;
 
 // n <= kW lanes from p (the rest zero): the last unit block of H may be partial, and a full
 // load there could read past the end of a buffer.
@@ -69,6 +78,24 @@ void pack(const float* weight, int64_t G, int64_t U, int64_t K, int64_t u0, int6
   }
 }
 
+template <class Reg>
+inline void keep_in_register(Reg& r) {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+  if constexpr (kW > 1) asm("" : "+v"(r));
+#else
+  (void)r;
+#endif
+}
+
+// Rows that fit one register block with NB unit blocks: MB * G * NB accumulators, G * NB
+// weight vectors and a broadcast in the kRegs vector registers (one row always: its FMAs
+// can take the weights from memory).
+template <int G, int NB>
+constexpr int max_rows() {
+  constexpr int rows = (kRegs - 1) / (G * NB) - 1;
+  return rows < 1 ? 1 : (rows > kMaxRows ? kMaxRows : rows);
+}
+
 // The micro-kernel: acc[m][g][nb] = sum_k x[m][k] * panel[j + nb][k][g][:] over k = 0..K-1
 // in order, starting from zero, for MB rows and NB neighbouring unit blocks; then
 // epi(m, nb, acc[m][.][nb]) for each. Every accumulator is one FMA chain over k whatever MB
@@ -76,7 +103,7 @@ void pack(const float* weight, int64_t G, int64_t U, int64_t K, int64_t u0, int6
 // between threads): this is what makes the engine bitwise deterministic.
 template <int G, int MB, int NB, class Epi>
 inline void gate_block(const float* panel, int64_t K, const float* const* x, const Epi& epi) {
-  static_assert(MB * G * NB <= kAccs || MB == 1, "register block too large");
+  static_assert(MB <= max_rows<G, NB>(), "register block too large");
   Rg acc[MB][G][NB];
 #pragma GCC unroll 8
   for (int m = 0; m < MB; ++m)
@@ -87,11 +114,24 @@ inline void gate_block(const float* panel, int64_t K, const float* const* x, con
   const int64_t block = K * G * kW;  // distance between neighbouring unit blocks
   for (int64_t k = 0; k < K; ++k) {
     const float* wk = panel + k * G * kW;
+    // Ask for the panel a few columns ahead: with few rows a step is bound by streaming the
+    // panel from L2, and the hardware prefetchers alone keep too few lines in flight.
+#pragma GCC unroll 8
+    for (int nb = 0; nb < NB; ++nb)
+#pragma GCC unroll 8
+      for (int64_t line = 0; line < G * kW; line += 16) {
+        __builtin_prefetch(wk + nb * block + kPrefetchColumns * G * kW + line);
+      }
     Rg w[G][NB];
 #pragma GCC unroll 8
     for (int nb = 0; nb < NB; ++nb)
 #pragma GCC unroll 8
-      for (int g = 0; g < G; ++g) w[g][nb] = V::load(wk + nb * block + g * kW);
+      for (int g = 0; g < G; ++g) {
+        w[g][nb] = V::load(wk + nb * block + g * kW);
+        // Keep the weight vector in a register: left alone, GCC folds the load into each
+        // row's FMA, and MB loads of every weight per column make the block load-bound.
+        if constexpr (MB > 1) keep_in_register(w[g][nb]);
+      }
 #pragma GCC unroll 8
     for (int m = 0; m < MB; ++m) {
       const Rg xm = V::set1(x[m][k]);
@@ -113,12 +153,6 @@ inline void gate_block(const float* panel, int64_t K, const float* const* x, con
   }
 }
 
-// Rows that fit one register block with NB unit blocks.
-template <int G, int NB>
-constexpr int max_rows() {
-  return kAccs / (G * NB) < 1 ? 1 : (kAccs / (G * NB) > kMaxRows ? kMaxRows : kAccs / (G * NB));
-}
-
 // gate_block with MB chosen at run time (1 <= mb <= max_rows<G, NB>()).
 template <int G, int NB, int MB = 1, class Epi>
 inline void gate_block_rows(int mb, const float* panel, int64_t K, const float* const* x,
@@ -132,12 +166,15 @@ inline void gate_block_rows(int mb, const float* panel, int64_t K, const float* 
   gate_block<G, MB, NB>(panel, K, x, epi);
 }
 
-// Unit blocks side by side: enough independent FMA chains (about 8, the FMA latency times
-// the FMAs per cycle) when the rows are few; with more rows the rows give the chains.
+// Unit blocks side by side: with few rows they give the independent FMA chains (about 8
+// are needed: the FMA latency times the FMAs per cycle) and more panel streams in flight;
+// with more rows the rows give the chains, and one unit block lets a register block hold
+// more rows (fewer passes over the panel).
 template <int G>
 inline int unit_blocks_for(int64_t M) {
-  if (G * M >= 8) return 1;
-  return G * M >= 4 ? 2 : 4;
+  if (G * M <= 2 && M <= max_rows<G, 4>()) return 4;
+  if (G * M <= 8 && M <= max_rows<G, 2>()) return 2;
+  return 1;
 }
 
 // Runs the register blocks of one step: units [u0, u1) of the panel (u0 a multiple of kW)
@@ -162,7 +199,7 @@ void run_blocks(const float* panel, int64_t K, const float* x, int64_t ldx, int6
       const int mb = static_cast<int>(M / row_blocks + (rb < M % row_blocks ? 1 : 0));
       const float* xs[kMaxRows];
       for (int m = 0; m < mb; ++m) xs[m] = x + (m0 + m) * ldx;
-      auto at = [&](int m, int b, const Rg* acc) {
+      auto at = [&](int m, int b, const Rg* acc) FUSEDRNN_ENGINE_INLINE {
         const int64_t u = (j + b) * kW;
         epi(m0 + m, u, U - u < kW ? U - u : kW, acc);
       };
@@ -197,7 +234,7 @@ void lstm_step_impl(const LstmEngineStep& p, int64_t u0, int64_t u1) {
   const int64_t H = p.H, R = p.R;
   const Rg lo = V::set1(-p.cell_clip), hi = V::set1(p.cell_clip);
   run_blocks<4>(p.panel, R, p.h_prev, R, p.M, H, u0, u1,
-                [&](int64_t b, int64_t u, int64_t n, const Rg* acc) {
+                [&](int64_t b, int64_t u, int64_t n, const Rg* acc) FUSEDRNN_ENGINE_INLINE {
     float* g = p.gates + b * 4 * H + u;
     float* h_out = p.h_out + b * H + u;
     float* c_raw = p.c_raw ? p.c_raw + b * H + u : nullptr;
@@ -244,7 +281,7 @@ void lstm_step(const LstmEngineStep& p, int64_t u0, int64_t u1) {
 void gru_step(const GruEngineStep& p, int64_t u0, int64_t u1) {
   const int64_t H = p.H;
   run_blocks<3>(p.panel, H, p.h_prev, H, p.M, H, u0, u1,
-                [&](int64_t b, int64_t u, int64_t n, const Rg* acc) {
+                [&](int64_t b, int64_t u, int64_t n, const Rg* acc) FUSEDRNN_ENGINE_INLINE {
     float* h_out = p.h_out + b * H + u;
     float* sv = p.saved ? p.saved + b * 4 * H + u : nullptr;
     const float* hp_row = p.h_prev + b * H + u;
@@ -283,7 +320,7 @@ void gru_step(const GruEngineStep& p, int64_t u0, int64_t u1) {
 void proj_step(const ProjEngineStep& p, int64_t p0, int64_t p1) {
   const int64_t P = p.P;
   run_blocks<1>(p.panel, p.H, p.h_pre, p.H, p.M, P, p0, p1,
-                [&](int64_t b, int64_t u, int64_t n, const Rg* acc) {
+                [&](int64_t b, int64_t u, int64_t n, const Rg* acc) FUSEDRNN_ENGINE_INLINE {
     if (!row_active(p.lengths, p.t, b)) {
       zero_n(p.y + b * P + u, n);
       copy_n(p.r_next + b * P + u, p.r_prev + b * P + u, n);
