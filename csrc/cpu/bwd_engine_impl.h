@@ -19,6 +19,7 @@ namespace FUSEDRNN_CPU_CAPABILITY {
 namespace bwd {
 
 #include "vec.h"
+#include "row_steps.h"
 
 // ---------------------------------------------------------------------------------------
 // Register blocking of the micro-kernel, per vector width: at most MR rows of A at a time,
@@ -184,32 +185,6 @@ void partials(const EnginePartials<typename V::value_type>& p, int64_t blk0, int
   }
 }
 
-// ---------------------------------------------------------------------------------------
-// Row bookkeeping (Note [Per-row step bookkeeping] in rnn_params.h).
-
-enum Incoming : int { kFromFinal = 0, kCut = 1, kRecurrent = 2 };
-
-struct RowStep {
-  bool active, first;
-  int incoming;
-};
-
-inline RowStep row_step(const StepInfo& st, int64_t b, int64_t truncate) {
-  const int64_t len = st.lengths ? st.lengths[b] : st.T;
-  RowStep r;
-  r.active = st.t < len;
-  const int64_t s = st.reverse ? len - 1 - st.t : st.t;
-  r.first = s == 0;
-  if (s == len - 1) {
-    r.incoming = kFromFinal;
-  } else if (truncate > 0 && (s + 1) % truncate == 0) {
-    r.incoming = kCut;
-  } else {
-    r.incoming = kRecurrent;
-  }
-  return r;
-}
-
 // The norm clip's factor for a row from its block partials, summed in block order (the same
 // sum whatever the thread count).
 template <typename T>
@@ -246,20 +221,6 @@ inline typename VV::reg incoming(const T* fin, const T* a, const T* b, T clip, T
     } else {
       return g;
     }
-  }
-}
-
-template <int K>
-struct KindTag {
-  static constexpr int value = K;
-};
-
-template <class Body>
-inline void with_kind(int kind, Body&& body) {
-  switch (kind) {
-    case kFromFinal: body(KindTag<kFromFinal>()); break;
-    case kCut: body(KindTag<kCut>()); break;
-    default: body(KindTag<kRecurrent>()); break;
   }
 }
 
@@ -343,13 +304,13 @@ void lstm_rows(const LstmBwdUnits<typename V::value_type>& p, int64_t k0, int64_
   const int64_t H = p.H;
   StepInfo st = p.step;
   for (int64_t b = 0; b < p.M; ++b) {
-    const RowStep rs = row_step(st, b, TRUNC ? p.opt.truncate : 0);
+    const RowStep rs = row_step<TRUNC>(st, b, p.opt.truncate);
     if (!rs.active) {  // state carried: recurrent gradients pass through unchanged
       for (int g = 0; g < 4; ++g) zero_units(p.dgates + b * 4 * H + g * H, k0, k1);
       if (p.dh_carry) carry_units(p.dh_carry + b * p.Hp, p.dh_gemm + b * p.Hp, k0, k1);
       continue;
     }
-    with_kind(rs.incoming, [&](auto kind) {
+    with_incoming(rs.incoming, [&](auto kind) {
       lstm_row<V, CM, CCLIP, decltype(kind)::value>(p, b, rs.first, k0, k1);
     });
   }
@@ -387,14 +348,14 @@ inline void proj_row(const ProjBwdUnits<typename V::value_type>& p, int64_t b, i
 template <class V, ClipMode CM, bool TRUNC>
 void proj_rows(const ProjBwdUnits<typename V::value_type>& p, int64_t k0, int64_t k1) {
   for (int64_t b = 0; b < p.M; ++b) {
-    const RowStep rs = row_step(p.step, b, TRUNC ? p.opt.truncate : 0);
+    const RowStep rs = row_step<TRUNC>(p.step, b, p.opt.truncate);
     if (!rs.active) {
       zero_units(p.dr + b * p.P, k0, k1);
       zero_units(p.dr_pad + b * p.Pp, k0, k1);
       carry_units(p.dh_carry + b * p.Pp, p.dh_gemm + b * p.Pp, k0, k1);
       continue;
     }
-    with_kind(rs.incoming, [&](auto kind) { proj_row<V, CM, decltype(kind)::value>(p, b, k0, k1); });
+    with_incoming(rs.incoming, [&](auto kind) { proj_row<V, CM, decltype(kind)::value>(p, b, k0, k1); });
   }
 }
 
@@ -448,7 +409,7 @@ template <class V, ClipMode CM, bool TRUNC>
 void gru_rows(const GruBwdUnits<typename V::value_type>& p, int64_t k0, int64_t k1) {
   const int64_t H = p.H;
   for (int64_t b = 0; b < p.M; ++b) {
-    const RowStep rs = row_step(p.step, b, TRUNC ? p.opt.truncate : 0);
+    const RowStep rs = row_step<TRUNC>(p.step, b, p.opt.truncate);
     if (!rs.active) {
       for (int g = 0; g < 3; ++g) {
         zero_units(p.dxg + b * 3 * H + g * H, k0, k1);
@@ -457,7 +418,7 @@ void gru_rows(const GruBwdUnits<typename V::value_type>& p, int64_t k0, int64_t 
       carry_units(p.dh_carry + b * p.Hp, p.dh_gemm + b * p.Hp, k0, k1);
       continue;
     }
-    with_kind(rs.incoming, [&](auto kind) {
+    with_incoming(rs.incoming, [&](auto kind) {
       gru_row<V, CM, decltype(kind)::value>(p, b, rs.first, k0, k1);
     });
   }
@@ -465,22 +426,6 @@ void gru_rows(const GruBwdUnits<typename V::value_type>& p, int64_t k0, int64_t 
 
 // ---------------------------------------------------------------------------------------
 // Option switches and the table.
-
-template <template <ClipMode, bool> class Fn, class P>
-inline void switch_clip_trunc(const P& p, int64_t k0, int64_t k1) {
-  const bool trunc = p.opt.truncate > 0;
-  switch (p.opt.clip_mode) {
-    case ClipMode::Value:
-      trunc ? Fn<ClipMode::Value, true>::run(p, k0, k1) : Fn<ClipMode::Value, false>::run(p, k0, k1);
-      break;
-    case ClipMode::Norm:
-      trunc ? Fn<ClipMode::Norm, true>::run(p, k0, k1) : Fn<ClipMode::Norm, false>::run(p, k0, k1);
-      break;
-    default:
-      trunc ? Fn<ClipMode::None, true>::run(p, k0, k1) : Fn<ClipMode::None, false>::run(p, k0, k1);
-      break;
-  }
-}
 
 template <class V>
 struct Entry {

@@ -27,38 +27,7 @@ namespace cpu {
 namespace FUSEDRNN_CPU_CAPABILITY {
 
 #include "vec.h"
-
-// ---------------------------------------------------------------------------------------
-// Row bookkeeping (Note [Per-row step bookkeeping] in rnn_params.h).
-
-enum Incoming : int {
-  kFromFinal = 0,    // the row's last processed step: dh_n / dc_n, unclipped
-  kCut = 1,          // truncation point: no recurrent gradient
-  kRecurrent = 2,    // clip(recurrent gradient from step s+1)
-};
-
-struct RowStep {
-  bool active;   // the row processes time t
-  bool first;    // s == 0: the previous state is h0 / c0
-  int incoming;  // an Incoming value
-};
-
-template <bool TRUNC>
-inline RowStep row_step(const StepInfo& st, int64_t b, int64_t truncate) {
-  const int64_t len = st.lengths ? st.lengths[b] : st.T;
-  RowStep r;
-  r.active = st.t < len;
-  const int64_t s = st.reverse ? len - 1 - st.t : st.t;
-  r.first = s == 0;
-  if (s == len - 1) {
-    r.incoming = kFromFinal;
-  } else if (TRUNC && (s + 1) % truncate == 0) {
-    r.incoming = kCut;
-  } else {
-    r.incoming = kRecurrent;
-  }
-  return r;
-}
+#include "row_steps.h"
 
 // Vector body then scalar tail over n columns: f(VecTag, j) handles columns j..j+width-1.
 template <class V, class F>
@@ -206,21 +175,6 @@ inline void record_none(T* rec) {
 template <typename T>
 inline void carry_row(T* carry, const T* gemm, int64_t n) {
   for (int64_t j = 0; j < n; ++j) carry[j] += gemm[j];
-}
-
-// Calls body(IncomingTag<KIND>()) with the row's incoming kind as a compile-time constant.
-template <int K>
-struct IncomingTag {
-  static constexpr int value = K;
-};
-
-template <class Body>
-inline void with_incoming(int kind, Body&& body) {
-  switch (kind) {
-    case kFromFinal: body(IncomingTag<kFromFinal>()); break;
-    case kCut: body(IncomingTag<kCut>()); break;
-    default: body(IncomingTag<kRecurrent>()); break;
-  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -549,22 +503,6 @@ void clip_rows(typename V::value_type* x, int64_t N, GradOptions<typename V::val
 
 // ---------------------------------------------------------------------------------------
 // Option switches and the function table.
-
-template <template <ClipMode, bool> class Fn, class P>
-inline void switch_clip_trunc(const P& p, int64_t b0, int64_t b1) {
-  const bool trunc = p.opt.truncate > 0;
-  switch (p.opt.clip_mode) {
-    case ClipMode::Value:
-      trunc ? Fn<ClipMode::Value, true>::run(p, b0, b1) : Fn<ClipMode::Value, false>::run(p, b0, b1);
-      break;
-    case ClipMode::Norm:
-      trunc ? Fn<ClipMode::Norm, true>::run(p, b0, b1) : Fn<ClipMode::Norm, false>::run(p, b0, b1);
-      break;
-    default:
-      trunc ? Fn<ClipMode::None, true>::run(p, b0, b1) : Fn<ClipMode::None, false>::run(p, b0, b1);
-      break;
-  }
-}
 
 template <class V>
 struct Entry {
