@@ -181,6 +181,7 @@ def grad_flow(norms, path: Union[str, os.PathLike, None] = None, *,
                              f"strings (one per row of norms), got {labels!r}")
         labels = [str(label) for label in labels]
     Figure, FigureCanvasAgg = _matplotlib()
+    from matplotlib.ticker import MaxNLocator
 
     panels = 1 if series is None else 2
     fig = Figure(figsize=(6.4 * panels, 4.4), layout="constrained")
@@ -200,13 +201,22 @@ def grad_flow(norms, path: Union[str, os.PathLike, None] = None, *,
                  if labels is None else labels[row])
         if bad:
             label += f" ({bad} non-finite)"
-        ax.plot(x[shown].tolist(), y[shown].tolist(), label=label, linewidth=1.2)
+        xs, ys = x[shown].tolist(), y[shown].tolist()
+        # A line that stops before the start of the sequence (the gradient was cut by
+        # truncation, or vanished to 0) ends in a marker, so its end is not mistaken for the
+        # edge of the plot.
+        ends_early = bool(xs) and xs[-1] < T - 1
+        if ends_early:
+            label += f" (ends {xs[-1]} steps back)"
+        end_mark = dict(marker="o", markersize=4, markevery=[len(xs) - 1]) if ends_early else {}
+        ax.plot(xs, ys, label=label, linewidth=1.2, **end_mark)
         any_positive |= bool(shown.any())
     if any_positive:
         ax.set_yscale("log")
     else:
         ax.text(0.5, 0.5, "no positive finite norms", transform=ax.transAxes,
                 ha="center", va="center")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_xlabel("steps back from the end of the sequence (processing order)")
     ax.set_ylabel("recurrent gradient norm ||dh_rec_t||")
     ax.set_title("gradient flow through time")
@@ -224,6 +234,7 @@ def grad_flow(norms, path: Union[str, os.PathLike, None] = None, *,
             ax2.axhline(clip, color="tab:red", linestyle="--", label=f"clip = {clip:.3g}")
         if bool(shown.any()) or clip is not None:
             ax2.set_yscale("log")
+        ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax2.set_xlabel("training iteration")
         ax2.set_ylabel("global gradient norm")
         ax2.set_title("gradient norm over training")

@@ -222,3 +222,22 @@ def test_custom_labels():
         grad_flow(norms, labels=["only one"])
     with pytest.raises(ValueError, match="labels must be a sequence of 2 strings"):
         grad_flow(norms, labels="ab")
+
+
+@needs_mpl
+def test_integer_step_ticks_and_marked_early_end():
+    # truncate=3 style: the gradient stops 3 steps back; the line ends in a marker and its
+    # label says where; ticks on the step axis are whole numbers.
+    T = 10
+    norms = torch.zeros(1, T, dtype=torch.float64)
+    norms[0, T - 4:T - 1] = torch.tensor([0.5, 1.0, 2.0])  # distances 3, 2, 1
+    fig = grad_flow(norms)
+    ax = fig.axes[0]
+    (line,) = ax.get_lines()
+    assert line.get_label() == "layer 0 (ends 3 steps back)"
+    assert line.get_marker() == "o" and list(line.get_markevery()) == [2]
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    # a line reaching the first step has no end marker
+    full = grad_flow(torch.arange(1.0, T + 1).unsqueeze(0)).axes[0].get_lines()[0]
+    assert full.get_marker() in ("None", None, "") and "ends" not in full.get_label()
