@@ -420,6 +420,42 @@ def decay(norms, distance):
 # ---------------------------------------------------------------------------------------
 
 
+def summary_result(args, runs, baseline, total, done):
+    """What summary.json holds: task, config, machine, and the models trained so far."""
+    rows = summary_rows(runs, args)
+    result = dict(
+        task=dict(T=args.T, variant="one marker in [0, T//2), one in [T//2, T); values U[0,1)",
+                  baseline_mse=BASELINE_MSE, baseline_mse_test=baseline),
+        config=dict(steps=args.steps, batch_size=args.batch_size, hidden=args.hidden, lr=args.lr,
+                    optimizer="Adam", init=args.init, grad_clip=args.grad_clip,
+                    grad_clip_mode="norm", truncate=args.truncate, test_size=args.test_size,
+                    eval_every=args.eval_every, solved_below=args.solved_below, seed=args.seed,
+                    threads=torch.get_num_threads(), quick=args.quick),
+        machine=dict(cpu=cpu_name(), cpus=os.cpu_count(), platform=platform.platform(),
+                     torch=torch.__version__, python=platform.python_version()),
+        wall_seconds=total,
+        models=[dict(row, curve=runs[row["model"]]["curve"],
+                     grad_norms_before=runs[row["model"]]["norms_before"][0].tolist(),
+                     grad_norms_after=runs[row["model"]]["norms_after"][0].tolist())
+                for row in rows],
+    )
+    result["complete"] = done
+    return result
+
+
+def write_summary(args, runs, baseline, total, done):
+    """summary.json and summary.md for the models trained so far (rewritten after each)."""
+    os.makedirs(args.out, exist_ok=True)
+    result = summary_result(args, runs, baseline, total, done)
+    table = summary_table(summary_rows(runs, args), args)
+    status = "" if done else " (run in progress: models so far)"
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    with open(os.path.join(args.out, "summary.md"), "w") as f:
+        f.write(f"# Adding problem, T={args.T}{status}\n\n{table}\n\nWall time {total:.0f} s, "
+                f"{torch.get_num_threads()} threads, torch {torch.__version__}.\n")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -497,6 +533,9 @@ def main(argv=None):
         r.update(options=options_text(options), norms_before=norms_before,
                  norms_after=grad_flow_norms(model, *diag))
         runs[name] = r
+        # Written as each model finishes, so an interrupted run keeps what it has done.
+        write_summary(args, runs, baseline, time.perf_counter() - wall,
+                      done=len(runs) == len(specs))
 
     rows = summary_rows(runs, args)
     table = summary_table(rows, args)
@@ -519,31 +558,11 @@ def main(argv=None):
         curve_path = plot_curves(os.path.join(args.out, "learning_curves.png"), runs, args)
         if curve_path:
             paths = [curve_path] + plot_grad_flows(args.out, runs, args)
-    result = dict(
-        task=dict(T=args.T, variant="one marker in [0, T//2), one in [T//2, T); values U[0,1)",
-                  baseline_mse=BASELINE_MSE, baseline_mse_test=baseline),
-        config=dict(steps=args.steps, batch_size=args.batch_size, hidden=args.hidden, lr=args.lr,
-                    optimizer="Adam", init=args.init, grad_clip=args.grad_clip,
-                    grad_clip_mode="norm", truncate=args.truncate, test_size=args.test_size,
-                    eval_every=args.eval_every, solved_below=args.solved_below, seed=args.seed,
-                    threads=torch.get_num_threads(), quick=args.quick),
-        machine=dict(cpu=cpu_name(), cpus=os.cpu_count(), platform=platform.platform(),
-                     torch=torch.__version__, python=platform.python_version()),
-        wall_seconds=total,
-        models=[dict(row, curve=runs[row["model"]]["curve"],
-                     grad_norms_before=runs[row["model"]]["norms_before"][0].tolist(),
-                     grad_norms_after=runs[row["model"]]["norms_after"][0].tolist())
-                for row in rows],
-    )
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    with open(os.path.join(args.out, "summary.md"), "w") as f:
-        f.write(f"# Adding problem, T={args.T}\n\n{table}\n\nWall time {total:.0f} s, "
-                f"{torch.get_num_threads()} threads, torch {torch.__version__}.\n")
+    write_summary(args, runs, baseline, total, done=True)
     paths += [os.path.join(args.out, n) for n in ("summary.md", "summary.json")]
     print(f"\nwall time {total:.1f} s; written: "
           + ", ".join(os.path.relpath(p) for p in paths))
-    return result
+    return summary_result(args, runs, baseline, total, done=True)
 
 
 if __name__ == "__main__":

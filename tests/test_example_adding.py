@@ -104,6 +104,7 @@ def test_fused_record_is_last_step_loss_gradient():
 
 def _check_outputs(out, result, with_plots):
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is True
     assert summary["task"]["T"] == 20 and summary["task"]["baseline_mse"] == pytest.approx(1 / 6)
     assert summary["config"]["quick"] is True and summary["config"]["steps"] == 20
     names = [m["model"] for m in summary["models"]]
@@ -148,3 +149,19 @@ def test_main_quick(tmp_path, capsys, with_plots):
     assert "trivial baseline" in printed and "0.1667" in printed
     assert "| fusedrnn.GRU |" in printed
     _check_outputs(tmp_path, result, with_plots)
+
+
+def test_summary_written_as_models_finish(tmp_path, monkeypatch):
+    """An interrupted run keeps the models it finished: the summary is rewritten after each."""
+    seen = []
+    real = adding_problem.write_summary
+
+    def spy(args, runs, baseline, total, done):
+        real(args, runs, baseline, total, done)
+        summary = json.loads((tmp_path / "summary.json").read_text())
+        seen.append((len(summary["models"]), summary["complete"]))
+
+    monkeypatch.setattr(adding_problem, "write_summary", spy)
+    adding_problem.main(["--quick", "--models", "2,3", "--no-plots", "--out", str(tmp_path)])
+    assert seen[:2] == [(1, False), (2, True)] and seen[-1] == (2, True)
+    assert "run in progress" not in (tmp_path / "summary.md").read_text()
