@@ -68,7 +68,9 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from _markdown import table as md_table  # benchmarks/ is on sys.path when run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
+# Runs land in an untracked folder; a run worth keeping is written (or copied) to
+# benchmarks/results/ with --out, from which the README results block is generated.
+DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "local"
 
 CELLS = ("lstm", "gru")
 MODES = ("fwd", "bwd", "fwdbwd", "infer")
@@ -1037,6 +1039,38 @@ def load_average() -> Optional[list]:
         return None
 
 
+def _busy_cpu_seconds() -> Optional[float]:
+    """CPU seconds all processes have spent busy since boot (/proc/stat), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+        ticks = [int(v) for v in fields]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """CPU time that *other* processes used while the benchmark ran: the machine's busy CPU
+    seconds (/proc/stat) minus this process's own (all its threads). The load average cannot
+    tell them apart: a run with 2 threads on 2 cores reads ~2 by itself."""
+
+    def __init__(self):
+        self.wall0 = time.perf_counter()
+        self.busy0 = _busy_cpu_seconds()
+        self.own0 = time.process_time()
+
+    def cores(self) -> Optional[float]:
+        """Average number of cores other processes kept busy since construction."""
+        busy = _busy_cpu_seconds()
+        wall = time.perf_counter() - self.wall0
+        if busy is None or self.busy0 is None or wall <= 0:
+            return None
+        others = (busy - self.busy0) - (time.process_time() - self.own0)
+        return round(max(others, 0.0) / wall, 2)
+
+
 def machine_info(device: torch.device, fusedrnn) -> dict:
     commit = _git("rev-parse", "HEAD")
     dirty = _git("status", "--porcelain")
@@ -1239,7 +1273,9 @@ def header_lines(info: dict, args, clip: ClipConfig, plan: dict) -> list:
         f"oneDNN {'yes' if info['mkldnn_available'] else 'no'}",
         f"- torch parallel info: {'; '.join(info['torch_parallel_info'])}",
         f"- load average (1/5/15 min) at start: {info['loadavg_start']}"
-        + (f", at end: {info['loadavg_end']}" if "loadavg_end" in info else ""),
+        + (f", at end: {info['loadavg_end']}" if "loadavg_end" in info else "")
+        + (f"; other processes kept {info['other_cores_busy']} cores busy during the timing"
+           if info.get("other_cores_busy") is not None else ""),
         f"- fusedrnn commit: {info['fusedrnn_commit']} ({info['fusedrnn_file']})",
         f"- fused_clip / reference options: {clip.label()}",
         f"- configuration: grid {plan['grid']}, layers {plan['layers']}, "
@@ -1473,6 +1509,7 @@ def main(argv=None) -> int:
     info["notes"] = notes
     header = header_lines(info, args, clip, plan)
     print("# fusedrnn benchmark\n\n" + "\n".join(header) + "\n", flush=True)
+    info["other_load"] = OtherLoad()
     if info["loadavg_start"] and info["loadavg_start"][0] > 0.5:
         log(f"bench.py: WARNING: load average {info['loadavg_start'][0]} before starting; "
             "other processes will distort the timings (the paired ratios suffer least)")
@@ -1512,10 +1549,13 @@ def run_all(args, plan, directions, device, clip, fusedrnn, progress, meter, not
 def finish(args, info, plan, clip, device, rows, summaries, errors) -> None:
     """Print the report; write the .json/.md (and the chart with --plot) unless --no-save."""
     info["loadavg_end"] = load_average()
-    if info["loadavg_end"] and info["loadavg_end"][0] > 1.0:
-        log(f"bench.py: WARNING: load average {info['loadavg_end'][0]} at the end; other "
-            "processes ran during the timing. Compare median and min ms: where they differ "
-            "a lot, rerun that cell on an idle machine")
+    others = info["other_load"].cores() if "other_load" in info else None
+    info["other_cores_busy"] = others
+    info.pop("other_load", None)
+    if others is not None and others > 0.2:
+        log(f"bench.py: WARNING: other processes kept {others} cores busy on average during "
+            "the timing (this run's own threads not counted). Compare median and min ms: "
+            "where they differ a lot, rerun that cell on an idle machine")
     header = header_lines(info, args, clip, plan)
     table = results_table(rows)
     summary = summary_table(summaries)

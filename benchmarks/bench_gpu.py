@@ -69,7 +69,9 @@ from bench import (  # noqa: E402
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
+# Runs land in an untracked folder; a run worth keeping is written (or copied) to
+# benchmarks/results/ with --out, from which the README results block is generated.
+DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "local"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64}
 # The shapes: PyTorch's fastrnns default, and a long sequence at a small batch.
