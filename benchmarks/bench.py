@@ -441,7 +441,7 @@ def import_fusedrnn():
                 if not hasattr(fusedrnn.reference, name)]
     if missing:
         sys.exit(f"bench.py: fusedrnn at {getattr(fusedrnn, '__file__', '?')} lacks "
-                 f"{', '.join(missing)} (DESIGN.md §1 / docs/ops_api.md)")
+                 f"{', '.join(missing)} (docs/design.md §1 / docs/ops_api.md)")
     return fusedrnn
 
 

@@ -38,7 +38,7 @@ off by default); "on" enables TF32 for both; "default" leaves torch's defaults. 
 settings are recorded in the output.
 
 Writes <out>/gpu-<gpu>-<date>.json (machine, versions, every time) and .md (tables).
-Benchmarks assert nothing (DESIGN.md §5); the issue's targets are reported as met / not met.
+Benchmarks assert nothing (docs/design.md §5); the issue's targets are reported as met / not met.
 """
 
 from __future__ import annotations

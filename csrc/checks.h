@@ -78,7 +78,7 @@ inline void check_input(const char* op, const at::Tensor& x, bool packed) {
     TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
                      ": on CPU input must be float32 or float64, got ", x.scalar_type());
   } else if (x.is_cuda()) {
-    // The CUDA kernels exist for these four (DESIGN.md §4); float8 types are floating too.
+    // The CUDA kernels exist for these four (docs/design.md §4); float8 types are floating too.
     const at::ScalarType t = x.scalar_type();
     TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
                      op, ": on CUDA input must be float32, float64, float16 or bfloat16, got ", t);
@@ -207,7 +207,7 @@ inline void check_positive_finite(const char* op, const char* name, const std::o
   }
 }
 
-// The backward options of DESIGN.md §3 as a kernel struct.
+// The backward options of docs/design.md §3 as a kernel struct.
 template <typename T>
 inline GradOptions<T> grad_options(const char* op, const std::optional<double>& grad_clip,
                                    std::string_view grad_clip_mode,

@@ -12,7 +12,8 @@
 // unchanged, its output is zero and its gate gradients are zero. In the backward pass the
 // recurrent gradient entering processed step s (from step s+1) is
 //   - dh_n / dc_n (unclipped)          when s == len_b-1 (the row's last step),
-//   - zero                              when truncate > 0 and (s+1) % truncate == 0,
+//   - zero                              when truncate > 0 and (s+1) % truncate == 0 (the
+//                                       state entering step s+1 is a truncation point),
 //   - clip(dh_rec) / clip(dc_rec)       otherwise (dh_rec = dh_gemm + dh_carry, below).
 // Rows that do not exist at t carry the recurrent gradient unchanged (the state is carried
 // by an identity), so after the last backward step the buffers hold the unclipped gradient
@@ -47,12 +48,14 @@ namespace fusedrnn {
 
 enum class ClipMode : int { None = 0, Value = 1, Norm = 2 };
 
-// Options of the backward pass that act on the recurrent gradient (DESIGN.md §3).
+// Options of the backward pass that act on the recurrent gradient (docs/design.md §3).
 template <typename T>
 struct GradOptions {
   ClipMode clip_mode;  // None, Value (clamp to [-clip, clip]) or Norm (per-row L2 norm <= clip)
   T clip;              // > 0 when clip_mode != None
-  int64_t truncate;    // 0: off; k > 0: cut the recurrent gradient entering steps s % k == 0
+  int64_t truncate;    // 0: off; k > 0: the recurrent gradient into processed step s (from
+                       // step s + 1) is zero when (s + 1) % k == 0, i.e. the state entering
+                       // step s' = s + 1 is a constant when s' % k == 0 (docs/design.md §3)
 };
 
 // Which rows exist at time t and where each starts; see Note [Per-row step bookkeeping].

@@ -2,7 +2,7 @@
 
 Both functions work in place under ``torch.no_grad`` and return the module, like
 ``torch.nn.init``. They accept fusedrnn's modules and their torch.nn namesakes alike (the
-parameter names and gate layout are the same, DESIGN.md §1):
+parameter names and gate layout are the same, docs/design.md §1):
 
 * :func:`orthogonal_` makes each gate's block of every recurrent weight ``weight_hh``
   (semi-)orthogonal. At initialisation a recurrent matrix whose singular values are all 1

@@ -1,6 +1,6 @@
 """Plots of gradient flow through time, to choose ``grad_clip`` / ``truncate`` from data.
 
-:func:`grad_flow` draws how large the recurrent gradient dh_rec_t (DESIGN.md §3) is as a
+:func:`grad_flow` draws how large the recurrent gradient dh_rec_t (docs/design.md §3) is as a
 function of how many steps back from the end of the sequence it has travelled: a line that
 falls by orders of magnitude shows vanishing gradients (steps that far back hardly learn
 from the loss; ``truncate`` there loses little), a rising one shows exploding gradients

@@ -1,6 +1,6 @@
 """Plain-PyTorch reference of the fusedrnn single-layer ops.
 
-This module computes exactly the math of ``docs/ops_api.md`` (DESIGN.md sections 2 and 3)
+This module computes exactly the math of ``docs/ops_api.md`` (docs/design.md sections 2 and 3)
 with ordinary torch operations and a per-step Python loop, and lets autograd derive the
 backward pass. It is the yardstick the tests hold the fused kernels (``fusedrnn.ops``) and
 ``torch.nn`` against. It is slow on purpose and the modules never use it.

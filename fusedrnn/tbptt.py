@@ -5,7 +5,7 @@ steps. Each chunk is one forward pass, one backward pass and (usually) one optim
 the state at the end of a chunk becomes the initial state of the next one, detached, so the
 model keeps its memory of the past ("stateful" training) while every backward pass stays
 k1 steps long. Within a chunk, ``k2`` bounds how far gradients travel back: it is handed to
-the fused kernel as the module's ``truncate`` option (DESIGN.md §3), which cuts the
+the fused kernel as the module's ``truncate`` option (docs/design.md §3), which cuts the
 recurrent gradient every k2 processed steps without changing the forward pass::
 
     tbptt = TBPTT(rnn, k1=100, k2=25)             # rnn: fusedrnn.LSTM or fusedrnn.GRU

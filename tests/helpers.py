@@ -5,7 +5,7 @@
   (``nn_lstm_layer`` / ``nn_gru_layer``), reverse direction and lengths included;
 * ``forward_backward``: run any layer function, return outputs and every gradient;
 * the precision rules: ``assert_tight`` (float64 against float64) and
-  ``assert_close_by_reference`` (DESIGN §4, "tolerance by comparison");
+  ``assert_close_by_reference`` (docs/design.md §4, "tolerance by comparison");
 * whole modules: ``module_forward_backward`` (any torch.nn-style RNN or cell, every output
   and gradient) and ``ReferenceRNN`` / ``reference_stack`` (a multi-layer, bidirectional
   stack of fusedrnn.reference layers, options included, the way torch.nn stacks layers).
@@ -284,7 +284,7 @@ def _items(x):
 
 
 def assert_close_by_reference(ours, torchnn, ref64, floor):
-    """DESIGN §4 "tolerance by comparison", per tensor:
+    """docs/design.md §4 "tolerance by comparison", per tensor:
 
         max|ours - ref64| <= 2 * max|torchnn - ref64| + floor
 

@@ -2,7 +2,7 @@
 (AVX-512, AVX2, portable; see Note [CPU capability dispatch] in csrc/cpu/kernels_impl.h) and
 both backends of the step GEMMs (oneDNN, BLAS; Note [oneDNN for the step GEMMs]).
 
-Each path is held to the float32 precision rule against a float64 reference (DESIGN.md §4),
+Each path is held to the float32 precision rule against a float64 reference (docs/design.md §4),
 and the paths must agree with each other to float32 rounding.
 """
 import pytest

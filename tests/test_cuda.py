@@ -1,6 +1,6 @@
 """The CUDA kernels (fusedrnn.ops and the modules on CUDA tensors), skipped without a GPU.
 
-Yardsticks, as for the CPU (DESIGN §4, "tolerance by comparison"):
+Yardsticks, as for the CPU (docs/design.md §4, "tolerance by comparison"):
 
 * float64 on CUDA is compared tightly with fusedrnn.reference and with the CPU kernels;
 * float32, float16 and bfloat16 follow the 2x rule: max|ours - ref64| <= 2 * max|torch.nn -

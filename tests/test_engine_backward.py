@@ -2,7 +2,7 @@
 
 Every test forces the engine (``_C._set_cpu_engine('engine')``) and checks with
 ``_C._engine_runs()`` that the engine, not the per-step loop, ran the backward. float32
-results follow the project's precision rule (DESIGN §4: error against a float64 reference at
+results follow the project's precision rule (docs/design.md §4: error against a float64 reference at
 most 2x the error of the float32 counterpart, torch.nn without options, fusedrnn.reference
 with them); the engine must also be bitwise reproducible, independent of the thread count,
 and safe under concurrent calls.

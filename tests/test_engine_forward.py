@@ -2,7 +2,7 @@
 
 Every test forces the engine (``_C._set_cpu_engine('engine')``, restored afterwards) and
 checks with ``_C._engine_runs()`` that the engine, not the per-step loop, produced the
-result. Forward outputs and final states follow the float32 precision rule (DESIGN §4)
+result. Forward outputs and final states follow the float32 precision rule (docs/design.md §4)
 against torch.nn / fusedrnn.reference; the saved tensors (act, c_raw, h_pre; GRU saved) are
 checked through a backward, whose gradients must match the per-step loop's. The engine must
 be bitwise deterministic for any thread count, and safe when called from several threads.

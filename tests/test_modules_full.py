@@ -232,7 +232,7 @@ def test_other_stack_shapes_parity(name, kwargs):
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_float32_stack_precision_like_torchnn(variant, packed):
-    """DESIGN §4 on a 2-layer bidirectional stack: against a float64 torch.nn run on the
+    """docs/design.md §4 on a 2-layer bidirectional stack: against a float64 torch.nn run on the
     same (rounded) values, fusedrnn's float32 error is at most 2x torch.nn's plus a floor."""
     name, proj = VARIANTS[variant]
     kind = kind_of(name)

@@ -1,6 +1,6 @@
 """fusedrnn.ops (the compiled single-layer ops) against torch.nn and fusedrnn.reference.
 
-float64 results are compared tightly; float32 results follow DESIGN §4: the error against a
+float64 results are compared tightly; float32 results follow docs/design.md §4: the error against a
 float64 reference is at most 2x the error of the plain-PyTorch counterpart in float32
 (torch.nn without options, fusedrnn.reference with clipping/truncation), plus a small floor.
 

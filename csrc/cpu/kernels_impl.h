@@ -6,7 +6,8 @@
 // units kernels_avx512.cpp, kernels_avx2.cpp and kernels_default.cpp. Each of them switches
 // the compiler target on (#pragma GCC target / clang attribute), includes <immintrin.h> and
 // rnn_params.h, names its capability in FUSEDRNN_CPU_CAPABILITY and includes this file,
-// which puts everything into fusedrnn::cpu::<capability>. Nothing here includes a header
+// which puts everything into fusedrnn::cpu::<capability> (avx512, avx2, or base for the
+// portable code of kernels_default.cpp). Nothing here includes a header
 // (no std:: template is instantiated under a wider target, so the linker can never pick an
 // AVX-512 copy of a shared inline function for generic code). dispatch.cpp asks the CPU at
 // run time (like ATen's DispatchStub) and hands out the function table of the widest

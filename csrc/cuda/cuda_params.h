@@ -54,7 +54,7 @@ struct StepRows {
   int64_t truncate;        // backward only: 0 off, k > 0 cut every k processed steps
 };
 
-// The clip of the recurrent gradient (DESIGN.md §3); the mode is a template parameter of the
+// The clip of the recurrent gradient (docs/design.md §3); the mode is a template parameter of the
 // kernels, the bound a run-time value.
 template <typename A>
 struct ClipBound {
@@ -163,7 +163,7 @@ struct GruBwdArgs {
 };
 
 // The gradient into the initial state: out[b] = clip(a[b] + add[b]) for every batch row
-// (the initial state is handed over to step 0 like any other state, DESIGN.md §3).
+// (the initial state is handed over to step 0 like any other state, docs/design.md §3).
 template <typename T>
 struct StateGradArgs {
   using A = opmath_t<T>;

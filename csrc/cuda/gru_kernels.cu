@@ -1,5 +1,5 @@
 // GRU pointwise kernels of one time step, forward and backward ("reset after" form of
-// DESIGN.md §2). The math is exactly that of the CPU kernels (csrc/cpu/kernels_impl.h),
+// docs/design.md §2). The math is exactly that of the CPU kernels (csrc/cpu/kernels_impl.h),
 // computed in A = opmath_t<T>; the layout of a launch is Note [CUDA kernel layout].
 //
 // Forward step (after hg = h_{t-1} W_hh^T):

@@ -4,7 +4,7 @@
 // unclipped gradient into the row's initial state: dh_gemm + dh_carry for h (a packed
 // reverse row that finished early is never written again, so its rows keep it), dc_rec for
 // c. The initial state is handed over to processed step 0 like any other state, so it gets
-// the same clip (DESIGN.md §3; never truncated); this kernel adds, clips and casts to T.
+// the same clip (docs/design.md §3; never truncated); this kernel adds, clips and casts to T.
 #include "common.cuh"
 #include "kernels.h"
 
@@ -49,11 +49,9 @@ cudaError_t launch_state_grad(const StateGradArgs<T>& p, cudaStream_t stream) {
 
 template <typename T>
 cudaError_t state_grad(const StateGradArgs<T>& p, cudaStream_t stream) {
-  switch (p.clip.mode) {
-    case ClipMode::Value: return launch_state_grad<T, ClipMode::Value>(p, stream);
-    case ClipMode::Norm: return launch_state_grad<T, ClipMode::Norm>(p, stream);
-    default: return launch_state_grad<T, ClipMode::None>(p, stream);
-  }
+  return with_clip_mode(p.clip.mode, [&](auto cm) {
+    return launch_state_grad<T, decltype(cm)::value>(p, stream);
+  });
 }
 
 template cudaError_t state_grad<float>(const StateGradArgs<float>&, cudaStream_t);
