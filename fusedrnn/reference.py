@@ -17,71 +17,20 @@ The output y_t and the final state use the unclipped state, so dh_n / dc_n are n
 Rows of a batch with unequal ``lengths`` are handled with per-row masks: a row that does not
 exist at time t carries its state unchanged (never clipped there) and outputs zeros.
 
-``check_options`` validates the extra keyword options; ``fusedrnn.ops`` reuses it so that the
-reference and the fused ops raise the same errors.
+``check_options`` (from ``fusedrnn._options``, shared with the ops and the modules)
+validates the extra keyword options, so that the reference and the fused ops raise the same
+errors.
 
 Shape letters: T steps, B batch, I input features, H hidden, P projection,
 R = P if weight_hr is given else H.
 """
 
-import math
-import numbers
-
 import torch
 import torch.nn.functional as F
 
+from ._options import GRAD_CLIP_MODES, check_options  # noqa: F401  (re-exported)
+
 __all__ = ["check_options", "lstm_layer", "gru_layer"]
-
-GRAD_CLIP_MODES = ("value", "norm")
-
-
-# ---------------------------------------------------------------------------------------
-# Option checks (shared with fusedrnn.ops)
-# ---------------------------------------------------------------------------------------
-
-
-def _check_positive_finite(name, value):
-    """None, or a real number (not bool) that is > 0 and finite."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"fusedrnn: {name} must be a positive finite number, "
-            f"got {value!r} of type {type(value).__name__}"
-        )
-    # Comparisons rather than math.isfinite: under torch.compile(dynamic=True) a module's
-    # float option is a symbolic float, which comparisons handle (NaN fails both).
-    if not (value > 0 and value < math.inf):
-        raise ValueError(f"fusedrnn: {name} must be a positive finite number, got {value!r}")
-
-
-def check_options(grad_clip, grad_clip_mode, truncate, cell_clip=None):
-    """Validate the gradient-clipping, truncation and cell-clip options.
-
-    grad_clip:      None or a positive finite real number (bool is rejected).
-    grad_clip_mode: "value" or "norm" (checked even when grad_clip is None, so that a typo
-                    is reported instead of silently ignored).
-    truncate:       None or an int >= 1 (bool and float are rejected).
-    cell_clip:      None or a positive finite real number (LSTM only).
-
-    Raises TypeError for a value of the wrong type and ValueError for a value of the right
-    type outside the allowed range; messages name the argument, what was expected and what
-    was received.
-    """
-    _check_positive_finite("grad_clip", grad_clip)
-    if not isinstance(grad_clip_mode, str) or grad_clip_mode not in GRAD_CLIP_MODES:
-        raise ValueError(
-            f'fusedrnn: grad_clip_mode must be one of "value", "norm", got {grad_clip_mode!r}'
-        )
-    if truncate is not None:
-        if isinstance(truncate, bool) or not isinstance(truncate, numbers.Integral):
-            raise TypeError(
-                f"fusedrnn: truncate must be a positive int, "
-                f"got {truncate!r} of type {type(truncate).__name__}"
-            )
-        if truncate < 1:
-            raise ValueError(f"fusedrnn: truncate must be a positive int (>= 1), got {truncate!r}")
-    _check_positive_finite("cell_clip", cell_clip)
 
 
 # ---------------------------------------------------------------------------------------
