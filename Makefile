@@ -31,14 +31,25 @@ deps: torch
 	fi
 
 # Rebuild when the extension is missing, does not import (e.g. torch changed), or a file
-# of csrc/ or setup.py is newer than it. The .so is touched after the build because an
-# unchanged build may keep its old timestamp.
+# of csrc/ or setup.py is newer than it. The first build installs the package in editable
+# mode (pip install -e, which compiles every file); once this checkout is installed that way,
+# later builds run `setup.py build_ext --inplace`, whose ninja build in build/ recompiles only
+# the files that changed. The .so is touched after the build because an unchanged build may
+# keep its old timestamp.
 build: deps
 	@so=$$(ls fusedrnn/_C*.so 2>/dev/null | head -n 1); \
 	if [ -z "$$so" ] || [ -n "$$(find $(BUILD_INPUTS) -type f -newer "$$so")" ] \
 	   || ! $(PYTHON) -c "import fusedrnn._C" 2>/dev/null; then \
-	  echo "building fusedrnn._C (a few minutes)..."; \
-	  $(PYTHON) -m pip install --no-build-isolation -e . && touch fusedrnn/_C*.so; \
+	  if [ -n "$$so" ] && [ -d build ] && [ "$$(cd /tmp && $(PYTHON) -c \
+	       'import importlib.util as u, os; s = u.find_spec("fusedrnn"); \
+	        print(os.path.dirname(s.origin) if s and s.origin else "")' 2>/dev/null)" \
+	       = "$(CURDIR)/fusedrnn" ]; then \
+	    echo "rebuilding fusedrnn._C (changed files only)..."; \
+	    $(PYTHON) setup.py -q build_ext --inplace && touch fusedrnn/_C*.so; \
+	  else \
+	    echo "building fusedrnn._C (a few minutes)..."; \
+	    $(PYTHON) -m pip install --no-build-isolation -e . && touch fusedrnn/_C*.so; \
+	  fi; \
 	else \
 	  echo "fusedrnn._C is up to date ($$so)"; \
 	fi
