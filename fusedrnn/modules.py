@@ -354,6 +354,13 @@ def _cell_input(cell, input: Tensor, hx, name: str, count: int):
             what = "hx" if count == 1 else f"hx[{idx}]"
             raise RuntimeError(f"{name}: the hidden state {what} must have the dtype of the "
                                f"input and weights ({input.dtype}), got {h.dtype}")
+    for idx, h in enumerate(states):
+        # An unbatched input with a 2-D state [H, H] passes the size checks above (as in
+        # torch.nn, whose arithmetic then fails on the 3-D state: RuntimeError as well).
+        if h is not None and h.dim() != 2:
+            what = "hx" if count == 1 else f"hx[{idx}]"
+            raise RuntimeError(f"{name}: for unbatched (1-D) input the hidden state {what} "
+                               f"must be 1-D, got {h.dim() - 1}-D")
     return input.unsqueeze(0), states, is_batched
 
 
