@@ -422,8 +422,9 @@ class GRUCell(nn.GRUCell):
 # flat-weight bookkeeping from the names in it) or a ``__dict__`` update. None of the four
 # classes overrides ``__new__``, ``__setstate__`` or ``__reduce__``, and every value in the
 # state must itself be something the unpickler allows (tensors, Parameters, numbers,
-# strings, lists, dicts, OrderedDicts): no callable reaches a module, so loading runs
-# nothing from the file, exactly as for the torch.nn classes. The state of a fusedrnn
+# strings, lists, dicts, OrderedDicts; the only callables a file can name are the
+# allowlisted ones), so loading runs nothing of the file's choosing, exactly as for the
+# torch.nn classes. The state of a fusedrnn
 # module holds only such values: torch.nn's attributes, the options (float, str, int, bool
 # or None) and ``_grad_records`` (a list of plain float32 tensors; pickled without their
 # ``.grad``, like parameters, so ``grad_norms`` is None after loading until the next
