@@ -12,7 +12,7 @@
   swap keeps training the swapped model, with its state;
 * the training flag and the module's hooks (forward, forward pre, backward, state_dict and
   load_state_dict hooks: the hook tables are handed over, so their handles still remove
-  them).
+  them). Attributes set on a module by hand are not carried over.
 
 Parents are changed in place (``setattr(parent, name, new)``); a module reachable from two
 parents becomes one new module in both. The module passed in is returned, or its
