@@ -300,23 +300,38 @@ class GRU(_FusedRNNBase):
 # Cells: one fused step (T = 1) of the layer ops.
 
 
-def _cell_input(cell, input: Tensor, states, name: str):
-    """Input [1, B, I] and initial states [B, *] (or None) after torch.nn's cell checks, and
-    whether the input was batched (2-D)."""
+def _cell_input(cell, input: Tensor, hx, name: str, count: int):
+    """Input [1, B, I] and initial states [B, *] (``count`` of them, or None each when hx is
+    None) after torch.nn's cell checks, and whether the input was batched (2-D).
+
+    The checks run in torch.nn's order, with its messages and exception types, so that an
+    input with several faults reports the one torch.nn reports: the ranks (ValueError, the
+    Python forward of torch.nn's cells), the number of LSTM states, then the sizes in the order
+    of torch's cell kernels (input width, then per state batch and width; RuntimeError), and
+    only then the dtypes, which torch.nn finds last, in its matrix products (RuntimeError;
+    the messages here name the argument instead of the matrix product)."""
     if input.dim() not in (1, 2):
         raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
-    for idx, h in enumerate(states):
-        if h is not None and h.dim() not in (1, 2):
-            what = "hidden" if len(states) == 1 else f"hx[{idx}]"
+    parts = None if hx is None else ([hx] if count == 1 else list(hx))
+    for idx, h in enumerate(parts or ()):
+        # (a None inside hx fails here with torch.nn's AttributeError)
+        if h.dim() not in (1, 2):
+            what = "hidden" if count == 1 else f"hx[{idx}]"
             raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {h.dim()}D instead")
     is_batched = input.dim() == 2
     if not is_batched:
         input = input.unsqueeze(0)
-        states = [None if h is None else h.unsqueeze(0) for h in states]
-    # The checks of torch's rnn cell kernels, with their messages and exception type.
-    if input.dtype != cell.weight_ih.dtype:
-        raise RuntimeError(f"{name}: input must have the dtype of the weights "
-                           f"({cell.weight_ih.dtype}), got {input.dtype}")
+    if parts is None:
+        states = [None] * count
+    else:
+        if len(parts) != count:
+            # torch.nn: IndexError when an unbatched call indexes the missing state, else
+            # the kernel's RuntimeError (it ignores extra states of an unbatched call; a
+            # third state is an error here either way)
+            error = IndexError if not is_batched and len(parts) < count else RuntimeError
+            raise error("lstm_cell expects two hidden states")
+        states = parts if is_batched else [h.unsqueeze(0) for h in parts]
+    # The size checks of torch's rnn cell kernels, with their messages.
     if input.size(1) != cell.input_size:
         raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} "
                            f"expected {cell.input_size}")
@@ -329,7 +344,36 @@ def _cell_input(cell, input: Tensor, states, name: str):
         if h.size(1) != cell.hidden_size:
             raise RuntimeError(f"hidden{idx} has inconsistent hidden_size: got {h.size(1)}, "
                                f"expected {cell.hidden_size}")
+    # Dtypes last, input first (torch.nn: input @ weight_ih, then the states' products).
+    # torch.nn type-promotes a cell state c of another dtype; here every state must match.
+    if input.dtype != cell.weight_ih.dtype:
+        raise RuntimeError(f"{name}: input must have the dtype of the weights "
+                           f"({cell.weight_ih.dtype}), got {input.dtype}")
+    for idx, h in enumerate(states):
+        if h is not None and h.dtype != input.dtype:
+            what = "hx" if count == 1 else f"hx[{idx}]"
+            raise RuntimeError(f"{name}: the hidden state {what} must have the dtype of the "
+                               f"input and weights ({input.dtype}), got {h.dtype}")
+    for idx, h in enumerate(states):
+        # An unbatched input with a 2-D state [H, H] passes the size checks above (as in
+        # torch.nn, whose arithmetic then fails on the 3-D state: RuntimeError as well).
+        if h is not None and h.dim() != 2:
+            what = "hx" if count == 1 else f"hx[{idx}]"
+            raise RuntimeError(f"{name}: for unbatched (1-D) input the hidden state {what} "
+                               f"must be 1-D, got {h.dim() - 1}-D")
     return input.unsqueeze(0), states, is_batched
+
+
+def _empty_cell_step(cell, x: Tensor, states):
+    """hidden_size == 0: torch.nn returns empty [B, 0] states that are still connected to
+    the input, states and parameters (a zero input gradient, empty parameter and state
+    gradients). The gate pre-activations, [B, 0] like every state, added to the initial
+    states give exactly that; there is nothing to compute, so no kernel runs."""
+    x = x[0]
+    gates = F.linear(x, cell.weight_ih, cell.bias_ih)
+    gates = gates + F.linear(x.new_zeros(x.size(0), 0) if states[0] is None else states[0],
+                             cell.weight_hh, cell.bias_hh)
+    return tuple(gates + (0 if s is None else s) for s in states)  # distinct tensors
 
 
 class LSTMCell(nn.LSTMCell):
@@ -337,10 +381,10 @@ class LSTMCell(nn.LSTMCell):
     and backward. Same constructor, parameters, inputs and outputs as torch.nn.LSTMCell."""
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None):
-        parts = [None, None] if hx is None else list(hx)
-        if len(parts) != 2:
-            raise RuntimeError("lstm_cell expects two hidden states")
-        x, (h0, c0), is_batched = _cell_input(self, input, parts, "LSTMCell")
+        x, (h0, c0), is_batched = _cell_input(self, input, hx, "LSTMCell", 2)
+        if self.hidden_size == 0:
+            h, c = _empty_cell_step(self, x, (h0, c0))
+            return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
         # The op itself, positionally: nothing of ops.lstm_layer's option handling applies.
         _, h, c = ops._lstm_op(x, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
                                h0, c0, None, None, None, False, None, "value", None, None, None)
@@ -354,7 +398,36 @@ class GRUCell(nn.GRUCell):
     backward. Same constructor, parameters, inputs and outputs as torch.nn.GRUCell."""
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
-        x, (h0,), is_batched = _cell_input(self, input, [hx], "GRUCell")
+        x, (h0,), is_batched = _cell_input(self, input, hx, "GRUCell", 1)
+        if self.hidden_size == 0:
+            h, = _empty_cell_step(self, x, (h0,))
+            return h if is_batched else h.squeeze(0)
         _, h = ops._gru_op(x, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, h0,
                            None, None, False, None, "value", None, None)
         return h if is_batched else h.squeeze(0)
+
+
+# ---------------------------------------------------------------------------------------
+# Whole-model checkpoints under torch.load(weights_only=True).
+#
+# Code written for torch.nn allowlists torch.nn.LSTM & co. (torch.serialization.safe_globals
+# or add_safe_globals) to load pickled models; after fusedrnn.convert the pickle names
+# fusedrnn.modules.LSTM & co. instead, which that allowlist does not cover. The four classes
+# are allowlisted here, on import, so that such a checkpoint loads wherever the torch.nn one
+# would (and also without an allowlist when a fusedrnn module is the whole checkpoint).
+#
+# Why that is safe: the weights-only unpickler builds an allowlisted class with
+# ``cls.__new__(cls)`` (object's: no code) and sets its state with ``__setstate__`` (here
+# torch.nn.Module's and RNNBase's, which only update ``__dict__`` and recompute the
+# flat-weight bookkeeping from the names in it) or a ``__dict__`` update. None of the four
+# classes overrides ``__new__``, ``__setstate__`` or ``__reduce__``, and every value in the
+# state must itself be something the unpickler allows (tensors, Parameters, numbers,
+# strings, lists, dicts, OrderedDicts; the only callables a file can name are the
+# allowlisted ones), so loading runs nothing of the file's choosing, exactly as for the
+# torch.nn classes. The state of a fusedrnn
+# module holds only such values: torch.nn's attributes, the options (float, str, int, bool
+# or None) and ``_grad_records`` (a list of plain float32 tensors; pickled without their
+# ``.grad``, like parameters, so ``grad_norms`` is None after loading until the next
+# backward).
+if hasattr(torch.serialization, "add_safe_globals"):
+    torch.serialization.add_safe_globals([LSTM, GRU, LSTMCell, GRUCell])
