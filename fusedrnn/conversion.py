@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from .modules import GRU, LSTM, GRUCell, LSTMCell
-from .reference import check_options
+from ._options import check_options
 
 __all__ = ["convert", "to_torch"]
 

@@ -13,7 +13,7 @@ go to the kernels (packed layout), which process at each step only the sequences
 running and run the reverse direction from each sequence's own last element; there is no
 padding and no per-step Python.
 
-Extra keyword-only options (DESIGN.md §1, §3): ``grad_clip``, ``grad_clip_mode``,
+Extra keyword-only options (docs/design.md §1, §3): ``grad_clip``, ``grad_clip_mode``,
 ``truncate`` (LSTM and GRU) and ``cell_clip`` (LSTM); they apply to every layer and
 direction. With all of them left at None the modules compute what torch.nn computes.
 ``track_grad_norms=True`` makes the backward kernels record, per layer, direction and step,
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import ops
-from .reference import check_options
+from ._options import check_options
 
 __all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell"]
 
@@ -65,7 +65,7 @@ class _FusedRNNBase(nn.RNNBase):
         num_directions, T] (rows in h_n's layer-major order, steps in time order; for packed
         input the steps of batch_sizes). Entry [k, t] is the L2 norm over batch and hidden
         units of the recurrent gradient dh_rec_t, the gradient flowing into h_t from the next
-        processed step, *before* clipping (DESIGN.md §3). A sequence's last processed step and
+        processed step, *before* clipping (docs/design.md §3). A sequence's last processed step and
         truncation points have no recurrent gradient and contribute 0. None before the first
         backward of a tracked forward. Several backward passes through one forward add up."""
         return self._record(0)
