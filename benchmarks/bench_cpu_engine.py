@@ -2,8 +2,9 @@
 """The CPU engine issue's benchmark (issue 11): fusedrnn vs torch.nn on CPU, paired.
 
 Every comparison runs in one process, interleaved within each repeat (the order cycling
-through bench.py's Williams design), on fresh random inputs each repeat, float32, with
-`--threads` intra-op threads (default 2). Four sections (`--only` picks some):
+through the Williams design of benchlib.timing, as in bench.py), on fresh random inputs
+each repeat, float32, with `--threads` intra-op threads (default 2). Four sections
+(`--only` picks some):
 
   layers     fusedrnn.LSTM/GRU vs torch.nn.LSTM/GRU (same weights), 1 layer, the issue's
              shapes, inference (no_grad) and train (forward + backward of sum(out * g));
@@ -31,9 +32,7 @@ See benchmarks/README.md ("bench_cpu_engine.py") for how to read the tables.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import datetime
 import gc
 import json
 import resource
@@ -45,13 +44,17 @@ from typing import Callable, Optional
 import torch
 
 _HERE = Path(__file__).resolve().parent
-if str(_HERE) not in sys.path:  # so that the test (and `python -m`) find bench and floor
+if str(_HERE) not in sys.path:  # so that the test (and `python -m`) find benchlib and floor
     sys.path.insert(0, str(_HERE))
 
-import bench  # noqa: E402  (timing, table and machine helpers; bench.py is not changed)
 import floor  # noqa: E402
-from _markdown import table as md_table  # noqa: E402
-from bench import describe, in_order, log, paired_ratio, percentile  # noqa: E402
+from benchlib.console import Progress, describe, log  # noqa: E402
+from benchlib.impls import import_fusedrnn  # noqa: E402
+from benchlib.machine import (DEFAULT_OUT, dated_stem, load_average,  # noqa: E402
+                              machine_info, slug)
+from benchlib.markdown import table as md_table  # noqa: E402
+from benchlib.timing import (balanced_orders, in_order, paired_ratio,  # noqa: E402
+                             percentile)
 
 SECTIONS = ("layers", "cells", "fixed", "overheads")
 ENGINE_MODES = ("auto", "steps", "engine")
@@ -139,7 +142,7 @@ class EngineCounter:
 def time_paired(impls, make_data, budget: Budget, engine: EngineCounter,
                 errors: dict, label: str) -> tuple:
     """Interleaved repeats: each repeat draws fresh data and runs every impl once, the order
-    cycling through bench.balanced_orders. The warm-up repeats size the run: as many timed
+    cycling through benchlib.timing.balanced_orders. The warm-up repeats size the run: as many timed
     repeats as fit in budget.seconds, within [min_repeats, max_repeats], rounded to whole
     cycles of the order design where that stays within max_repeats.
 
@@ -159,7 +162,7 @@ def time_paired(impls, make_data, budget: Budget, engine: EngineCounter,
     times = {i.name: [] for i in active}
     preempt = {i.name: [] for i in active}
     engine_calls = {i.name: 0 for i in active}
-    cycle = len(bench.balanced_orders(len(active))) if active else 1
+    cycle = len(balanced_orders(len(active))) if active else 1
     target = None
     gc_was_enabled = gc.isenabled()
     gc.collect()
@@ -889,7 +892,7 @@ def parse_args(argv=None):
                    help="flock this file around each measurement, e.g. "
                         "/tmp/fusedrnn-bench.lock on a shared machine")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=bench.DEFAULT_OUT)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--save", action="store_true", help="write the result files even with --quick")
     p.add_argument("--no-save", action="store_true")
     p.add_argument("--no-progress-bar", action="store_true")
@@ -946,12 +949,12 @@ def run(args) -> dict:
     """Run the selected sections; returns the result dict (also what the JSON holds)."""
     t0 = time.perf_counter()
     torch.set_num_threads(args.threads)
-    fusedrnn = bench.import_fusedrnn()
+    fusedrnn = import_fusedrnn()
     import fusedrnn.ops  # noqa: F401  (the fixed-cost section calls the ops directly)
     engine = EngineCounter(fusedrnn)
     lock = FileLock(args.lock)
     notes, errors = [], {}
-    info = bench.machine_info(torch.device("cpu"), fusedrnn)
+    info = machine_info(torch.device("cpu"), fusedrnn)
     info["floor_machine"] = floor.machine()
     ceilings = load_ceilings(args, notes, lock)
     C = fusedrnn._C
@@ -967,7 +970,7 @@ def run(args) -> dict:
                    "budget_small": dataclasses.asdict(args.budget_small)})
     result = {"machine": info, "config": config, "floor": ceilings, "notes": notes,
               "errors": errors}
-    progress = bench.Progress(units(args), enabled=not args.no_progress_bar)
+    progress = Progress(units(args), enabled=not args.no_progress_bar)
     try:
         if "layers" in args.only:
             result["layers"] = run_layers(args, fusedrnn, engine, ceilings, errors, notes,
@@ -990,7 +993,7 @@ def run(args) -> dict:
         progress.close()
         engine.restore()
     config["engine_runs_at_end"] = list(engine.runs()) if engine.runs else None
-    info["loadavg_end"] = bench.load_average()
+    info["loadavg_end"] = load_average()
     result["seconds"] = time.perf_counter() - t0
     result["targets"] = targets_summary(result)
     return result
@@ -1010,12 +1013,8 @@ def targets_summary(result) -> dict:
 
 
 def output_stem(result, out_dir: Path) -> Path:
-    now = datetime.datetime.now()
-    name = bench.slug(result["machine"]["cpu_model"])
-    stem = out_dir / f"{name}-{now:%Y-%m-%d}-cpu-engine"
-    if stem.with_suffix(".json").exists():  # never overwrite an earlier run of the day
-        stem = out_dir / f"{name}-{now:%Y-%m-%d-%H%M%S}-cpu-engine"
-    return stem
+    """<cpu>-<date>[-<time>]-cpu-engine (no extension)."""
+    return dated_stem(out_dir, slug(result["machine"]["cpu_model"]), "-cpu-engine")
 
 
 def main(argv=None) -> int:

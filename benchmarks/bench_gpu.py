@@ -6,14 +6,14 @@
     python benchmarks/bench_gpu.py --cells lstm --shapes 100,64,512,512 --dtypes bfloat16
 
 For every shape (T, B, I, H), dtype and cell, one layer is timed in three implementations,
-interleaved within each repeat (bench.py's balanced orders) so drift hits all alike:
+interleaved within each repeat (benchlib.timing's balanced orders) so drift hits all alike:
 
     fused        fusedrnn.LSTM / GRU, no options
     fused_clip   the same with grad_clip=1 (value) and truncate=32
     fused_norm   the same with grad_clip=1 (norm: a per-row reduction each step), truncate=32
     torchnn      torch.nn.LSTM / GRU (cuDNN), the same weights and dtype
 
-and three modes, each timed separately with CUDA events (bench.Clock: synchronise, record,
+and three modes, each timed separately with CUDA events (timing.Clock: synchronise, record,
 call, record, wait): fwd (forward with autograd recording), bwd (backward only, after an
 untimed forward), fwdbwd (one training step). Both sides include the input projection
 (the modules do it). Every repeat draws fresh random inputs, initial states and output
@@ -21,7 +21,7 @@ gradients (never zeros); the first --warmup repeats are not recorded; the median
 reported, with per-repeat paired ratios for "x cuDNN" and the clip overhead.
 
 Counts, written next to every time:
-    FLOPs     the GEMMs (bench.rnn_flops: forward 2 T B (I + H) G H, backward 2x forward);
+    FLOPs     the GEMMs (cases.rnn_flops: forward 2 T B (I + H) G H, backward 2x forward);
               "TFLOP/s" is FLOPs / median time.
     bytes     the fewest bytes a call must move: its inputs, weights and outputs once
               (forward: x, W, y, h_n[, c_n] and the gate activations kept for backward;
@@ -54,24 +54,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _markdown import table as md_table  # noqa: E402
-from bench import (  # noqa: E402
-    Clock,
-    describe,
-    import_fusedrnn,
-    in_order,
-    log,
-    machine_info,
-    paired_ratio,
-    rnn_flops,
-    slug,
-    summarize,
-)
+from benchlib.cases import rnn_flops  # noqa: E402
+from benchlib.console import describe, log  # noqa: E402
+from benchlib.impls import import_fusedrnn  # noqa: E402
+from benchlib.machine import DEFAULT_OUT, machine_info, slug  # noqa: E402
+from benchlib.markdown import CELL_SHAPE_COLUMNS  # noqa: E402
+from benchlib.markdown import table as md_table  # noqa: E402
+from benchlib.timing import Clock, in_order, paired_ratio, summarize  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# Runs land in an untracked folder; a run worth keeping is written (or copied) to
-# benchmarks/results/ with --out, from which the README results block is generated.
-DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "local"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64}
 # The shapes: PyTorch's fastrnns default, and a long sequence at a small batch.
@@ -346,14 +336,7 @@ def main(argv=None) -> int:
 
 
 # The configuration columns of both report tables (summary rows and timing rows).
-CONFIG_COLUMNS = [
-    ("cell", "---", lambda r: r["cell"]),
-    ("T", "--:", lambda r: str(r["T"])),
-    ("B", "--:", lambda r: str(r["B"])),
-    ("I", "--:", lambda r: str(r["I"])),
-    ("H", "--:", lambda r: str(r["H"])),
-    ("dtype", "---", lambda r: r["dtype"]),
-]
+CONFIG_COLUMNS = CELL_SHAPE_COLUMNS + [("dtype", "---", lambda r: r["dtype"])]
 
 
 def report(rows, summary, info, ceil, args) -> str:

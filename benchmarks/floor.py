@@ -32,13 +32,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 import torch
+
+from benchlib.machine import REPO_ROOT, cpu_flags, cpu_model  # benchmarks/ is on sys.path
 
 # The C++ side. Why the shape of each kernel:
 # - FMA: a = a * b + c on K independent vector accumulators. One FMA has a latency of 4
@@ -342,27 +343,6 @@ INTERESTING_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512b
                      "amx_tile", "amx_bf16", "amx_int8")
 
 
-def cpu_flags() -> list:
-    """The CPU's flags from /proc/cpuinfo (first processor), [] where there is none."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line.split(":", 1)[1].split()
-    except OSError:
-        pass
-    return []
-
-
-def cpu_model_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown-cpu"
-
-
 def cache_sizes() -> dict:
     """{'L1d': bytes, 'L2': bytes, 'L3': bytes} of cpu0 from sysfs (missing levels left out)."""
     out = {}
@@ -384,7 +364,7 @@ def cache_sizes() -> dict:
 
 def fusedrnn_capability() -> Optional[str]:
     """fusedrnn._C._cpu_capability() ('avx512', 'avx2', 'default'), None without fusedrnn."""
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(REPO_ROOT)
     if root not in sys.path:
         sys.path.append(root)
     try:
@@ -397,7 +377,7 @@ def fusedrnn_capability() -> Optional[str]:
 def machine() -> dict:
     flags = cpu_flags()
     return {
-        "cpu_model": cpu_model_name(),
+        "cpu_model": cpu_model(),
         "cpus_allowed": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
         else os.cpu_count(),
         "flags": [f for f in INTERESTING_FLAGS if f in flags],

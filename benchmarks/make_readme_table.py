@@ -26,7 +26,7 @@ same files always give the same block:
   summary's paired ratios: train step, inference, forward, backward vs torch.nn,
   clip+truncate overhead and train step vs the plain-PyTorch reference loop (a column
   whose mode or implementation was not run is left out).
-- Where a configuration ran padded and packed batches (the issue3 grid), a second table
+- Where a configuration ran padded and packed batches (the packed grid), a second table
   with the per-case ratios vs torch.nn and the packed-vs-padded per-real-token ratios.
 - Last, the hand-written benchmarks/results/NOTES.md (caveats a table cannot carry),
   verbatim. Edit that file, not the block.
@@ -43,7 +43,10 @@ import re
 import sys
 from pathlib import Path
 
-from _markdown import table as md_table  # benchmarks/ is on sys.path when run
+# benchmarks/ is on sys.path when run; benchlib's grids and markdown import no torch
+from benchlib.grids import grid_name
+from benchlib.markdown import per_token_column
+from benchlib.markdown import table as md_table
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
@@ -51,7 +54,7 @@ RESULTS = HERE / "results"
 README = REPO_ROOT / "README.md"
 NOTES = RESULTS / "NOTES.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-GRID_ORDER = {"headline": 0, "full": 1, "issue3": 2}
+GRID_ORDER = {"headline": 0, "full": 1, "packed": 2, "track_overhead": 3}
 MODES = ("fwd", "bwd", "fwdbwd", "infer")
 CPU_ENGINE_SUFFIX = "-cpu-engine.json"
 
@@ -80,7 +83,7 @@ def load_runs(folder: Path) -> list:
         key = (
             device,
             machine.get("gpu_name") if device == "cuda" else machine.get("cpu_model"),
-            config.get("grid", "headline"),
+            grid_name(config.get("grid", "headline")),  # issue3/issue7: former names
             config.get("dtype", "float32"),
             tuple(sorted({(s["layers"], s["directions"]) for s in summaries})),
             tuple(sorted({bool(s["packed"]) for s in summaries})),
@@ -94,7 +97,7 @@ def load_runs(folder: Path) -> list:
 
 def latest_per_config(runs: list) -> list:
     """[(latest run, [older runs of the same configuration])], in a stable order: machine,
-    then grid (headline, full, issue3, others), then date."""
+    then grid (headline, full, packed, track_overhead, others), then date."""
     groups = {}
     for run in runs:
         groups.setdefault(run["key"], []).append(run)
@@ -155,7 +158,9 @@ def describe_config(run: dict) -> str:
     s0 = data["summary"][0]
     layers, dirs = s0["layers"], s0["directions"]
     what = {"headline": "Headline shape", "full": "Full grid",
-            "issue3": "Issue 3 grid"}.get(grid, f"Grid `{grid}`")
+            "packed": "Padded vs packed (grid `packed`)",
+            "track_overhead": "track_grad_norms overhead (grid `track_overhead`)",
+            }.get(grid, f"Grid `{grid}`")
     shape_set = sorted({_shape(s) for s in data["summary"]})
     shapes = shape_set[0] if len(shape_set) == 1 else f"{len(shape_set)} shapes"
     layout = f"{layers} layer{'s' if layers > 1 else ''}" + (", bidirectional" if dirs == 2
@@ -197,10 +202,7 @@ def packed_section(run: dict) -> str:
         return ""
 
     def per_token(mode, impl):
-        def cell(c):
-            r = c["per_token"].get(mode, {}).get(impl)
-            return "–" if r is None else f"{r['median']:.2f}x"
-        return cell
+        return per_token_column(mode, impl, lambda r: f"{r['median']:.2f}x")
 
     multi_shape = len({_shape(c) for c in comparisons}) > 1
     columns = [("cell", "---", lambda c: c["cell"].upper())]

@@ -38,7 +38,7 @@ from helpers import (
     relative_floor,
 )
 
-# FUSEDRNN_REQUIRE_CUDA=1 (benchmarks/gpu_check.sh) turns the skip into failures: on a GPU
+# FUSEDRNN_REQUIRE_CUDA=1 (tools/gpu/gpu_check.sh) turns the skip into failures: on a GPU
 # machine a torch that cannot see the GPU must not pass as "all skipped".
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() and os.environ.get("FUSEDRNN_REQUIRE_CUDA", "0") in ("", "0"),

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """A small forward + backward through every CUDA kernel of fusedrnn, for compute-sanitizer.
 
-    compute-sanitizer --tool memcheck  --error-exitcode 1 python benchmarks/sanitizer_case.py
-    compute-sanitizer --tool racecheck --error-exitcode 1 python benchmarks/sanitizer_case.py
+    compute-sanitizer --tool memcheck  --error-exitcode 1 python tools/gpu/sanitizer_case.py
+    compute-sanitizer --tool racecheck --error-exitcode 1 python tools/gpu/sanitizer_case.py
 
-(benchmarks/gpu_check.sh runs both, with PYTORCH_NO_CUDA_MEMORY_CACHING=1 so that every
+(tools/gpu/gpu_check.sh runs both, with PYTORCH_NO_CUDA_MEMORY_CACHING=1 so that every
 tensor is its own allocation and an access past its end is caught.) Covered: LSTM with
 projection, lengths, reverse, norm clip, truncation, cell clip and the gradient record
 (whole-row launches with several warps: H = 129); GRU on packed input with value clip;

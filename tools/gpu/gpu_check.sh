@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Everything a GPU machine should check of fusedrnn's CUDA path, in one call:
 #
-#   bash benchmarks/gpu_check.sh OUTDIR
+#   bash tools/gpu/gpu_check.sh OUTDIR
 #
 #   1. environment: nvidia-smi, python, torch, CUDA, cuDNN, nvcc versions
 #   2. build:       TORCH_CUDA_ARCH_LIST=9.0 pip install --no-build-isolation -e .
 #                   (override the architectures with TORCH_CUDA_ARCH_LIST)
 #   3. tests:       pytest tests/test_cuda.py (log + junit XML)
 #   4. sanitizer:   compute-sanitizer --tool memcheck and --tool racecheck on
-#                   benchmarks/sanitizer_case.py (a small forward + backward of every kernel)
+#                   tools/gpu/sanitizer_case.py (a small forward + backward of every kernel)
 #   5. benchmark:   benchmarks/bench_gpu.py --out OUTDIR
 #
 # Every step runs even when an earlier one failed (a failed build still gets its log); the
@@ -20,13 +20,13 @@
 set -uo pipefail
 
 if [ $# -ne 1 ]; then
-  echo "usage: bash benchmarks/gpu_check.sh OUTDIR" >&2
+  echo "usage: bash tools/gpu/gpu_check.sh OUTDIR" >&2
   exit 2
 fi
 OUT=$1
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."  # the repository root: the paths below are relative to it
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
@@ -114,7 +114,7 @@ else
   # One allocation per tensor, so memcheck sees accesses past a tensor's end.
   export PYTORCH_NO_CUDA_MEMORY_CACHING=1
   run "compute-sanitizer memcheck" 150 "$OUT/sanitizer.log" "$SANITIZER" --tool memcheck \
-    --error-exitcode 1 "$PY" benchmarks/sanitizer_case.py
+    --error-exitcode 1 "$PY" tools/gpu/sanitizer_case.py
   # racecheck checks shared memory; restricted to fusedrnn's kernels (cuBLAS's GEMMs are not
   # ours and slow to instrument) when this version of the tool accepts the filter, which a
   # run of `true` (no GPU work) shows.
@@ -124,7 +124,7 @@ else
     filter=()
   fi
   run "compute-sanitizer racecheck" 180 "$OUT/sanitizer.log" "$SANITIZER" --tool racecheck \
-    "${filter[@]}" --error-exitcode 1 "$PY" benchmarks/sanitizer_case.py
+    "${filter[@]}" --error-exitcode 1 "$PY" tools/gpu/sanitizer_case.py
   unset PYTORCH_NO_CUDA_MEMORY_CACHING
 fi
 
