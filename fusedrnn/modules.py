@@ -313,8 +313,9 @@ def _cell_input(cell, input: Tensor, states, name: str):
     if not is_batched:
         input = input.unsqueeze(0)
         states = [None if h is None else h.unsqueeze(0) for h in states]
-    # The checks of torch's rnn cell kernels, with their messages and exception type.
-    if input.dtype != cell.weight_ih.dtype:
+    # The checks of torch's rnn cell kernels, with their messages and exception type (a dtype
+    # mix is fine under autocast, as for torch.nn's cells: the ops cast, ops._in_float32).
+    if input.dtype != cell.weight_ih.dtype and not torch._C._is_any_autocast_enabled():
         raise RuntimeError(f"{name}: input must have the dtype of the weights "
                            f"({cell.weight_ih.dtype}), got {input.dtype}")
     if input.size(1) != cell.input_size:
