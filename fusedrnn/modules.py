@@ -346,11 +346,14 @@ def _cell_input(cell, input: Tensor, hx, name: str, count: int):
                                f"expected {cell.hidden_size}")
     # Dtypes last, input first (torch.nn: input @ weight_ih, then the states' products).
     # torch.nn type-promotes a cell state c of another dtype; here every state must match.
-    if input.dtype != cell.weight_ih.dtype:
+    # A dtype mix is fine under autocast, as for torch.nn's cells (the ops cast:
+    # ops._in_float32).
+    if input.dtype != cell.weight_ih.dtype and not torch._C._is_any_autocast_enabled():
         raise RuntimeError(f"{name}: input must have the dtype of the weights "
                            f"({cell.weight_ih.dtype}), got {input.dtype}")
     for idx, h in enumerate(states):
-        if h is not None and h.dtype != input.dtype:
+        if (h is not None and h.dtype != input.dtype
+                and not torch._C._is_any_autocast_enabled()):
             what = "hx" if count == 1 else f"hx[{idx}]"
             raise RuntimeError(f"{name}: the hidden state {what} must have the dtype of the "
                                f"input and weights ({input.dtype}), got {h.dtype}")

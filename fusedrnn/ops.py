@@ -285,22 +285,122 @@ def _gru_layer_backward_fake(grad_output, grad_h_n, input, weight_ih, weight_hh,
 _lstm_traceable = torch.ops.fusedrnn.lstm_layer.default
 _gru_traceable = torch.ops.fusedrnn.gru_layer.default
 _is_compiling = torch.compiler.is_compiling
+_any_autocast = torch._C._is_any_autocast_enabled
+
+
+# CPU bfloat16 / float16 (DESIGN.md §4): the CPU kernels compute float32 and float64 only,
+# so the wrappers run half-precision CPU calls in float32 (see _in_float32). The check is one
+# dtype lookup on the float32/float64 path; CUDA half tensors go to their native kernels.
+_HALF = frozenset((torch.bfloat16, torch.float16))
+# Tensor arguments of the ops, in positional order (what _in_float32 casts).
+_LSTM_TENSORS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "h0", "c0", "weight_hr")
+_GRU_TENSORS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "h0")
 
 
 def _lstm_op(input, *args):
     """torch.ops.fusedrnn.lstm_layer, positionally. A plain tensor outside torch.compile
     takes fusedrnn._C's direct entry (the same dispatcher op, ~5 us a call cheaper than the
-    boxed torch.ops path); Dynamo, FX proxies and tensor subclasses get the torch.ops one."""
+    boxed torch.ops path); Dynamo, FX proxies and tensor subclasses get the torch.ops one.
+    CPU half tensors and calls under CPU autocast run in float32 (_in_float32)."""
+    if input.dtype in _HALF or _any_autocast():
+        out = _in_float32(_lstm_op, "lstm_layer", _LSTM_TENSORS, input, args)
+        if out is not None:
+            return out
     if type(input) is Tensor and not _is_compiling():
-        return _C.lstm_layer(input, *args)
+        try:
+            return _C.lstm_layer(input, *args)
+        except TypeError as exc:
+            _reword_dtype_error(exc)
+            raise
     return _lstm_traceable(input, *args)
 
 
 def _gru_op(input, *args):
     """torch.ops.fusedrnn.gru_layer, positionally (see _lstm_op)."""
+    if input.dtype in _HALF or _any_autocast():
+        out = _in_float32(_gru_op, "gru_layer", _GRU_TENSORS, input, args)
+        if out is not None:
+            return out
     if type(input) is Tensor and not _is_compiling():
-        return _C.gru_layer(input, *args)
+        try:
+            return _C.gru_layer(input, *args)
+        except TypeError as exc:
+            _reword_dtype_error(exc)
+            raise
     return _gru_traceable(input, *args)
+
+
+def _reword_dtype_error(exc: TypeError) -> None:
+    """The C++ check's CPU dtype message, updated for the dtypes the wrappers add."""
+    message = str(exc)
+    if "on CPU input must be float32 or float64" in message:
+        exc.args = (message.replace("float32 or float64", "float32, float64, bfloat16 or "
+                                    "float16 (the half types computed in float32)"),)
+
+
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The autocast dtype when ``torch.autocast(device_type)`` is enabled, else None."""
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4: per-device-type spelling
+        if not torch.is_autocast_enabled(device_type):
+            return None
+        return torch.get_autocast_dtype(device_type)
+    if device_type == "cuda":
+        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+    if not torch.is_autocast_cpu_enabled():
+        return None
+    return torch.get_autocast_cpu_dtype()
+
+
+def _in_float32(op, name: str, names, input: Tensor, args, out_dtypes=None):
+    """Run ``op`` (_lstm_op / _gru_op) in float32 on a CPU call the kernels cannot take
+    as it is; None when the call is not such a call (the op then runs as it is).
+
+    Two cases, both for CPU input only:
+    * input bfloat16 / float16 with every tensor argument in that dtype: outputs in it too;
+    * under ``torch.autocast("cpu")`` (input not float64): any mix of float32 and half
+      tensors, as torch.nn accepts there; outputs in ``out_dtypes`` (``lstm_layer`` /
+      ``gru_layer`` pass torch.nn's), else in the dtype torch.nn's cells return: the
+      autocast dtype promoted with the dtype of the carried state (c0 / h0, or the input
+      when None), since their state update runs in that promoted dtype.
+    A half input among tensors of another dtype outside autocast is a RuntimeError naming
+    the argument, as for any dtype mismatch. The casts are differentiable ``.float()`` /
+    ``.to()`` calls (and traced by torch.compile), so each gradient comes back in its own
+    tensor's dtype; the op itself sees float32 only. lengths, batch_sizes and the float32
+    grad_record are not cast."""
+    if not isinstance(input, Tensor) or input.device.type != "cpu":
+        return None
+    count = len(names)
+    tensors = args[:count]
+    dtype = input.dtype
+    autocast = _autocast_dtype("cpu") if dtype != torch.float64 else None
+    if autocast is not None:
+        if out_dtypes is None:
+            state = tensors[count - 2 if name == "lstm_layer" else count - 1]  # c0 / h0
+            carried = (state if isinstance(state, Tensor) else input).dtype
+            out_dtypes = (torch.promote_types(autocast, carried),) * 3
+
+        def eligible(t):  # what autocast would cast: floating, not float64
+            return t.is_floating_point() and t.dtype != torch.float64
+    elif dtype in _HALF:
+        for arg, t in zip(names, tensors):
+            if isinstance(t, Tensor) and t.dtype != dtype:
+                raise RuntimeError(f"fusedrnn.{name}: {arg} must have the same dtype as input "
+                                   f"({dtype}), got {t.dtype}")
+        out_dtypes = (dtype,) * 3
+
+        def eligible(t):
+            return True
+    else:
+        return None
+    cast = [t.float() if isinstance(t, Tensor) and eligible(t) else t for t in tensors]
+    x = input.float() if eligible(input) else input
+    if autocast is None:
+        outputs = op(x, *cast, *args[count:])
+    else:
+        # The CPU kernels call ATen matmuls, which autocast would run in its dtype.
+        with torch.autocast("cpu", enabled=False):
+            outputs = op(x, *cast, *args[count:])
+    return tuple(o if o.dtype == d else o.to(d) for o, d in zip(outputs, out_dtypes))
 
 
 def _has_options(grad_clip, grad_clip_mode, truncate, cell_clip) -> bool:
@@ -318,11 +418,8 @@ def _autocast_cuda(input: Tensor, *tensors: Optional[Tensor]) -> Tuple[Optional[
     passed here)."""
     if not isinstance(input, Tensor) or not input.is_cuda:
         return (input,) + tensors
-    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4: per-device-type spelling
-        enabled, dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
-    else:
-        enabled, dtype = torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
-    if not enabled:
+    dtype = _autocast_dtype("cuda")
+    if dtype is None:
         return (input,) + tensors
 
     def cast(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -332,6 +429,26 @@ def _autocast_cuda(input: Tensor, *tensors: Optional[Tensor]) -> Tuple[Optional[
         return t.to(dtype)
 
     return tuple(cast(t) for t in (input,) + tensors)
+
+
+def _autocast_cpu(input: Tensor, state: Optional[Tensor], onednn_layer: bool,
+                  projected: bool = False):
+    """Output dtypes of a layer under ``torch.autocast("cpu")`` for CPU input (None when
+    autocast is off or the input is float64, which autocast leaves alone), as torch.nn's:
+    its LSTM layer without projection on padded input runs oneDNN's RNN layer, which
+    autocast runs wholly in the autocast dtype (``onednn_layer``: all outputs in it); its
+    other layers (GRU, packed or projected LSTM) run matmuls in the autocast dtype and carry
+    the state (c of LSTM, h of GRU) in that dtype promoted with the initial state's (or, when
+    None, the input's): float32 for float32 input; a projected h (``projected``) comes from a
+    matmul, in the autocast dtype. The call itself then computes in float32 (_in_float32)
+    instead of rounding operands to the autocast dtype."""
+    if input.device.type != "cpu" or input.dtype == torch.float64:
+        return None
+    dtype = _autocast_dtype("cpu")
+    if dtype is None or onednn_layer:
+        return None if dtype is None else (dtype, dtype, dtype)
+    carried = torch.promote_types(dtype, (input if state is None else state).dtype)
+    return (dtype, dtype, carried) if projected else (carried,) * 3
 
 
 def lstm_layer(
@@ -382,9 +499,13 @@ def lstm_layer(
     if _has_options(grad_clip, grad_clip_mode, truncate, cell_clip):
         grad_clip, truncate, cell_clip = _normalized_options(grad_clip, grad_clip_mode,
                                                              truncate, cell_clip)
+    autocast_cpu = None
     if input.is_cuda:
         input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr = _autocast_cuda(
             input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr)
+    elif _any_autocast():
+        autocast_cpu = _autocast_cpu(input, c0, weight_hr is None and batch_sizes is None,
+                                     weight_hr is not None)
     if lengths is not None:
         lengths = _lengths_tensor(lengths)
     if batch_sizes is not None:
@@ -395,9 +516,13 @@ def lstm_layer(
     if grad_record is not None:
         _check_grad_record("lstm_layer", grad_record, input, batch_sizes)
     # Positional: keyword arguments cost more per call (csrc/ops.cpp).
-    return _lstm_op(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths,
-                    batch_sizes, bool(reverse), grad_clip, grad_clip_mode, truncate, cell_clip,
-                    grad_record)
+    args = (weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths, batch_sizes,
+            bool(reverse), grad_clip, grad_clip_mode, truncate, cell_clip, grad_record)
+    if autocast_cpu is not None:
+        out = _in_float32(_lstm_op, "lstm_layer", _LSTM_TENSORS, input, args, autocast_cpu)
+        if out is not None:
+            return out
+    return _lstm_op(input, *args)
 
 
 def gru_layer(
@@ -431,9 +556,12 @@ def gru_layer(
     """
     if _has_options(grad_clip, grad_clip_mode, truncate, None):
         grad_clip, truncate, _ = _normalized_options(grad_clip, grad_clip_mode, truncate)
+    autocast_cpu = None
     if input.is_cuda:
         input, weight_ih, weight_hh, bias_ih, bias_hh, h0 = _autocast_cuda(
             input, weight_ih, weight_hh, bias_ih, bias_hh, h0)
+    elif _any_autocast():
+        autocast_cpu = _autocast_cpu(input, h0, False)
     if lengths is not None:
         lengths = _lengths_tensor(lengths)
     if batch_sizes is not None:
@@ -441,5 +569,10 @@ def gru_layer(
         (h0,) = _packed_states(input, batch_sizes, (h0,), (weight_hh.shape[0] // 3,))
     if grad_record is not None:
         _check_grad_record("gru_layer", grad_record, input, batch_sizes)
-    return _gru_op(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, batch_sizes,
-                   bool(reverse), grad_clip, grad_clip_mode, truncate, grad_record)
+    args = (weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, batch_sizes, bool(reverse),
+            grad_clip, grad_clip_mode, truncate, grad_record)
+    if autocast_cpu is not None:
+        out = _in_float32(_gru_op, "gru_layer", _GRU_TENSORS, input, args, autocast_cpu)
+        if out is not None:
+            return out
+    return _gru_op(input, *args)

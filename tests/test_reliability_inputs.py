@@ -224,8 +224,9 @@ def test_op_dtype_mismatch(kind, form, proj, name, odd_dtype, base_dtype):
     assert "dtype" in str(info.value)
 
 
-UNSUPPORTED_DTYPES = [torch.int64, torch.int32, torch.bool, torch.complex64, torch.complex128,
-                      torch.float16, torch.bfloat16]
+UNSUPPORTED_DTYPES = [torch.int64, torch.int32, torch.bool, torch.complex64, torch.complex128]
+if hasattr(torch, "float8_e4m3fn"):
+    UNSUPPORTED_DTYPES.append(torch.float8_e4m3fn)
 
 
 @pytest.mark.parametrize("dtype", UNSUPPORTED_DTYPES, ids=str)
@@ -233,8 +234,9 @@ UNSUPPORTED_DTYPES = [torch.int64, torch.int32, torch.bool, torch.complex64, tor
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("everything", [True, False], ids=["all_args", "input_only"])
 def test_op_unsupported_input_dtype(kind, form, dtype, everything):
-    """Integer, bool, complex input, and half types on CPU (DESIGN §4: CPU computes float32
-    and float64): TypeError naming the input, whether the other arguments agree or not."""
+    """Integer, bool, complex and float8 input (DESIGN §4: CPU takes float32, float64 and,
+    computed in float32, bfloat16 / float16; tests/test_half_cpu.py): TypeError naming the
+    input, whether the other arguments agree or not."""
     def changes(t):
         if everything:
             return {n: (v != 0) if dtype == torch.bool else v.to(dtype) for n, v in t.items()}
