@@ -14,7 +14,7 @@ third row for the cost of the casts.
 
 Modes: fwd (forward, inputs and weights require grad) and fwdbwd (forward + backward of
 sum(out * g) + sum(h_n * g_h) [+ sum(c_n * g_c)], through torch.autograd.backward). Nothing
-is asserted; this is a benchmark, not a test (DESIGN.md §5).
+is asserted; this is a benchmark, not a test (docs/design.md §5).
 """
 
 from __future__ import annotations

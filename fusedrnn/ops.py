@@ -10,7 +10,7 @@ them, forward and backward, without a graph break.
 
 Shapes use T steps, B batch, I input, H hidden, P projection, R = P with projection else H.
 The full contract (lengths, reverse, clipping and truncation semantics) is in
-docs/ops_api.md and DESIGN.md §2-3; ``fusedrnn.reference`` is the same math in plain PyTorch.
+docs/ops_api.md and docs/design.md §2-3; ``fusedrnn.reference`` is the same math in plain PyTorch.
 """
 import numbers
 from typing import Optional, Sequence, Tuple, Union
@@ -124,7 +124,7 @@ def new_grad_record(steps: int, device=None) -> Tensor:
 
     After ``backward()`` its ``.grad`` holds, per time step t (time order), row 0: the L2
     norm over batch and hidden units of the recurrent gradient dh_rec_t (the gradient that
-    flows into h_t from the next processed step, before clipping; DESIGN.md §3), and row 1:
+    flows into h_t from the next processed step, before clipping; docs/design.md §3), and row 1:
     the fraction of it that the clip changed (elements in mode "value", batch rows in mode
     "norm"; 0 without clipping). Steps without a recurrent gradient (each sequence's last
     processed step, truncation points) record 0. ``steps`` is T (padded input) or
@@ -288,7 +288,7 @@ _is_compiling = torch.compiler.is_compiling
 _any_autocast = torch._C._is_any_autocast_enabled
 
 
-# CPU bfloat16 / float16 (DESIGN.md §4): the CPU kernels compute float32 and float64 only,
+# CPU bfloat16 / float16 (docs/design.md §4): the CPU kernels compute float32 and float64 only,
 # so the wrappers run half-precision CPU calls in float32 (see _in_float32). The check is one
 # dtype lookup on the float32/float64 path; CUDA half tensors go to their native kernels.
 _HALF = frozenset((torch.bfloat16, torch.float16))
@@ -486,7 +486,7 @@ def lstm_layer(
             then covers real tokens only.
         reverse: run from the end of each sequence to its start.
         grad_clip, grad_clip_mode, truncate: clipping / truncation of the recurrent gradient
-            inside BPTT (DESIGN.md §3); the forward is unchanged.
+            inside BPTT (docs/design.md §3); the forward is unchanged.
         cell_clip: clamp the cell state to [-cell_clip, cell_clip] (forward and backward).
         grad_record: a float32 [2, T] tensor that requires grad (:func:`new_grad_record`);
             the backward writes the per-step norm of the recurrent gradient before clipping

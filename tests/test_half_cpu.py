@@ -1,10 +1,10 @@
-"""CPU bfloat16 and float16 (DESIGN.md §4; docs/dtypes.md).
+"""CPU bfloat16 and float16 (docs/design.md §4; docs/dtypes.md).
 
 The CPU kernels compute float32 and float64; the Python wrappers (fusedrnn.ops) run a half
 CPU call in float32 through differentiable casts, so outputs and final states come back in
 the dtype and every gradient in its own tensor's dtype. Checked here:
 
-1. Precision, by DESIGN §4's rule: against a float64 reference built from the same rounded
+1. Precision, by docs/design.md §4's rule: against a float64 reference built from the same rounded
    values, every output and gradient error <= 2x torch.nn's error in the same dtype on CPU
    plus a small floor (LSTM plain / projected / bidirectional / packed, GRU, cells).
 2. Clipping, truncation, cell clip and the gradient record against fusedrnn.reference (the

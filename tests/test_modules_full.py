@@ -694,7 +694,7 @@ def test_cell_error_order_like_torchnn(name):
     fault torch.nn reports is the one reported (sizes before dtypes). torch.nn finds a dtype
     mismatch in a matrix product ("mat1 and mat2 must have the same dtype"); fusedrnn names
     the argument instead. Where torch.nn's checks pass and its arithmetic fails, only the
-    type is compared. Two differences, on purpose (DESIGN.md section 7): torch.nn
+    type is compared. Two differences, on purpose (docs/design.md § 7): torch.nn
     type-promotes an LSTM cell state c of another dtype, and broadcasts an unbatched LSTM's
     2-D cell state [H, H] into a 3-D result (when B == H); fusedrnn rejects both."""
     ours, theirs = make_pair(name)

@@ -1,7 +1,7 @@
 """Reliability, part 1: bad input everywhere, numerical edges, property-based parity,
 determinism and interop.
 
-1. Bad input (DESIGN §7) for the ops (padded and packed ``batch_sizes=`` form) and the
+1. Bad input (docs/design.md §7) for the ops (padded and packed ``batch_sizes=`` form) and the
    modules: shapes, dtypes, devices (meta tensors), lengths, batch_sizes and the extra
    options. Every case must raise ValueError / TypeError / RuntimeError with a message that
    names the argument. test_ops.py covers the padded op form of the most common cases and
@@ -234,7 +234,7 @@ if hasattr(torch, "float8_e4m3fn"):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("everything", [True, False], ids=["all_args", "input_only"])
 def test_op_unsupported_input_dtype(kind, form, dtype, everything):
-    """Integer, bool, complex and float8 input (DESIGN §4: CPU takes float32, float64 and,
+    """Integer, bool, complex and float8 input (docs/design.md §4: CPU takes float32, float64 and,
     computed in float32, bfloat16 / float16; tests/test_half_cpu.py): TypeError naming the
     input, whether the other arguments agree or not."""
     def changes(t):
@@ -378,7 +378,7 @@ def test_op_lengths_and_batch_sizes_together(kind, lengths):
 
 # --- 1e. Options ------------------------------------------------------------------------
 
-# grad_clip and cell_clip: a positive finite real number (not bool), DESIGN §3.
+# grad_clip and cell_clip: a positive finite real number (not bool), docs/design.md §3.
 BAD_CLIP_VALUES = [
     (-1.0, ValueError), (0.0, ValueError), (0, ValueError), (float("nan"), ValueError),
     (float("inf"), ValueError), (-float("inf"), ValueError), ("0.5", TypeError),
