@@ -1,6 +1,7 @@
 // The device kernels of the torch.ops.fusedrnn ops (schemas in csrc/ops.cpp): check the
 // arguments once, then call the backend's layer functions (csrc/layer_ops.inc). The same
 // checked kernel serves every backend; the dispatcher picks CPU or CUDA from the tensors.
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include "checks.h"
@@ -34,6 +35,13 @@ struct CudaBackend {
 };
 #endif
 
+// The backends call ATen (GEMMs, allocation) inside the kernels. Autocast must not reach
+// those calls: it would run a kernel's GEMMs in its lower-precision dtype (or fail on a
+// dtype mix) when an op, or a backward, runs inside torch.autocast. The wrappers in
+// fusedrnn/ops.py decide the dtypes of an op under autocast (docs/design.md §4); inside the
+// kernel everything runs in the dtype of its arguments.
+using NoAutocast = c10::impl::ExcludeDispatchKeyGuard;
+
 template <class Backend>
 std::vector<at::Tensor> lstm_forward(const at::Tensor& input, const at::Tensor& weight_ih,
                                      const at::Tensor& weight_hh, const OptTensor& bias_ih,
@@ -44,6 +52,7 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& input, const at::Tensor& 
   const LayerSizes s = check_layer_inputs(kLstm, 4, input, weight_ih, weight_hh, bias_ih, bias_hh,
                                           h0, c0, weight_hr, lengths, batch_sizes);
   check_positive_finite(kLstm, "cell_clip", cell_clip);
+  NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   return Backend::lstm_forward(s, input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0,
                                weight_hr, reverse, cell_clip, save);
 }
@@ -103,6 +112,7 @@ Tensor8 lstm_layer_backward(
   check_grad(kLstm, "act (saved)", act, step_shape(s, 4 * s.H), g_letters, input);
   check_grad(kLstm, "c_raw (saved)", c_raw, step_shape(s, s.H), h_letters, input);
   if (weight_hr) check_grad(kLstm, "h_pre (saved)", h_pre, step_shape(s, s.H), h_letters, input);
+  NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   std::vector<at::Tensor> g = Backend::lstm_backward(
       s, grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh, weight_hr, h0, c0, output,
       act, c_raw, h_pre, reverse, opt, cell_clip, has_bias, need_input_grad, need_weight_grad,
@@ -118,6 +128,7 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& input, const at::Tensor& w
                                     bool reverse, bool save) {
   const LayerSizes s = check_layer_inputs(kGru, 3, input, weight_ih, weight_hh, bias_ih, bias_hh,
                                           h0, std::nullopt, std::nullopt, lengths, batch_sizes);
+  NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   return Backend::gru_forward(s, input, weight_ih, weight_hh, bias_ih, bias_hh, h0, reverse,
                               save);
 }
@@ -165,6 +176,7 @@ Tensor7 gru_layer_backward(
   check_grad(kGru, "output (saved)", output, step_shape(s, s.H), h_letters, input);
   check_grad(kGru, "saved (saved)", saved, step_shape(s, 4 * s.H),
              s.packed ? "(N, 4H)" : "(T, B, 4H)", input);
+  NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   std::vector<at::Tensor> g = Backend::gru_backward(
       s, grad_output, grad_h_n, input, weight_ih, weight_hh, h0, output, saved, reverse, opt,
       has_bias, need_input_grad, need_weight_grad, track_grad_norms);
