@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from . import export as _export
 from . import ops
 from .reference import check_options
 
@@ -76,6 +77,9 @@ class _FusedRNNBase(nn.RNNBase):
         mode "value", batch rows in mode "norm" (over the rows that have a recurrent gradient
         at t; 0 without ``grad_clip``)."""
         return self._record(1)
+
+    # torch.jit.script: the torch.nn namesake sharing the parameters, or a clear error
+    __prepare_scriptable__ = _export.prepare_scriptable
 
     def flatten_parameters(self) -> None:
         """No-op: the fused kernels use the parameters as they are (no cuDNN weight buffer)."""
@@ -150,6 +154,10 @@ class _FusedRNNBase(nn.RNNBase):
         """All layers and directions. states: initial states [L * D, B, *] or None each.
         Returns the last layer's output ([T, B, D * R] or packed [N, D * R]) and, per state
         kind, the final states in layer-major order."""
+        if _export.exporting():  # torch.jit.trace / torch.onnx.export: ATen ops
+            done = _export.run_module(self, x, batch_sizes, states)
+            if done is not None:
+                return done
         finals: List[List[Tensor]] = [[] for _ in states]
         records: List[Tensor] = []
         if self.track_grad_norms and torch.is_grad_enabled():
@@ -336,6 +344,8 @@ class LSTMCell(nn.LSTMCell):
     r"""Drop-in replacement for :class:`torch.nn.LSTMCell`: one fused LSTM step, forward
     and backward. Same constructor, parameters, inputs and outputs as torch.nn.LSTMCell."""
 
+    __prepare_scriptable__ = _export.prepare_scriptable  # torch.jit.script: nn.LSTMCell twin
+
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None):
         parts = [None, None] if hx is None else list(hx)
         if len(parts) != 2:
@@ -352,6 +362,8 @@ class LSTMCell(nn.LSTMCell):
 class GRUCell(nn.GRUCell):
     r"""Drop-in replacement for :class:`torch.nn.GRUCell`: one fused GRU step, forward and
     backward. Same constructor, parameters, inputs and outputs as torch.nn.GRUCell."""
+
+    __prepare_scriptable__ = _export.prepare_scriptable  # torch.jit.script: nn.GRUCell twin
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         x, (h0,), is_batched = _cell_input(self, input, [hx], "GRUCell")

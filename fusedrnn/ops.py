@@ -18,6 +18,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from . import export as _export
 from .reference import check_options
 
 try:
@@ -285,21 +286,32 @@ def _gru_layer_backward_fake(grad_output, grad_h_n, input, weight_ih, weight_hh,
 _lstm_traceable = torch.ops.fusedrnn.lstm_layer.default
 _gru_traceable = torch.ops.fusedrnn.gru_layer.default
 _is_compiling = torch.compiler.is_compiling
+_is_tracing = torch._C._is_tracing
 
 
 def _lstm_op(input, *args):
     """torch.ops.fusedrnn.lstm_layer, positionally. A plain tensor outside torch.compile
     takes fusedrnn._C's direct entry (the same dispatcher op, ~5 us a call cheaper than the
-    boxed torch.ops path); Dynamo, FX proxies and tensor subclasses get the torch.ops one."""
+    boxed torch.ops path); Dynamo, FX proxies and tensor subclasses get the torch.ops one.
+    While torch.jit.trace or torch.onnx.export records, fusedrnn.export computes it with
+    ATen ops instead (docs/deployment.md)."""
     if type(input) is Tensor and not _is_compiling():
+        if _is_tracing():  # torch.jit.trace, torch.onnx.export(dynamo=False): ATen ops
+            return _export.lstm_op(input, *args)
         return _C.lstm_layer(input, *args)
+    if _export.exporting():  # torch.onnx.export(dynamo=True): ATen ops or a scan
+        return _export.lstm_op(input, *args)
     return _lstm_traceable(input, *args)
 
 
 def _gru_op(input, *args):
     """torch.ops.fusedrnn.gru_layer, positionally (see _lstm_op)."""
     if type(input) is Tensor and not _is_compiling():
+        if _is_tracing():
+            return _export.gru_op(input, *args)
         return _C.gru_layer(input, *args)
+    if _export.exporting():
+        return _export.gru_op(input, *args)
     return _gru_traceable(input, *args)
 
 
