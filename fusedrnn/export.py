@@ -68,10 +68,13 @@ _RECORDER_NAMES = {
 }
 
 
-def _unsupported(what: str, recorder: str, hint: str) -> UnsupportedExportError:
+def _unsupported(what: str, recorder: str, hint: str,
+                 torch_export: bool = True) -> UnsupportedExportError:
+    tail = (" torch.export.export keeps the fused ops with every option." if torch_export
+            else "")
     return UnsupportedExportError(
-        f"fusedrnn: {what} cannot be recorded by {_RECORDER_NAMES[recorder]}. {hint} "
-        "torch.export.export keeps the fused ops with every option (docs/deployment.md).")
+        f"fusedrnn: {what} cannot be recorded by {_RECORDER_NAMES[recorder]}. {hint}{tail} "
+        "See docs/deployment.md.")
 
 
 _DYNAMO_HINT = "torch.onnx.export(..., dynamo=True) exports it."
@@ -109,26 +112,25 @@ def run_module(module, x: Tensor, batch_sizes: Optional[Tensor],
     module as one ``aten::lstm`` / ``aten::gru`` call over its own parameters. x is
     time-major [T, B, I] (or packed data with batch_sizes), states are [L * D, B, *] or None.
 
-    Returns (output, finals) as ``_run`` does, or None when the module needs the per-layer
-    path (``cell_clip`` or projection under the dynamo ONNX exporter: the layer ops then
-    write a scan). Raises :class:`UnsupportedExportError` for what the recorder cannot do.
+    Under the dynamo ONNX exporter the layers and directions are separate layer ops
+    instead (:func:`_per_layer`): ``aten.lstm`` would fix the number of steps there.
+
+    Returns (output, finals) as ``_run`` does. Raises :class:`UnsupportedExportError` for
+    what the recorder cannot represent.
     """
     recorder = _recorder()
     lstm = module.mode == "LSTM"
     name = type(module).__name__
     cell_clip = getattr(module, "cell_clip", None) if lstm else None
     if batch_sizes is not None and recorder == "onnx":
-        raise _unsupported(
-            f"{name} with PackedSequence input", recorder,
-            "ONNX export of fusedrnn needs padded input; per-sequence lengths are supported "
-            "by fusedrnn.ops.lstm_layer / gru_layer(..., lengths=) (an ONNX Scan).")
+        check_packed(module)
+    module._grad_records = []  # nothing to record: these graphs have no fused backward
     if recorder == "onnx":
-        return None  # per layer and direction: the layer ops write ONNX nodes or a scan
+        return _per_layer(module, x, states)
     if cell_clip is not None or (lstm and module.proj_size > 0):
         what = f"{name}(cell_clip=...)" if cell_clip is not None else f"{name}(proj_size=...)"
         if cell_clip is not None or recorder == "onnx-legacy":
             raise _unsupported(what, recorder, _DYNAMO_HINT)
-    module._grad_records = []
     if recorder == "trace":
         _warn_backward_options(name, _backward_options(module.grad_clip, module.truncate,
                                                        module.track_grad_norms))
@@ -136,13 +138,18 @@ def run_module(module, x: Tensor, batch_sizes: Optional[Tensor],
     weights = [params[n] for n in module._flat_weights_names]
     layers, dirs = module.num_layers, (2 if module.bidirectional else 1)
     rows = layers * dirs
-    batch = x.size(1) if batch_sizes is None else int(batch_sizes[0])
+    # batch_sizes[0] stays a tensor, so that the tracer records it (as torch.nn.LSTM does)
+    batch = x.size(1) if batch_sizes is None else batch_sizes[0]
     hidden = module.hidden_size
     real = module.proj_size if lstm and module.proj_size > 0 else hidden
-    h0 = states[0] if states[0] is not None else x.new_zeros(rows, batch, real)
+
+    def zeros(size):
+        return torch.zeros(rows, batch, size, dtype=x.dtype, device=x.device)
+
+    h0 = states[0] if states[0] is not None else zeros(real)
     args = (module.bias, layers, float(module.dropout), module.training, module.bidirectional)
     if lstm:
-        c0 = states[1] if states[1] is not None else x.new_zeros(rows, batch, hidden)
+        c0 = states[1] if states[1] is not None else zeros(hidden)
         if batch_sizes is None:
             y, h_n, c_n = torch._VF.lstm(x, (h0, c0), weights, *args, False)
         else:
@@ -153,6 +160,42 @@ def run_module(module, x: Tensor, batch_sizes: Optional[Tensor],
     else:
         y, h_n = torch._VF.gru(x, batch_sizes, h0, weights, *args)
     return y, [list(h_n.unbind(0))]
+
+
+def check_packed(module) -> None:
+    """PackedSequence input to a module: torch.onnx.export(dynamo=True) cannot record it
+    (its batch_sizes are data, and torch.export cannot size the steps by them); say so
+    before torch.export fails on the first read of batch_sizes."""
+    if _is_compiling() and not _is_tracing() and _in_onnx_export():
+        raise _unsupported(
+            f"{type(module).__name__} with PackedSequence input", "onnx",
+            "Export padded input instead: the modules compute every step for every "
+            "sequence, and fusedrnn.ops.lstm_layer / gru_layer(..., lengths=) export "
+            "per-sequence lengths (ONNX sequence_lens). torch.jit.trace and "
+            "torch.onnx.export(..., dynamo=False) record PackedSequence input.",
+            torch_export=False)
+
+
+def _per_layer(module, x: Tensor, states):
+    """The dynamo ONNX exporter: one layer op per layer and direction (each becomes an ONNX
+    LSTM / GRU node, or a Scan for cell_clip / projection; see :func:`lstm_op`), as
+    ``module._run`` composes them, without the gradient records."""
+    finals: List[List[Tensor]] = [[] for _ in states]
+    dirs = 2 if module.bidirectional else 1
+    for layer in range(module.num_layers):
+        if layer > 0 and module.dropout > 0 and module.training:
+            x = F.dropout(x, p=module.dropout, training=True)
+        outputs = []
+        for direction in range(dirs):
+            index = layer * dirs + direction
+            init = [None if s is None else s[index] for s in states]
+            y, *final = module._layer(x, module._weights(layer, direction), init, None,
+                                      direction == 1, None)
+            outputs.append(y)
+            for store, value in zip(finals, final):
+                store.append(value)
+        x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+    return x, finals
 
 
 # ---------------------------------------------------------------------------------------

@@ -120,6 +120,7 @@ class _FusedRNNBase(nn.RNNBase):
         (batch_sizes, sorted_indices, unsorted_indices) for PackedSequence input, else None;
         is_batched is False for 2-D (unbatched) input."""
         if isinstance(input, PackedSequence):
+            _export.check_packed(self)  # not recordable by torch.onnx.export(dynamo=True)
             data, batch_sizes, sorted_indices, unsorted_indices = input
             self.check_input(data, batch_sizes)
             return data, batch_sizes, (batch_sizes, sorted_indices, unsorted_indices), True
@@ -154,10 +155,8 @@ class _FusedRNNBase(nn.RNNBase):
         """All layers and directions. states: initial states [L * D, B, *] or None each.
         Returns the last layer's output ([T, B, D * R] or packed [N, D * R]) and, per state
         kind, the final states in layer-major order."""
-        if _export.exporting():  # torch.jit.trace / torch.onnx.export: ATen ops
-            done = _export.run_module(self, x, batch_sizes, states)
-            if done is not None:
-                return done
+        if _export.exporting():  # torch.jit.trace / torch.onnx.export: ATen / ONNX ops
+            return _export.run_module(self, x, batch_sizes, states)
         finals: List[List[Tensor]] = [[] for _ in states]
         records: List[Tensor] = []
         if self.track_grad_norms and torch.is_grad_enabled():
