@@ -2,7 +2,7 @@
 
 The fused ops (``torch.ops.fusedrnn.*``) are unknown to ONNX and to TorchScript. While one
 of those graph recorders runs, the modules and ops therefore compute with ATen's own RNN
-ops or, where ATen has no equivalent, with a ``scan`` over time steps; the normal eager
+ops, ONNX nodes or, where neither has an equivalent, a ``scan`` over time steps; the eager
 path and ``torch.compile`` / ``torch.export.export`` (which keep the fused ops) are
 untouched. docs/deployment.md is the user-facing account of what exports and what raises.
 
@@ -10,16 +10,17 @@ Which recorder runs:
 
 - ``torch.jit.trace`` and the TorchScript-based ONNX exporter (``torch.onnx.export(...,
   dynamo=False)``) run the Python code on plain tensors with the tracer on
-  (``torch._C._is_tracing()``, ~30 ns): the ATen ops (``aten::lstm``, ``aten::gru``,
+  (``torch._C._is_tracing()``, ~45 ns): the ATen ops (``aten::lstm``, ``aten::gru``,
   ``aten::lstm_cell``, ``aten::gru_cell``) are recorded, and the legacy exporter translates
   them to ONNX ``LSTM`` / ``GRU`` nodes.
 - ``torch.onnx.export(..., dynamo=True)`` traces with ``torch.export`` (so
   ``torch.compiler.is_compiling()`` is True) and ``torch.onnx.is_in_onnx_export()`` is
-  True. ``aten.lstm`` / ``aten.gru`` become ONNX ``LSTM`` / ``GRU`` nodes (onnxscript's
-  torch_lib), the cells decompose into MatMul and pointwise nodes. What ONNX's LSTM cannot
-  express (``cell_clip``, projection, per-sequence ``lengths``) is written as
+  True. Each layer and direction becomes one ONNX ``LSTM`` / ``GRU`` node, written with
+  ``torch.onnx.ops.symbolic_multi_out`` (not through ``aten.lstm``, whose export fixes the
+  number of steps to the example's); ``lengths`` map to the node's ``sequence_lens``. What
+  ONNX's LSTM cannot express (``cell_clip``, projection) is a
   ``torch._higher_order_ops.scan`` over the steps, which the exporter turns into an ONNX
-  ``Scan`` with a dynamic number of steps.
+  ``Scan``. The cells decompose into MatMul and pointwise nodes.
 
 Both paths compute the forward the fused kernels compute (DESIGN.md §2). ``grad_clip``,
 ``grad_clip_mode``, ``truncate`` and ``track_grad_norms`` act only in the backward: an
@@ -51,12 +52,14 @@ def exporting() -> bool:
     """True while ``torch.jit.trace``, or ``torch.onnx.export`` (either exporter), records
     the model: fusedrnn then computes with ATen ops (see the module docstring). False in
     eager mode, under ``torch.compile`` and under ``torch.export.export``."""
-    return _is_tracing() or (_is_compiling() and _in_onnx_export())
+    if _is_compiling():  # (Dynamo cannot call torch._C._is_tracing; it never traces)
+        return _in_onnx_export()
+    return _is_tracing()
 
 
 def _recorder() -> str:
     """'onnx' (torch.onnx.export, dynamo=True), 'onnx-legacy' (dynamo=False) or 'trace'."""
-    if not _is_tracing():
+    if _is_compiling() or not _is_tracing():
         return "onnx"
     return "onnx-legacy" if _in_onnx_export() else "trace"
 
@@ -78,7 +81,6 @@ def _unsupported(what: str, recorder: str, hint: str,
 
 
 _DYNAMO_HINT = "torch.onnx.export(..., dynamo=True) exports it."
-_TRACE_ALTERNATIVES = ("torch.onnx.export(..., dynamo=True) exports it to ONNX.")
 
 
 def _warn_backward_options(what: str, options: List[str]) -> None:
@@ -166,7 +168,7 @@ def check_packed(module) -> None:
     """PackedSequence input to a module: torch.onnx.export(dynamo=True) cannot record it
     (its batch_sizes are data, and torch.export cannot size the steps by them); say so
     before torch.export fails on the first read of batch_sizes."""
-    if _is_compiling() and not _is_tracing() and _in_onnx_export():
+    if _is_compiling() and _in_onnx_export():
         raise _unsupported(
             f"{type(module).__name__} with PackedSequence input", "onnx",
             "Export padded input instead: the modules compute every step for every "
