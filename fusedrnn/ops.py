@@ -294,12 +294,12 @@ def _lstm_op(input, *args):
     takes fusedrnn._C's direct entry (the same dispatcher op, ~5 us a call cheaper than the
     boxed torch.ops path); Dynamo, FX proxies and tensor subclasses get the torch.ops one.
     While torch.jit.trace or torch.onnx.export records, fusedrnn.export computes it with
-    ATen ops instead (docs/deployment.md)."""
+    ATen ops, ONNX nodes or a scan instead (docs/deployment.md)."""
     if type(input) is Tensor and not _is_compiling():
         if _is_tracing():  # torch.jit.trace, torch.onnx.export(dynamo=False): ATen ops
             return _export.lstm_op(input, *args)
         return _C.lstm_layer(input, *args)
-    if _export.exporting():  # torch.onnx.export(dynamo=True): ATen ops or a scan
+    if _export.exporting():  # torch.onnx.export(dynamo=True): ONNX nodes or a scan
         return _export.lstm_op(input, *args)
     return _lstm_traceable(input, *args)
 
