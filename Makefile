@@ -6,7 +6,7 @@
 PYTHON ?= python3
 
 # Python packages the tests, the benchmark and the demo need (import names = pip names).
-DEPS := pybind11 ninja pytest hypothesis numpy tqdm matplotlib statsmodels
+DEPS := pybind11 ninja pytest hypothesis numpy tqdm matplotlib statsmodels onnx onnxscript onnxruntime
 # torch is pinned: a bare `pip install torch` would pull several GB of CUDA packages.
 TORCH := torch==2.13.0
 # Files whose change means fusedrnn._C must be rebuilt.

@@ -71,7 +71,8 @@ setup(
     python_requires=">=3.9",
     install_requires=[],  # torch must already be installed; see the module docstring
     extras_require={
-        "test": ["pytest", "hypothesis", "numpy"],
+        # onnx / onnxscript / onnxruntime: tests/test_export.py (docs/deployment.md)
+        "test": ["pytest", "hypothesis", "numpy", "onnx", "onnxscript", "onnxruntime"],
         "plot": ["matplotlib"],  # fusedrnn.plot
         "examples": ["matplotlib", "tqdm"],
     },

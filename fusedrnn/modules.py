@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from . import export as _export
 from . import ops
 from ._options import check_options
 
@@ -77,6 +78,9 @@ class _FusedRNNBase(nn.RNNBase):
         at t; 0 without ``grad_clip``)."""
         return self._record(1)
 
+    # torch.jit.script: the torch.nn namesake sharing the parameters, or a clear error
+    __prepare_scriptable__ = _export.prepare_scriptable
+
     def flatten_parameters(self) -> None:
         """No-op: the fused kernels use the parameters as they are (no cuDNN weight buffer)."""
 
@@ -116,6 +120,7 @@ class _FusedRNNBase(nn.RNNBase):
         (batch_sizes, sorted_indices, unsorted_indices) for PackedSequence input, else None;
         is_batched is False for 2-D (unbatched) input."""
         if isinstance(input, PackedSequence):
+            _export.check_packed(self)  # not recordable by torch.onnx.export(dynamo=True)
             data, batch_sizes, sorted_indices, unsorted_indices = input
             self.check_input(data, batch_sizes)
             return data, batch_sizes, (batch_sizes, sorted_indices, unsorted_indices), True
@@ -150,6 +155,8 @@ class _FusedRNNBase(nn.RNNBase):
         """All layers and directions. states: initial states [L * D, B, *] or None each.
         Returns the last layer's output ([T, B, D * R] or packed [N, D * R]) and, per state
         kind, the final states in layer-major order."""
+        if _export.exporting():  # torch.jit.trace / torch.onnx.export: ATen / ONNX ops
+            return _export.run_module(self, x, batch_sizes, states)
         finals: List[List[Tensor]] = [[] for _ in states]
         records: List[Tensor] = []
         if self.track_grad_norms and torch.is_grad_enabled():
@@ -383,6 +390,8 @@ class LSTMCell(nn.LSTMCell):
     r"""Drop-in replacement for :class:`torch.nn.LSTMCell`: one fused LSTM step, forward
     and backward. Same constructor, parameters, inputs and outputs as torch.nn.LSTMCell."""
 
+    __prepare_scriptable__ = _export.prepare_scriptable  # torch.jit.script: nn.LSTMCell twin
+
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None):
         x, (h0, c0), is_batched = _cell_input(self, input, hx, "LSTMCell", 2)
         if self.hidden_size == 0:
@@ -399,6 +408,8 @@ class LSTMCell(nn.LSTMCell):
 class GRUCell(nn.GRUCell):
     r"""Drop-in replacement for :class:`torch.nn.GRUCell`: one fused GRU step, forward and
     backward. Same constructor, parameters, inputs and outputs as torch.nn.GRUCell."""
+
+    __prepare_scriptable__ = _export.prepare_scriptable  # torch.jit.script: nn.GRUCell twin
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         x, (h0,), is_batched = _cell_input(self, input, hx, "GRUCell", 1)

@@ -18,6 +18,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from . import export as _export
 from .reference import check_options
 
 try:
@@ -295,23 +296,30 @@ _HALF = frozenset((torch.bfloat16, torch.float16))
 # Tensor arguments of the ops, in positional order (what _in_float32 casts).
 _LSTM_TENSORS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "h0", "c0", "weight_hr")
 _GRU_TENSORS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "h0")
+_is_tracing = torch._C._is_tracing
 
 
 def _lstm_op(input, *args):
     """torch.ops.fusedrnn.lstm_layer, positionally. A plain tensor outside torch.compile
     takes fusedrnn._C's direct entry (the same dispatcher op, ~5 us a call cheaper than the
     boxed torch.ops path); Dynamo, FX proxies and tensor subclasses get the torch.ops one.
-    CPU half tensors and calls under CPU autocast run in float32 (_in_float32)."""
+    CPU half tensors and calls under CPU autocast run in float32 (_in_float32). While
+    torch.jit.trace or torch.onnx.export records, fusedrnn.export computes it with ATen ops,
+    ONNX nodes or a scan instead (docs/deployment.md)."""
     if input.dtype in _HALF or _any_autocast():
         out = _in_float32(_lstm_op, "lstm_layer", _LSTM_TENSORS, input, args)
         if out is not None:
             return out
     if type(input) is Tensor and not _is_compiling():
+        if _is_tracing():  # torch.jit.trace, torch.onnx.export(dynamo=False): ATen ops
+            return _export.lstm_op(input, *args)
         try:
             return _C.lstm_layer(input, *args)
         except TypeError as exc:
             _reword_dtype_error(exc)
             raise
+    if _export.exporting():  # torch.onnx.export(dynamo=True): ONNX nodes or a scan
+        return _export.lstm_op(input, *args)
     return _lstm_traceable(input, *args)
 
 
@@ -322,11 +330,15 @@ def _gru_op(input, *args):
         if out is not None:
             return out
     if type(input) is Tensor and not _is_compiling():
+        if _is_tracing():
+            return _export.gru_op(input, *args)
         try:
             return _C.gru_layer(input, *args)
         except TypeError as exc:
             _reword_dtype_error(exc)
             raise
+    if _export.exporting():
+        return _export.gru_op(input, *args)
     return _gru_traceable(input, *args)
 
 
