@@ -22,7 +22,7 @@ Which recorder runs:
   ``torch._higher_order_ops.scan`` over the steps, which the exporter turns into an ONNX
   ``Scan``. The cells decompose into MatMul and pointwise nodes.
 
-Both paths compute the forward the fused kernels compute (DESIGN.md §2). ``grad_clip``,
+Both paths compute the forward the fused kernels compute (docs/design.md §2). ``grad_clip``,
 ``grad_clip_mode``, ``truncate`` and ``track_grad_norms`` act only in the backward: an
 ONNX model has no backward, so they export as they are; a ``torch.jit.trace`` graph can be
 trained, and there its backward is ATen's plain one, so tracing warns when they are set.
@@ -362,7 +362,7 @@ def _step_mask(input: Tensor, lengths: Optional[Tensor]) -> Optional[Tensor]:
 
 def _scan_lstm(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths,
                reverse, cell_clip):
-    """One LSTM layer as a scan over steps, with the fused kernels' semantics (DESIGN.md §2,
+    """One LSTM layer as a scan over steps, with the fused kernels' semantics (docs/design.md §2,
     docs/ops_api.md): a sequence past its length keeps its state and outputs zeros, and in
     reverse it starts from its own last step (the state is held until then)."""
     gx = F.linear(input, weight_ih, bias_ih)  # [T, B, 4H]: one GEMM for all steps
@@ -453,22 +453,13 @@ def prepare_scriptable(module):
 
 def torch_twin(module):
     """The torch.nn module computing what ``module`` computes with default options, sharing
-    its Parameter objects (built on the meta device, so nothing is allocated)."""
-    dtype = next(iter(module.parameters())).dtype
-    if isinstance(module, nn.RNNBase):
-        kwargs = dict(num_layers=module.num_layers, bias=module.bias,
-                      batch_first=module.batch_first, dropout=float(module.dropout),
-                      bidirectional=module.bidirectional, device="meta", dtype=dtype)
-        if module.mode == "LSTM":
-            twin = nn.LSTM(module.input_size, module.hidden_size, proj_size=module.proj_size,
-                           **kwargs)
-        else:
-            twin = nn.GRU(module.input_size, module.hidden_size, **kwargs)
-    else:
-        cls = nn.LSTMCell if isinstance(module, nn.LSTMCell) else nn.GRUCell
-        twin = cls(module.input_size, module.hidden_size, bias=module.bias, device="meta",
-                   dtype=dtype)
-    for name, param in module._parameters.items():
-        setattr(twin, name, param)  # RNNBase.__setattr__ refreshes its _flat_weights
-    twin.train(module.training)
+    its Parameter objects, training flag and hooks (fusedrnn.to_torch's rebuild of one
+    module, without touching the model it sits in)."""
+    from .conversion import TO_TORCH, _rebuild  # (conversion imports the modules)
+
+    twin = _rebuild(module, TO_TORCH[type(module)])
+    if twin is None:
+        raise UnsupportedExportError(
+            f"fusedrnn.{type(module).__name__}: its parameters, buffers or submodules are "
+            "not those of its class, so it has no torch.nn equivalent to script")
     return twin
