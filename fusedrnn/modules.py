@@ -386,6 +386,23 @@ def _empty_cell_step(cell, x: Tensor, states):
     return tuple(gates + (0 if s is None else s) for s in states)  # distinct tensors
 
 
+# The cells' common case, without Python checks: a cell is called once per time step, so
+# its Python costs count as much as its arithmetic at small sizes. A plain 2-D tensor input
+# of a kernel dtype, outside torch.compile, tracing and autocast, with no state or a full
+# tuple of plain tensors, goes straight to the op's direct entry (fusedrnn._C), whose C++
+# checks validate it. When they reject it, the checked path (_cell_input) runs instead and
+# raises torch.nn's error for it, in torch.nn's order; everything else takes that path too.
+_FAST_DTYPES = frozenset((torch.float32, torch.float64))
+_is_compiling = torch.compiler.is_compiling
+_is_tracing = torch._C._is_tracing
+_any_autocast = torch._C._is_any_autocast_enabled
+
+
+def _fast_cell_input(input) -> bool:
+    return (type(input) is Tensor and input.dtype in _FAST_DTYPES and input.dim() == 2
+            and not (_is_compiling() or _is_tracing() or _any_autocast()))
+
+
 class LSTMCell(nn.LSTMCell):
     r"""Drop-in replacement for :class:`torch.nn.LSTMCell`: one fused LSTM step, forward
     and backward. Same constructor, parameters, inputs and outputs as torch.nn.LSTMCell."""
@@ -393,6 +410,25 @@ class LSTMCell(nn.LSTMCell):
     __prepare_scriptable__ = _export.prepare_scriptable  # torch.jit.script: nn.LSTMCell twin
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None):
+        if _fast_cell_input(input) and self.hidden_size:
+            if hx is None:
+                h0 = c0 = None
+            elif type(hx) is tuple and len(hx) == 2:
+                h0, c0 = hx
+                if type(h0) is not Tensor or type(c0) is not Tensor:
+                    h0 = False  # (None inside hx & co.: the checked path says what is wrong)
+            else:
+                h0 = False
+            if h0 is not False:
+                p = self._parameters
+                try:
+                    _, h, c = ops._C.lstm_layer(
+                        input[None], p["weight_ih"], p["weight_hh"], p["bias_ih"],
+                        p["bias_hh"], h0, c0, None, None, None, False, None, "value", None,
+                        None, None)
+                    return h, c
+                except (RuntimeError, TypeError, ValueError):
+                    pass  # the checked path below raises torch.nn's error for it
         x, (h0, c0), is_batched = _cell_input(self, input, hx, "LSTMCell", 2)
         if self.hidden_size == 0:
             h, c = _empty_cell_step(self, x, (h0, c0))
@@ -412,6 +448,15 @@ class GRUCell(nn.GRUCell):
     __prepare_scriptable__ = _export.prepare_scriptable  # torch.jit.script: nn.GRUCell twin
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        if (_fast_cell_input(input) and self.hidden_size
+                and (hx is None or type(hx) is Tensor)):
+            p = self._parameters
+            try:
+                return ops._C.gru_layer(input[None], p["weight_ih"], p["weight_hh"],
+                                        p["bias_ih"], p["bias_hh"], hx, None, None, False,
+                                        None, "value", None, None)[1]
+            except (RuntimeError, TypeError, ValueError):
+                pass  # the checked path below raises torch.nn's error for it
         x, (h0,), is_batched = _cell_input(self, input, hx, "GRUCell", 1)
         if self.hidden_size == 0:
             h, = _empty_cell_step(self, x, (h0,))
