@@ -443,3 +443,5 @@ def gru_layer(
         _check_grad_record("gru_layer", grad_record, input, batch_sizes)
     return _gru_op(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, batch_sizes,
                    bool(reverse), grad_clip, grad_clip_mode, truncate, grad_record)
+
+from . import _double_backward  # noqa: E402,F401  (kernels of the *_layer_grad ops)
