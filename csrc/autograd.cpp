@@ -204,21 +204,16 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor& input = saved[0];
+    if (at::GradMode::is_enabled()) return backward_create_graph(ctx, saved, grads);
     const std::vector<int64_t> edges = ctx->saved_data["edges"].toIntVector();
-    const c10::SymInt B = saved_size(ctx, "B"), R = saved_size(ctx, "R"), H = saved_size(ctx, "H");
-    const bool track = needs(ctx, edges, kLRecord);
-    const at::Tensor dy = or_zeros(grads[0], saved[8].sym_sizes(), input);
-    const at::Tensor dh_n = or_zeros(grads[1], {B, R}, input);
-    const at::Tensor dc_n = or_zeros(grads[2], {B, H}, input);
-    if (at::GradMode::is_enabled()) return backward_create_graph(ctx, saved, dy, dh_n, dc_n);
     const bool need_input = needs(ctx, edges, kLInput);
     const bool need_weight = needs(ctx, edges, kLWih) || needs(ctx, edges, kLWhh) ||
                              needs(ctx, edges, kLBih) || needs(ctx, edges, kLBhh) ||
                              needs(ctx, edges, kLWhr);
+    const bool track = needs(ctx, edges, kLRecord);
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr, record] =
-        fused_backward(ctx, saved, dy, dh_n, dc_n, need_input, need_weight, track);
+        fused_backward(ctx, saved, incoming(ctx, saved, grads), need_input, need_weight, track);
     variable_list out(kLCount);
     out[kLInput] = if_needed(dx, need_input);
     out[kLWih] = if_needed(dw_ih, needs(ctx, edges, kLWih));
@@ -233,12 +228,20 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
   }
 
  private:
+  // The gradients of output, h_n, c_n; zeros for those the loss does not use.
+  static std::array<at::Tensor, 3> incoming(AutogradContext* ctx, const variable_list& saved,
+                                            const variable_list& grads) {
+    const at::Tensor& input = saved[0];
+    const c10::SymInt B = saved_size(ctx, "B"), R = saved_size(ctx, "R"), H = saved_size(ctx, "H");
+    return {or_zeros(grads[0], saved[8].sym_sizes(), input), or_zeros(grads[1], {B, R}, input),
+            or_zeros(grads[2], {B, H}, input)};
+  }
+
   static Tensor8 fused_backward(AutogradContext* ctx, const variable_list& saved,
-                                const at::Tensor& dy, const at::Tensor& dh_n,
-                                const at::Tensor& dc_n, bool need_input, bool need_weight,
-                                bool track) {
+                                const std::array<at::Tensor, 3>& g, bool need_input,
+                                bool need_weight, bool track) {
     return lstm_layer_backward_op().call(
-        dy, dh_n, dc_n, saved[0], saved[1], saved[2], optional(saved[3]), optional(saved[4]),
+        g[0], g[1], g[2], saved[0], saved[1], saved[2], optional(saved[3]), optional(saved[4]),
         optional(saved[5]), optional(saved[6]), optional(saved[7]), saved[8], saved[9],
         saved[10], saved[11], ctx->saved_data["reverse"].toBool(),
         opt_double(ctx->saved_data["grad_clip"]), ctx->saved_data["grad_clip_mode"].toStringRef(),
@@ -248,14 +251,14 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
 
   // Note [Double backward of the layer ops].
   static variable_list backward_create_graph(AutogradContext* ctx, const variable_list& saved,
-                                             const at::Tensor& dy, const at::Tensor& dh_n,
-                                             const at::Tensor& dc_n) {
+                                             const variable_list& grads) {
     const std::vector<int64_t> edges = ctx->saved_data["edges"].toIntVector();
     const auto mask = grad_mask<kLLengths>(ctx, edges);
+    const auto g = incoming(ctx, saved, grads);
     variable_list out(kLCount);
     put_grads(out, mask,
               lstm_layer_grad_op().call(
-                  dy, dh_n, dc_n, saved[0], saved[1], saved[2], optional(saved[12]),
+                  g[0], g[1], g[2], saved[0], saved[1], saved[2], optional(saved[12]),
                   optional(saved[13]), optional(saved[4]), optional(saved[5]),
                   optional(saved[3]), optional(saved[6]), optional(saved[7]),
                   ctx->saved_data["reverse"].toBool(), opt_double(ctx->saved_data["grad_clip"]),
@@ -265,7 +268,7 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
               std::make_index_sequence<kLLengths>());
     if (needs(ctx, edges, kLRecord)) {
       at::AutoDispatchBelowADInplaceOrView guard;
-      out[kLRecord] = std::get<7>(fused_backward(ctx, saved, dy, dh_n, dc_n, false, false, true));
+      out[kLRecord] = std::get<7>(fused_backward(ctx, saved, g, false, false, true));
     }
     return out;
   }
@@ -306,19 +309,15 @@ class GruLayerFunction : public torch::autograd::Function<GruLayerFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor& input = saved[0];
+    if (at::GradMode::is_enabled()) return backward_create_graph(ctx, saved, grads);
     const std::vector<int64_t> edges = ctx->saved_data["edges"].toIntVector();
-    const c10::SymInt B = saved_size(ctx, "B"), H = saved_size(ctx, "H");
-    const bool track = needs(ctx, edges, kGRecord);
-    const at::Tensor dy = or_zeros(grads[0], saved[6].sym_sizes(), input);
-    const at::Tensor dh_n = or_zeros(grads[1], {B, H}, input);
-    if (at::GradMode::is_enabled()) return backward_create_graph(ctx, saved, dy, dh_n);
     const bool need_input = needs(ctx, edges, kGInput);
     const bool need_weight = needs(ctx, edges, kGWih) || needs(ctx, edges, kGWhh) ||
                              needs(ctx, edges, kGBih) || needs(ctx, edges, kGBhh);
+    const bool track = needs(ctx, edges, kGRecord);
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [dx, dh0, dw_ih, dw_hh, db_ih, db_hh, record] =
-        fused_backward(ctx, saved, dy, dh_n, need_input, need_weight, track);
+        fused_backward(ctx, saved, incoming(ctx, saved, grads), need_input, need_weight, track);
     variable_list out(kGCount);
     out[kGInput] = if_needed(dx, need_input);
     out[kGWih] = if_needed(dw_ih, needs(ctx, edges, kGWih));
@@ -331,11 +330,19 @@ class GruLayerFunction : public torch::autograd::Function<GruLayerFunction> {
   }
 
  private:
+  // The gradients of output and h_n; zeros for those the loss does not use.
+  static std::array<at::Tensor, 2> incoming(AutogradContext* ctx, const variable_list& saved,
+                                            const variable_list& grads) {
+    const at::Tensor& input = saved[0];
+    const c10::SymInt B = saved_size(ctx, "B"), H = saved_size(ctx, "H");
+    return {or_zeros(grads[0], saved[6].sym_sizes(), input), or_zeros(grads[1], {B, H}, input)};
+  }
+
   static Tensor7 fused_backward(AutogradContext* ctx, const variable_list& saved,
-                                const at::Tensor& dy, const at::Tensor& dh_n, bool need_input,
+                                const std::array<at::Tensor, 2>& g, bool need_input,
                                 bool need_weight, bool track) {
     return gru_layer_backward_op().call(
-        dy, dh_n, saved[0], saved[1], saved[2], optional(saved[3]), optional(saved[4]),
+        g[0], g[1], saved[0], saved[1], saved[2], optional(saved[3]), optional(saved[4]),
         optional(saved[5]), saved[6], saved[7], ctx->saved_data["reverse"].toBool(),
         opt_double(ctx->saved_data["grad_clip"]), ctx->saved_data["grad_clip_mode"].toStringRef(),
         opt_int(ctx->saved_data["truncate"]), ctx->saved_data["has_bias"].toBool(), need_input,
@@ -344,13 +351,14 @@ class GruLayerFunction : public torch::autograd::Function<GruLayerFunction> {
 
   // Note [Double backward of the layer ops].
   static variable_list backward_create_graph(AutogradContext* ctx, const variable_list& saved,
-                                             const at::Tensor& dy, const at::Tensor& dh_n) {
+                                             const variable_list& grads) {
     const std::vector<int64_t> edges = ctx->saved_data["edges"].toIntVector();
     const auto mask = grad_mask<kGLengths>(ctx, edges);
+    const auto g = incoming(ctx, saved, grads);
     variable_list out(kGCount);
     put_grads(out, mask,
               gru_layer_grad_op().call(
-                  dy, dh_n, saved[0], saved[1], saved[2], optional(saved[8]), optional(saved[9]),
+                  g[0], g[1], saved[0], saved[1], saved[2], optional(saved[8]), optional(saved[9]),
                   optional(saved[3]), optional(saved[4]), optional(saved[5]),
                   ctx->saved_data["reverse"].toBool(), opt_double(ctx->saved_data["grad_clip"]),
                   ctx->saved_data["grad_clip_mode"].toStringRef(),
@@ -358,7 +366,7 @@ class GruLayerFunction : public torch::autograd::Function<GruLayerFunction> {
               std::make_index_sequence<kGLengths>());
     if (needs(ctx, edges, kGRecord)) {
       at::AutoDispatchBelowADInplaceOrView guard;
-      out[kGRecord] = std::get<6>(fused_backward(ctx, saved, dy, dh_n, false, false, true));
+      out[kGRecord] = std::get<6>(fused_backward(ctx, saved, g, false, false, true));
     }
     return out;
   }
