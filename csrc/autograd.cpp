@@ -25,13 +25,15 @@
 // backward op has no derivative, so in that case the backward calls fusedrnn::*_layer_grad
 // instead, with autograd: its one kernel is CompositeImplicitAutograd
 // (fusedrnn/_double_backward.py), which recomputes the forward with fusedrnn.reference from
-// the saved inputs (unpacked with their autograd history; hence bias_ih and bias_hh are
-// saved too) and differentiates it with create_graph, so that autograd records the whole
-// gradient computation. fusedrnn.reference defines the clip, truncation and cell-clip
-// semantics by its own autograd, so the first-order values agree with the fused backward to
-// rounding and the second-order values are those of the reference. The gradient record,
-// which the reference does not make, comes from the fused backward op called below autograd
-// for it alone. Without create_graph nothing of this runs: the first-order path is as before.
+// the saved inputs (unpacked with their autograd history; the biases, which the fused
+// backward does not need, are kept in the node for it by keep_biases) and differentiates it
+// with create_graph, so that autograd records the whole gradient computation.
+// fusedrnn.reference defines the clip, truncation and cell-clip semantics by its own
+// autograd: the first-order values agree with the fused backward to rounding, the
+// second-order values are those of the reference (with grad_clip, see docs/ops_api.md,
+// "Double backward", for where gradients meet). The gradient record, which the reference
+// does not make, comes from the fused backward op called below autograd for it alone.
+// Without create_graph none of this runs: the first-order path is as before.
 #include <array>
 #include <utility>
 
@@ -136,6 +138,37 @@ std::optional<int64_t> opt_int(const c10::IValue& v) {
   return v.isNone() ? std::nullopt : std::optional<int64_t>(v.toInt());
 }
 
+// The biases, for a create_graph backward only (Note [Double backward of the layer ops]). The
+// fused backward does not read them, so they are kept as references with the versions they
+// had, not as saved variables: a backward without create_graph then pays nothing for them and
+// accepts what it accepted before (a bias changed in place after the forward, an
+// inference-mode bias); kept_bias checks the version when the bias is needed.
+int64_t version(const OptTensor& t) {
+  return t && t->defined() && !t->is_inference() ? t->_version() : -1;
+}
+
+void keep_biases(AutogradContext* ctx, const OptTensor& bias_ih, const OptTensor& bias_hh) {
+  if (bias_ih) {
+    ctx->saved_data.emplace("bias_ih", *bias_ih);
+    ctx->saved_data.emplace("bias_ih_version", version(bias_ih));
+  }
+  if (bias_hh) {
+    ctx->saved_data.emplace("bias_hh", *bias_hh);
+    ctx->saved_data.emplace("bias_hh_version", version(bias_hh));
+  }
+}
+
+OptTensor kept_bias(AutogradContext* ctx, const std::string& name) {
+  const auto kept = ctx->saved_data.find(name);
+  if (kept == ctx->saved_data.end()) return std::nullopt;
+  at::Tensor bias = kept->second.toTensor();
+  TORCH_CHECK(version(bias) == ctx->saved_data.at(name + "_version").toInt(),
+              "fusedrnn: ", name, " has been modified by an inplace operation since the "
+              "forward; a create_graph backward recomputes the layer from its value (the "
+              "first-order backward does not need it)");
+  return bias;
+}
+
 // Which of the first N forward arguments (the differentiable ones) need their gradient: the
 // output_mask of the *_layer_grad ops.
 template <size_t N>
@@ -182,12 +215,11 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
     e.add(h0), e.add(c0), e.add(weight_hr), e.add(lengths), e.add(batch_sizes);
     for (int i = 0; i < 5; ++i) e.skip();
     e.add(grad_record);
-    // The biases only for a create_graph backward (Note [Double backward of the layer ops]).
     ctx->save_for_backward({input, weight_ih, weight_hh, value_or_undefined(weight_hr),
                             value_or_undefined(h0), value_or_undefined(c0),
                             value_or_undefined(lengths), value_or_undefined(batch_sizes), y, act,
-                            c_raw, h_pre, value_or_undefined(bias_ih),
-                            value_or_undefined(bias_hh)});
+                            c_raw, h_pre});
+    keep_biases(ctx, bias_ih, bias_hh);
     ctx->saved_data["edges"] = e.indices();
     ctx->saved_data["B"] = h_n.sym_size(0);
     ctx->saved_data["R"] = h_n.sym_size(1);
@@ -258,8 +290,8 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
     variable_list out(kLCount);
     put_grads(out, mask,
               lstm_layer_grad_op().call(
-                  g[0], g[1], g[2], saved[0], saved[1], saved[2], optional(saved[12]),
-                  optional(saved[13]), optional(saved[4]), optional(saved[5]),
+                  g[0], g[1], g[2], saved[0], saved[1], saved[2], kept_bias(ctx, "bias_ih"),
+                  kept_bias(ctx, "bias_hh"), optional(saved[4]), optional(saved[5]),
                   optional(saved[3]), optional(saved[6]), optional(saved[7]),
                   ctx->saved_data["reverse"].toBool(), opt_double(ctx->saved_data["grad_clip"]),
                   ctx->saved_data["grad_clip_mode"].toStringRef(),
@@ -291,10 +323,10 @@ class GruLayerFunction : public torch::autograd::Function<GruLayerFunction> {
     e.add(h0), e.add(lengths), e.add(batch_sizes);
     for (int i = 0; i < 4; ++i) e.skip();
     e.add(grad_record);
-    // The biases only for a create_graph backward (Note [Double backward of the layer ops]).
     ctx->save_for_backward({input, weight_ih, weight_hh, value_or_undefined(h0),
                             value_or_undefined(lengths), value_or_undefined(batch_sizes), y,
-                            saved, value_or_undefined(bias_ih), value_or_undefined(bias_hh)});
+                            saved});
+    keep_biases(ctx, bias_ih, bias_hh);
     ctx->saved_data["edges"] = e.indices();
     ctx->saved_data["B"] = h_n.sym_size(0);
     ctx->saved_data["H"] = h_n.sym_size(1);
@@ -358,7 +390,8 @@ class GruLayerFunction : public torch::autograd::Function<GruLayerFunction> {
     variable_list out(kGCount);
     put_grads(out, mask,
               gru_layer_grad_op().call(
-                  g[0], g[1], saved[0], saved[1], saved[2], optional(saved[8]), optional(saved[9]),
+                  g[0], g[1], saved[0], saved[1], saved[2], kept_bias(ctx, "bias_ih"),
+                  kept_bias(ctx, "bias_hh"),
                   optional(saved[3]), optional(saved[4]), optional(saved[5]),
                   ctx->saved_data["reverse"].toBool(), opt_double(ctx->saved_data["grad_clip"]),
                   ctx->saved_data["grad_clip_mode"].toStringRef(),

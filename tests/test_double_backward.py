@@ -537,3 +537,26 @@ def test_grad_op_returns_undefined_for_unwanted():
     assert result[1] is None and all(isinstance(r, torch.Tensor) for i, r in enumerate(result)
                                      if i != 1)
     assert result[0].shape == args[2].shape
+
+
+def test_biases_are_kept_not_saved():
+    """The node keeps the biases for a create_graph backward without making them saved
+    variables: a plain backward still accepts a bias changed in place after the forward, or
+    one made in inference mode; a create_graph backward, which recomputes from the bias,
+    refuses a changed one."""
+    t = leaves(make_tensors("gru", T, B, I, H))
+    y, _ = call_layer(ops.gru_layer, "gru", t)
+    with torch.no_grad():
+        t["bias_hh"].add_(1.0)
+    torch.autograd.grad(y.sum(), t["input"], retain_graph=True)
+    with pytest.raises(RuntimeError, match="bias_hh has been modified by an inplace operation"):
+        torch.autograd.grad(y.sum(), t["input"], create_graph=True)
+
+    with torch.inference_mode():
+        bias = torch.randn(4 * H, dtype=F64)
+    x = t["input"]
+    y = ops.lstm_layer(x, torch.randn(4 * H, I, dtype=F64), torch.randn(4 * H, H, dtype=F64),
+                       bias, bias)[0]
+    (gx,) = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
+    (gx2,) = torch.autograd.grad(gx.pow(2).sum(), x)
+    assert gx2.abs().sum() > 0
