@@ -11,10 +11,11 @@ gradients it returns are differentiable with respect to the layer's inputs, weig
 states and to the incoming gradients (gradient penalties, Hessian-vector products, MAML).
 
 The first backward's values then agree with the fused backward op to rounding; the
-second-order values are those of differentiating ``fusedrnn.reference`` twice. The
-recompute is a per-step Python loop: a create_graph backward costs about what torch.nn's
-does on CPU, not what the fused kernels cost. A backward without create_graph never gets
-here.
+second-order values are those of differentiating ``fusedrnn.reference`` twice (with
+grad_clip, see docs/ops_api.md, "Double backward"). The recompute is a per-step Python
+loop: a gradient-penalty step is slower than torch.nn's (about 1.3-2x in first, noisy
+measurements; benchmarks/double_backward.py), not fused-kernel fast. A backward without
+create_graph never gets here.
 
 Packed input (``batch_sizes``) is recomputed in the padded layout: the packed rows are
 scattered into a zero [T, B, *] tensor and gathered back with differentiable index ops, and
