@@ -6,17 +6,37 @@
 // (or grad mode is off) it redispatches the same op below autograd: the device kernel then
 // computes the outputs and saves nothing. Otherwise it runs a torch::autograd::Function whose
 // forward calls fusedrnn::*_layer_forward (which also returns the tensors BPTT needs; they
-// are saved in the node, never returned) and whose backward calls fusedrnn::*_layer_backward.
-// Every call goes through the dispatcher, so under torch.compile / AOTAutograd the fake
-// kernels (fusedrnn/ops.py) stand in for the device kernels, forward and backward alike.
+// are saved in the node, never returned) and whose backward calls fusedrnn::*_layer_backward
+// below autograd (a backward without create_graph runs with grad mode off; see Note [Double
+// backward of the layer ops] for the other case). Every call goes through the dispatcher, so
+// under torch.compile / AOTAutograd (whose joint graph is traced without create_graph) the
+// fake kernels (fusedrnn/ops.py) stand in for the device kernels, forward and backward alike.
 //
 // Gradients: autograd hands the backward undefined tensors for outputs the loss does not
 // use (materialize_grads is off: no zero [T, B, R] is made for nothing); the missing ones are
 // made here. d_bias is one tensor for bias_ih and bias_hh: the second gets a copy (in-place
 // users would otherwise see their changes applied twice). The gradient of grad_record is the
 // gradient record ([2, T]: norms, clip fractions), computed only when grad_record needs it.
-// Double backward: the backward ops have no derivative; a create_graph backward through them
-// gives first-order gradients that raise when differentiated again.
+//
+// Note [Double backward of the layer ops]
+// A create_graph backward runs the node's backward with grad mode on, and its gradients must
+// then be differentiable again: with respect to the op's inputs (weights, input, states: a
+// gradient penalty) and to the incoming gradients (a Hessian-vector product). The fused
+// backward op has no derivative, so in that case the backward calls fusedrnn::*_layer_grad
+// instead, with autograd: its one kernel is CompositeImplicitAutograd
+// (fusedrnn/_double_backward.py), which recomputes the forward with fusedrnn.reference from
+// the saved inputs (unpacked with their autograd history; the biases, which the fused
+// backward does not need, are kept in the node for it by keep_biases) and differentiates it
+// with create_graph, so that autograd records the whole gradient computation.
+// fusedrnn.reference defines the clip, truncation and cell-clip semantics by its own
+// autograd: the first-order values agree with the fused backward to rounding, the
+// second-order values are those of the reference (with grad_clip, see docs/ops_api.md,
+// "Double backward", for where gradients meet). The gradient record, which the reference
+// does not make, comes from the fused backward op called below autograd for it alone.
+// Without create_graph none of this runs: the first-order path is as before.
+#include <array>
+#include <utility>
+
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
@@ -33,6 +53,25 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// The C++ signatures of the ops of Note [Double backward of the layer ops] (schemas in
+// csrc/ops.cpp): gradients of the differentiable arguments in forward argument order.
+using LstmGradFn = Tensor8(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+                           const at::Tensor& grad_c_n, const at::Tensor& input,
+                           const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                           const OptTensor& bias_ih, const OptTensor& bias_hh,
+                           const OptTensor& h0, const OptTensor& c0, const OptTensor& weight_hr,
+                           const OptTensor& lengths, const OptTensor& batch_sizes, bool reverse,
+                           std::optional<double> grad_clip, c10::string_view grad_clip_mode,
+                           std::optional<int64_t> truncate, std::optional<double> cell_clip,
+                           std::array<bool, 8> output_mask);
+using GruGradFn = Tensor6(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+                          const at::Tensor& input, const at::Tensor& weight_ih,
+                          const at::Tensor& weight_hh, const OptTensor& bias_ih,
+                          const OptTensor& bias_hh, const OptTensor& h0,
+                          const OptTensor& lengths, const OptTensor& batch_sizes, bool reverse,
+                          std::optional<double> grad_clip, c10::string_view grad_clip_mode,
+                          std::optional<int64_t> truncate, std::array<bool, 6> output_mask);
+
 #define FUSEDRNN_OP(fn_type, name)                                                 \
   const c10::TypedOperatorHandle<fn_type>& name##_op() {                           \
     static const auto handle = c10::Dispatcher::singleton()                        \
@@ -46,6 +85,8 @@ FUSEDRNN_OP(LstmBackwardFn, lstm_layer_backward)
 FUSEDRNN_OP(GruLayerFn, gru_layer)
 FUSEDRNN_OP(GruForwardFn, gru_layer_forward)
 FUSEDRNN_OP(GruBackwardFn, gru_layer_backward)
+FUSEDRNN_OP(LstmGradFn, lstm_layer_grad)
+FUSEDRNN_OP(GruGradFn, gru_layer_grad)
 #undef FUSEDRNN_OP
 
 bool requires_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
@@ -88,19 +129,6 @@ c10::SymInt saved_size(AutogradContext* ctx, const char* key) {
   return ctx->saved_data[key].toSymInt();
 }
 
-// In a backward without create_graph (grad mode off) the backward op is called below
-// autograd, skipping its not-implemented autograd kernel (a boxed call); with create_graph
-// that kernel runs, so that differentiating the gradients again raises.
-class BelowAutogradUnlessCreateGraph {
- public:
-  BelowAutogradUnlessCreateGraph() {
-    if (!at::GradMode::is_enabled()) guard_.emplace();
-  }
-
- private:
-  std::optional<at::AutoDispatchBelowADInplaceOrView> guard_;
-};
-
 at::Tensor if_needed(const at::Tensor& g, bool wanted) { return wanted ? g : at::Tensor(); }
 
 std::optional<double> opt_double(const c10::IValue& v) {
@@ -108,6 +136,53 @@ std::optional<double> opt_double(const c10::IValue& v) {
 }
 std::optional<int64_t> opt_int(const c10::IValue& v) {
   return v.isNone() ? std::nullopt : std::optional<int64_t>(v.toInt());
+}
+
+// The biases, for a create_graph backward only (Note [Double backward of the layer ops]). The
+// fused backward does not read them, so they are kept as references with the versions they
+// had, not as saved variables: a backward without create_graph then pays nothing for them and
+// accepts what it accepted before (a bias changed in place after the forward, an
+// inference-mode bias); kept_bias checks the version when the bias is needed.
+int64_t version(const OptTensor& t) {
+  return t && t->defined() && !t->is_inference() ? t->_version() : -1;
+}
+
+void keep_biases(AutogradContext* ctx, const OptTensor& bias_ih, const OptTensor& bias_hh) {
+  if (bias_ih) {
+    ctx->saved_data.emplace("bias_ih", *bias_ih);
+    ctx->saved_data.emplace("bias_ih_version", version(bias_ih));
+  }
+  if (bias_hh) {
+    ctx->saved_data.emplace("bias_hh", *bias_hh);
+    ctx->saved_data.emplace("bias_hh_version", version(bias_hh));
+  }
+}
+
+OptTensor kept_bias(AutogradContext* ctx, const std::string& name) {
+  const auto kept = ctx->saved_data.find(name);
+  if (kept == ctx->saved_data.end()) return std::nullopt;
+  at::Tensor bias = kept->second.toTensor();
+  TORCH_CHECK(version(bias) == ctx->saved_data.at(name + "_version").toInt(),
+              "fusedrnn: ", name, " has been modified by an inplace operation since the "
+              "forward; a create_graph backward recomputes the layer from its value (the "
+              "first-order backward does not need it)");
+  return bias;
+}
+
+// Which of the first N forward arguments (the differentiable ones) need their gradient: the
+// output_mask of the *_layer_grad ops.
+template <size_t N>
+std::array<bool, N> grad_mask(AutogradContext* ctx, const std::vector<int64_t>& edges) {
+  std::array<bool, N> mask{};
+  for (size_t arg = 0; arg < N; ++arg) mask[arg] = needs(ctx, edges, arg);
+  return mask;
+}
+
+// The wanted gradients of a *_layer_grad op (in forward argument order) into out[0, N).
+template <size_t N, class Tuple, size_t... I>
+void put_grads(variable_list& out, const std::array<bool, N>& mask, Tuple&& grads,
+               std::index_sequence<I...>) {
+  ((out[I] = mask[I] ? std::move(std::get<I>(grads)) : at::Tensor()), ...);
 }
 
 // Forward argument positions, as in the schemas.
@@ -144,6 +219,7 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
                             value_or_undefined(h0), value_or_undefined(c0),
                             value_or_undefined(lengths), value_or_undefined(batch_sizes), y, act,
                             c_raw, h_pre});
+    keep_biases(ctx, bias_ih, bias_hh);
     ctx->saved_data["edges"] = e.indices();
     ctx->saved_data["B"] = h_n.sym_size(0);
     ctx->saved_data["R"] = h_n.sym_size(1);
@@ -160,24 +236,16 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor& input = saved[0];
+    if (at::GradMode::is_enabled()) return backward_create_graph(ctx, saved, grads);
     const std::vector<int64_t> edges = ctx->saved_data["edges"].toIntVector();
-    const c10::SymInt B = saved_size(ctx, "B"), R = saved_size(ctx, "R"), H = saved_size(ctx, "H");
     const bool need_input = needs(ctx, edges, kLInput);
     const bool need_weight = needs(ctx, edges, kLWih) || needs(ctx, edges, kLWhh) ||
                              needs(ctx, edges, kLBih) || needs(ctx, edges, kLBhh) ||
                              needs(ctx, edges, kLWhr);
     const bool track = needs(ctx, edges, kLRecord);
-    const std::string mode = ctx->saved_data["grad_clip_mode"].toStringRef();
-    BelowAutogradUnlessCreateGraph below;
-    auto [dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr, record] = lstm_layer_backward_op().call(
-        or_zeros(grads[0], saved[8].sym_sizes(), input), or_zeros(grads[1], {B, R}, input),
-        or_zeros(grads[2], {B, H}, input), input, saved[1], saved[2], optional(saved[3]),
-        optional(saved[4]), optional(saved[5]), optional(saved[6]), optional(saved[7]), saved[8],
-        saved[9], saved[10], saved[11], ctx->saved_data["reverse"].toBool(),
-        opt_double(ctx->saved_data["grad_clip"]), mode, opt_int(ctx->saved_data["truncate"]),
-        opt_double(ctx->saved_data["cell_clip"]), ctx->saved_data["has_bias"].toBool(),
-        need_input, need_weight, track);
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr, record] =
+        fused_backward(ctx, saved, incoming(ctx, saved, grads), need_input, need_weight, track);
     variable_list out(kLCount);
     out[kLInput] = if_needed(dx, need_input);
     out[kLWih] = if_needed(dw_ih, needs(ctx, edges, kLWih));
@@ -188,6 +256,52 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
     out[kLC0] = if_needed(dc0, needs(ctx, edges, kLC0));
     out[kLWhr] = if_needed(dw_hr, needs(ctx, edges, kLWhr));
     out[kLRecord] = if_needed(record, track);
+    return out;
+  }
+
+ private:
+  // The gradients of output, h_n, c_n; zeros for those the loss does not use.
+  static std::array<at::Tensor, 3> incoming(AutogradContext* ctx, const variable_list& saved,
+                                            const variable_list& grads) {
+    const at::Tensor& input = saved[0];
+    const c10::SymInt B = saved_size(ctx, "B"), R = saved_size(ctx, "R"), H = saved_size(ctx, "H");
+    return {or_zeros(grads[0], saved[8].sym_sizes(), input), or_zeros(grads[1], {B, R}, input),
+            or_zeros(grads[2], {B, H}, input)};
+  }
+
+  static Tensor8 fused_backward(AutogradContext* ctx, const variable_list& saved,
+                                const std::array<at::Tensor, 3>& g, bool need_input,
+                                bool need_weight, bool track) {
+    return lstm_layer_backward_op().call(
+        g[0], g[1], g[2], saved[0], saved[1], saved[2], optional(saved[3]), optional(saved[4]),
+        optional(saved[5]), optional(saved[6]), optional(saved[7]), saved[8], saved[9],
+        saved[10], saved[11], ctx->saved_data["reverse"].toBool(),
+        opt_double(ctx->saved_data["grad_clip"]), ctx->saved_data["grad_clip_mode"].toStringRef(),
+        opt_int(ctx->saved_data["truncate"]), opt_double(ctx->saved_data["cell_clip"]),
+        ctx->saved_data["has_bias"].toBool(), need_input, need_weight, track);
+  }
+
+  // Note [Double backward of the layer ops].
+  static variable_list backward_create_graph(AutogradContext* ctx, const variable_list& saved,
+                                             const variable_list& grads) {
+    const std::vector<int64_t> edges = ctx->saved_data["edges"].toIntVector();
+    const auto mask = grad_mask<kLLengths>(ctx, edges);
+    const auto g = incoming(ctx, saved, grads);
+    variable_list out(kLCount);
+    put_grads(out, mask,
+              lstm_layer_grad_op().call(
+                  g[0], g[1], g[2], saved[0], saved[1], saved[2], kept_bias(ctx, "bias_ih"),
+                  kept_bias(ctx, "bias_hh"), optional(saved[4]), optional(saved[5]),
+                  optional(saved[3]), optional(saved[6]), optional(saved[7]),
+                  ctx->saved_data["reverse"].toBool(), opt_double(ctx->saved_data["grad_clip"]),
+                  ctx->saved_data["grad_clip_mode"].toStringRef(),
+                  opt_int(ctx->saved_data["truncate"]), opt_double(ctx->saved_data["cell_clip"]),
+                  mask),
+              std::make_index_sequence<kLLengths>());
+    if (needs(ctx, edges, kLRecord)) {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      out[kLRecord] = std::get<7>(fused_backward(ctx, saved, g, false, false, true));
+    }
     return out;
   }
 };
@@ -212,6 +326,7 @@ class GruLayerFunction : public torch::autograd::Function<GruLayerFunction> {
     ctx->save_for_backward({input, weight_ih, weight_hh, value_or_undefined(h0),
                             value_or_undefined(lengths), value_or_undefined(batch_sizes), y,
                             saved});
+    keep_biases(ctx, bias_ih, bias_hh);
     ctx->saved_data["edges"] = e.indices();
     ctx->saved_data["B"] = h_n.sym_size(0);
     ctx->saved_data["H"] = h_n.sym_size(1);
@@ -226,21 +341,15 @@ class GruLayerFunction : public torch::autograd::Function<GruLayerFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor& input = saved[0];
+    if (at::GradMode::is_enabled()) return backward_create_graph(ctx, saved, grads);
     const std::vector<int64_t> edges = ctx->saved_data["edges"].toIntVector();
-    const c10::SymInt B = saved_size(ctx, "B"), H = saved_size(ctx, "H");
     const bool need_input = needs(ctx, edges, kGInput);
     const bool need_weight = needs(ctx, edges, kGWih) || needs(ctx, edges, kGWhh) ||
                              needs(ctx, edges, kGBih) || needs(ctx, edges, kGBhh);
     const bool track = needs(ctx, edges, kGRecord);
-    const std::string mode = ctx->saved_data["grad_clip_mode"].toStringRef();
-    BelowAutogradUnlessCreateGraph below;
-    auto [dx, dh0, dw_ih, dw_hh, db_ih, db_hh, record] = gru_layer_backward_op().call(
-        or_zeros(grads[0], saved[6].sym_sizes(), input), or_zeros(grads[1], {B, H}, input),
-        input, saved[1], saved[2], optional(saved[3]), optional(saved[4]), optional(saved[5]),
-        saved[6], saved[7], ctx->saved_data["reverse"].toBool(),
-        opt_double(ctx->saved_data["grad_clip"]), mode, opt_int(ctx->saved_data["truncate"]),
-        ctx->saved_data["has_bias"].toBool(), need_input, need_weight, track);
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [dx, dh0, dw_ih, dw_hh, db_ih, db_hh, record] =
+        fused_backward(ctx, saved, incoming(ctx, saved, grads), need_input, need_weight, track);
     variable_list out(kGCount);
     out[kGInput] = if_needed(dx, need_input);
     out[kGWih] = if_needed(dw_ih, needs(ctx, edges, kGWih));
@@ -249,6 +358,49 @@ class GruLayerFunction : public torch::autograd::Function<GruLayerFunction> {
     out[kGBhh] = if_needed(db_hh, needs(ctx, edges, kGBhh));
     out[kGH0] = if_needed(dh0, needs(ctx, edges, kGH0));
     out[kGRecord] = if_needed(record, track);
+    return out;
+  }
+
+ private:
+  // The gradients of output and h_n; zeros for those the loss does not use.
+  static std::array<at::Tensor, 2> incoming(AutogradContext* ctx, const variable_list& saved,
+                                            const variable_list& grads) {
+    const at::Tensor& input = saved[0];
+    const c10::SymInt B = saved_size(ctx, "B"), H = saved_size(ctx, "H");
+    return {or_zeros(grads[0], saved[6].sym_sizes(), input), or_zeros(grads[1], {B, H}, input)};
+  }
+
+  static Tensor7 fused_backward(AutogradContext* ctx, const variable_list& saved,
+                                const std::array<at::Tensor, 2>& g, bool need_input,
+                                bool need_weight, bool track) {
+    return gru_layer_backward_op().call(
+        g[0], g[1], saved[0], saved[1], saved[2], optional(saved[3]), optional(saved[4]),
+        optional(saved[5]), saved[6], saved[7], ctx->saved_data["reverse"].toBool(),
+        opt_double(ctx->saved_data["grad_clip"]), ctx->saved_data["grad_clip_mode"].toStringRef(),
+        opt_int(ctx->saved_data["truncate"]), ctx->saved_data["has_bias"].toBool(), need_input,
+        need_weight, track);
+  }
+
+  // Note [Double backward of the layer ops].
+  static variable_list backward_create_graph(AutogradContext* ctx, const variable_list& saved,
+                                             const variable_list& grads) {
+    const std::vector<int64_t> edges = ctx->saved_data["edges"].toIntVector();
+    const auto mask = grad_mask<kGLengths>(ctx, edges);
+    const auto g = incoming(ctx, saved, grads);
+    variable_list out(kGCount);
+    put_grads(out, mask,
+              gru_layer_grad_op().call(
+                  g[0], g[1], saved[0], saved[1], saved[2], kept_bias(ctx, "bias_ih"),
+                  kept_bias(ctx, "bias_hh"),
+                  optional(saved[3]), optional(saved[4]), optional(saved[5]),
+                  ctx->saved_data["reverse"].toBool(), opt_double(ctx->saved_data["grad_clip"]),
+                  ctx->saved_data["grad_clip_mode"].toStringRef(),
+                  opt_int(ctx->saved_data["truncate"]), mask),
+              std::make_index_sequence<kGLengths>());
+    if (needs(ctx, edges, kGRecord)) {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      out[kGRecord] = std::get<6>(fused_backward(ctx, saved, g, false, false, true));
+    }
     return out;
   }
 };
@@ -301,9 +453,11 @@ std::tuple<at::Tensor, at::Tensor> gru_layer_autograd(
 TORCH_LIBRARY_IMPL(fusedrnn, Autograd, m) {
   m.impl("lstm_layer", &lstm_layer_autograd);
   m.impl("gru_layer", &gru_layer_autograd);
-  // The internal ops have no derivative: differentiating them (a create_graph backward, or
-  // a direct call with inputs that require grad) raises "derivative for fusedrnn::... is not
-  // implemented" when the gradient is taken, instead of silently giving zeros.
+  // The internal ops have no derivative: differentiating them (a direct call with inputs that
+  // require grad) raises "derivative for fusedrnn::... is not implemented" when the gradient
+  // is taken, instead of silently giving zeros. The public ops' backward never differentiates
+  // them: with create_graph it calls the *_layer_grad ops, whose CompositeImplicitAutograd
+  // kernel autograd differentiates through (Note [Double backward of the layer ops]).
   for (const char* name : {"lstm_layer_forward", "lstm_layer_backward", "gru_layer_forward",
                            "gru_layer_backward"}) {
     m.impl(name, torch::autograd::autogradNotImplementedFallback());

@@ -1,6 +1,7 @@
 // The schema of every op in torch.ops.fusedrnn: the one definition of each op's signature.
 // Kernels: CPU and CUDA in csrc/rnn_ops.cpp, Autograd in csrc/autograd.cpp, fake (meta) in
-// fusedrnn/ops.py (hence set_python_module). Meanings and shapes: csrc/rnn_ops.h and
+// fusedrnn/ops.py (hence set_python_module); the *_grad ops of double backward have one
+// CompositeImplicitAutograd kernel, in fusedrnn/_double_backward.py. Meanings and shapes: csrc/rnn_ops.h and
 // docs/ops_api.md.
 #include <torch/library.h>
 
@@ -49,4 +50,21 @@ TORCH_LIBRARY(fusedrnn, m) {
       "Tensor saved, bool reverse, float? grad_clip, str grad_clip_mode, int? truncate, "
       "bool has_bias, bool need_input_grad, bool need_weight_grad, bool track_grad_norms) -> "
       "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The backward as a create_graph backward runs it (Note [Double backward of the layer
+  // ops], csrc/autograd.cpp): the gradients of the differentiable arguments of lstm_layer /
+  // gru_layer, in their order (input, weight_ih, weight_hh, bias_ih, bias_hh, h0[, c0,
+  // weight_hr]), computed differentiably. output_mask says which are wanted; the others are
+  // undefined. The kernel is CompositeImplicitAutograd, in fusedrnn/_double_backward.py.
+  m.def(
+      "lstm_layer_grad(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
+      "Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? h0, "
+      "Tensor? c0, Tensor? weight_hr, Tensor? lengths, Tensor? batch_sizes, bool reverse, "
+      "float? grad_clip, str grad_clip_mode, int? truncate, float? cell_clip, "
+      "bool[8] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
+      "Tensor)");
+  m.def(
+      "gru_layer_grad(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor weight_ih, "
+      "Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? h0, Tensor? lengths, "
+      "Tensor? batch_sizes, bool reverse, float? grad_clip, str grad_clip_mode, int? truncate, "
+      "bool[6] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from . import export as _export
-from .reference import check_options
+from ._options import check_options
 
 try:
     from . import _C
@@ -588,3 +588,6 @@ def gru_layer(
         if out is not None:
             return out
     return _gru_op(input, *args)
+
+
+from . import _double_backward  # noqa: E402,F401  (kernels of the *_layer_grad ops)
