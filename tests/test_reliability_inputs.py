@@ -8,8 +8,8 @@ determinism and interop.
    test_modules*.py the exception *types* of the modules; what is here is new: the packed
    form, the remaining cases, and the messages.
 2. Numerical edges: NaN confined to its batch row (forward and backward, with clipping),
-   +-inf like torch.nn, an empty batch like torch.nn, T = 10,000 with H = 1, H = 1 stacks,
-   and double backward (a clear error).
+   +-inf like torch.nn, an empty batch like torch.nn, T = 10,000 with H = 1 and H = 1 stacks
+   (double backward: tests/test_double_backward.py).
 3. Property-based (hypothesis, derandomized): the modules against fusedrnn.reference
    composed layer by layer (helpers.ReferenceRNN), float64, over random shapes and options.
 4. Determinism: bitwise identical results for identical runs, on 1 and 2 threads.
@@ -901,31 +901,6 @@ def test_hidden_size_one_stack(kind, packed):
     clipped.load_state_dict(ours.state_dict())
     result = run_module(clipped, x, hx, lengths)
     assert_tight(result, run_module(ReferenceRNN(kind, clipped, **options), x, hx, lengths))
-
-
-@pytest.mark.parametrize("options", [{}, dict(grad_clip=0.1, truncate=2)],
-                         ids=["plain", "options"])
-@pytest.mark.parametrize("kind", KINDS)
-def test_double_backward_raises_clearly(kind, options):
-    """create_graph=True: the first-order gradients are right; differentiating them again
-    is not supported and says so (a RuntimeError naming the fusedrnn op), instead of
-    returning wrong second derivatives."""
-    torch.manual_seed(0)
-    module = FUSED[kind](3, 4, num_layers=2, dtype=F64, **options)
-    x = torch.randn(5, 2, 3, dtype=F64, requires_grad=True)
-    params = list(module.parameters())
-    out, _ = module(x)
-    weight = upstream_grads([out])[0]
-    first = torch.autograd.grad((out * weight).sum(), [x] + params, create_graph=True)
-    out2, _ = module(x)
-    plain = torch.autograd.grad((out2 * weight).sum(), [x] + params)
-    for a, b in zip(first, plain):
-        assert_tight(a.detach(), b)
-    assert first[0].requires_grad
-    with pytest.raises(RuntimeError, match="fusedrnn"):
-        torch.autograd.grad((first[0] ** 2).sum(), [x] + params, allow_unused=True)
-    with pytest.raises(RuntimeError, match="fusedrnn"):
-        (first[1] ** 2).sum().backward()
 
 
 # =======================================================================================

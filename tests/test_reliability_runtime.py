@@ -253,7 +253,8 @@ def test_registered_op_names_are_known():
     """Every op in torch.ops.fusedrnn has opcheck samples here or in test_ops.py: a new op
     must be added to the samples below."""
     assert _all_fusedrnn_ops() == ["gru_layer", "gru_layer_backward", "gru_layer_forward",
-                                   "lstm_layer", "lstm_layer_backward", "lstm_layer_forward"]
+                                   "gru_layer_grad", "lstm_layer", "lstm_layer_backward",
+                                   "lstm_layer_forward", "lstm_layer_grad"]
 
 
 def _packed(kind, T=5, lengths=(5, 3, 2, 2), I=3, H=4, P=0, *, bias=True, dtype=F64, seed=0):
@@ -406,8 +407,9 @@ BACKWARD_SAMPLES = {
 def test_opcheck_backward_ops(kind, sample):
     """opcheck of the *_backward ops (schema, fake kernel vs real, AOT dispatch) with the
     arguments the autograd formula passes them. Their inputs do not require grad, as in a
-    backward without create_graph (the backward ops have no autograd formula of their own:
-    double backward through fusedrnn is not supported)."""
+    backward without create_graph (the backward ops have no autograd formula of their own;
+    a create_graph backward runs the *_grad ops instead, opchecked in
+    test_double_backward.py)."""
     args = BACKWARD_SAMPLES[sample](kind)
     op = getattr(torch.ops.fusedrnn, f"{kind}_layer_backward")
     torch.library.opcheck(op.default, args)
