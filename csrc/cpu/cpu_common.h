@@ -30,18 +30,28 @@ namespace cpu {
 // small step GEMMs (below 4M multiply-adds: small batches, small H, the short tail steps of
 // a packed batch), float64, torch without oneDNN, and set_step_gemm("blas") use
 // at::cpu::mm_out (the CPU kernel of at::mm, no dispatcher, ~1.4 us of overhead).
+// Packing costs a pass over the weight into a freshly allocated buffer (about 230 us for
+// a 1024 x 128 weight on a 2-core Xeon, page faults included), so oneDNN is also left out
+// where the packed weight would serve fewer than kOneDnnMinRows rows in all: a cell (T = 1)
+// or a short call, and linear_rows' one GEMM over few rows. There at::addmm / mm_out, which
+// torch.nn's cells use too, is faster: LSTMCell B=32 H=256 I=128, no grad, per-step loop,
+// 2 threads: 0.47x of torch.nn's speed with the per-call packing, 1.38x without.
+constexpr int64_t kOneDnnMinRows = 512;
+
 template <typename T>
 class StepLinear {
  public:
-  // M: the most rows a call will have (a packing hint for oneDNN).
-  StepLinear(const at::Tensor& weight, int64_t M);
+  // M: the most rows a call will have (a packing hint for oneDNN); calls: how many calls
+  // the weight will serve (the steps of the loop).
+  StepLinear(const at::Tensor& weight, int64_t M, int64_t calls);
   // Row-major in [M, K] -> out [M, N], M <= the constructor's; the result stays valid until
   // the next call.
   const T* operator()(const T* in, int64_t M);
 
  private:
   int64_t N_, K_;
-  at::Tensor weight_;   // [N, K] contiguous
+  at::Tensor weight_;   // [N, K], as given: mm_out reads a transposed view (W_hh^T in the
+                        // backward) in place, without the copy contiguous() would make
   at::Tensor packed_;   // oneDNN-packed weight, or undefined
   at::Tensor out_;      // the last result
 };
@@ -114,13 +124,11 @@ inline at::Tensor recurrent_weight_grad(const at::Tensor& dg, const at::Tensor& 
                                         const std::optional<at::Tensor>& h0,
                                         const std::optional<at::Tensor>& lengths, bool reverse) {
   const int64_t T = dg.size(0), B = dg.size(1), G = dg.size(2), R = y.size(2);
-  at::Tensor dw;
+  at::Tensor dw;  // [G, R]; no zero-filled start: at T = 1 (cells) dW_hh is the h0 term alone
   if (T > 1) {
     const at::Tensor dg_s = reverse ? dg.narrow(0, 0, T - 1) : dg.narrow(0, 1, T - 1);
     const at::Tensor y_s = reverse ? y.narrow(0, 1, T - 1) : y.narrow(0, 0, T - 1);
     dw = outer_sum(dg_s.reshape({(T - 1) * B, G}), y_s.reshape({(T - 1) * B, R}));
-  } else {
-    dw = at::zeros({G, R}, y.options());
   }
   if (h0) {
     at::Tensor first;
@@ -131,9 +139,13 @@ inline at::Tensor recurrent_weight_grad(const at::Tensor& dg, const at::Tensor& 
     } else {
       first = dg.index({*lengths - 1, at::arange(B, lengths->options())});
     }
-    dw.add_(at::mm(first.t(), *h0));
+    if (dw.defined()) {
+      dw.addmm_(first.t(), *h0);
+    } else {
+      dw = at::mm(first.t(), *h0);
+    }
   }
-  return dw;
+  return dw.defined() ? dw : at::zeros({G, R}, y.options());
 }
 
 }  // namespace cpu

@@ -51,7 +51,7 @@ void gru_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tensor
     at::Tensor saved_out = save ? saved : at::Tensor();
     gru_forward_engine(s, xg, w_hh, b_hn, y, h, saved_out, reverse);
   } else {
-    StepLinear<T> recurrent(w_hh, B);  // h_{t-1} W_hh^T
+    StepLinear<T> recurrent(w_hh, B, T_);  // h_{t-1} W_hh^T
 
     GruFwdStep<T> p{};
     p.H = H;
@@ -121,7 +121,7 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
     if (engine) gru_bwd_engine(s, reverse, opt, w_hh, saved, y, h0, dy, dhn, dxg, dhg, dh0, record);
   }
   if (!engine) {
-    StepLinear<T> recurrent_t(w_hh.t(), B);  // dhg_t W_hh
+    StepLinear<T> recurrent_t(w_hh.t(), B, T_);  // dhg_t W_hh
     for (int64_t step = 0; step < T_; ++step) {
       const int64_t t = reverse ? step : T_ - 1 - step;
       const int64_t tp = previous_time(t, reverse);

@@ -54,9 +54,9 @@ void lstm_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tenso
   if (engine) {
     lstm_forward_engine(s, gates, w_hh, w_hr, y, h, c, c_raw, h_pre, reverse, cell_clip, save);
   } else {
-    StepLinear<T> recurrent(w_hh, B);                                   // h_{t-1} W_hh^T
+    StepLinear<T> recurrent(w_hh, B, T_);                                 // h_{t-1} W_hh^T
     std::optional<StepLinear<T>> projection;                            // h_t W_hr^T
-    if (w_hr) projection.emplace(*w_hr, B);
+    if (w_hr) projection.emplace(*w_hr, B, T_);
     const int64_t* len_p = s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr;
 
     T* g_p = gates.data_ptr<T>();
@@ -172,9 +172,9 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
     }
   }
   if (!engine) {
-    StepLinear<T> recurrent_t(w_hh.t(), B);                          // dgates_t W_hh
+    StepLinear<T> recurrent_t(w_hh.t(), B, T_);                        // dgates_t W_hh
     std::optional<StepLinear<T>> projection_t;                         // dr_t W_hr
-    if (w_hr) projection_t.emplace(w_hr->t(), B);
+    if (w_hr) projection_t.emplace(w_hr->t(), B, T_);
     for (int64_t step = 0; step < T_; ++step) {
       const int64_t t = reverse ? step : T_ - 1 - step;
       const int64_t tp = previous_time(t, reverse);

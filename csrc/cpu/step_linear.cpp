@@ -62,10 +62,11 @@ std::string set_step_gemm(const std::string& name) {
 }
 
 template <typename T>
-StepLinear<T>::StepLinear(const at::Tensor& weight, int64_t M)
-    : N_(weight.size(0)), K_(weight.size(1)), weight_(weight.contiguous()) {
-  if (std::is_same<T, float>::value && use_onednn() && M * N_ * K_ >= kOneDnnMinMacs) {
-    torch::jit::Stack stack{weight_, c10::IValue(M)};
+StepLinear<T>::StepLinear(const at::Tensor& weight, int64_t M, int64_t calls)
+    : N_(weight.size(0)), K_(weight.size(1)), weight_(weight) {
+  if (std::is_same<T, float>::value && use_onednn() && M * N_ * K_ >= kOneDnnMinMacs &&
+      M * calls >= kOneDnnMinRows) {
+    torch::jit::Stack stack{weight_.contiguous(), c10::IValue(M)};
     onednn_ops().reorder->callBoxed(&stack);
     packed_ = stack[0].toTensor();
   }
@@ -92,7 +93,7 @@ const T* StepLinear<T>::operator()(const T* in, int64_t M) {
 
 at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias) {
-  if (x.scalar_type() == at::kFloat && use_onednn() &&
+  if (x.scalar_type() == at::kFloat && use_onednn() && x.size(0) >= kOneDnnMinRows &&
       x.size(0) * weight.size(0) * weight.size(1) >= kOneDnnMinMacs) {
     torch::jit::Stack pack{weight.contiguous(), c10::IValue(x.size(0))};
     onednn_ops().reorder->callBoxed(&pack);
