@@ -49,18 +49,9 @@ import subprocess
 import sys
 import time
 
+from benchlib.machine import cpu_model  # benchmarks/ is on sys.path when run
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _modules(kind, args, torch, fusedrnn):
