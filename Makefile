@@ -62,7 +62,7 @@ demo: setup
 
 # torch.nn.RNN vs fusedrnn.LSTM/GRU on the adding problem, T=200, with grad_clip and
 # truncate variants: table, learning curves and gradient-flow PNGs in examples/results/adding/
-# (2-3 minutes on 2 cores).
+# (2.5-3 minutes on an AVX-512 CPU, about 7 on an AVX2-only one; README).
 adding: setup
 	$(PYTHON) examples/adding_problem.py
 
