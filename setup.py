@@ -74,7 +74,7 @@ setup(
         # onnx / onnxscript / onnxruntime: tests/test_export.py (docs/deployment.md)
         "test": ["pytest", "hypothesis", "numpy", "onnx", "onnxscript", "onnxruntime"],
         "plot": ["matplotlib"],  # fusedrnn.plot
-        "examples": ["matplotlib", "tqdm"],
+        "examples": ["matplotlib", "tqdm", "statsmodels"],  # statsmodels: the sunspots data
     },
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension},
