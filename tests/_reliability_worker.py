@@ -1,4 +1,5 @@
-"""Child-process side of tests/test_reliability_runtime.py (not collected by pytest).
+"""Child-process side of tests/test_determinism.py and tests/test_distributed.py (not
+collected by pytest).
 
 Run as ``python tests/_reliability_worker.py MODE ...``; every mode reads its inputs from and
 writes its results to files in a work directory, so the parent test can compare them:

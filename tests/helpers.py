@@ -14,12 +14,19 @@ Shape letters: T steps, B batch, I input, H hidden, P projection, R = P or H.
 """
 
 import math
+import os
+import subprocess
+import sys
+import time
 import warnings
 
 import torch
+from torch import nn
 from torch.func import functional_call
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+import fusedrnn
+import fusedrnn.ops as ops
 from fusedrnn import reference
 
 GATES = {"lstm": 4, "gru": 3}
@@ -32,6 +39,7 @@ POSITIONAL = {
 }
 KEYWORD_TENSORS = {"lstm": ("weight_hr",), "gru": ()}
 OUTPUTS = {"lstm": ("output", "h_n", "c_n"), "gru": ("output", "h_n")}
+F32, F64 = torch.float32, torch.float64
 
 
 # ---------------------------------------------------------------------------------------
@@ -86,10 +94,12 @@ def cast(tensors, dtype):
 
 
 def upstream_grads(outputs, seed=1234):
-    """Seeded random gradients for a tuple of outputs (drawn in float64, cast to each dtype)."""
+    """Seeded random gradients for a tuple of outputs, drawn on the CPU in float64 (the same
+    for every device and dtype), then moved to each output's device and dtype."""
     gen = torch.Generator().manual_seed(seed)
     return tuple(
-        torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.dtype) for o in outputs
+        torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device, o.dtype)
+        for o in outputs
     )
 
 
@@ -156,19 +166,22 @@ def call_layer(fn, kind, tensors, **kwargs):
     return fn(*args, **kwargs)
 
 
-def forward_backward(fn, kind, tensors, *, layout=None, grad_seed=1234, **kwargs):
-    """Run fn on leaf copies of tensors and backpropagate seeded random output gradients.
+def forward_backward(fn, kind, tensors, *, layout=None, grad_seed=1234, device=None, **kwargs):
+    """Run fn on leaf copies of tensors (on ``device`` if given) and backpropagate seeded
+    random output gradients.
 
-    Returns a dict: "output", "h_n"[, "c_n"] and "grad_<name>" for every tensor argument.
+    Returns a dict of CPU tensors: "output", "h_n"[, "c_n"] and "grad_<name>" for every
+    tensor argument.
     """
-    leaves = {name: v.detach().clone().requires_grad_(True) for name, v in tensors.items()}
+    leaves = {name: v.detach().to(device).clone().requires_grad_(True)
+              for name, v in tensors.items()}
     outputs = call_layer(fn, kind, apply_layout(leaves, layout), **kwargs)
     assert len(outputs) == len(OUTPUTS[kind])
     grads = torch.autograd.grad(outputs, list(leaves.values()), upstream_grads(outputs),
                                 allow_unused=True)
-    result = {name: o.detach() for name, o in zip(OUTPUTS[kind], outputs)}
+    result = {name: o.detach().cpu() for name, o in zip(OUTPUTS[kind], outputs)}
     for (name, leaf), g in zip(leaves.items(), grads):
-        result["grad_" + name] = torch.zeros_like(leaf) if g is None else g
+        result["grad_" + name] = (torch.zeros_like(leaf) if g is None else g).detach().cpu()
     return result
 
 
@@ -188,12 +201,14 @@ def nn_param_names(kind, bias=True, proj=False, reverse=False):
     return names
 
 
-def make_nn_module(kind, I, H, P=0, *, bias=True, bidirectional=False, dtype=torch.float64):
+def make_nn_module(kind, I, H, P=0, *, bias=True, bidirectional=False, dtype=torch.float64,
+                   device=None):
     if kind == "lstm":
         return torch.nn.LSTM(I, H, bias=bias, bidirectional=bidirectional, proj_size=P,
-                             dtype=dtype)
+                             dtype=dtype, device=device)
     assert P == 0
-    return torch.nn.GRU(I, H, bias=bias, bidirectional=bidirectional, dtype=dtype)
+    return torch.nn.GRU(I, H, bias=bias, bidirectional=bidirectional, dtype=dtype,
+                        device=device)
 
 
 def copy_weights_into(module, tensors, reverse=False):
@@ -209,7 +224,8 @@ def copy_weights_into(module, tensors, reverse=False):
 
 
 def _nn_layer(kind, input, weights, h0, c0, lengths, reverse):
-    """torch.nn run of one layer in one direction, returning the op's outputs.
+    """torch.nn run of one layer in one direction (on the input's device; cuDNN on CUDA),
+    returning the op's outputs.
 
     The given tensors are substituted for the module's parameters with functional_call, so
     gradients flow back to them. reverse=True runs a bidirectional module and keeps its
@@ -222,7 +238,8 @@ def _nn_layer(kind, input, weights, h0, c0, lengths, reverse):
     R = P or H
     bias = weights.get("bias_ih") is not None
     assert bias == (weights.get("bias_hh") is not None), "torch.nn needs both biases or none"
-    module = make_nn_module(kind, I, H, P, bias=bias, bidirectional=reverse, dtype=input.dtype)
+    module = make_nn_module(kind, I, H, P, bias=bias, bidirectional=reverse, dtype=input.dtype,
+                            device=input.device)
     params = {k: v.detach() for k, v in module.named_parameters()}
     for ours, theirs in nn_param_names(kind, bias, P > 0, reverse).items():
         params[theirs] = weights[ours]
@@ -374,7 +391,7 @@ def module_forward_backward(module, leaves, build, grad_seed=1234, cell=False):
             reach the leaves whatever the layout.
     cell:   the module is a cell returning h or (h, c), not (output, state).
 
-    Returns (results, output): results is a dict of detached tensors, "out<i>" for every
+    Returns (results, output): results is a dict of detached CPU tensors, "out<i>" for every
     output tensor (the data of a packed output first, then h_n[, c_n]), "grad_<leaf>" for
     every leaf and "grad_<param>" for every named parameter (zeros where unused); output is
     the raw first output of a sequence module (for its PackedSequence metadata), or None.
@@ -392,9 +409,9 @@ def module_forward_backward(module, leaves, build, grad_seed=1234, cell=False):
     inputs = list(leaves.values()) + list(params.values())
     grads = torch.autograd.grad(outputs, inputs, upstream_grads(outputs, grad_seed),
                                 allow_unused=True)
-    results = {f"out{i}": o.detach() for i, o in enumerate(outputs)}
+    results = {f"out{i}": o.detach().cpu() for i, o in enumerate(outputs)}
     for name, leaf, g in zip(list(leaves) + list(params), inputs, grads):
-        results["grad_" + name] = torch.zeros_like(leaf) if g is None else g
+        results["grad_" + name] = (torch.zeros_like(leaf) if g is None else g).detach().cpu()
     return results, first
 
 
@@ -491,3 +508,384 @@ class ReferenceRNN(torch.nn.Module):
         elif self.batch_first:
             out = out.transpose(0, 1)
         return out, (tuple(state) if self.kind == "lstm" else state[0])
+
+
+# ---------------------------------------------------------------------------------------
+# Shared by the test files: op cases, module pairs and inputs, subprocess runs
+# ---------------------------------------------------------------------------------------
+
+
+OPS = {"lstm": ops.lstm_layer, "gru": ops.gru_layer}
+
+
+class Case:
+    """One configuration: shapes, flags, lengths, memory layout."""
+
+    def __init__(self, kind, T, B, I, H, P=0, *, bias=True, h0=True, reverse=False,
+                 lengths=None, layout=None, weight_scale=1.0, input_scale=1.0):
+        self.kind, self.T, self.B, self.I, self.H, self.P = kind, T, B, I, H, P
+        self.bias, self.h0, self.reverse, self.lengths, self.layout = (bias, h0, reverse,
+                                                                       lengths, layout)
+        self.weight_scale, self.input_scale = weight_scale, input_scale
+
+    def tensors(self, dtype):
+        return make_tensors(self.kind, self.T, self.B, self.I, self.H, self.P, bias=self.bias,
+                            h0=self.h0, dtype=dtype, weight_scale=self.weight_scale,
+                            input_scale=self.input_scale)
+
+    def kwargs(self):
+        lengths = None if self.lengths is None else torch.tensor(self.lengths)
+        return dict(reverse=self.reverse, lengths=lengths, layout=self.layout)
+
+    def run(self, fn, dtype=F64, tensors=None, device=None, **options):
+        """forward_backward of fn on this case (on ``device``; CPU results)."""
+        tensors = self.tensors(dtype) if tensors is None else tensors
+        return forward_backward(fn, self.kind, tensors, device=device, **self.kwargs(),
+                                **options)
+
+    def __repr__(self):
+        parts = [f"{self.kind}", f"T{self.T}B{self.B}I{self.I}H{self.H}"]
+        parts += [f"P{self.P}"] if self.P else []
+        parts += [] if self.bias else ["no_bias"]
+        parts += [] if self.h0 else ["no_h0"]
+        parts += ["reverse"] if self.reverse else []
+        parts += [f"len{''.join(map(str, self.lengths))}"] if self.lengths else []
+        parts += [self.layout] if self.layout else []
+        return "-".join(parts)
+
+
+OP_VARIANTS = [("lstm", False), ("lstm", True), ("gru", False)]
+
+
+CLASSES = {"lstm": (fusedrnn.LSTM, torch.nn.LSTM), "gru": (fusedrnn.GRU, torch.nn.GRU)}
+
+
+KINDS = ["lstm", "gru"]
+
+
+T1, B1, I1, H1 = 5, 3, 4, 6
+
+
+def make_layer_pair(kind, dtype=F64, seed=0, options=None, **kwargs):
+    """(fusedrnn module, torch.nn module) with identical parameters; options (grad_clip...)
+    go to the fusedrnn module only."""
+    ours_cls, nn_cls = CLASSES[kind]
+    torch.manual_seed(seed)
+    ours = ours_cls(I1, H1, dtype=dtype, **kwargs, **(options or {}))
+    theirs = nn_cls(I1, H1, dtype=dtype, **kwargs)
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+def make_layer_input(kind, dtype=F64, batch_first=False, batched=True, with_hx=True, seed=1):
+    """(x, hx) leaves with requires_grad; hx is None, a tensor (GRU) or a tuple (LSTM)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, dtype=F64).to(dtype).requires_grad_(True)
+
+    if batched:
+        x = randn(B1, T1, I1) if batch_first else randn(T1, B1, I1)
+        state_shape = (1, B1, H1)
+    else:
+        x = randn(T1, I1)
+        state_shape = (1, H1)
+    hx = None
+    if with_hx:
+        hx = (randn(*state_shape), randn(*state_shape)) if kind == "lstm" else randn(*state_shape)
+    return x, hx
+
+
+def run_layer_module(module, x, hx):
+    """Outputs and gradients (input, hx, every parameter) of one forward/backward."""
+    out, state = module(x, hx)
+    states = state if isinstance(state, tuple) else (state,)
+    outputs = (out, *states)
+    hx_leaves = [] if hx is None else list(hx) if isinstance(hx, tuple) else [hx]
+    params = dict(module.named_parameters())
+    leaves = [x, *hx_leaves, *params.values()]
+    grads = torch.autograd.grad(outputs, leaves, upstream_grads(outputs))
+    names = ["input"] + [f"hx{i}" for i in range(len(hx_leaves))] + list(params)
+    result = {f"out{i}": o.detach() for i, o in enumerate(outputs)}
+    result.update({"grad_" + n: g for n, g in zip(names, grads)})
+    return result
+
+
+def _stack_input(kind, num_layers=1, bidirectional=False, proj_size=0, seed=1):
+    """(x [T, B, I], hx) leaves for a stack of num_layers * D layers (R = proj_size or H)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, dtype=F64).requires_grad_(True)
+
+    LD = num_layers * (2 if bidirectional else 1)
+    x = randn(T1, B1, I1)
+    h = randn(LD, B1, proj_size or H1)
+    return x, ((h, randn(LD, B1, H1)) if kind == "lstm" else h)
+
+
+NN = {"LSTM": nn.LSTM, "GRU": nn.GRU, "LSTMCell": nn.LSTMCell, "GRUCell": nn.GRUCell}
+
+
+T, B, I, H, P = 5, 4, 3, 4, 2
+
+
+# variant -> (class name, proj_size)
+VARIANTS = {"lstm": ("LSTM", 0), "gru": ("GRU", 0), "lstm_proj": ("LSTM", P)}
+
+
+def fused(name):
+    """fusedrnn.<name>, looked up at test time."""
+    return getattr(fusedrnn, name)
+
+
+def kind_of(name):
+    return "lstm" if name.startswith("LSTM") else "gru"
+
+
+def make_pair(name, input_size=I, hidden_size=H, *, seed=0, dtype=F64, options=None,
+              **kwargs):
+    """(fusedrnn module, torch.nn module) with the torch.nn module's parameters (strict
+    load_state_dict); options (grad_clip, ...) go to the fusedrnn module only."""
+    torch.manual_seed(seed)
+    theirs = NN[name](input_size, hidden_size, dtype=dtype, **kwargs)
+    ours = fused(name)(input_size, hidden_size, dtype=dtype, **kwargs, **(options or {}))
+    ours.load_state_dict(theirs.state_dict())
+    return ours, theirs
+
+
+def variant_pair(variant, **kwargs):
+    name, proj = VARIANTS[variant]
+    if proj:
+        kwargs["proj_size"] = proj
+    return make_pair(name, **kwargs)
+
+
+def make_leaves(kind, *, L=2, D=1, proj=0, T=T, B=B, I=I, H=H, batched=True, with_hx=True,
+                seed=1):
+    """Seeded float64 leaves: "x" time-major [T, B, I] (or [T, I]) and, if with_hx,
+    "h0" [L*D, B, R] (or [L*D, R]) and for LSTM "c0" [L*D, B, H]."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, dtype=F64).requires_grad_(True)
+
+    leaves = {"x": randn(T, B, I) if batched else randn(T, I)}
+    if with_hx:
+        lead = (L * D, B) if batched else (L * D,)
+        leaves["h0"] = randn(*lead, proj or H)
+        if kind == "lstm":
+            leaves["c0"] = randn(*lead, H)
+    return leaves
+
+
+def relayout(t, layout):
+    """The values of t through a differentiable view with the requested memory layout."""
+    if layout == "contiguous":
+        out = t.contiguous()
+    elif layout == "sliced":  # inner stride 2
+        out = _every_other(t.contiguous(), t.dim() - 1)
+    elif layout == "transposed":  # dims 0 and 1 swapped in storage
+        out = t.transpose(0, 1).contiguous().transpose(0, 1)
+    else:
+        raise ValueError(layout)
+    if layout != "contiguous" and t.numel() > 1:
+        assert not out.is_contiguous()
+    return out
+
+
+def builder(kind, *, batch_first=False, layout="contiguous", lengths=None,
+            lengths_as="tensor", enforce_sorted=False):
+    """leaves -> (input, hx) in the module's format: batch_first, memory layout, packed."""
+
+    def build(leaves):
+        x = leaves["x"]
+        if x.dim() == 3 and batch_first:
+            x = x.transpose(0, 1)
+        x = relayout(x, layout)
+        states = [relayout(leaves[n], layout) for n in ("h0", "c0") if n in leaves]
+        hx = None if not states else tuple(states) if kind == "lstm" else states[0]
+        if lengths is not None:
+            lens = torch.tensor(lengths) if lengths_as == "tensor" else list(lengths)
+            x = pack_padded_sequence(x, lens, batch_first=batch_first,
+                                     enforce_sorted=enforce_sorted)
+        return x, hx
+
+    return build
+
+
+def compare(ours, theirs, leaves, build, cell=False):
+    """Run both modules on the same leaves; assert equal outputs and gradients (float64)."""
+    result, out = module_forward_backward(ours, leaves, build, cell=cell)
+    expected, out_expected = module_forward_backward(theirs, leaves, build, cell=cell)
+    if not cell:
+        assert_same_packing(out, out_expected)
+    assert_tight(result, expected)
+    return result, expected
+
+
+LENGTHS_UNSORTED = [3, 5, 1, 3]  # a tie, T itself and a length-1 sequence
+
+
+CLIP_CONFIGS = {
+    "lstm": ("LSTM", dict(num_layers=2, bidirectional=True, proj_size=P),
+             dict(grad_clip=0.03, grad_clip_mode="norm", truncate=2, cell_clip=0.5)),
+    "gru": ("GRU", dict(num_layers=2, bidirectional=True),
+            dict(grad_clip=0.02, truncate=3)),
+}
+
+
+CELLS = ["LSTMCell", "GRUCell"]
+
+
+def cell_leaves(kind, batched, with_hx, seed=3):
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, dtype=F64).requires_grad_(True)
+
+    lead = (B,) if batched else ()
+    leaves = {"x": randn(*lead, I)}
+    if with_hx:
+        leaves["h0"] = randn(*lead, H)
+        if kind == "lstm":
+            leaves["c0"] = randn(*lead, H)
+    return leaves
+
+
+def cell_build(kind, layout="contiguous"):
+    def build(leaves):
+        x = leaves["x"]
+        states = [leaves[n] for n in ("h0", "c0") if n in leaves]
+        if layout == "sliced":
+            x = _every_other(x, x.dim() - 1)
+            states = [_every_other(s, s.dim() - 1) for s in states]
+        hx = None if not states else tuple(states) if kind == "lstm" else states[0]
+        return x, hx
+    return build
+
+
+STACK_CONFIGS = {
+    "lstm_2l_bi_proj": ("LSTM", dict(num_layers=2, bidirectional=True, proj_size=P)),
+    "gru_2l_bi": ("GRU", dict(num_layers=2, bidirectional=True)),
+    "lstm_2l_nobias": ("LSTM", dict(num_layers=2, bias=False)),
+    "gru_3l_bf_dropout": ("GRU", dict(num_layers=3, batch_first=True, dropout=0.25)),
+}
+
+
+FUSED = {"lstm": fusedrnn.LSTM, "gru": fusedrnn.GRU}
+
+
+NN_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU}
+
+
+def case_id(*parts):
+    return "-".join(str(p) for p in parts)
+
+
+MI, MH, ML, MD = 3, 4, 2, 2  # module input size, hidden size, layers, directions
+
+
+MT, MB = 5, 3
+
+
+def _module_pair(kind, proj=0, **kwargs):
+    torch.manual_seed(0)
+    extra = dict(proj_size=proj) if proj else {}
+    ours = FUSED[kind](MI, MH, num_layers=ML, bidirectional=True, dtype=F64, **extra, **kwargs)
+    theirs = NN_CLASSES[kind](MI, MH, num_layers=ML, bidirectional=True, dtype=F64, **extra)
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+def _state(kind, shape, dtype=F64, c_shape=None, c_dtype=None, device="cpu"):
+    h = torch.randn(*shape, dtype=dtype, device=device)
+    if kind == "gru":
+        return h
+    c = torch.randn(*(c_shape or shape), dtype=c_dtype or dtype, device=device)
+    return h, c
+
+
+LD = ML * MD
+
+
+def run_module(module, x, hx=None, lengths=None, batch_first=False, grad_seed=1234):
+    """Forward + backward of a module on a leaf copy of x (padded, caller's layout), with
+    seeded random upstream gradients on every output; lengths: pack (unsorted) first.
+    Returns a dict: "out" (padded [T, B, *] or caller layout), "state<i>", "grad_x",
+    "grad_<param>" (None where a parameter got no gradient) and "grad_hx<i>"."""
+    x = x.detach().clone().requires_grad_(True)
+    hx_leaves = []
+    if hx is not None:
+        hx_leaves = [h.detach().clone().requires_grad_(True)
+                     for h in (hx if isinstance(hx, tuple) else (hx,))]
+        hx = tuple(hx_leaves) if isinstance(hx, tuple) else hx_leaves[0]
+    inp = x
+    if lengths is not None:
+        inp = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=False)
+    out, state = module(inp, hx)
+    if lengths is not None:
+        out, _ = pad_packed_sequence(out, batch_first=batch_first, total_length=x.shape[
+            1 if batch_first else 0])
+    states = state if isinstance(state, tuple) else (state,)
+    outputs = (out,) + tuple(states)
+    params = [p for p in module.parameters() if p.requires_grad]
+    leaves = [x] + hx_leaves + params
+    grads = torch.autograd.grad(outputs, leaves, upstream_grads(outputs, grad_seed),
+                                allow_unused=True)
+    result = {"out": out.detach()}
+    result.update({f"state{i}": s.detach() for i, s in enumerate(states)})
+    result["grad_x"] = grads[0]
+    result.update({f"grad_hx{i}": g for i, g in enumerate(grads[1:1 + len(hx_leaves)])})
+    named = {id(p): n for n, p in module.named_parameters()}
+    result.update({"grad_" + named[id(p)]: g for p, g in zip(params, grads[1 + len(hx_leaves):])})
+    return result
+
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+REPO = os.path.dirname(TESTS_DIR)
+
+
+WORKER = os.path.join(TESTS_DIR, "_reliability_worker.py")
+
+
+SUBPROCESS_TIMEOUT_S = 120
+
+
+def _child_env(threads=1):
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               GLOO_SOCKET_IFNAME="lo", PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
+    return env
+
+
+def _run_children(argvs, env, timeout=SUBPROCESS_TIMEOUT_S):
+    """Start one ``python _reliability_worker.py *argv`` per argv, wait for all of them
+    under one deadline, and kill whatever is still running on the way out (timeout, error
+    or test failure). Fails with every child's output unless all exit with status 0."""
+    procs = []
+    try:
+        for argv in argvs:
+            procs.append(subprocess.Popen([sys.executable, WORKER, *argv], cwd=REPO, env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        outputs, timed_out = [], False
+        deadline = time.monotonic() + timeout
+        for p in procs:
+            try:
+                out, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                p.kill()
+                out, _ = p.communicate(timeout=10)
+            outputs.append(out.decode(errors="replace"))
+        report = "\n".join(f"--- child {argv} (exit {p.returncode}) ---\n{out[-4000:]}"
+                           for argv, p, out in zip(argvs, procs, outputs))
+        assert not timed_out, f"child processes ran past {timeout} s:\n{report}"
+        assert all(p.returncode == 0 for p in procs), f"a child process failed:\n{report}"
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)

@@ -493,7 +493,7 @@ def test_one_tensor_as_two_arguments():
 
 
 # ---------------------------------------------------------------------------------------
-# opcheck of the *_layer_grad ops (test_ops.py's enumeration leaves them to this file)
+# opcheck of the *_layer_grad ops (test_compile.py's enumeration leaves them to this file)
 # ---------------------------------------------------------------------------------------
 
 

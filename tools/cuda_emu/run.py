@@ -18,8 +18,9 @@ from pathlib import Path
 from build import HERE, ROOT, EmuPatchError, build
 from emu_plugin import BANNER
 
-DEFAULT_TESTS = ["tests/test_ops.py", "tests/test_grad_norms.py", "tests/test_modules.py",
-                 "tests/test_modules_full.py", "tests/test_toolkit_tbptt.py"]
+DEFAULT_TESTS = ["tests/test_ops.py", "tests/test_clipping.py", "tests/test_grad_norms.py",
+                 "tests/test_modules.py", "tests/test_cells.py", "tests/test_packed.py",
+                 "tests/test_toolkit_tbptt.py"]
 
 
 def banner(text):

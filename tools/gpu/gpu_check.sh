@@ -6,7 +6,8 @@
 #   1. environment: nvidia-smi, python, torch, CUDA, cuDNN, nvcc versions
 #   2. build:       TORCH_CUDA_ARCH_LIST=9.0 pip install --no-build-isolation -e .
 #                   (override the architectures with TORCH_CUDA_ARCH_LIST)
-#   3. tests:       pytest tests/test_cuda.py (log + junit XML)
+#   3. tests:       pytest -k cuda on tests/test_cuda.py and the device-parametrised shared
+#                   tests (CUDA_TESTS below; log + junit XML)
 #   4. sanitizer:   compute-sanitizer --tool memcheck and --tool racecheck on
 #                   tools/gpu/sanitizer_case.py (a small forward + backward of every kernel)
 #   5. benchmark:   benchmarks/bench_gpu.py --out OUTDIR
@@ -97,8 +98,12 @@ run "import (cuda_built)" 60 "$OUT/build.log" "$PY" -c \
 
 # 3. CUDA tests ---------------------------------------------------------------------------
 # FUSEDRNN_REQUIRE_CUDA=1: no GPU visible to torch fails the tests instead of skipping them.
-run "pytest tests/test_cuda.py" 240 "$OUT/pytest.log" env FUSEDRNN_REQUIRE_CUDA=1 \
-  "$PY" -m pytest tests/test_cuda.py -q \
+# The shared tests take the `device` fixture (tests/conftest.py); -k cuda keeps their cuda
+# cases and all of tests/test_cuda.py.
+CUDA_TESTS="tests/test_cuda.py tests/test_ops.py tests/test_clipping.py tests/test_modules.py tests/test_determinism.py"
+# shellcheck disable=SC2086
+run "pytest -k cuda $CUDA_TESTS" 240 "$OUT/pytest.log" env FUSEDRNN_REQUIRE_CUDA=1 \
+  "$PY" -m pytest $CUDA_TESTS -k cuda -q \
   -p no:cacheprovider --junitxml="$OUT/junit.xml" -rfEs
 
 # 4. compute-sanitizer --------------------------------------------------------------------
