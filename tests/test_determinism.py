@@ -154,6 +154,17 @@ def _concurrent(per_thread_jobs, rounds=3):
         return [f.result(timeout=THREAD_TIMEOUT_S) for f in futures]
 
 
+def _assert_concurrent_matches_sequential(per_thread):
+    """Each thread's jobs run concurrently (every round) give bitwise what they give run one
+    after another."""
+    sequential = [_work(jobs) for jobs in per_thread]
+    concurrent = _concurrent(per_thread)
+    for t in range(N_THREADS):
+        for r, results in enumerate(concurrent[t]):
+            for j, (got, exp) in enumerate(zip(results, sequential[t])):
+                _assert_bitwise(got, exp, f"thread {t} round {r} job {j}")
+
+
 @pytest.mark.parametrize("intra_op", [1, 2])
 @pytest.mark.parametrize("dtype", [F32, F64], ids=str)
 def test_threads_own_modules_match_sequential(dtype, intra_op, threads):
@@ -167,12 +178,7 @@ def test_threads_own_modules_match_sequential(dtype, intra_op, threads):
         x, lengths = _thread_inputs(dtype, t, B)
         per_thread.append([(_thread_model(kind, dtype, t), x, lengths, packed)
                            for kind in ("lstm", "gru") for packed in (False, True)])
-    sequential = [_work(jobs) for jobs in per_thread]
-    concurrent = _concurrent(per_thread)
-    for t in range(N_THREADS):
-        for r, results in enumerate(concurrent[t]):
-            for j, (got, exp) in enumerate(zip(results, sequential[t])):
-                _assert_bitwise(got, exp, f"thread {t} round {r} job {j}")
+    _assert_concurrent_matches_sequential(per_thread)
 
 
 @pytest.mark.parametrize("dtype", [F32, F64], ids=str)
@@ -185,12 +191,7 @@ def test_threads_shared_module_match_sequential(dtype):
         x, lengths = _thread_inputs(dtype, t, 5)
         per_thread.append([(m, x, lengths, packed) for m in (lstm, gru)
                            for packed in (False, True)])
-    sequential = [_work(jobs) for jobs in per_thread]
-    concurrent = _concurrent(per_thread)
-    for t in range(N_THREADS):
-        for r, results in enumerate(concurrent[t]):
-            for j, (got, exp) in enumerate(zip(results, sequential[t])):
-                _assert_bitwise(got, exp, f"thread {t} round {r} job {j}")
+    _assert_concurrent_matches_sequential(per_thread)
     assert all(p.grad is None for p in list(lstm.parameters()) + list(gru.parameters()))
 
 

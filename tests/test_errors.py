@@ -32,7 +32,12 @@ from helpers import (
     I,
     I1,
     KINDS,
+    LD,
     LENGTHS_UNSORTED,
+    MB,
+    MH,
+    MI,
+    MT,
     NN,
     NN_CLASSES,
     OPS,
@@ -49,6 +54,8 @@ from helpers import (
     make_pair,
     make_tensors,
     variant_pair,
+    _module_pair,
+    _state,
 )
 
 
@@ -435,29 +442,6 @@ def test_gru_op_rejects_lstm_only_arguments():
         call_layer(ops.gru_layer, "gru", tensors, cell_clip=1.0)
 
 
-MI, MH, ML, MD = 3, 4, 2, 2  # module input size, hidden size, layers, directions
-
-
-MT, MB = 5, 3
-
-
-def _module_pair(kind, proj=0, **kwargs):
-    torch.manual_seed(0)
-    extra = dict(proj_size=proj) if proj else {}
-    ours = FUSED[kind](MI, MH, num_layers=ML, bidirectional=True, dtype=F64, **extra, **kwargs)
-    theirs = NN_CLASSES[kind](MI, MH, num_layers=ML, bidirectional=True, dtype=F64, **extra)
-    theirs.load_state_dict(ours.state_dict())
-    return ours, theirs
-
-
-def _state(kind, shape, dtype=F64, c_shape=None, c_dtype=None, device="cpu"):
-    h = torch.randn(*shape, dtype=dtype, device=device)
-    if kind == "gru":
-        return h
-    c = torch.randn(*(c_shape or shape), dtype=c_dtype or dtype, device=device)
-    return h, c
-
-
 def _packed_input(batch_sizes=BATCH_SIZES, features=MI, dtype=F64, data=None):
     """A hand-made PackedSequence (N_PACKED rows of data unless given)."""
     bs = batch_sizes if isinstance(batch_sizes, torch.Tensor) else torch.tensor(batch_sizes)
@@ -466,7 +450,6 @@ def _packed_input(batch_sizes=BATCH_SIZES, features=MI, dtype=F64, data=None):
     return PackedSequence(data, bs, None, None)
 
 
-LD = ML * MD
 
 
 def _module_bad_inputs(kind):
