@@ -1,6 +1,6 @@
 // Plain parameter structs shared by the torch-facing glue and the kernels.
 //
-// Kernel code (csrc/cpu/kernels_*.cpp, csrc/cuda/*.cu) includes this header and nothing of
+// Kernel code (csrc/cpu/capability_*.cpp, csrc/cuda/*.cu) includes this header and nothing of
 // torch: every struct here is raw pointers, sizes and flags. All matrices are row-major and
 // contiguous; the shape of each buffer is written next to it with the shape letters
 //   T steps, B batch, I input, H hidden, R recurrent state width (P with projection, else H).

@@ -3,8 +3,8 @@
 // per-block partial sums of squares of the norm clip and the gradient record, and the
 // pointwise passes of one step over a thread's units.
 //
-// Compiled once per CPU capability by bwd_engine_avx512.cpp, bwd_engine_avx2.cpp and
-// bwd_engine_default.cpp, exactly like kernels_impl.h (Note [CPU capability dispatch]): no
+// Compiled once per CPU capability by capability_avx512.cpp, capability_avx2.cpp and
+// capability_default.cpp, exactly like kernels_impl.h (Note [CPU capability dispatch]): no
 // header is included here, and everything lives in fusedrnn::cpu::<capability>::bwd (a
 // namespace of its own, so nothing here can collide with kernels_impl.h's inline functions
 // of the same capability).

@@ -2,8 +2,8 @@
 // in engine_fwd.cpp): one time step for the units of one thread, the recurrent dot products
 // and the pointwise math in one pass while the gate values are in registers.
 //
-// Compiled once per capability by engine_fwd_avx512.cpp, engine_fwd_avx2.cpp and
-// engine_fwd_default.cpp under the rules of Note [CPU capability dispatch] (kernels_impl.h):
+// Compiled once per capability by capability_avx512.cpp, capability_avx2.cpp and
+// capability_default.cpp under the rules of Note [CPU capability dispatch] (kernels_impl.h):
 // no header is included here, everything lands in fusedrnn::cpu::<capability>::fwd_engine.
 // The including file defines FUSEDRNN_CPU_CAPABILITY, the vector type in FUSEDRNN_ENGINE_VEC
 // and the number of vector registers in FUSEDRNN_ENGINE_REGS (they bound the register

@@ -3,12 +3,13 @@
 //
 // Note [CPU capability dispatch]
 // This header is compiled several times, once per CPU capability, by the small translation
-// units kernels_avx512.cpp, kernels_avx2.cpp and kernels_default.cpp. Each of them switches
-// the compiler target on (#pragma GCC target / clang attribute), includes <immintrin.h> and
-// rnn_params.h, names its capability in FUSEDRNN_CPU_CAPABILITY and includes this file,
-// which puts everything into fusedrnn::cpu::<capability> (avx512, avx2, or base for the
-// portable code of kernels_default.cpp). Nothing here includes a header
-// (no std:: template is instantiated under a wider target, so the linker can never pick an
+// units capability_avx512.cpp, capability_avx2.cpp and capability_default.cpp (with the
+// engines' engine_fwd_impl.h and bwd_engine_impl.h, under the same rules). Each of them
+// switches the compiler target on (#pragma GCC target / clang attribute), includes
+// <immintrin.h> and the parameter headers, names its capability in FUSEDRNN_CPU_CAPABILITY
+// and includes this file, which puts everything into fusedrnn::cpu::<capability> (avx512,
+// avx2, or base for the portable code of capability_default.cpp). Nothing here includes a
+// header (no std:: template is instantiated under a wider target, so the linker can never pick an
 // AVX-512 copy of a shared inline function for generic code). dispatch.cpp asks the CPU at
 // run time (like ATen's DispatchStub) and hands out the function table of the widest
 // capability it supports; FUSEDRNN_CPU_CAPABILITY=default|avx2|avx512 in the environment

@@ -1,5 +1,7 @@
-// AVX-512 build of the forward engine's micro-kernels; see Note [CPU capability dispatch]
-// (kernels_impl.h) and Note [CPU time-loop engine] (engine_fwd.cpp).
+// AVX-512 build of the CPU kernels: the per-step pointwise kernels (kernels_impl.h), the
+// forward engine's micro-kernels (engine_fwd_impl.h) and the backward engine's kernels
+// (bwd_engine_impl.h), all compiled for one capability in one translation unit; see
+// Note [CPU capability dispatch] in kernels_impl.h.
 #if defined(__x86_64__) || defined(_M_X64)
 
 #if defined(__clang__)
@@ -11,18 +13,24 @@
 
 #include <immintrin.h>
 
+#include "../rnn_params.h"
+#include "bwd_engine_params.h"
 #include "engine_fwd.h"
 
 #define FUSEDRNN_CPU_CAPABILITY avx512
 #define FUSEDRNN_VEC_AVX512
 #define FUSEDRNN_ENGINE_VEC Avx512Vec
 #define FUSEDRNN_ENGINE_REGS 32
+#include "kernels_impl.h"
 #include "engine_fwd_impl.h"
+#include "bwd_engine_impl.h"
 
 namespace fusedrnn {
 namespace cpu {
 namespace avx512 {
+void fill_float_kernels(CpuKernelTable<float>* table) { Entry<Avx512Vec>::fill(table); }
 void fill_engine_fwd(EngineFwdKernels* table) { fwd_engine::fill(table); }
+void fill_bwd_engine(BwdEngineTable<float>* table) { bwd::Entry<bwd::Avx512Vec>::fill(table); }
 }  // namespace avx512
 }  // namespace cpu
 }  // namespace fusedrnn
