@@ -61,41 +61,11 @@
 namespace fusedrnn {
 namespace cpu {
 
-namespace base {
-void fill_bwd_engine(BwdEngineTable<float>* table);
-}
-#if defined(__x86_64__) || defined(_M_X64)
-namespace avx2 {
-void fill_bwd_engine(BwdEngineTable<float>* table);
-}
-namespace avx512 {
-void fill_bwd_engine(BwdEngineTable<float>* table);
-}
-#endif
-
 namespace {
 
 // The kernel table of the capability in use (dispatch.cpp's choice, which can change at run
 // time with _set_cpu_capability).
-const BwdEngineTable<float>& bwd_table() {
-  struct Tables {
-    BwdEngineTable<float> base{}, avx2{}, avx512{};
-    Tables() {
-      fusedrnn::cpu::base::fill_bwd_engine(&base);
-#if defined(__x86_64__) || defined(_M_X64)
-      fusedrnn::cpu::avx2::fill_bwd_engine(&avx2);
-      fusedrnn::cpu::avx512::fill_bwd_engine(&avx512);
-#endif
-    }
-  };
-  static const Tables tables;
-  const std::string cap = capability();
-#if defined(__x86_64__) || defined(_M_X64)
-  if (cap == "avx512") return tables.avx512;
-  if (cap == "avx2") return tables.avx2;
-#endif
-  return tables.base;
-}
+const BwdEngineTable<float>& bwd_table() { return capability_kernels().engine_bwd; }
 
 inline int64_t blocks_of(int64_t units) { return (units + kEngineBlock - 1) / kEngineBlock; }
 
@@ -195,6 +165,64 @@ void timed_team(int want, const Body& body) {
 
 float* fptr(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
+// What the LSTM and GRU loops share: the packed W_hh, the recurrent gradient buffers over the
+// units the GEMM writes (Note [Recurrent gradient buffers] in rnn_params.h: dh_gemm and
+// dh_carry, [B, Up] with Up = units rounded up to whole blocks), the per-row block partials
+// for the norm clip and the record, and what happens at the end of every step.
+struct RecurrentGrad {
+  int64_t K, U, Up, nblk;  // W_hh is [K, U]
+  at::Tensor panels, gemm, carry, sq, cnt;
+  float *panels_p, *gemm_p, *carry_p, *sq_p, *cnt_p;
+  bool norm, track;
+
+  RecurrentGrad(const LayerSizes& s, const GradOptions<float>& opt, int64_t K_, int64_t U_,
+                bool track_, const at::TensorOptions& opts)
+      : K(K_), U(U_), Up(blocks_of(U_) * kEngineBlock), nblk(blocks_of(U_)),
+        norm(opt.clip_mode == ClipMode::Norm), track(track_) {
+    panels = at::empty({K * Up}, opts);  // [nblk][K][16]
+    gemm = at::zeros({s.B, Up}, opts);   // dgates_{t+1} W_hh
+    carry = at::zeros({s.B, Up}, opts);
+    // Per row and block (Note [CPU backward engine]): per step with the record, else one
+    // reused [B, nblk] buffer.
+    if (norm || track) sq = at::zeros({track ? s.N : s.B, nblk}, opts);
+    if (track && opt.clip_mode == ClipMode::Value) cnt = at::zeros({s.N, nblk}, opts);
+    panels_p = panels.data_ptr<float>();
+    gemm_p = gemm.data_ptr<float>();
+    carry_p = carry.data_ptr<float>();
+    sq_p = fptr(sq);
+    cnt_p = fptr(cnt);
+  }
+
+  // The partials of the rows of the step starting at row `off` (nullptr: none are kept).
+  float* partials_at(int64_t off) const { return track ? sq_p + off * nblk : sq_p; }
+
+  // The GEMM dh_gemm = A W_hh over the blocks [blk0, blk1) (A and M set per step).
+  EngineGemm<float> gemm_of(int64_t blk0, int64_t blk1) const {
+    return {0, K, nullptr, K, panels_p, gemm_p, Up, blk0, blk1};
+  }
+
+  // After the GEMM of step `step` (time t, M rows), for the units [u0, u1) of one thread:
+  // rows the next step no longer visits (packed, reverse; every row after the last step)
+  // have their whole gradient into h0 now; then the next step's partials over its blocks.
+  // Returns whether the norm clip needs a barrier before the next step reads the partials.
+  bool end_step(const LayerSizes& s, bool reverse, int64_t step, int64_t t, int64_t M,
+                const BwdEngineTable<float>& k, float clip, float* dh0, int64_t u0,
+                int64_t u1) const {
+    const bool last = step + 1 == s.T;
+    const int64_t tn = reverse ? t + 1 : t - 1;
+    const int64_t next = last ? 0 : std::min(s.rows[tn], M);
+    for (int64_t b = next; b < M; ++b) {
+      for (int64_t j = u0; j < u1; ++j) dh0[b * U + j] = carry_p[b * Up + j] + gemm_p[b * Up + j];
+    }
+    if (last || !(norm || track)) return false;
+    const int64_t offn = s.offset[tn];
+    EnginePartials<float> ph{next, Up, nblk, gemm_p, carry_p, partials_at(offn),
+                             cnt_p ? cnt_p + offn * nblk : nullptr, clip};
+    k.partials(ph, u0 / kEngineBlock, blocks_of(u1));
+    return norm;
+  }
+};
+
 }  // namespace
 
 int64_t bwd_engine_loop_ns() { return loop_ns.load(std::memory_order_relaxed); }
@@ -223,43 +251,31 @@ void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>
                      at::Tensor& dc0, at::Tensor& dr, at::Tensor& record) {
   count_engine_run(EngineRun::LstmBackward);
   const BwdEngineTable<float>& k = bwd_table();
-  const int64_t T_ = s.T, B = s.B, N = s.N, H = s.H, R = s.R, K = 4 * H;
+  const int64_t T_ = s.T, B = s.B, H = s.H, R = s.R, K = 4 * H;
   const bool proj = w_hr_in.has_value();
   const auto opts = act.options();
   const at::Tensor w_hh = w_hh_in.contiguous();                       // [4H, R]
   const at::Tensor w_hr = proj ? w_hr_in->contiguous() : at::Tensor();  // [P, H]
   const at::Tensor c0 = c0_in ? c0_in->contiguous() : at::Tensor();
-  const int64_t nblk_r = blocks_of(R), Rp = nblk_r * kEngineBlock;
   const int64_t nblk_h = blocks_of(H), Hp = nblk_h * kEngineBlock;
   const bool norm = opt.clip_mode == ClipMode::Norm;
   const bool track = record.defined();
-  const int64_t* len_p = s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr;
 
-  // Workspaces, once per call (Note [Recurrent gradient buffers] for gemm / carry).
-  const at::Tensor wp = at::empty({K * Rp}, opts);                     // W_hh panels [nblk_r][K][16]
+  // Workspaces, once per call: the recurrent gradient over R units, and the LSTM's own.
+  const RecurrentGrad rg(s, opt, K, R, track, opts);
+  const int64_t Rp = rg.Up, nblk_r = rg.nblk;
   const at::Tensor wrp = proj ? at::empty({R * Hp}, opts) : at::Tensor();  // W_hr panels [nblk_h][P][16]
-  const at::Tensor gemm = at::zeros({B, Rp}, opts);                    // dgates_{t+1} W_hh
-  const at::Tensor carry = at::zeros({B, Rp}, opts);
   const at::Tensor dc = at::zeros({B, Hp}, opts);                      // dc_rec
   const at::Tensor dr_pad = proj ? at::zeros({B, Rp}, opts) : at::Tensor();    // dr_t, padded
   const at::Tensor direct = proj ? at::zeros({B, Hp}, opts) : at::Tensor();    // dr_t W_hr
-  // Partial sums per row and block (Note [CPU backward engine]).
-  const at::Tensor psq = (norm || track) ? at::zeros({track ? N : B, nblk_r}, opts) : at::Tensor();
-  const at::Tensor pcnt =
-      (track && opt.clip_mode == ClipMode::Value) ? at::zeros({N, nblk_r}, opts) : at::Tensor();
-  const at::Tensor pc = norm ? at::zeros({B, nblk_h}, opts) : at::Tensor();
+  const at::Tensor pc = norm ? at::zeros({B, nblk_h}, opts) : at::Tensor();  // partials of dc_rec
 
   const float* w_hh_p = w_hh.data_ptr<float>();
   const float* w_hr_p = proj ? w_hr.data_ptr<float>() : nullptr;
-  float* wp_p = wp.data_ptr<float>();
   float* wrp_p = fptr(wrp);
-  float* gemm_p = gemm.data_ptr<float>();
-  float* carry_p = carry.data_ptr<float>();
   float* dc_p = dc.data_ptr<float>();
   float* drpad_p = fptr(dr_pad);
   float* direct_p = fptr(direct);
-  float* psq_p = fptr(psq);
-  float* pcnt_p = fptr(pcnt);
   float* pc_p = fptr(pc);
   float* dg_p = dgates.data_ptr<float>();
   float* dh0_p = dh0.data_ptr<float>();
@@ -268,20 +284,18 @@ void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>
   const float* craw_p = c_raw.data_ptr<float>();
   const float* dy_p = dy.data_ptr<float>();
   const float* dhn_p = dhn.data_ptr<float>();
-  const float* dcn_p = dcn.data_ptr<float>();
-  const float* c0_p = fptr(c0);
 
   LstmBwdUnits<float> base{};
   base.H = H;
   base.Hp = Hp;
-  base.step = StepInfo{T_, 0, reverse, len_p};
+  base.step = StepInfo{T_, 0, reverse, s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr};
   base.opt = opt;
-  base.c0 = c0_p;
+  base.c0 = fptr(c0);
   base.dh_n = proj ? nullptr : dhn_p;
-  base.dc_n = dcn_p;
+  base.dc_n = dcn.data_ptr<float>();
   base.dh_direct = direct_p;
-  base.dh_gemm = proj ? nullptr : gemm_p;
-  base.dh_carry = proj ? nullptr : carry_p;
+  base.dh_gemm = proj ? nullptr : rg.gemm_p;
+  base.dh_carry = proj ? nullptr : rg.carry_p;
   base.dc_rec = dc_p;
   base.part_c = pc_p;
   base.nblk_h = nblk_r;
@@ -295,13 +309,10 @@ void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>
   pbase.step = base.step;
   pbase.opt = opt;
   pbase.dh_n = dhn_p;
-  pbase.dh_gemm = gemm_p;
-  pbase.dh_carry = carry_p;
+  pbase.dh_gemm = rg.gemm_p;
+  pbase.dh_carry = rg.carry_p;
   pbase.nblk = nblk_r;
   pbase.dr_pad = drpad_p;
-
-  // The partials of step `t` rows live per step with the record, else in one reused buffer.
-  auto part_rows = [&](int64_t off) { return track ? psq_p + off * nblk_r : psq_p; };
 
   timed_team(engine_threads(B, K, std::min(H, R)), [&](int tid, int n, SpinBarrier& barrier) {
     int64_t k0, k1, q0, q1;  // hidden units, recurrent (R) units
@@ -309,39 +320,26 @@ void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>
     team_slice(R, kEngineBlock, tid, n, &q0, &q1);
     const int64_t hb0 = k0 / kEngineBlock, hb1 = blocks_of(k1);
     const int64_t rb0 = q0 / kEngineBlock, rb1 = blocks_of(q1);
-    if (rb1 > rb0) pack_panels(w_hh_p, K, R, wp_p, rb0, rb1);
+    if (rb1 > rb0) pack_panels(w_hh_p, K, R, rg.panels_p, rb0, rb1);
     if (proj && hb1 > hb0) pack_panels(w_hr_p, R, H, wrp_p, hb0, hb1);
 
     LstmBwdUnits<float> u = base;
     ProjBwdUnits<float> pu = pbase;
-    EngineGemm<float> g{};
-    g.K = K;
-    g.lda = K;
-    g.Bp = wp_p;
-    g.C = gemm_p;
-    g.ldc = Rp;
-    g.blk0 = rb0;
-    g.blk1 = rb1;
-    EngineGemm<float> gr{};  // projection: dh_direct = dr_t W_hr
-    gr.K = R;
-    gr.A = drpad_p;
-    gr.lda = Rp;
-    gr.Bp = wrp_p;
-    gr.C = direct_p;
-    gr.ldc = Hp;
-    gr.blk0 = hb0;
-    gr.blk1 = hb1;
+    EngineGemm<float> g = rg.gemm_of(rb0, rb1);
+    // Projection: dh_direct = dr_t W_hr (M set per step).
+    EngineGemm<float> gr{0, R, drpad_p, Rp, wrp_p, direct_p, Hp, hb0, hb1};
 
     for (int64_t step = 0; step < T_; ++step) {
       const int64_t t = reverse ? step : T_ - 1 - step;
       const int64_t tp = reverse ? t + 1 : t - 1;
       const int64_t M = s.rows[t], off = s.offset[t];
+      float* part = rg.sq_p ? rg.partials_at(off) : nullptr;
       if (proj) {
         pu.M = M;
         pu.step.t = t;
         pu.dy = dy_p + off * R;
         pu.dr = dr_p + off * R;
-        pu.part_h = psq_p ? part_rows(off) : nullptr;
+        pu.part_h = part;
         k.proj_units(pu, q0, q1);
         barrier.wait();  // A2 needs all of dr_t
         gr.M = M;
@@ -354,41 +352,24 @@ void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>
       u.c_raw_prev = (tp >= 0 && tp < T_) ? craw_p + s.offset[tp] * H : nullptr;
       u.dy = proj ? nullptr : dy_p + off * R;
       u.dgates = dg_p + off * 4 * H;
-      u.part_h = psq_p ? part_rows(off) : nullptr;
+      u.part_h = part;
       k.lstm_units(u, k0, k1);
       barrier.wait();  // B needs all of dgates_t
 
       g.M = M;
       g.A = dg_p + off * 4 * H;
       k.gemm(g);
-      // Rows the next backward step no longer visits (packed, reverse; all rows after the
-      // last step) have their whole gradient into h0 now.
-      const bool last = step + 1 == T_;
-      const int64_t tn = reverse ? t + 1 : t - 1;
-      const int64_t next = last ? 0 : std::min(s.rows[tn], M);
-      for (int64_t b = next; b < M; ++b) {
-        for (int64_t j = q0; j < q1; ++j) {
-          dh0_p[b * R + j] = carry_p[b * Rp + j] + gemm_p[b * Rp + j];
-        }
-      }
-      if (!last && (norm || track)) {
-        const int64_t Mn = std::min(s.rows[tn], M), offn = s.offset[tn];
-        EnginePartials<float> ph{Mn, Rp, nblk_r, gemm_p, carry_p, part_rows(offn),
-                                 pcnt_p ? pcnt_p + offn * nblk_r : nullptr, opt.clip};
-        k.partials(ph, rb0, rb1);
-        if (norm) {
-          EnginePartials<float> pcp{Mn, Hp, nblk_h, dc_p, nullptr, pc_p, nullptr, opt.clip};
-          k.partials(pcp, hb0, hb1);
-          barrier.wait();  // the next step's A sums every block of its rows
-        }
+      if (rg.end_step(s, reverse, step, t, M, k, opt.clip, dh0_p, q0, q1)) {
+        EnginePartials<float> pcp{std::min(s.rows[reverse ? t + 1 : t - 1], M), Hp, nblk_h,
+                                  dc_p, nullptr, pc_p, nullptr, opt.clip};
+        k.partials(pcp, hb0, hb1);
+        barrier.wait();  // the next step's A sums every block of its rows
       }
     }
   });
 
   dc0.copy_(dc.narrow(1, 0, H));
-  if (track) {
-    finish_record(s, reverse, opt, psq_p, pcnt_p, nblk_r, R, record.data_ptr<float>());
-  }
+  if (track) finish_record(s, reverse, opt, rg.sq_p, rg.cnt_p, nblk_r, R, record.data_ptr<float>());
 }
 
 void gru_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>& opt,
@@ -397,28 +378,13 @@ void gru_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>&
                     at::Tensor& dxg, at::Tensor& dhg, at::Tensor& dh0, at::Tensor& record) {
   count_engine_run(EngineRun::GruBackward);
   const BwdEngineTable<float>& k = bwd_table();
-  const int64_t T_ = s.T, B = s.B, N = s.N, H = s.H, K = 3 * H;
-  const auto opts = saved.options();
+  const int64_t T_ = s.T, B = s.B, H = s.H, K = 3 * H;
   const at::Tensor w_hh = w_hh_in.contiguous();  // [3H, H]
   const at::Tensor h0 = h0_in ? h0_in->contiguous() : at::Tensor();
-  const int64_t nblk = blocks_of(H), Hp = nblk * kEngineBlock;
-  const bool norm = opt.clip_mode == ClipMode::Norm;
   const bool track = record.defined();
-  const int64_t* len_p = s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr;
-
-  const at::Tensor wp = at::empty({K * Hp}, opts);  // W_hh panels [nblk][3H][16]
-  const at::Tensor gemm = at::zeros({B, Hp}, opts);
-  const at::Tensor carry = at::zeros({B, Hp}, opts);
-  const at::Tensor psq = (norm || track) ? at::zeros({track ? N : B, nblk}, opts) : at::Tensor();
-  const at::Tensor pcnt =
-      (track && opt.clip_mode == ClipMode::Value) ? at::zeros({N, nblk}, opts) : at::Tensor();
+  const RecurrentGrad rg(s, opt, K, H, track, saved.options());
 
   const float* w_hh_p = w_hh.data_ptr<float>();
-  float* wp_p = wp.data_ptr<float>();
-  float* gemm_p = gemm.data_ptr<float>();
-  float* carry_p = carry.data_ptr<float>();
-  float* psq_p = fptr(psq);
-  float* pcnt_p = fptr(pcnt);
   float* dhg_p = dhg.data_ptr<float>();
   float* dxg_p = dxg.data_ptr<float>();
   float* dh0_p = dh0.data_ptr<float>();
@@ -428,30 +394,22 @@ void gru_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>&
 
   GruBwdUnits<float> base{};
   base.H = H;
-  base.Hp = Hp;
-  base.step = StepInfo{T_, 0, reverse, len_p};
+  base.Hp = rg.Up;
+  base.step = StepInfo{T_, 0, reverse, s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr};
   base.opt = opt;
   base.h0 = fptr(h0);
   base.dh_n = dhn.data_ptr<float>();
-  base.dh_gemm = gemm_p;
-  base.dh_carry = carry_p;
-  base.nblk = nblk;
-  auto part_rows = [&](int64_t off) { return track ? psq_p + off * nblk : psq_p; };
+  base.dh_gemm = rg.gemm_p;
+  base.dh_carry = rg.carry_p;
+  base.nblk = rg.nblk;
 
   timed_team(engine_threads(B, K, H), [&](int tid, int n, SpinBarrier& barrier) {
     int64_t k0, k1;
     team_slice(H, kEngineBlock, tid, n, &k0, &k1);
     const int64_t b0 = k0 / kEngineBlock, b1 = blocks_of(k1);
-    if (b1 > b0) pack_panels(w_hh_p, K, H, wp_p, b0, b1);
+    if (b1 > b0) pack_panels(w_hh_p, K, H, rg.panels_p, b0, b1);
     GruBwdUnits<float> u = base;
-    EngineGemm<float> g{};
-    g.K = K;
-    g.lda = K;
-    g.Bp = wp_p;
-    g.C = gemm_p;
-    g.ldc = Hp;
-    g.blk0 = b0;
-    g.blk1 = b1;
+    EngineGemm<float> g = rg.gemm_of(b0, b1);
     for (int64_t step = 0; step < T_; ++step) {
       const int64_t t = reverse ? step : T_ - 1 - step;
       const int64_t tp = reverse ? t + 1 : t - 1;
@@ -463,30 +421,20 @@ void gru_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>&
       u.dy = dy_p + off * H;
       u.dxg = dxg_p + off * 3 * H;
       u.dhg = dhg_p + off * 3 * H;
-      u.part_h = psq_p ? part_rows(off) : nullptr;
+      u.part_h = rg.sq_p ? rg.partials_at(off) : nullptr;
       k.gru_units(u, k0, k1);
       barrier.wait();  // the GEMM needs all of dhg_t
 
       g.M = M;
       g.A = dhg_p + off * 3 * H;
       k.gemm(g);
-      const bool last = step + 1 == T_;
-      const int64_t tn = reverse ? t + 1 : t - 1;
-      const int64_t next = last ? 0 : std::min(s.rows[tn], M);
-      for (int64_t b = next; b < M; ++b) {
-        for (int64_t j = k0; j < k1; ++j) dh0_p[b * H + j] = carry_p[b * Hp + j] + gemm_p[b * Hp + j];
-      }
-      if (!last && (norm || track)) {
-        const int64_t Mn = std::min(s.rows[tn], M), offn = s.offset[tn];
-        EnginePartials<float> ph{Mn, Hp, nblk, gemm_p, carry_p, part_rows(offn),
-                                 pcnt_p ? pcnt_p + offn * nblk : nullptr, opt.clip};
-        k.partials(ph, b0, b1);
-        if (norm) barrier.wait();  // the next step's pass sums every block of its rows
+      if (rg.end_step(s, reverse, step, t, M, k, opt.clip, dh0_p, k0, k1)) {
+        barrier.wait();  // the next step's pass sums every block of its rows
       }
     }
   });
 
-  if (track) finish_record(s, reverse, opt, psq_p, pcnt_p, nblk, H, record.data_ptr<float>());
+  if (track) finish_record(s, reverse, opt, rg.sq_p, rg.cnt_p, rg.nblk, H, record.data_ptr<float>());
 }
 
 }  // namespace cpu

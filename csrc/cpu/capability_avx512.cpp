@@ -13,9 +13,7 @@
 
 #include <immintrin.h>
 
-#include "../rnn_params.h"
-#include "bwd_engine_params.h"
-#include "engine_fwd.h"
+#include "kernel_tables.h"
 
 #define FUSEDRNN_CPU_CAPABILITY avx512
 #define FUSEDRNN_VEC_AVX512
@@ -28,9 +26,11 @@
 namespace fusedrnn {
 namespace cpu {
 namespace avx512 {
-void fill_float_kernels(CpuKernelTable<float>* table) { Entry<Avx512Vec>::fill(table); }
-void fill_engine_fwd(EngineFwdKernels* table) { fwd_engine::fill(table); }
-void fill_bwd_engine(BwdEngineTable<float>* table) { bwd::Entry<bwd::Avx512Vec>::fill(table); }
+void fill_capability(CapabilityKernels* table) {
+  Entry<Avx512Vec>::fill(&table->pointwise);
+  fwd_engine::fill(&table->engine_fwd);
+  bwd::Entry<bwd::Avx512Vec>::fill(&table->engine_bwd);
+}
 }  // namespace avx512
 }  // namespace cpu
 }  // namespace fusedrnn

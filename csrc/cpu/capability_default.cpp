@@ -3,9 +3,7 @@
 // (kernels_impl.h), the forward engine's micro-kernels (engine_fwd_impl.h) and the backward
 // engine's kernels (bwd_engine_impl.h) in one translation unit; see
 // Note [CPU capability dispatch] in kernels_impl.h.
-#include "../rnn_params.h"
-#include "bwd_engine_params.h"
-#include "engine_fwd.h"
+#include "kernel_tables.h"
 
 #define FUSEDRNN_CPU_CAPABILITY base
 #define FUSEDRNN_ENGINE_VEC ScalarVec<float>
@@ -17,10 +15,12 @@
 namespace fusedrnn {
 namespace cpu {
 namespace base {
-void fill_float_kernels(CpuKernelTable<float>* table) { Entry<ScalarVec<float>>::fill(table); }
+void fill_capability(CapabilityKernels* table) {
+  Entry<ScalarVec<float>>::fill(&table->pointwise);
+  fwd_engine::fill(&table->engine_fwd);
+  bwd::Entry<bwd::ScalarVec<float>>::fill(&table->engine_bwd);
+}
 void fill_double_kernels(CpuKernelTable<double>* table) { Entry<ScalarVec<double>>::fill(table); }
-void fill_engine_fwd(EngineFwdKernels* table) { fwd_engine::fill(table); }
-void fill_bwd_engine(BwdEngineTable<float>* table) { bwd::Entry<bwd::ScalarVec<float>>::fill(table); }
 }  // namespace base
 }  // namespace cpu
 }  // namespace fusedrnn

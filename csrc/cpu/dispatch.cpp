@@ -10,17 +10,17 @@ namespace fusedrnn {
 namespace cpu {
 
 namespace base {
-void fill_float_kernels(CpuKernelTable<float>* table);
+void fill_capability(CapabilityKernels* table);
 void fill_double_kernels(CpuKernelTable<double>* table);
 }  // namespace base
 
 #if defined(__x86_64__) || defined(_M_X64)
 #define FUSEDRNN_X86 1
 namespace avx2 {
-void fill_float_kernels(CpuKernelTable<float>* table);
+void fill_capability(CapabilityKernels* table);
 }
 namespace avx512 {
-void fill_float_kernels(CpuKernelTable<float>* table);
+void fill_capability(CapabilityKernels* table);
 }
 #endif
 
@@ -56,25 +56,27 @@ Capability parse(const std::string& name) {
   return Capability::Default;
 }
 
+// One table per capability, filled once; `in_use` points at the one handed out. Switching
+// (set_capability) swaps the pointer, so a call already running keeps a complete table.
 struct State {
   std::mutex mutex;
-  Capability in_use;
-  CpuKernelTable<float> float_table;
+  CapabilityKernels tables[3];
+  std::atomic<Capability> in_use{Capability::Default};
   CpuKernelTable<double> double_table;
 
   void install(Capability c) {
     if (c > detected()) c = detected();
-    switch (c) {
-#ifdef FUSEDRNN_X86
-      case Capability::Avx512: avx512::fill_float_kernels(&float_table); break;
-      case Capability::Avx2: avx2::fill_float_kernels(&float_table); break;
-#endif
-      default: base::fill_float_kernels(&float_table); break;
-    }
-    in_use = c;
+    in_use.store(c, std::memory_order_release);
   }
 
   State() {
+    base::fill_capability(&tables[static_cast<int>(Capability::Default)]);
+    tables[static_cast<int>(Capability::Avx2)] = tables[static_cast<int>(Capability::Avx512)] =
+        tables[static_cast<int>(Capability::Default)];
+#ifdef FUSEDRNN_X86
+    avx2::fill_capability(&tables[static_cast<int>(Capability::Avx2)]);
+    avx512::fill_capability(&tables[static_cast<int>(Capability::Avx512)]);
+#endif
     base::fill_double_kernels(&double_table);
     Capability c = detected();
     // Like ATEN_CPU_CAPABILITY: an environment variable can narrow the choice.
@@ -92,17 +94,20 @@ State& state() {
 
 }  // namespace
 
-const CpuKernelTable<float>& float_kernels() { return state().float_table; }
+const CapabilityKernels& capability_kernels() {
+  const State& s = state();
+  return s.tables[static_cast<int>(s.in_use.load(std::memory_order_acquire))];
+}
 const CpuKernelTable<double>& double_kernels() { return state().double_table; }
 
-std::string capability() { return name_of(state().in_use); }
+std::string capability() { return name_of(state().in_use.load()); }
 
 std::string set_capability(const std::string& name) {
   State& s = state();
   const Capability c = parse(name);
   std::lock_guard<std::mutex> guard(s.mutex);
   s.install(c);
-  return name_of(s.in_use);
+  return name_of(s.in_use.load());
 }
 
 namespace {

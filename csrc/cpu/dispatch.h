@@ -6,14 +6,15 @@
 #include <string>
 #include <vector>
 
-#include "../rnn_params.h"
+#include "kernel_tables.h"
 
 namespace fusedrnn {
 namespace cpu {
 
-// The kernel table for the widest capability this CPU supports (float32), or the portable
-// one (float64 has a single portable implementation).
-const CpuKernelTable<float>& float_kernels();
+// The float32 kernels of the capability in use (the widest this CPU supports unless narrowed,
+// see capability()); float64 has a single portable implementation.
+const CapabilityKernels& capability_kernels();
+inline const CpuKernelTable<float>& float_kernels() { return capability_kernels().pointwise; }
 const CpuKernelTable<double>& double_kernels();
 
 template <typename T>

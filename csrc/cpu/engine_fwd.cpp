@@ -62,41 +62,11 @@
 namespace fusedrnn {
 namespace cpu {
 
-namespace base {
-void fill_engine_fwd(EngineFwdKernels* table);
-}
-#if defined(__x86_64__) || defined(_M_X64)
-namespace avx2 {
-void fill_engine_fwd(EngineFwdKernels* table);
-}
-namespace avx512 {
-void fill_engine_fwd(EngineFwdKernels* table);
-}
-#endif
-
 namespace {
-
-struct EngineTables {
-  EngineFwdKernels base_, avx2_, avx512_;
-  EngineTables() {
-    base::fill_engine_fwd(&base_);
-    avx2_ = avx512_ = base_;
-#if defined(__x86_64__) || defined(_M_X64)
-    avx2::fill_engine_fwd(&avx2_);
-    avx512::fill_engine_fwd(&avx512_);
-#endif
-  }
-};
 
 // The engine kernels of the capability the pointwise kernels use (dispatch.h), so that
 // _set_cpu_capability switches both.
-const EngineFwdKernels& engine_kernels() {
-  static const EngineTables tables;
-  const std::string cap = capability();
-  if (cap == "avx512") return tables.avx512_;
-  if (cap == "avx2") return tables.avx2_;
-  return tables.base_;
-}
+const EngineFwdKernels& engine_kernels() { return capability_kernels().engine_fwd; }
 
 // How many threads to start: one per chunk of W units at most, and one when a step is so
 // small that a barrier would cost more than the split saves.
