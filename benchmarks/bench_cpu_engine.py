@@ -281,7 +281,8 @@ def calibrate_inner(calls, block_s: float, cap: int = 20000) -> int:
 # Floors
 # ---------------------------------------------------------------------------------------
 
-def step_floor(cell: str, B: int, H: int, mode: str, threads: int, ceilings) -> dict:
+def step_floor(cell: str, B: int, H: int, mode: str, threads: int, ceilings,
+               I: int = 0) -> dict:
     """The time per step no implementation can beat, from the measured ceilings.
 
     bytes: W_hh (G*H x H float32, G = 4 LSTM / 3 GRU) is read once per step forward
@@ -291,12 +292,15 @@ def step_floor(cell: str, B: int, H: int, mode: str, threads: int, ceilings) -> 
     flops: the recurrent product, 2*B*G*H*H per step forward; backward about twice that,
     so a train step counts 3x. The input projection and the weight gradients are not
     counted (they are one large GEMM over all steps, off the sequential path).
+    fma_all_floor_us counts them too (2*B*G*H*(H+I) per step, 3x for train): the whole
+    call's FLOPs at the FMA peak, per step, against which "FMA use" is measured.
     """
     G = GATES[cell]
     whh = G * H * H * 4
     mult_bytes, mult_flops = (1, 1) if mode == "infer" else (2, 3)
     out = {"whh_bytes": whh, "bytes_per_step": mult_bytes * whh,
-           "flops_per_step": mult_flops * 2.0 * B * G * H * H}
+           "flops_per_step": mult_flops * 2.0 * B * G * H * H,
+           "flops_all_per_step": mult_flops * 2.0 * B * G * H * (H + I)}
     if ceilings is None:
         return out
     slice_bytes = whh / max(threads, 1)
@@ -307,6 +311,9 @@ def step_floor(cell: str, B: int, H: int, mode: str, threads: int, ceilings) -> 
     out["bw_level"] = level
     out["bytes_floor_us"] = out["bytes_per_step"] / (bw * 1e9) * 1e6 if bw else None
     out["flops_floor_us"] = out["flops_per_step"] / (peak * 1e9) * 1e6 if peak else None
+    out["fma_all_floor_us"] = out["flops_all_per_step"] / (peak * 1e9) * 1e6 if peak else None
+    sgemm = ceilings.get("sgemm", {}).get(str(threads), {}).get("gflops")
+    out["sgemm_fma_use"] = sgemm / peak if sgemm and peak else None
     floors = [v for v in (out["bytes_floor_us"], out["flops_floor_us"]) if v]
     out["floor_us"] = max(floors) if floors else None
     out["bound"] = (None if not floors else
@@ -430,12 +437,19 @@ def layer_row(cell, shape, kind, mode, times, eng, n, diffs, threads, ceilings,
     # The engine's gain, paired in the same run: steps / engine and steps / auto.
     row["engine_vs_steps"] = paired_ratio(times.get("fused:steps"), times.get("fused:engine"))
     row["auto_vs_steps"] = paired_ratio(times.get("fused:steps"), times.get(main))
-    row["floor"] = step_floor(cell, B, H, mode, threads, ceilings)
+    row["floor"] = step_floor(cell, B, H, mode, threads, ceilings, I)
+    fma_all = row["floor"].get("fma_all_floor_us")
     for name, s in row["impls"].items():
         if s.get("median_ms") is not None:
             s["us_per_step"] = s["median_ms"] * 1e3 / T
             f = row["floor"].get("floor_us")
             s["gap"] = s["us_per_step"] / f if f else None
+            # The share of the FMA peak the whole call runs at (all its FLOPs).
+            s["fma_use"] = fma_all / s["us_per_step"] if fma_all else None
+    nn_step = row["impls"].get("torch.nn", {}).get("us_per_step")
+    # What the target asks: the FMA share at which a call takes torch.nn's time / target.
+    row["floor"]["target_fma_use"] = (fma_all * target / nn_step
+                                      if fma_all and target and nn_step else None)
     return row
 
 
@@ -617,6 +631,22 @@ def _f(v, spec=".3g"):
     return E if v is None else format(v, spec)
 
 
+def floor_legend(rows) -> str:
+    sg = next((r["floor"].get("sgemm_fma_use") for r in rows
+               if r["floor"].get("sgemm_fma_use")), None)
+    return ("Floors per step: W_hh bytes over the measured cache bandwidth; FLOPs of the "
+            "recurrent product over the measured FMA peak. \"FMA use\": the whole call's "
+            "FLOPs (input projection and, for train, the backward's GEMMs included) at the "
+            "FMA peak, over the measured time per step; \"the target needs\" is the same "
+            "at torch.nn's time divided by the target ratio. For scale: a large square "
+            "sgemm (torch.mm, floors above) runs at "
+            + (f"{100 * sg:.0f}%" if sg else "(not measured)") + " of the same peak.")
+
+
+def _pct(v):
+    return E if v is None else f"{100 * v:.0f}%"
+
+
 def _ratio(r):
     return E if r is None else f"{r['median']:.2f}x ±{r['iqr'] / 2:.2f}"
 
@@ -677,6 +707,9 @@ def layers_tables(rows) -> str:
     def floor_cell(key):
         return lambda r: _f(r["floor"].get(key), ".2f")
 
+    def fma_use(name):
+        return lambda r: _pct(r["impls"].get(name, {}).get("fma_use"))
+
     floor_cols = [
         ("cell", "---", lambda r: r["cell"]),
         ("T, B, I, H", "---", shape),
@@ -690,6 +723,10 @@ def layers_tables(rows) -> str:
          f"{r['floor']['bytes_floor_us']:.2f} ({r['floor']['bw_level'].upper()})"),
         ("MFLOP/step", "--:", lambda r: f"{r['floor']['flops_per_step'] / 1e6:.3g}"),
         ("FLOP floor us", "--:", floor_cell("flops_floor_us")),
+        ("FMA use torch.nn", "--:", fma_use("torch.nn")),
+        ("FMA use fusedrnn", "--:", fma_use("fused:auto")),
+        ("FMA use the target needs", "--:",
+         lambda r: _pct(r["floor"].get("target_fma_use"))),
         ("gap fusedrnn", "--:",
          lambda r: _f(r["impls"].get("fused:auto", {}).get("gap"), ".0f") + "x"
          if r["impls"].get("fused:auto", {}).get("gap") else E),
@@ -719,7 +756,7 @@ def layers_tables(rows) -> str:
     parts = ["### fusedrnn vs torch.nn (ratio = torch.nn time / fusedrnn time; "
              "median [min-max] ms)", "", md_table(ratio_cols, rows, 3), "",
              "### Time per step vs this machine's floors", "",
-             md_table(floor_cols, rows, 3), ""]
+             md_table(floor_cols, rows, 3), "", floor_legend(rows), ""]
     if any("fused:steps" in r["impls"] for r in rows):
         parts += ["### CPU time loops: _set_cpu_engine('steps' / 'engine' / 'auto'), paired",
                   "", md_table(engine_cols, rows, 3), ""]

@@ -103,6 +103,10 @@ def test_step_floor_arithmetic():
     train = bce.step_floor("lstm", 8, 256, "train", 2, ceilings)
     assert train["bytes_per_step"] == 2 * f["bytes_per_step"]
     assert train["flops_per_step"] == 3 * f["flops_per_step"]
+    # the whole call's FLOPs: the input projection too (I = 64), against the FMA peak
+    full = bce.step_floor("lstm", 8, 256, "train", 2, ceilings, I=64)
+    assert full["flops_all_per_step"] == 3 * 2 * 8 * 4 * 256 * (256 + 64)
+    assert full["fma_all_floor_us"] == pytest.approx(full["flops_all_per_step"] / 100e9 * 1e6)
     # a slice that does not fit L2 is read from the LLC
     big = bce.step_floor("lstm", 8, 1024, "infer", 2, ceilings)
     assert big["bw_level"] == "llc"
