@@ -72,9 +72,11 @@ struct LstmFwdStep {
   int64_t B, H;
   StepInfo step;
   T* gates;        // [B, 4H] in: x W_ih^T + b_ih + b_hh (gates i, f, g, o); out: activations
+                   //         (only when saving: c_raw != nullptr)
   const T* hg;     // [B, 4H] h_{t-1} W_hh^T
   T* c;            // [B, H]  running cell state: in c_{t-1}, out c_t (unchanged for absent rows)
-  T* c_raw;        // [B, H]  out: cell state before the cell clip (saved for backward), or nullptr
+  T* c_raw;        // [B, H]  out: cell state before the cell clip (saved for backward), or
+                   //         nullptr: nothing is saved (no-grad call)
   T* h_out;        // [B, H]  out: o * tanh(c_t); zero for absent rows
   T* h_state;      // [B, H]  running hidden state (no projection), or nullptr (projection: glue)
   T cell_clip;     // used when has_cell_clip

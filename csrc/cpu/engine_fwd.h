@@ -32,8 +32,9 @@ struct LstmEngineStep {
   const float* h_prev;     // [B, R] state entering the step (all units; read only)
   float* h_next;           // [B, R] state leaving the step, or nullptr (projection)
   float* gates;            // [M, 4H] in: x W_ih^T + b_ih + b_hh of the step; out: activations
+                           // (only when saving, c_raw != nullptr)
   float* c;                // [B, H] running cell state (unchanged for absent rows)
-  float* c_raw;            // [M, H] out: cell state before the clip, or nullptr
+  float* c_raw;            // [M, H] out: cell state before the clip, or nullptr: not saving
   float* h_out;            // [M, H] out: o * tanh(c_t) (the output, or h_pre with projection)
   float cell_clip;
   bool has_cell_clip;

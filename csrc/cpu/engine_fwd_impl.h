@@ -238,10 +238,15 @@ void lstm_step_impl(const LstmEngineStep& p, int64_t u0, int64_t u1) {
     float* g = p.gates + b * 4 * H + u;
     float* h_out = p.h_out + b * H + u;
     float* c_raw = p.c_raw ? p.c_raw + b * H + u : nullptr;
+    // Without saving (c_raw == nullptr: no backward will read them) the activations are not
+    // written back: at B = 32 the gates of all steps (16 MiB at T = 128, H = 256) live in
+    // memory, and the write-back costs more per step than the pointwise math.
     if (!row_active(p.lengths, p.t, b)) {  // state carried; outputs and saved values zero
-      for (int q = 0; q < 4; ++q) zero_n(g + q * H, n);
       zero_n(h_out, n);
-      if (c_raw) zero_n(c_raw, n);
+      if (c_raw) {
+        for (int q = 0; q < 4; ++q) zero_n(g + q * H, n);
+        zero_n(c_raw, n);
+      }
       if (p.h_next) copy_n(p.h_next + b * R + u, p.h_prev + b * R + u, n);
       return;
     }
@@ -250,13 +255,15 @@ void lstm_step_impl(const LstmEngineStep& p, int64_t u0, int64_t u1) {
     const Rg f = V::sigmoid(V::add(load_n(g + H, n), acc[1]));
     const Rg gg = V::tanh(V::add(load_n(g + 2 * H, n), acc[2]));
     const Rg o = V::sigmoid(V::add(load_n(g + 3 * H, n), acc[3]));
-    store_n(g, i, n);
-    store_n(g + H, f, n);
-    store_n(g + 2 * H, gg, n);
-    store_n(g + 3 * H, o, n);
     float* c = p.c + b * H + u;
     const Rg cr = V::fmadd(f, load_n(c, n), V::mul(i, gg));
-    if (c_raw) store_n(c_raw, cr, n);
+    if (c_raw) {
+      store_n(g, i, n);
+      store_n(g + H, f, n);
+      store_n(g + 2 * H, gg, n);
+      store_n(g + 3 * H, o, n);
+      store_n(c_raw, cr, n);
+    }
     Rg cn = cr;
     if constexpr (CCLIP) cn = V::clamp(cr, lo, hi);
     store_n(c, cn, n);

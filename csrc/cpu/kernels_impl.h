@@ -189,10 +189,13 @@ void lstm_fwd_rows(const LstmFwdStep<typename V::value_type>& p, int64_t b0, int
   for (int64_t b = b0; b < b1; ++b) {
     const bool active = p.step.lengths == nullptr || p.step.t < p.step.lengths[b];
     T* h_out = p.h_out + b * H;
+    // Saved values (activations in gates, c_raw) only when saving (c_raw != nullptr).
     if (!active) {  // outputs and saved values of absent rows are zero, never stale memory
       zero_row(h_out, H);
-      zero_row(p.gates + b * 4 * H, 4 * H);
-      if (p.c_raw) zero_row(p.c_raw + b * H, H);
+      if (p.c_raw) {
+        zero_row(p.gates + b * 4 * H, 4 * H);
+        zero_row(p.c_raw + b * H, H);
+      }
       continue;
     }
     T* g = p.gates + b * 4 * H;
@@ -208,12 +211,14 @@ void lstm_fwd_rows(const LstmFwdStep<typename V::value_type>& p, int64_t b0, int
       const R f = VV::sigmoid(VV::add(VV::load(g + H + j), VV::load(hg + H + j)));
       const R gg = VV::tanh(VV::add(VV::load(g + 2 * H + j), VV::load(hg + 2 * H + j)));
       const R o = VV::sigmoid(VV::add(VV::load(g + 3 * H + j), VV::load(hg + 3 * H + j)));
-      VV::store(g + j, i);
-      VV::store(g + H + j, f);
-      VV::store(g + 2 * H + j, gg);
-      VV::store(g + 3 * H + j, o);
       const R cr = VV::fmadd(f, VV::load(c + j), VV::mul(i, gg));
-      if (c_raw) VV::store(c_raw + j, cr);
+      if (c_raw) {
+        VV::store(g + j, i);
+        VV::store(g + H + j, f);
+        VV::store(g + 2 * H + j, gg);
+        VV::store(g + 3 * H + j, o);
+        VV::store(c_raw + j, cr);
+      }
       R cn = cr;
       if constexpr (CCLIP) cn = VV::clamp(cr, VV::set1(-cc), VV::set1(cc));
       VV::store(c + j, cn);
