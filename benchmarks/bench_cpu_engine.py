@@ -54,7 +54,7 @@ from benchlib.machine import (DEFAULT_OUT, dated_stem, load_average,  # noqa: E4
                               machine_info, slug)
 from benchlib.markdown import table as md_table  # noqa: E402
 from benchlib.timing import (balanced_orders, in_order, paired_ratio,  # noqa: E402
-                             percentile)
+                             summarize)
 
 SECTIONS = ("layers", "cells", "fixed", "overheads")
 ENGINE_MODES = ("auto", "steps", "engine")
@@ -245,11 +245,7 @@ def impl_entry(ts, preempt, extra=None) -> dict:
 
 
 def stats(ts) -> Optional[dict]:
-    if not ts:
-        return None
-    s = sorted(ts)
-    return {"median_ms": percentile(s, 0.5), "min_ms": s[0], "max_ms": s[-1],
-            "iqr_ms": percentile(s, 0.75) - percentile(s, 0.25), "n": len(s)}
+    return summarize(ts) if ts else None
 
 
 def looped(fn: Callable[[], object], inner: int) -> Callable[[], None]:

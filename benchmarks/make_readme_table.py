@@ -394,6 +394,15 @@ def cpu_engine_layers_table(rows: list) -> str:
         e = (r or {}).get("engine_vs_steps")
         return "–" if not e else f"{e['median']:.2f}x"
 
+    def fma_use(r):
+        # fusedrnn's share of the FMA peak, and the share the target asks for (runs made
+        # before bench_cpu_engine recorded them have neither).
+        got = (((r or {}).get("impls") or {}).get("fused:auto") or {}).get("fma_use")
+        need = ((r or {}).get("floor") or {}).get("target_fma_use")
+        if got is None:
+            return "–"
+        return f"{100 * got:.0f}%" + (f" ({100 * need:.0f}%)" if need is not None else "")
+
     columns = [
         ("cell", "---", lambda item: item[0][0].upper()),
         ("T, B, I, H", "---", lambda item: ", ".join(str(v) for v in item[0][1:])),
@@ -405,6 +414,8 @@ def cpu_engine_layers_table(rows: list) -> str:
          lambda item: _pair(per_step(item[1].get("infer")), per_step(item[1].get("train")))),
         ("floor us/step infer / train", "--:",
          lambda item: _pair(floor_us(item[1].get("infer")), floor_us(item[1].get("train")))),
+        ("FMA use (target needs) infer / train", "--:",
+         lambda item: _pair(fma_use(item[1].get("infer")), fma_use(item[1].get("train")))),
         ("steps/engine infer / train", "--:",
          lambda item: _pair(engine(item[1].get("infer")), engine(item[1].get("train")))),
     ]
@@ -504,8 +515,11 @@ CPU_ENGINE_LEGEND = (
     "per-repeat\nratios of interleaved repeats; (u R/n): the same over the n repeats where "
     "neither side\nwas preempted, where there were any. us/step: fusedrnn's median time "
     "per step, (gap) its\nmultiple of the floor = max(W_hh bytes / L2 bandwidth, recurrent "
-    "FLOPs / FMA peak);\nsteps/engine: the per-step time loop's time / the persistent "
-    "engine's, paired. Overheads:\nwith the option / without - 1, paired.")
+    "FLOPs / FMA peak);\nFMA use: the call's FLOPs (input projection and backward GEMMs "
+    "included) at the FMA peak\nover fusedrnn's time, and in brackets the share a time of "
+    "torch.nn's / target would need\n(a large square sgemm reaches the share the floor line "
+    "gives as sgemm / FMA peak);\nsteps/engine: the per-step time loop's time / the "
+    "persistent engine's, paired. Overheads:\nwith the option / without - 1, paired.")
 
 
 def cpu_engine_section(run: dict, older: list) -> str:

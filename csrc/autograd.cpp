@@ -169,6 +169,46 @@ OptTensor kept_bias(AutogradContext* ctx, const std::string& name) {
   return bias;
 }
 
+// What both layers keep for their backward besides the saved tensors: the input edges
+// (Edges), the biases (keep_biases) and the options, in ctx->saved_data.
+void save_common(AutogradContext* ctx, const Edges& e, const OptTensor& bias_ih,
+                 const OptTensor& bias_hh, bool reverse, std::optional<double> grad_clip,
+                 c10::string_view grad_clip_mode, std::optional<int64_t> truncate) {
+  keep_biases(ctx, bias_ih, bias_hh);
+  ctx->saved_data["edges"] = e.indices();
+  ctx->saved_data["reverse"] = reverse;
+  ctx->saved_data["grad_clip"] = grad_clip;
+  ctx->saved_data["grad_clip_mode"] = std::string(grad_clip_mode);
+  ctx->saved_data["truncate"] = truncate;
+  ctx->saved_data["has_bias"] = bias_ih.has_value() || bias_hh.has_value();
+  ctx->set_materialize_grads(false);
+}
+
+// The options of save_common, read back.
+struct SavedOptions {
+  bool reverse;
+  std::optional<double> grad_clip;
+  std::string grad_clip_mode;
+  std::optional<int64_t> truncate;
+  bool has_bias;
+
+  explicit SavedOptions(AutogradContext* ctx)
+      : reverse(ctx->saved_data["reverse"].toBool()),
+        grad_clip(opt_double(ctx->saved_data["grad_clip"])),
+        grad_clip_mode(ctx->saved_data["grad_clip_mode"].toStringRef()),
+        truncate(opt_int(ctx->saved_data["truncate"])),
+        has_bias(ctx->saved_data["has_bias"].toBool()) {}
+};
+
+// Whether any of the forward arguments `args` needs its gradient.
+bool needs_any(AutogradContext* ctx, const std::vector<int64_t>& edges,
+               std::initializer_list<size_t> args) {
+  for (size_t arg : args) {
+    if (needs(ctx, edges, arg)) return true;
+  }
+  return false;
+}
+
 // Which of the first N forward arguments (the differentiable ones) need their gradient: the
 // output_mask of the *_layer_grad ops.
 template <size_t N>
@@ -219,18 +259,11 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
                             value_or_undefined(h0), value_or_undefined(c0),
                             value_or_undefined(lengths), value_or_undefined(batch_sizes), y, act,
                             c_raw, h_pre});
-    keep_biases(ctx, bias_ih, bias_hh);
-    ctx->saved_data["edges"] = e.indices();
+    save_common(ctx, e, bias_ih, bias_hh, reverse, grad_clip, grad_clip_mode, truncate);
     ctx->saved_data["B"] = h_n.sym_size(0);
     ctx->saved_data["R"] = h_n.sym_size(1);
     ctx->saved_data["H"] = c_n.sym_size(1);
-    ctx->saved_data["reverse"] = reverse;
-    ctx->saved_data["grad_clip"] = grad_clip;
-    ctx->saved_data["grad_clip_mode"] = std::string(grad_clip_mode);
-    ctx->saved_data["truncate"] = truncate;
     ctx->saved_data["cell_clip"] = cell_clip;
-    ctx->saved_data["has_bias"] = bias_ih.has_value() || bias_hh.has_value();
-    ctx->set_materialize_grads(false);
     return {y, h_n, c_n};
   }
 
@@ -239,9 +272,7 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
     if (at::GradMode::is_enabled()) return backward_create_graph(ctx, saved, grads);
     const std::vector<int64_t> edges = ctx->saved_data["edges"].toIntVector();
     const bool need_input = needs(ctx, edges, kLInput);
-    const bool need_weight = needs(ctx, edges, kLWih) || needs(ctx, edges, kLWhh) ||
-                             needs(ctx, edges, kLBih) || needs(ctx, edges, kLBhh) ||
-                             needs(ctx, edges, kLWhr);
+    const bool need_weight = needs_any(ctx, edges, {kLWih, kLWhh, kLBih, kLBhh, kLWhr});
     const bool track = needs(ctx, edges, kLRecord);
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr, record] =
@@ -272,13 +303,12 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
   static Tensor8 fused_backward(AutogradContext* ctx, const variable_list& saved,
                                 const std::array<at::Tensor, 3>& g, bool need_input,
                                 bool need_weight, bool track) {
+    const SavedOptions o(ctx);
     return lstm_layer_backward_op().call(
         g[0], g[1], g[2], saved[0], saved[1], saved[2], optional(saved[3]), optional(saved[4]),
         optional(saved[5]), optional(saved[6]), optional(saved[7]), saved[8], saved[9],
-        saved[10], saved[11], ctx->saved_data["reverse"].toBool(),
-        opt_double(ctx->saved_data["grad_clip"]), ctx->saved_data["grad_clip_mode"].toStringRef(),
-        opt_int(ctx->saved_data["truncate"]), opt_double(ctx->saved_data["cell_clip"]),
-        ctx->saved_data["has_bias"].toBool(), need_input, need_weight, track);
+        saved[10], saved[11], o.reverse, o.grad_clip, o.grad_clip_mode, o.truncate,
+        opt_double(ctx->saved_data["cell_clip"]), o.has_bias, need_input, need_weight, track);
   }
 
   // Note [Double backward of the layer ops].
@@ -287,16 +317,15 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
     const std::vector<int64_t> edges = ctx->saved_data["edges"].toIntVector();
     const auto mask = grad_mask<kLLengths>(ctx, edges);
     const auto g = incoming(ctx, saved, grads);
+    const SavedOptions o(ctx);
     variable_list out(kLCount);
     put_grads(out, mask,
               lstm_layer_grad_op().call(
                   g[0], g[1], g[2], saved[0], saved[1], saved[2], kept_bias(ctx, "bias_ih"),
                   kept_bias(ctx, "bias_hh"), optional(saved[4]), optional(saved[5]),
-                  optional(saved[3]), optional(saved[6]), optional(saved[7]),
-                  ctx->saved_data["reverse"].toBool(), opt_double(ctx->saved_data["grad_clip"]),
-                  ctx->saved_data["grad_clip_mode"].toStringRef(),
-                  opt_int(ctx->saved_data["truncate"]), opt_double(ctx->saved_data["cell_clip"]),
-                  mask),
+                  optional(saved[3]), optional(saved[6]), optional(saved[7]), o.reverse,
+                  o.grad_clip, o.grad_clip_mode, o.truncate,
+                  opt_double(ctx->saved_data["cell_clip"]), mask),
               std::make_index_sequence<kLLengths>());
     if (needs(ctx, edges, kLRecord)) {
       at::AutoDispatchBelowADInplaceOrView guard;
@@ -326,16 +355,9 @@ class GruLayerFunction : public torch::autograd::Function<GruLayerFunction> {
     ctx->save_for_backward({input, weight_ih, weight_hh, value_or_undefined(h0),
                             value_or_undefined(lengths), value_or_undefined(batch_sizes), y,
                             saved});
-    keep_biases(ctx, bias_ih, bias_hh);
-    ctx->saved_data["edges"] = e.indices();
+    save_common(ctx, e, bias_ih, bias_hh, reverse, grad_clip, grad_clip_mode, truncate);
     ctx->saved_data["B"] = h_n.sym_size(0);
     ctx->saved_data["H"] = h_n.sym_size(1);
-    ctx->saved_data["reverse"] = reverse;
-    ctx->saved_data["grad_clip"] = grad_clip;
-    ctx->saved_data["grad_clip_mode"] = std::string(grad_clip_mode);
-    ctx->saved_data["truncate"] = truncate;
-    ctx->saved_data["has_bias"] = bias_ih.has_value() || bias_hh.has_value();
-    ctx->set_materialize_grads(false);
     return {y, h_n};
   }
 
@@ -344,8 +366,7 @@ class GruLayerFunction : public torch::autograd::Function<GruLayerFunction> {
     if (at::GradMode::is_enabled()) return backward_create_graph(ctx, saved, grads);
     const std::vector<int64_t> edges = ctx->saved_data["edges"].toIntVector();
     const bool need_input = needs(ctx, edges, kGInput);
-    const bool need_weight = needs(ctx, edges, kGWih) || needs(ctx, edges, kGWhh) ||
-                             needs(ctx, edges, kGBih) || needs(ctx, edges, kGBhh);
+    const bool need_weight = needs_any(ctx, edges, {kGWih, kGWhh, kGBih, kGBhh});
     const bool track = needs(ctx, edges, kGRecord);
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [dx, dh0, dw_ih, dw_hh, db_ih, db_hh, record] =
@@ -373,12 +394,11 @@ class GruLayerFunction : public torch::autograd::Function<GruLayerFunction> {
   static Tensor7 fused_backward(AutogradContext* ctx, const variable_list& saved,
                                 const std::array<at::Tensor, 2>& g, bool need_input,
                                 bool need_weight, bool track) {
+    const SavedOptions o(ctx);
     return gru_layer_backward_op().call(
         g[0], g[1], saved[0], saved[1], saved[2], optional(saved[3]), optional(saved[4]),
-        optional(saved[5]), saved[6], saved[7], ctx->saved_data["reverse"].toBool(),
-        opt_double(ctx->saved_data["grad_clip"]), ctx->saved_data["grad_clip_mode"].toStringRef(),
-        opt_int(ctx->saved_data["truncate"]), ctx->saved_data["has_bias"].toBool(), need_input,
-        need_weight, track);
+        optional(saved[5]), saved[6], saved[7], o.reverse, o.grad_clip, o.grad_clip_mode,
+        o.truncate, o.has_bias, need_input, need_weight, track);
   }
 
   // Note [Double backward of the layer ops].
@@ -387,15 +407,13 @@ class GruLayerFunction : public torch::autograd::Function<GruLayerFunction> {
     const std::vector<int64_t> edges = ctx->saved_data["edges"].toIntVector();
     const auto mask = grad_mask<kGLengths>(ctx, edges);
     const auto g = incoming(ctx, saved, grads);
+    const SavedOptions o(ctx);
     variable_list out(kGCount);
     put_grads(out, mask,
               gru_layer_grad_op().call(
                   g[0], g[1], saved[0], saved[1], saved[2], kept_bias(ctx, "bias_ih"),
-                  kept_bias(ctx, "bias_hh"),
-                  optional(saved[3]), optional(saved[4]), optional(saved[5]),
-                  ctx->saved_data["reverse"].toBool(), opt_double(ctx->saved_data["grad_clip"]),
-                  ctx->saved_data["grad_clip_mode"].toStringRef(),
-                  opt_int(ctx->saved_data["truncate"]), mask),
+                  kept_bias(ctx, "bias_hh"), optional(saved[3]), optional(saved[4]),
+                  optional(saved[5]), o.reverse, o.grad_clip, o.grad_clip_mode, o.truncate, mask),
               std::make_index_sequence<kGLengths>());
     if (needs(ctx, edges, kGRecord)) {
       at::AutoDispatchBelowADInplaceOrView guard;

@@ -18,6 +18,14 @@
 
 namespace fusedrnn {
 
+// True only in tools/cuda_emu's host build (FUSEDRNN_CUDA_EMU), where CPU tensors stand in
+// for CUDA ones and go through the CUDA kernels: the CUDA dtype rules apply to them.
+#ifdef FUSEDRNN_CUDA_EMU
+constexpr bool kCpuRunsCudaKernels = true;
+#else
+constexpr bool kCpuRunsCudaKernels = false;
+#endif
+
 using OptTensor = std::optional<at::Tensor>;
 
 // Sizes and time layout of a layer's input.
@@ -36,6 +44,13 @@ struct LayerSizes {
   std::vector<int64_t> offset;        // [T] first row of step t
   std::vector<int64_t> rows;          // [T] rows of step t
   std::optional<at::Tensor> lengths;  // [B] int64 per-row lengths (given, or from batch_sizes)
+
+  // The drivers (CPU and CUDA) write per-step tensors as [N, width] rows, step after step;
+  // a padded call returns them as [T, B, width] views, a packed one as they are. A 1-D
+  // placeholder (a saved tensor the call did not save) is returned unchanged.
+  at::Tensor step_major(const at::Tensor& rows) const {
+    return packed || rows.dim() != 2 ? rows : rows.view({T, B, rows.size(1)});
+  }
 };
 
 inline std::string shape_str(at::IntArrayRef s) {
@@ -74,10 +89,10 @@ inline void check_input(const char* op, const at::Tensor& x, bool packed) {
   }
   TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op,
                    ": input must be a floating-point tensor, got ", x.scalar_type());
-  if (x.device().is_cpu()) {
+  if (x.device().is_cpu() && !kCpuRunsCudaKernels) {
     TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
                      ": on CPU input must be float32 or float64, got ", x.scalar_type());
-  } else if (x.is_cuda()) {
+  } else if (x.is_cuda() || kCpuRunsCudaKernels) {
     // The CUDA kernels exist for these four (docs/design.md §4); float8 types are floating too.
     const at::ScalarType t = x.scalar_type();
     TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,

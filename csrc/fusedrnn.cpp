@@ -70,6 +70,12 @@ constexpr char kGruLayerName[] = "fusedrnn::gru_layer";
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fusedrnn: fused LSTM/GRU kernels (forward and BPTT backward)";
   namespace py = pybind11;
+#ifdef FUSEDRNN_CUDA_EMU
+  // tools/cuda_emu's host build: only its kernel registrations (rnn_ops.cpp) count; the
+  // bindings stay with the real fusedrnn._C.
+  m.attr("cuda_built") = true;
+  m.attr("emulated") = true;
+#else
   m.def("_cpu_capability", &fusedrnn::cpu::capability,
         "The SIMD capability of the CPU kernels in use: 'avx512', 'avx2' or 'default'");
   m.def("_set_cpu_capability", &fusedrnn::cpu::set_capability, py::arg("name"),
@@ -107,4 +113,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
   m.attr("cuda_built") = false;
 #endif
+#endif  // FUSEDRNN_CUDA_EMU
 }

@@ -19,12 +19,14 @@ constexpr const char* kLstm = "fusedrnn.lstm_layer";
 constexpr const char* kGru = "fusedrnn.gru_layer";
 
 // A backend: its four layer functions (csrc/layer_ops.inc).
+#ifndef FUSEDRNN_CUDA_EMU
 struct CpuBackend {
   static constexpr auto lstm_forward = &cpu::lstm_forward;
   static constexpr auto lstm_backward = &cpu::lstm_backward;
   static constexpr auto gru_forward = &cpu::gru_forward;
   static constexpr auto gru_backward = &cpu::gru_backward;
 };
+#endif
 
 #ifdef FUSEDRNN_WITH_CUDA
 struct CudaBackend {
@@ -195,7 +197,13 @@ void register_kernels(torch::Library& m) {
 
 }  // namespace
 
+#ifdef FUSEDRNN_CUDA_EMU
+// tools/cuda_emu's host build: CPU tensors go through the CUDA backend (this library is
+// loaded after fusedrnn._C, and its CPU kernels replace the real ones).
+TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) { register_kernels<CudaBackend>(m); }
+#else
 TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) { register_kernels<CpuBackend>(m); }
+#endif
 
 #ifdef FUSEDRNN_WITH_CUDA
 TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) { register_kernels<CudaBackend>(m); }

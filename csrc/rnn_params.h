@@ -58,6 +58,12 @@ struct GradOptions {
                        // step s' = s + 1 is a constant when s' % k == 0 (docs/design.md §3)
 };
 
+// The same options in another scalar type (the ops check them in double).
+template <typename To, typename From>
+inline GradOptions<To> options_as(const GradOptions<From>& o) {
+  return GradOptions<To>{o.clip_mode, static_cast<To>(o.clip), o.truncate};
+}
+
 // Which rows exist at time t and where each starts; see Note [Per-row step bookkeeping].
 struct StepInfo {
   int64_t T;               // number of time steps

@@ -47,8 +47,8 @@ def percentile(sorted_values, q: float) -> float:
 
 def summarize(times):
     s = sorted(times)
-    return {"median_ms": percentile(s, 0.5), "min_ms": s[0],
-            "iqr_ms": percentile(s, 0.75) - percentile(s, 0.25)}
+    return {"median_ms": percentile(s, 0.5), "min_ms": s[0], "max_ms": s[-1],
+            "iqr_ms": percentile(s, 0.75) - percentile(s, 0.25), "n": len(s)}
 
 
 def balanced_orders(n: int) -> list:

@@ -430,28 +430,21 @@ void gru_rows(const GruBwdUnits<typename V::value_type>& p, int64_t k0, int64_t 
 template <class V>
 struct Entry {
   using T = typename V::value_type;
-  template <ClipMode CM, bool TRUNC>
-  struct Lstm {
-    static void run(const LstmBwdUnits<T>& p, int64_t k0, int64_t k1) {
-      if (p.has_cell_clip) {
-        lstm_rows<V, CM, TRUNC, true>(p, k0, k1);
-      } else {
-        lstm_rows<V, CM, TRUNC, false>(p, k0, k1);
-      }
-    }
-  };
-  template <ClipMode CM, bool TRUNC>
-  struct Proj {
-    static void run(const ProjBwdUnits<T>& p, int64_t k0, int64_t k1) { proj_rows<V, CM, TRUNC>(p, k0, k1); }
-  };
-  template <ClipMode CM, bool TRUNC>
-  struct Gru {
-    static void run(const GruBwdUnits<T>& p, int64_t k0, int64_t k1) { gru_rows<V, CM, TRUNC>(p, k0, k1); }
-  };
-
-  static void lstm_units(const LstmBwdUnits<T>& p, int64_t k0, int64_t k1) { switch_clip_trunc<Lstm>(p, k0, k1); }
-  static void proj_units(const ProjBwdUnits<T>& p, int64_t k0, int64_t k1) { switch_clip_trunc<Proj>(p, k0, k1); }
-  static void gru_units(const GruBwdUnits<T>& p, int64_t k0, int64_t k1) { switch_clip_trunc<Gru>(p, k0, k1); }
+  static void lstm_units(const LstmBwdUnits<T>& p, int64_t k0, int64_t k1) {
+    with_grad_options(p.opt, p.has_cell_clip, [&](auto cm, auto trunc, auto cclip) {
+      lstm_rows<V, decltype(cm)::value, decltype(trunc)::value, decltype(cclip)::value>(p, k0, k1);
+    });
+  }
+  static void proj_units(const ProjBwdUnits<T>& p, int64_t k0, int64_t k1) {
+    with_grad_options(p.opt, false, [&](auto cm, auto trunc, auto) {
+      proj_rows<V, decltype(cm)::value, decltype(trunc)::value>(p, k0, k1);
+    });
+  }
+  static void gru_units(const GruBwdUnits<T>& p, int64_t k0, int64_t k1) {
+    with_grad_options(p.opt, false, [&](auto cm, auto trunc, auto) {
+      gru_rows<V, decltype(cm)::value, decltype(trunc)::value>(p, k0, k1);
+    });
+  }
 
   static void fill(BwdEngineTable<T>* table) {
     table->gemm = &bwd::gemm<V>;

@@ -82,11 +82,7 @@ void gru_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tensor
     }
   }
   if (!save) saved = at::empty({0}, opts);
-  if (!s.packed) {
-    y = y.view({T_, B, H});
-    if (save) saved = saved.view({T_, B, 4 * H});
-  }
-  out = {y, h, saved};
+  out = {s.step_major(y), h, s.step_major(saved)};
 }
 
 template <typename T>
@@ -199,7 +195,7 @@ std::vector<at::Tensor> gru_backward(const LayerSizes& s, const at::Tensor& dy,
                                      bool track_grad_norms) {
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn.gru_backward_cpu", [&] {
-    const GradOptions<scalar_t> o{opt.clip_mode, static_cast<scalar_t>(opt.clip), opt.truncate};
+    const GradOptions<scalar_t> o = options_as<scalar_t>(opt);
     gru_backward_impl<scalar_t>(s, dy, dh_n, x.contiguous(), w_ih, w_hh, h0,
                                 y.contiguous(), saved.contiguous(), reverse, o, has_bias,
                                 need_input_grad, need_weight_grad, track_grad_norms, out);

@@ -514,28 +514,21 @@ void clip_rows(typename V::value_type* x, int64_t N, GradOptions<typename V::val
 template <class V>
 struct Entry {
   using T = typename V::value_type;
-  template <ClipMode CM, bool TRUNC>
-  struct LstmBwd {
-    static void run(const LstmBwdStep<T>& p, int64_t b0, int64_t b1) {
-      if (p.has_cell_clip) {
-        lstm_bwd_rows<V, CM, TRUNC, true>(p, b0, b1);
-      } else {
-        lstm_bwd_rows<V, CM, TRUNC, false>(p, b0, b1);
-      }
-    }
-  };
-  template <ClipMode CM, bool TRUNC>
-  struct ProjBwd {
-    static void run(const ProjBwdStep<T>& p, int64_t b0, int64_t b1) { proj_bwd_rows<V, CM, TRUNC>(p, b0, b1); }
-  };
-  template <ClipMode CM, bool TRUNC>
-  struct GruBwd {
-    static void run(const GruBwdStep<T>& p, int64_t b0, int64_t b1) { gru_bwd_rows<V, CM, TRUNC>(p, b0, b1); }
-  };
-
-  static void lstm_bwd(const LstmBwdStep<T>& p, int64_t b0, int64_t b1) { switch_clip_trunc<LstmBwd>(p, b0, b1); }
-  static void proj_bwd(const ProjBwdStep<T>& p, int64_t b0, int64_t b1) { switch_clip_trunc<ProjBwd>(p, b0, b1); }
-  static void gru_bwd(const GruBwdStep<T>& p, int64_t b0, int64_t b1) { switch_clip_trunc<GruBwd>(p, b0, b1); }
+  static void lstm_bwd(const LstmBwdStep<T>& p, int64_t b0, int64_t b1) {
+    with_grad_options(p.opt, p.has_cell_clip, [&](auto cm, auto trunc, auto cclip) {
+      lstm_bwd_rows<V, decltype(cm)::value, decltype(trunc)::value, decltype(cclip)::value>(p, b0, b1);
+    });
+  }
+  static void proj_bwd(const ProjBwdStep<T>& p, int64_t b0, int64_t b1) {
+    with_grad_options(p.opt, false, [&](auto cm, auto trunc, auto) {
+      proj_bwd_rows<V, decltype(cm)::value, decltype(trunc)::value>(p, b0, b1);
+    });
+  }
+  static void gru_bwd(const GruBwdStep<T>& p, int64_t b0, int64_t b1) {
+    with_grad_options(p.opt, false, [&](auto cm, auto trunc, auto) {
+      gru_bwd_rows<V, decltype(cm)::value, decltype(trunc)::value>(p, b0, b1);
+    });
+  }
 
   static void fill(CpuKernelTable<T>* table) {
     table->lstm_fwd = &FUSEDRNN_CPU_CAPABILITY::lstm_fwd<V>;

@@ -93,13 +93,7 @@ void lstm_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tenso
       }
     }
   }
-  if (!s.packed) {
-    y = y.view({T_, B, R});
-    gates = gates.view({T_, B, 4 * H});
-    if (save) c_raw = c_raw.view({T_, B, H});
-    if (w_hr) h_pre = h_pre.view({T_, B, H});
-  }
-  out = {y, h, c, gates, c_raw, h_pre};
+  out = {s.step_major(y), h, c, s.step_major(gates), s.step_major(c_raw), s.step_major(h_pre)};
 }
 
 template <typename T>
@@ -258,7 +252,7 @@ std::vector<at::Tensor> lstm_backward(
     bool need_input_grad, bool need_weight_grad, bool track_grad_norms) {
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn.lstm_backward_cpu", [&] {
-    const GradOptions<scalar_t> o{opt.clip_mode, static_cast<scalar_t>(opt.clip), opt.truncate};
+    const GradOptions<scalar_t> o = options_as<scalar_t>(opt);
     lstm_backward_impl<scalar_t>(s, dy, dh_n, dc_n, x.contiguous(), w_ih, w_hh, w_hr, h0, c0,
                                  y.contiguous(), act.contiguous(), c_raw.contiguous(),
                                  h_pre.contiguous(), reverse, o, cell_clip, has_bias,

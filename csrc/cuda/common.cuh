@@ -64,36 +64,12 @@ __device__ __forceinline__ A clamp(A x, A lo, A hi) {
 // ---------------------------------------------------------------------------------------
 // Row bookkeeping: Note [Per-row step bookkeeping] in rnn_params.h.
 
-enum Incoming : int {
-  kFromFinal = 0,  // the row's last processed step: dh_n / dc_n, unclipped
-  kCut = 1,        // truncation point: no recurrent gradient
-  kRecurrent = 2,  // clip(recurrent gradient from step s+1)
-};
+#define FUSEDRNN_ROW_FN __device__ __forceinline__
+#include "../kernel_common.h"
+#undef FUSEDRNN_ROW_FN
 
-struct RowStep {
-  bool active;   // the row exists at time t
-  bool first;    // processed step s == 0: the previous state is h0 / c0
-  int incoming;  // an Incoming value
-};
-
-__device__ __forceinline__ bool row_exists(const StepRows& st, int64_t b) {
+__device__ __forceinline__ bool row_exists(const StepInfo& st, int64_t b) {
   return st.lengths == nullptr || st.t < st.lengths[b];
-}
-
-__device__ __forceinline__ RowStep row_step(const StepRows& st, int64_t b) {
-  const int64_t len = st.lengths ? st.lengths[b] : st.T;
-  RowStep r;
-  r.active = st.t < len;
-  const int64_t s = st.reverse ? len - 1 - st.t : st.t;
-  r.first = s == 0;
-  if (s == len - 1) {
-    r.incoming = kFromFinal;
-  } else if (st.truncate > 0 && (s + 1) % st.truncate == 0) {
-    r.incoming = kCut;
-  } else {
-    r.incoming = kRecurrent;
-  }
-  return r;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -210,24 +186,14 @@ cudaError_t launch_rows(void (*kernel)(P), int64_t rows, int64_t cols, bool whol
   if (chunks > 65535) chunks = 65535;  // the column loops stride over the rest
   const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(chunks));
   const dim3 block(static_cast<unsigned>(threads));
+#ifdef FUSEDRNN_CUDA_EMU
+  // tools/cuda_emu's host build (Note [Emulated launch] in tools/cuda_emu/cuda_emul.h): the
+  // block's threads run on the host. Every kernel launch of fusedrnn goes through here.
+  ::emu::launch(grid, block, [&] { kernel(p); });
+#else
   kernel<<<grid, block, 0, stream>>>(p);
+#endif
   return cudaGetLastError();
-}
-
-// Calls f(ClipModeTag<CM>()) with the clip mode as a compile-time constant: the backward
-// kernels are templated on it, like the CPU kernels, so a disabled clip costs nothing.
-template <ClipMode CM>
-struct ClipModeTag {
-  static constexpr ClipMode value = CM;
-};
-
-template <class F>
-cudaError_t with_clip_mode(ClipMode mode, F&& f) {
-  switch (mode) {
-    case ClipMode::Value: return f(ClipModeTag<ClipMode::Value>());
-    case ClipMode::Norm: return f(ClipModeTag<ClipMode::Norm>());
-    default: return f(ClipModeTag<ClipMode::None>());
-  }
 }
 
 }  // namespace cuda

@@ -45,29 +45,17 @@ struct OpMath<__nv_bfloat16> {
 template <typename T>
 using opmath_t = typename OpMath<T>::type;
 
-// Where the step sits for each row; see Note [Per-row step bookkeeping] in rnn_params.h.
-struct StepRows {
-  int64_t T;               // number of time steps
-  int64_t t;               // the time step of this launch
-  bool reverse;            // processing order T-1..0
-  const int64_t* lengths;  // [B] per-row lengths on the device, or nullptr (all rows length T)
-  int64_t truncate;        // backward only: 0 off, k > 0 cut every k processed steps
-};
-
-// The clip of the recurrent gradient (docs/design.md §3); the mode is a template parameter of the
-// kernels, the bound a run-time value.
-template <typename A>
-struct ClipBound {
-  ClipMode mode;
-  A clip;  // > 0 when mode != None
-};
+// The structs below use rnn_params.h's StepInfo (where the step sits for each row) and
+// GradOptions<A> (clip mode, clip and truncation of the recurrent gradient), as the CPU
+// kernels do; the CUDA kernels take the clip mode as a template argument and decide the
+// truncation at run time (row_step<true>, csrc/kernel_common.h).
 
 // LSTM forward step, pointwise part: after hg = h_{t-1} W_hh^T.
 template <typename T>
 struct LstmFwdArgs {
   using A = opmath_t<T>;
   int64_t M, H;
-  StepRows step;
+  StepInfo step;
   const A* xg;    // [M, 4H] x_t W_ih^T (no bias), gates i, f, g, o
   const A* hg;    // [M, 4H] h_{t-1} W_hh^T
   const A* bias;  // [4H]    b_ih + b_hh, or nullptr
@@ -84,7 +72,7 @@ struct LstmFwdArgs {
 template <typename T>
 struct CopyRowsArgs {
   int64_t M, R;
-  StepRows step;
+  StepInfo step;
   const T* src;  // [M, R] y_t = h_t W_hr^T
   T* dst;        // [B, R] running (projected) hidden state
 };
@@ -94,8 +82,8 @@ template <typename T>
 struct LstmBwdArgs {
   using A = opmath_t<T>;
   int64_t M, H, R;
-  StepRows step;
-  ClipBound<A> clip;
+  StepInfo step;
+  GradOptions<A> opt;
   const T* act;         // [M, 4H] saved activations at t
   const T* c_raw;       // [M, H]  saved pre-clip cell state at t
   const T* c_raw_prev;  // [., H]  saved pre-clip cell state at the previous processed time, or nullptr
@@ -118,8 +106,8 @@ template <typename T>
 struct ProjBwdArgs {
   using A = opmath_t<T>;
   int64_t M, R;
-  StepRows step;
-  ClipBound<A> clip;
+  StepInfo step;
+  GradOptions<A> opt;
   const T* dy;       // [M, R]
   const T* dh_n;     // [B, R]
   const A* dh_gemm;  // [B, R] dgates_{t'} W_hh of the previous backward step
@@ -133,7 +121,7 @@ template <typename T>
 struct GruFwdArgs {
   using A = opmath_t<T>;
   int64_t M, H;
-  StepRows step;
+  StepInfo step;
   const A* xg;      // [M, 3H] x_t W_ih^T (no bias), gates r, z, n
   const A* hg;      // [M, 3H] h_{t-1} W_hh^T (no bias)
   const A* bias_x;  // [3H] b_ih + (b_hr, b_hz, 0), or nullptr
@@ -148,8 +136,8 @@ template <typename T>
 struct GruBwdArgs {
   using A = opmath_t<T>;
   int64_t M, H;
-  StepRows step;
-  ClipBound<A> clip;
+  StepInfo step;
+  GradOptions<A> opt;
   const T* saved;    // [M, 4H] r, z, n, hn at t
   const T* h_prev;   // [., H]  output at the previous processed time, or nullptr
   const T* h0;       // [B, H]  initial state, or nullptr (zeros)
@@ -168,7 +156,7 @@ template <typename T>
 struct StateGradArgs {
   using A = opmath_t<T>;
   int64_t B, N;
-  ClipBound<A> clip;
+  GradOptions<A> opt;  // clip mode and clip (truncate unused)
   const A* a;    // [B, N]
   const A* add;  // [B, N] or nullptr
   T* out;        // [B, N]

@@ -67,7 +67,7 @@ __global__ void gru_bwd_kernel(const GruBwdArgs<T> p) {
   using A = opmath_t<T>;
   const int64_t b = blockIdx.x;
   const int64_t H = p.H;
-  const RowStep rs = row_step(p.step, b);
+  const RowStep rs = row_step<true>(p.step, b, p.opt.truncate);
   const A* dh_gemm = p.dh_gemm + b * H;
   A* dh_carry = p.dh_carry + b * H;
   T* dxg = p.dxg + b * 3 * H;
@@ -92,7 +92,7 @@ __global__ void gru_bwd_kernel(const GruBwdArgs<T> p) {
                              : (p.h_prev ? p.h_prev + b * H : nullptr);
   const T* dy = p.dy + b * H;
   const T* dh_n = p.dh_n + b * H;
-  const A clip = p.clip.clip;
+  const A clip = p.opt.clip;
 
   // Row sums before dh_carry is overwritten (one block per row when needed); each thread
   // sums exactly the columns it overwrites below.
@@ -149,7 +149,7 @@ cudaError_t gru_fwd_step(const GruFwdArgs<T>& p, cudaStream_t stream) {
 
 template <typename T>
 cudaError_t gru_bwd_step(const GruBwdArgs<T>& p, cudaStream_t stream) {
-  return with_clip_mode(p.clip.mode, [&](auto cm) {
+  return detail::with_clip_mode(p.opt.clip_mode, [&](auto cm) {
     return launch_gru_bwd<T, decltype(cm)::value>(p, stream);
   });
 }

@@ -88,7 +88,7 @@ __global__ void lstm_bwd_kernel(const LstmBwdArgs<T> p) {
   using A = opmath_t<T>;
   const int64_t b = blockIdx.x;
   const int64_t H = p.H, R = p.R;
-  const RowStep rs = row_step(p.step, b);
+  const RowStep rs = row_step<true>(p.step, b, p.opt.truncate);
   T* dg = p.dgates + b * 4 * H;
   // No projection only (R == H): the parts of the gradient into h_{t-1}.
   const A* dh_gemm = p.dh_gemm ? p.dh_gemm + b * R : nullptr;
@@ -117,7 +117,7 @@ __global__ void lstm_bwd_kernel(const LstmBwdArgs<T> p) {
   const T* dh_n = p.dh_n ? p.dh_n + b * R : nullptr;
   const T* dc_n = p.dc_n + b * H;
   A* dc_rec = p.dc_rec + b * H;
-  const A clip = p.clip.clip;
+  const A clip = p.opt.clip;
   const A cc = p.cell_clip;
 
   // Row sums before any element is changed (the launcher made this row one block when
@@ -195,7 +195,7 @@ __global__ void proj_bwd_kernel(const ProjBwdArgs<T> p) {
   using A = opmath_t<T>;
   const int64_t b = blockIdx.x;
   const int64_t R = p.R;
-  const RowStep rs = row_step(p.step, b);
+  const RowStep rs = row_step<true>(p.step, b, p.opt.truncate);
   const A* dh_gemm = p.dh_gemm + b * R;
   A* dh_carry = p.dh_carry + b * R;
   T* dr = p.dr + b * R;
@@ -213,7 +213,7 @@ __global__ void proj_bwd_kernel(const ProjBwdArgs<T> p) {
 
   const T* dy = p.dy + b * R;
   const T* dh_n = p.dh_n + b * R;
-  const A clip = p.clip.clip;
+  const A clip = p.opt.clip;
   A scale = A(1);
   const bool recurrent = rs.incoming == kRecurrent;
   if (recurrent && (CM == ClipMode::Norm || rec)) {  // uniform in the block; one block per row
@@ -268,14 +268,14 @@ cudaError_t copy_state_rows(const CopyRowsArgs<T>& p, cudaStream_t stream) {
 
 template <typename T>
 cudaError_t lstm_bwd_step(const LstmBwdArgs<T>& p, cudaStream_t stream) {
-  return with_clip_mode(p.clip.mode, [&](auto cm) {
+  return detail::with_clip_mode(p.opt.clip_mode, [&](auto cm) {
     return launch_lstm_bwd<T, decltype(cm)::value>(p, stream);
   });
 }
 
 template <typename T>
 cudaError_t proj_bwd_step(const ProjBwdArgs<T>& p, cudaStream_t stream) {
-  return with_clip_mode(p.clip.mode, [&](auto cm) {
+  return detail::with_clip_mode(p.opt.clip_mode, [&](auto cm) {
     return launch_proj_bwd<T, decltype(cm)::value>(p, stream);
   });
 }

@@ -23,7 +23,7 @@ __global__ void state_grad_kernel(const StateGradArgs<T> p) {
   const A* a = p.a + b * N;
   const A* add = p.add ? p.add + b * N : nullptr;
   T* out = p.out + b * N;
-  const A clip = p.clip.clip;
+  const A clip = p.opt.clip;
   A scale = A(1);
   if constexpr (CM == ClipMode::Norm) {  // one block per row
     A v[1] = {A(0)};
@@ -49,7 +49,7 @@ cudaError_t launch_state_grad(const StateGradArgs<T>& p, cudaStream_t stream) {
 
 template <typename T>
 cudaError_t state_grad(const StateGradArgs<T>& p, cudaStream_t stream) {
-  return with_clip_mode(p.clip.mode, [&](auto cm) {
+  return detail::with_clip_mode(p.opt.clip_mode, [&](auto cm) {
     return launch_state_grad<T, decltype(cm)::value>(p, stream);
   });
 }

@@ -16,9 +16,14 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
+#ifdef FUSEDRNN_CUDA_EMU
+// tools/cuda_emu's host build: CPU tensors, no device, no stream (the launches are synchronous).
+#define C10_CUDA_CHECK(x) TORCH_CHECK((x) == cudaSuccess, "emulated launch failed")
+#else
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#endif
 
 #include "../checks.h"
 #include "../cuda/kernels.h"
@@ -63,14 +68,22 @@ inline const T* opt_ptr(const OptTensor& t) {
 // layers of the dispatcher (nothing inside is differentiated; the ops' autograd formula is
 // registered in Python), which saves host time on the per-step GEMMs.
 struct CudaScope {
+#ifdef FUSEDRNN_CUDA_EMU
+  explicit CudaScope(const at::Tensor&) : no_autocast(c10::autocast_dispatch_keyset) {}
+#else
   explicit CudaScope(const at::Tensor& input)
       : device(input.device()), no_autocast(c10::autocast_dispatch_keyset) {}
   c10::cuda::CUDAGuard device;
+#endif
   c10::impl::ExcludeDispatchKeyGuard no_autocast;
   at::AutoDispatchBelowADInplaceOrView below_autograd;
 };
 
+#ifdef FUSEDRNN_CUDA_EMU
+inline cudaStream_t current_stream() { return nullptr; }
+#else
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+#endif
 
 // out = a b into a preallocated out of a's dtype or, for the half types, float32: cuBLAS
 // accumulates in float32 (float64 for double) and rounds once into out.
@@ -78,7 +91,11 @@ inline void mm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   if (out.scalar_type() == a.scalar_type()) {
     at::mm_out(out, a, b);
   } else {
+#ifdef FUSEDRNN_CUDA_EMU  // CPU ATen has no mm with an output dtype: float32, one rounding
+    out.copy_(at::mm(a.to(at::kFloat), b.to(at::kFloat)));
+#else
     at::mm_out(out, a, b, out.scalar_type());
+#endif
   }
 }
 
@@ -91,7 +108,12 @@ inline at::Tensor first_rows(const at::Tensor& t, int64_t M) {
 // a b as a new tensor in acc_type(a).
 inline at::Tensor mm_acc(const at::Tensor& a, const at::Tensor& b) {
   const at::ScalarType acc = acc_type(a.scalar_type());
-  return acc == a.scalar_type() ? at::mm(a, b) : at::mm(a, b, acc);
+  if (acc == a.scalar_type()) return at::mm(a, b);
+#ifdef FUSEDRNN_CUDA_EMU
+  return at::mm(a.to(acc), b.to(acc));
+#else
+  return at::mm(a, b, acc);
+#endif
 }
 
 // The per-row lengths on x's device ([B] int64), or an undefined tensor when every row has

@@ -48,7 +48,7 @@ void gru_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tensor
 
   GruFwdArgs<T> p{};
   p.H = H;
-  p.step = StepRows{T_, 0, reverse, lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr, 0};
+  p.step = StepInfo{T_, 0, reverse, lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr};
   p.hg = ptr<A>(hg);
   p.bias_x = bias_x.defined() ? ptr<A>(bias_x) : nullptr;
   p.b_hn = b_hn.defined() ? ptr<A>(b_hn) : nullptr;
@@ -66,11 +66,7 @@ void gru_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tensor
     p.h_out = ptr<T>(y) + off * H;
     C10_CUDA_CHECK(gru_fwd_step(p, stream));
   }
-  if (!s.packed) {
-    y = y.view({T_, B, H});
-    if (save) saved = saved.view({T_, B, 4 * H});
-  }
-  out = {y, h, saved};
+  out = {s.step_major(y), h, s.step_major(saved)};
 }
 
 template <typename S>
@@ -104,9 +100,8 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
 
   GruBwdArgs<T> p{};
   p.H = H;
-  p.step = StepRows{T_, 0, reverse, lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr,
-                    opt.truncate};
-  p.clip = ClipBound<A>{opt.clip_mode, static_cast<A>(opt.clip)};
+  p.step = StepInfo{T_, 0, reverse, lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr};
+  p.opt = options_as<A>(opt);
   p.h0 = opt_ptr<T>(h0c);
   p.dh_n = ptr<T>(dhn);
   p.dh_gemm = ptr<A>(dh_gemm);
@@ -132,7 +127,7 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
   // Every row's gradient into h0 is now dh_gemm + dh_carry: clip, cast.
   at::Tensor dh0 = at::empty({B, H}, opts);
   C10_CUDA_CHECK(state_grad(
-      StateGradArgs<T>{B, H, p.clip, ptr<A>(dh_gemm), ptr<A>(dh_carry), ptr<T>(dh0)}, stream));
+      StateGradArgs<T>{B, H, p.opt, ptr<A>(dh_gemm), ptr<A>(dh_carry), ptr<T>(dh0)}, stream));
 
   // Gradients not asked for are empty tensors, each its own (outputs of a custom op must not
   // alias one another).

@@ -64,7 +64,7 @@ void lstm_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tenso
 
   LstmFwdArgs<T> p{};
   p.H = H;
-  p.step = StepRows{T_, 0, reverse, lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr, 0};
+  p.step = StepInfo{T_, 0, reverse, lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr};
   p.hg = ptr<A>(hg);
   p.bias = bias.defined() ? ptr<A>(bias) : nullptr;
   p.c = ptr<A>(c);
@@ -98,15 +98,8 @@ void lstm_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tenso
       C10_CUDA_CHECK(copy_state_rows(cp, stream));
     }
   }
-  at::Tensor c_n = c.to(x.scalar_type());
-  at::Tensor act_out = act;
-  if (!s.packed) {
-    y = y.view({T_, B, R});
-    act_out = act.view({T_, B, 4 * H});
-    if (save) c_raw = c_raw.view({T_, B, H});
-    if (w_hr) h_pre = h_pre.view({T_, B, H});
-  }
-  out = {y, h, c_n, act_out, c_raw, h_pre};
+  out = {s.step_major(y), h, c.to(x.scalar_type()), s.step_major(act), s.step_major(c_raw),
+         s.step_major(h_pre)};
 }
 
 template <typename S>
@@ -144,16 +137,15 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
   const at::Tensor record = track ? at::empty({N, 3}, acc) : at::Tensor();
   A* rec_p = track ? ptr<A>(record) : nullptr;
 
-  const ClipBound<A> clip{opt.clip_mode, static_cast<A>(opt.clip)};
-  const StepRows rows{T_, 0, reverse, lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr,
-                      opt.truncate};
+  const GradOptions<A> clip = options_as<A>(opt);
+  const StepInfo rows{T_, 0, reverse, lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr};
   const T* craw_p = ptr<T>(c_raw);
 
   LstmBwdArgs<T> p{};
   p.H = H;
   p.R = R;
   p.step = rows;
-  p.clip = clip;
+  p.opt = clip;
   p.c0 = opt_ptr<T>(c0c);
   p.dh_n = w_hr ? nullptr : ptr<T>(dhn);
   p.dh_gemm = w_hr ? nullptr : ptr<A>(dh_gemm);
@@ -168,7 +160,7 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
   if (w_hr) {
     pp.R = R;
     pp.step = rows;
-    pp.clip = clip;
+    pp.opt = clip;
     pp.dh_n = ptr<T>(dhn);
     pp.dh_gemm = ptr<A>(dh_gemm);
     pp.dh_carry = ptr<A>(dh_carry);
