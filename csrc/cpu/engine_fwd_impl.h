@@ -54,6 +54,12 @@ inline void store_n(float* p, Rg v, int64_t n) {
   for (int64_t l = 0; l < n; ++l) p[l] = tmp[l];
 }
 
+// The cache lines of one vector at p (two when it straddles a line).
+inline void prefetch_vector(const float* p) {
+  __builtin_prefetch(p);
+  __builtin_prefetch(p + kW - 1);
+}
+
 inline void zero_n(float* p, int64_t n) {
   for (int64_t l = 0; l < n; ++l) p[l] = 0.0f;
 }
@@ -179,14 +185,15 @@ inline int unit_blocks_for(int64_t M) {
 
 // Runs the register blocks of one step: units [u0, u1) of the panel (u0 a multiple of kW)
 // against rows 0..M-1 of x (row m at x + m * ldx, K values), calling
-// epi(row, first unit, lanes, acc[G]) for each row and unit block.
+// epi(row, first unit, lanes, acc[G]) for each row and unit block, after pre(row, first
+// unit) has prefetched what that epilogue will read (before the register block runs).
 //
 // Unit blocks are the outer loop: the panel of NB blocks (NB * K * G * kW floats) stays in
 // L1/L2 while all rows go past it, so each weight is read from L2 once per row block and
 // from farther away at most once per step.
-template <int G, class Epi>
+template <int G, class Epi, class Pre>
 void run_blocks(const float* panel, int64_t K, const float* x, int64_t ldx, int64_t M,
-                int64_t U, int64_t u0, int64_t u1, const Epi& epi) {
+                int64_t U, int64_t u0, int64_t u1, const Epi& epi, const Pre& pre) {
   const int NB = unit_blocks_for<G>(M);
   const int max_mb = NB == 4 ? max_rows<G, 4>() : (NB == 2 ? max_rows<G, 2>() : max_rows<G, 1>());
   const int64_t row_blocks = (M + max_mb - 1) / max_mb;
@@ -199,6 +206,14 @@ void run_blocks(const float* panel, int64_t K, const float* x, int64_t ldx, int6
       const int mb = static_cast<int>(M / row_blocks + (rb < M % row_blocks ? 1 : 0));
       const float* xs[kMaxRows];
       for (int m = 0; m < mb; ++m) xs[m] = x + (m0 + m) * ldx;
+      // The epilogue's operands (the x part of the gates, the state) are rows of big
+      // per-step buffers, 4H floats apart: no hardware prefetcher follows that stride, and
+      // at B >= 8 they come from memory. Ask for them now; the k loop hides the latency.
+      // Measured (interleaved A/B, 2-core Xeon, LSTM T=128 H=256 no grad): +3% at B=8,
+      // +5% at B=32, nothing at B=1 or in training.
+      for (int m = 0; m < mb; ++m) {
+        for (int b = 0; b < nb; ++b) pre(m0 + m, (j + b) * kW);
+      }
       auto at = [&](int m, int b, const Rg* acc) FUSEDRNN_ENGINE_INLINE {
         const int64_t u = (j + b) * kW;
         epi(m0 + m, u, U - u < kW ? U - u : kW, acc);
@@ -270,6 +285,10 @@ void lstm_step_impl(const LstmEngineStep& p, int64_t u0, int64_t u1) {
     const Rg h = V::mul(o, V::tanh(cn));
     store_n(h_out, h, n);
     if (p.h_next) store_n(p.h_next + b * R + u, h, n);
+  }, [&](int64_t b, int64_t u) FUSEDRNN_ENGINE_INLINE {
+    const float* g = p.gates + b * 4 * H + u;
+    for (int q = 0; q < 4; ++q) prefetch_vector(g + q * H);
+    prefetch_vector(p.c + b * H + u);
   });
   if (p.h_next) carry_rows(p.h_prev, p.h_next, R, p.M, p.B, u0, u1);
 }
@@ -317,6 +336,9 @@ void gru_step(const GruEngineStep& p, int64_t u0, int64_t u1) {
     }
     store_n(h_out, hnew, n);
     store_n(hn_row, hnew, n);
+  }, [&](int64_t b, int64_t u) FUSEDRNN_ENGINE_INLINE {
+    const float* xg = p.xg + b * 3 * H + u;
+    for (int q = 0; q < 3; ++q) prefetch_vector(xg + q * H);
   });
   carry_rows(p.h_prev, p.h_next, H, p.M, p.B, u0, u1);
 }
@@ -335,7 +357,7 @@ void proj_step(const ProjEngineStep& p, int64_t p0, int64_t p1) {
     }
     store_n(p.y + b * P + u, acc[0], n);
     store_n(p.r_next + b * P + u, acc[0], n);
-  });
+  }, [](int64_t, int64_t) {});
   carry_rows(p.r_prev, p.r_next, P, p.M, p.B, p0, p1);
 }
 
