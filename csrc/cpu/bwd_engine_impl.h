@@ -18,8 +18,9 @@ namespace cpu {
 namespace FUSEDRNN_CPU_CAPABILITY {
 namespace bwd {
 
-#include "vec.h"
-#include "row_steps.h"
+// vec.h, row_steps.h and the shared backward math (lstm_bwd_vector, gru_bwd_vector,
+// incoming_grad) come from the enclosing capability namespace: capability_<name>.cpp
+// includes kernels_impl.h first.
 
 // ---------------------------------------------------------------------------------------
 // Register blocking of the micro-kernel, per vector width: at most MR rows of A at a time,
@@ -191,37 +192,14 @@ template <typename T>
 inline T norm_scale_of(const T* part, int64_t nblk, T clip) {
   T sumsq = T(0);
   for (int64_t k = 0; k < nblk; ++k) sumsq += part[k];
-  const T norm = sizeof(T) == 4 ? __builtin_sqrtf(static_cast<float>(sumsq)) : __builtin_sqrt(sumsq);
-  return norm > clip ? clip / norm : T(1);
+  return norm_scale<T>(sumsq, clip);
 }
 
-// Vector body then scalar tail over the units [k0, k1): f(VecTag, j).
-template <class V, class F>
-inline void for_units(int64_t k0, int64_t k1, F&& f) {
-  int64_t j = k0;
-  for (; j + V::width <= k1; j += V::width) f(V(), j);
-  for (; j < k1; ++j) f(ScalarVec<typename V::value_type>(), j);
-}
-
-// The incoming recurrent gradient of a row at unit j by kind: the final-state gradient,
-// nothing, or the clipped recurrent gradient a + b (b may be nullptr).
-template <class VV, int KIND, ClipMode CM, typename T>
-inline typename VV::reg incoming(const T* fin, const T* a, const T* b, T clip, T scale, int64_t j) {
-  if constexpr (KIND == kFromFinal) {
-    return VV::load(fin + j);
-  } else if constexpr (KIND == kCut) {
-    return VV::zero();
-  } else {
-    typename VV::reg g = VV::load(a + j);
-    if (b) g = VV::add(g, VV::load(b + j));
-    if constexpr (CM == ClipMode::Value) {
-      return VV::clamp(g, VV::set1(-clip), VV::set1(clip));
-    } else if constexpr (CM == ClipMode::Norm) {
-      return VV::mul(g, VV::set1(scale));
-    } else {
-      return g;
-    }
-  }
+// The clip of a row whose norm-mode factor is `scale` (value mode: [-clip, clip]), for
+// incoming_grad (kernels_impl.h).
+template <typename T>
+inline RowClip<T> row_clip(T clip, T scale) {
+  return RowClip<T>{-clip, clip, scale, T(0)};
 }
 
 template <typename T>
@@ -262,38 +240,15 @@ inline void lstm_row(const LstmBwdUnits<typename V::value_type>& p, int64_t b, b
     if (!dh_direct) scale_h = norm_scale_of(p.part_h + b * p.nblk_h, p.nblk_h, clip);
     scale_c = norm_scale_of(p.part_c + b * p.nblk_c, p.nblk_c, clip);
   }
+  const RowClip<T> clip_h = row_clip(clip, scale_h), clip_c = row_clip(clip, scale_c);
   for_units<V>(k0, k1, [&](auto tag, int64_t j) {
     using VV = decltype(tag);
-    using Rg = typename VV::reg;
-    const Rg one = VV::set1(T(1));
-    Rg dh;
-    if (dh_direct) {
-      dh = VV::load(dh_direct + j);
-    } else {
-      dh = VV::add(VV::load(dy + j),
-                   incoming<VV, KIND, CM, T>(dh_n, dh_gemm, dh_carry, clip, scale_h, j));
-    }
-    const Rg dc_in = incoming<VV, KIND, CM, T>(dc_n, dc_rec, nullptr, clip, scale_c, j);
-    const Rg i = VV::load(a + j);
-    const Rg f = VV::load(a + H + j);
-    const Rg g = VV::load(a + 2 * H + j);
-    const Rg o = VV::load(a + 3 * H + j);
-    const Rg cr = VV::load(c_raw + j);
-    Rg c = cr;
-    if constexpr (CCLIP) c = VV::clamp(cr, VV::set1(-cc), VV::set1(cc));
-    Rg cp = c_prev ? VV::load(c_prev + j) : VV::zero();
-    if constexpr (CCLIP) {
-      if (clamp_prev) cp = VV::clamp(cp, VV::set1(-cc), VV::set1(cc));
-    }
-    const Rg tc = VV::tanh(c);
-    // dc_t = dc_in + dh * o * (1 - tanh(c)^2), zero where the cell clip was active.
-    Rg dct = VV::fmadd(VV::mul(dh, o), VV::fnmadd(tc, tc, one), dc_in);
-    if constexpr (CCLIP) dct = VV::select(VV::le(VV::abs(cr), VV::set1(cc)), dct, VV::zero());
-    VV::store(dg + j, VV::mul(VV::mul(dct, g), VV::mul(i, VV::sub(one, i))));
-    VV::store(dg + H + j, VV::mul(VV::mul(dct, cp), VV::mul(f, VV::sub(one, f))));
-    VV::store(dg + 2 * H + j, VV::mul(VV::mul(dct, i), VV::fnmadd(g, g, one)));
-    VV::store(dg + 3 * H + j, VV::mul(VV::mul(dh, tc), VV::mul(o, VV::sub(one, o))));
-    VV::store(dc_rec + j, VV::mul(dct, f));
+    const typename VV::reg dh =
+        dh_direct ? VV::load(dh_direct + j)
+                  : VV::add(VV::load(dy + j),
+                            incoming_grad<VV, KIND, CM, T>(dh_n, dh_gemm, dh_carry, clip_h, j));
+    lstm_bwd_vector<VV, CCLIP, T>(dh, incoming_grad<VV, KIND, CM, T>(dc_n, dc_rec, nullptr, clip_c, j),
+                                  a, c_raw, c_prev, clamp_prev, cc, H, j, dg, dc_rec);
   });
   // This row's incoming gradient is consumed; the next one is dgates W_hh alone.
   if (dh_carry) zero_units(dh_carry, k0, k1);
@@ -335,10 +290,11 @@ inline void proj_row(const ProjBwdUnits<typename V::value_type>& p, int64_t b, i
   if constexpr (KIND == kRecurrent && CM == ClipMode::Norm) {
     scale = norm_scale_of(p.part_h + b * p.nblk, p.nblk, clip);
   }
+  const RowClip<T> rc = row_clip(clip, scale);
   for_units<V>(k0, k1, [&](auto tag, int64_t j) {
     using VV = decltype(tag);
     const typename VV::reg v =
-        VV::add(VV::load(dy + j), incoming<VV, KIND, CM, T>(dh_n, dh_gemm, dh_carry, clip, scale, j));
+        VV::add(VV::load(dy + j), incoming_grad<VV, KIND, CM, T>(dh_n, dh_gemm, dh_carry, rc, j));
     VV::store(dr + j, v);
     VV::store(dr_pad + j, v);
   });
@@ -380,28 +336,12 @@ inline void gru_row(const GruBwdUnits<typename V::value_type>& p, int64_t b, boo
   if constexpr (KIND == kRecurrent && CM == ClipMode::Norm) {
     scale = norm_scale_of(p.part_h + b * p.nblk, p.nblk, clip);
   }
+  const RowClip<T> rc = row_clip(clip, scale);
   for_units<V>(k0, k1, [&](auto tag, int64_t j) {
     using VV = decltype(tag);
-    using Rg = typename VV::reg;
-    const Rg one = VV::set1(T(1));
-    const Rg r = VV::load(sv + j);
-    const Rg z = VV::load(sv + H + j);
-    const Rg n = VV::load(sv + 2 * H + j);
-    const Rg hn = VV::load(sv + 3 * H + j);
-    const Rg hp = h_prev ? VV::load(h_prev + j) : VV::zero();
-    const Rg dh = VV::add(VV::load(dy + j),
-                          incoming<VV, KIND, CM, T>(dh_n, dh_gemm, dh_carry, clip, scale, j));
-    // h = (1 - z) n + z h_prev
-    const Rg dn_pre = VV::mul(VV::mul(dh, VV::sub(one, z)), VV::fnmadd(n, n, one));
-    const Rg dz_pre = VV::mul(VV::mul(dh, VV::sub(hp, n)), VV::mul(z, VV::sub(one, z)));
-    const Rg dr_pre = VV::mul(VV::mul(dn_pre, hn), VV::mul(r, VV::sub(one, r)));
-    VV::store(dxg + j, dr_pre);
-    VV::store(dxg + H + j, dz_pre);
-    VV::store(dxg + 2 * H + j, dn_pre);
-    VV::store(dhg + j, dr_pre);
-    VV::store(dhg + H + j, dz_pre);
-    VV::store(dhg + 2 * H + j, VV::mul(dn_pre, r));
-    VV::store(dh_carry + j, VV::mul(dh, z));  // unit j of the carry was read above
+    const typename VV::reg dh =
+        VV::add(VV::load(dy + j), incoming_grad<VV, KIND, CM, T>(dh_n, dh_gemm, dh_carry, rc, j));
+    gru_bwd_vector<VV, T>(dh, sv, h_prev, H, j, dxg, dhg, dh_carry);
   });
 }
 

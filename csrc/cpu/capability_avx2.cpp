@@ -29,7 +29,7 @@ namespace avx2 {
 void fill_capability(CapabilityKernels* table) {
   Entry<Avx2Vec>::fill(&table->pointwise);
   fwd_engine::fill(&table->engine_fwd);
-  bwd::Entry<bwd::Avx2Vec>::fill(&table->engine_bwd);
+  bwd::Entry<Avx2Vec>::fill(&table->engine_bwd);
 }
 }  // namespace avx2
 }  // namespace cpu

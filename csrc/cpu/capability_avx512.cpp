@@ -29,7 +29,7 @@ namespace avx512 {
 void fill_capability(CapabilityKernels* table) {
   Entry<Avx512Vec>::fill(&table->pointwise);
   fwd_engine::fill(&table->engine_fwd);
-  bwd::Entry<bwd::Avx512Vec>::fill(&table->engine_bwd);
+  bwd::Entry<Avx512Vec>::fill(&table->engine_bwd);
 }
 }  // namespace avx512
 }  // namespace cpu

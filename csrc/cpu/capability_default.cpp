@@ -18,7 +18,7 @@ namespace base {
 void fill_capability(CapabilityKernels* table) {
   Entry<ScalarVec<float>>::fill(&table->pointwise);
   fwd_engine::fill(&table->engine_fwd);
-  bwd::Entry<bwd::ScalarVec<float>>::fill(&table->engine_bwd);
+  bwd::Entry<ScalarVec<float>>::fill(&table->engine_bwd);
 }
 void fill_double_kernels(CpuKernelTable<double>* table) { Entry<ScalarVec<double>>::fill(table); }
 }  // namespace base

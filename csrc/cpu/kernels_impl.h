@@ -31,12 +31,19 @@ namespace FUSEDRNN_CPU_CAPABILITY {
 #include "vec.h"
 #include "row_steps.h"
 
-// Vector body then scalar tail over n columns: f(VecTag, j) handles columns j..j+width-1.
+// Vector body then scalar tail over the columns [k0, k1): f(VecTag, j) handles columns
+// j..j+width-1 (the backward engine's kernels run it over a thread's units).
+template <class V, class F>
+inline void for_units(int64_t k0, int64_t k1, F&& f) {
+  int64_t j = k0;
+  for (; j + V::width <= k1; j += V::width) f(V(), j);
+  for (; j < k1; ++j) f(ScalarVec<typename V::value_type>(), j);
+}
+
+// The same over a whole row of n columns.
 template <class V, class F>
 inline void for_columns(int64_t n, F&& f) {
-  int64_t j = 0;
-  for (; j + V::width <= n; j += V::width) f(V(), j);
-  for (; j < n; ++j) f(ScalarVec<typename V::value_type>(), j);
+  for_units<V>(0, n, static_cast<F&&>(f));
 }
 
 template <class V>
@@ -239,6 +246,72 @@ void lstm_fwd(const LstmFwdStep<typename V::value_type>& p, int64_t b0, int64_t 
 }
 
 // ---------------------------------------------------------------------------------------
+// The backward math of one vector of units at j, shared by the per-step kernels below and
+// the backward engine's (bwd_engine_impl.h): those differ only in how they walk rows and
+// units, in the stride of their recurrent buffers and in where a norm clip's row sum
+// comes from; each computes the incoming gradients and calls these.
+
+// LSTM: dh and dc_in are the gradients into h_t and c_t (incoming recurrent parts
+// included); a is the row's saved activations i, f, g, o, c_prev its previous cell state
+// (pre-clip when clamp_prev) or nullptr. Writes the gate gradients into dg and the gradient
+// into c_{t-1} into dc_rec.
+template <class VV, bool CCLIP, typename T>
+inline void lstm_bwd_vector(typename VV::reg dh, typename VV::reg dc_in, const T* a,
+                            const T* c_raw, const T* c_prev, bool clamp_prev, T cc, int64_t H,
+                            int64_t j, T* dg, T* dc_rec) {
+  using Rg = typename VV::reg;
+  const Rg one = VV::set1(T(1));
+  const Rg i = VV::load(a + j);
+  const Rg f = VV::load(a + H + j);
+  const Rg g = VV::load(a + 2 * H + j);
+  const Rg o = VV::load(a + 3 * H + j);
+  const Rg cr = VV::load(c_raw + j);
+  Rg c = cr;
+  if constexpr (CCLIP) c = VV::clamp(cr, VV::set1(-cc), VV::set1(cc));
+  Rg cp = c_prev ? VV::load(c_prev + j) : VV::zero();
+  if constexpr (CCLIP) {
+    if (clamp_prev) cp = VV::clamp(cp, VV::set1(-cc), VV::set1(cc));
+  }
+  const Rg tc = VV::tanh(c);
+  // dc_t = dc_in + dh * o * (1 - tanh(c)^2), then zero where the cell clip was active
+  // (torch.clamp passes the gradient where -cc <= c_raw <= cc).
+  Rg dct = VV::fmadd(VV::mul(dh, o), VV::fnmadd(tc, tc, one), dc_in);
+  if constexpr (CCLIP) dct = VV::select(VV::le(VV::abs(cr), VV::set1(cc)), dct, VV::zero());
+  VV::store(dg + j, VV::mul(VV::mul(dct, g), VV::mul(i, VV::sub(one, i))));
+  VV::store(dg + H + j, VV::mul(VV::mul(dct, cp), VV::mul(f, VV::sub(one, f))));
+  VV::store(dg + 2 * H + j, VV::mul(VV::mul(dct, i), VV::fnmadd(g, g, one)));
+  VV::store(dg + 3 * H + j, VV::mul(VV::mul(dh, tc), VV::mul(o, VV::sub(one, o))));
+  VV::store(dc_rec + j, VV::mul(dct, f));
+}
+
+// GRU: dh is the gradient into h_t (incoming recurrent part included); sv the row's saved
+// r, z, n, hn; h_prev its previous state or nullptr (zeros). Writes the gradients of
+// x W_ih^T + b_ih (dxg) and of h W_hh^T + b_hh (dhg), and the direct part of the gradient
+// into h_{t-1}, dh * z, into dh_carry (whose unit j the caller has already read).
+template <class VV, typename T>
+inline void gru_bwd_vector(typename VV::reg dh, const T* sv, const T* h_prev, int64_t H,
+                           int64_t j, T* dxg, T* dhg, T* dh_carry) {
+  using Rg = typename VV::reg;
+  const Rg one = VV::set1(T(1));
+  const Rg r = VV::load(sv + j);
+  const Rg z = VV::load(sv + H + j);
+  const Rg n = VV::load(sv + 2 * H + j);
+  const Rg hn = VV::load(sv + 3 * H + j);
+  const Rg hp = h_prev ? VV::load(h_prev + j) : VV::zero();
+  // h = (1 - z) n + z h_prev
+  const Rg dn_pre = VV::mul(VV::mul(dh, VV::sub(one, z)), VV::fnmadd(n, n, one));
+  const Rg dz_pre = VV::mul(VV::mul(dh, VV::sub(hp, n)), VV::mul(z, VV::sub(one, z)));
+  const Rg dr_pre = VV::mul(VV::mul(dn_pre, hn), VV::mul(r, VV::sub(one, r)));
+  VV::store(dxg + j, dr_pre);
+  VV::store(dxg + H + j, dz_pre);
+  VV::store(dxg + 2 * H + j, dn_pre);
+  VV::store(dhg + j, dr_pre);
+  VV::store(dhg + H + j, dz_pre);
+  VV::store(dhg + 2 * H + j, VV::mul(dn_pre, r));
+  VV::store(dh_carry + j, VV::mul(dh, z));
+}
+
+// ---------------------------------------------------------------------------------------
 // LSTM backward step.
 
 template <class V, ClipMode CM, bool CCLIP, int KIND>
@@ -275,41 +348,12 @@ inline void lstm_bwd_row(const LstmBwdStep<typename V::value_type>& p, int64_t b
 
   for_columns<V>(H, [&](auto tag, int64_t j) {
     using VV = decltype(tag);
-    using Rg = typename VV::reg;
-    const Rg one = VV::set1(T(1));
-    Rg dh;
-    if (dh_direct) {
-      dh = VV::load(dh_direct + j);
-    } else {
-      dh = VV::add(VV::load(dy + j),
-                   incoming_grad<VV, KIND, CM, T>(dh_n, dh_gemm, dh_carry, clip_h, j));
-    }
-    const Rg dc_in = incoming_grad<VV, KIND, CM, T>(dc_n, dc_rec, nullptr, clip_c, j);
-    const Rg i = VV::load(a + j);
-    const Rg f = VV::load(a + H + j);
-    const Rg g = VV::load(a + 2 * H + j);
-    const Rg o = VV::load(a + 3 * H + j);
-    const Rg cr = VV::load(c_raw + j);
-    Rg c = cr;
-    if constexpr (CCLIP) c = VV::clamp(cr, VV::set1(-cc), VV::set1(cc));
-    Rg cp = c_prev ? VV::load(c_prev + j) : VV::zero();
-    if constexpr (CCLIP) {
-      if (clamp_prev) cp = VV::clamp(cp, VV::set1(-cc), VV::set1(cc));
-    }
-    const Rg tc = VV::tanh(c);
-    // dc_t = dc_in + dh * o * (1 - tanh(c)^2), then zero where the cell clip was active
-    // (torch.clamp passes the gradient where -cc <= c_raw <= cc).
-    Rg dct = VV::fmadd(VV::mul(dh, o), VV::fnmadd(tc, tc, one), dc_in);
-    if constexpr (CCLIP) dct = VV::select(VV::le(VV::abs(cr), VV::set1(cc)), dct, VV::zero());
-    const Rg di = VV::mul(VV::mul(dct, g), VV::mul(i, VV::sub(one, i)));
-    const Rg df = VV::mul(VV::mul(dct, cp), VV::mul(f, VV::sub(one, f)));
-    const Rg dgg = VV::mul(VV::mul(dct, i), VV::fnmadd(g, g, one));
-    const Rg dO = VV::mul(VV::mul(dh, tc), VV::mul(o, VV::sub(one, o)));
-    VV::store(dg + j, di);
-    VV::store(dg + H + j, df);
-    VV::store(dg + 2 * H + j, dgg);
-    VV::store(dg + 3 * H + j, dO);
-    VV::store(dc_rec + j, VV::mul(dct, f));
+    const typename VV::reg dh =
+        dh_direct ? VV::load(dh_direct + j)
+                  : VV::add(VV::load(dy + j),
+                            incoming_grad<VV, KIND, CM, T>(dh_n, dh_gemm, dh_carry, clip_h, j));
+    lstm_bwd_vector<VV, CCLIP, T>(dh, incoming_grad<VV, KIND, CM, T>(dc_n, dc_rec, nullptr, clip_c, j),
+                                  a, c_raw, c_prev, clamp_prev, cc, H, j, dg, dc_rec);
   });
   // This row's incoming gradient is consumed; the next one is dgates W_hh alone.
   if (dh_carry) zero_row(dh_carry, R);
@@ -445,26 +489,9 @@ inline void gru_bwd_row(const GruBwdStep<typename V::value_type>& p, int64_t b, 
   }
   for_columns<V>(H, [&](auto tag, int64_t j) {
     using VV = decltype(tag);
-    using Rg = typename VV::reg;
-    const Rg one = VV::set1(T(1));
-    const Rg r = VV::load(sv + j);
-    const Rg z = VV::load(sv + H + j);
-    const Rg n = VV::load(sv + 2 * H + j);
-    const Rg hn = VV::load(sv + 3 * H + j);
-    const Rg hp = h_prev ? VV::load(h_prev + j) : VV::zero();
-    const Rg dh = VV::add(VV::load(dy + j),
-                          incoming_grad<VV, KIND, CM, T>(dh_n, dh_gemm, dh_carry, rc, j));
-    // h = (1 - z) n + z h_prev
-    const Rg dn_pre = VV::mul(VV::mul(dh, VV::sub(one, z)), VV::fnmadd(n, n, one));
-    const Rg dz_pre = VV::mul(VV::mul(dh, VV::sub(hp, n)), VV::mul(z, VV::sub(one, z)));
-    const Rg dr_pre = VV::mul(VV::mul(dn_pre, hn), VV::mul(r, VV::sub(one, r)));
-    VV::store(dxg + j, dr_pre);
-    VV::store(dxg + H + j, dz_pre);
-    VV::store(dxg + 2 * H + j, dn_pre);
-    VV::store(dhg + j, dr_pre);
-    VV::store(dhg + H + j, dz_pre);
-    VV::store(dhg + 2 * H + j, VV::mul(dn_pre, r));
-    VV::store(dh_carry + j, VV::mul(dh, z));  // column j of the carry was read above
+    const typename VV::reg dh =
+        VV::add(VV::load(dy + j), incoming_grad<VV, KIND, CM, T>(dh_n, dh_gemm, dh_carry, rc, j));
+    gru_bwd_vector<VV, T>(dh, sv, h_prev, H, j, dxg, dhg, dh_carry);
   });
 }
 
