@@ -180,6 +180,30 @@ inline void record_none(T* rec) {
   if (rec) rec[0] = rec[1] = rec[2] = T(0);
 }
 
+// The clip of one row of a per-step kernel whose incoming gradient is of kind KIND: that of
+// its recurrent gradient a + b (b may be nullptr, n columns) when KIND is recurrent and a
+// clip is on, else none.
+template <class V, ClipMode CM, int KIND, typename T>
+inline RowClip<T> step_row_clip(T clip, const T* a, const T* b, int64_t n) {
+  if constexpr (KIND == kRecurrent && CM != ClipMode::None) {
+    return make_row_clip<V, T>(CM, clip, a, b, n);
+  } else {
+    return RowClip<T>{T(0), T(0), T(1), T(0)};
+  }
+}
+
+// The record of one row at a step (rec may be nullptr: not recording): its recurrent
+// gradient a + b before the clip rc when KIND is recurrent, else the empty record.
+template <class V, ClipMode CM, int KIND, typename T>
+inline void record_step(T* rec, T clip, const T* a, const T* b, int64_t n, const RowClip<T>& rc) {
+  if (!rec) return;
+  if constexpr (KIND == kRecurrent) {
+    record_row<V, CM, T>(rec, clip, a, b, n, rc);
+  } else {
+    record_none(rec);
+  }
+}
+
 // A row that does not exist at t carries its recurrent gradient: carry += gemm.
 template <typename T>
 inline void carry_row(T* carry, const T* gemm, int64_t n) {
@@ -333,18 +357,11 @@ inline void lstm_bwd_row(const LstmBwdStep<typename V::value_type>& p, int64_t b
   T* dg = p.dgates + b * 4 * H;
   const T cc = p.cell_clip;
 
-  RowClip<T> clip_h{T(0), T(0), T(1), T(0)}, clip_c{T(0), T(0), T(1), T(0)};
-  if constexpr (KIND == kRecurrent && CM != ClipMode::None) {
-    if (!dh_direct) clip_h = make_row_clip<V, T>(CM, p.opt.clip, dh_gemm, dh_carry, R);
-    clip_c = make_row_clip<V, T>(CM, p.opt.clip, dc_rec, nullptr, H);
-  }
-  if (p.record) {  // set only without projection (proj_bwd records the projected state)
-    if constexpr (KIND == kRecurrent) {
-      record_row<V, CM, T>(p.record + b * 3, p.opt.clip, dh_gemm, dh_carry, R, clip_h);
-    } else {
-      record_none(p.record + b * 3);
-    }
-  }
+  const RowClip<T> clip_h = dh_direct ? step_row_clip<V, ClipMode::None, KIND, T>(p.opt.clip, dh_gemm, dh_carry, R)
+                                      : step_row_clip<V, CM, KIND, T>(p.opt.clip, dh_gemm, dh_carry, R);
+  const RowClip<T> clip_c = step_row_clip<V, CM, KIND, T>(p.opt.clip, dc_rec, nullptr, H);
+  // p.record is set only without projection (proj_bwd records the projected state).
+  record_step<V, CM, KIND, T>(p.record ? p.record + b * 3 : nullptr, p.opt.clip, dh_gemm, dh_carry, R, clip_h);
 
   for_columns<V>(H, [&](auto tag, int64_t j) {
     using VV = decltype(tag);
@@ -388,17 +405,8 @@ inline void proj_bwd_row(const ProjBwdStep<typename V::value_type>& p, int64_t b
   const T* dh_gemm = p.dh_gemm + b * R;
   T* dh_carry = p.dh_carry + b * R;
   T* dr = p.dr + b * R;
-  RowClip<T> rc{T(0), T(0), T(1), T(0)};
-  if constexpr (KIND == kRecurrent && CM != ClipMode::None) {
-    rc = make_row_clip<V, T>(CM, p.opt.clip, dh_gemm, dh_carry, R);
-  }
-  if (p.record) {
-    if constexpr (KIND == kRecurrent) {
-      record_row<V, CM, T>(p.record + b * 3, p.opt.clip, dh_gemm, dh_carry, R, rc);
-    } else {
-      record_none(p.record + b * 3);
-    }
-  }
+  const RowClip<T> rc = step_row_clip<V, CM, KIND, T>(p.opt.clip, dh_gemm, dh_carry, R);
+  record_step<V, CM, KIND, T>(p.record ? p.record + b * 3 : nullptr, p.opt.clip, dh_gemm, dh_carry, R, rc);
   for_columns<V>(R, [&](auto tag, int64_t j) {
     using VV = decltype(tag);
     VV::store(dr + j, VV::add(VV::load(dy + j),
@@ -476,17 +484,9 @@ inline void gru_bwd_row(const GruBwdStep<typename V::value_type>& p, int64_t b, 
   T* dh_carry = p.dh_carry + b * H;
   T* dxg = p.dxg + b * 3 * H;
   T* dhg = p.dhg + b * 3 * H;
-  RowClip<T> rc{T(0), T(0), T(1), T(0)};
-  if constexpr (KIND == kRecurrent && CM != ClipMode::None) {
-    rc = make_row_clip<V, T>(CM, p.opt.clip, dh_gemm, dh_carry, H);
-  }
-  if (p.record) {  // before the column loop, which overwrites dh_carry
-    if constexpr (KIND == kRecurrent) {
-      record_row<V, CM, T>(p.record + b * 3, p.opt.clip, dh_gemm, dh_carry, H, rc);
-    } else {
-      record_none(p.record + b * 3);
-    }
-  }
+  const RowClip<T> rc = step_row_clip<V, CM, KIND, T>(p.opt.clip, dh_gemm, dh_carry, H);
+  // Before the column loop, which overwrites dh_carry.
+  record_step<V, CM, KIND, T>(p.record ? p.record + b * 3 : nullptr, p.opt.clip, dh_gemm, dh_carry, H, rc);
   for_columns<V>(H, [&](auto tag, int64_t j) {
     using VV = decltype(tag);
     const typename VV::reg dh =
