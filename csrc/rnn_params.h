@@ -89,43 +89,49 @@ struct LstmFwdStep {
   bool has_cell_clip;
 };
 
+// The backward structs below are the one family both backends fill: T is the storage type
+// of the tensors the caller sees, A the type the kernels compute in and keep their own
+// buffers in (the same on the CPU; csrc/cuda/cuda_params.h, Note [Storage and arithmetic
+// types], for the half types on CUDA). M is the number of rows of the step: B padded,
+// batch_sizes[t] packed; "[B, ...]" buffers are whole-batch running state.
+
 // One LSTM backward step, pointwise part: gate gradients and the cell-state recurrence.
-template <typename T>
+template <typename T, typename A = T>
 struct LstmBwdStep {
-  int64_t B, H, R;
+  int64_t M, H, R;
   StepInfo step;
-  GradOptions<T> opt;
-  const T* act;         // [B, 4H] saved activations i, f, g, o at t
-  const T* c_raw;       // [B, H]  saved pre-clip cell state at t
-  const T* c_raw_prev;  // [B, H]  saved pre-clip cell state at the previous processed time, or nullptr
+  GradOptions<A> opt;
+  const T* act;         // [M, 4H] saved activations i, f, g, o at t
+  const T* c_raw;       // [M, H]  saved pre-clip cell state at t
+  const T* c_raw_prev;  // [., H]  saved pre-clip cell state at the previous processed time, or nullptr
   const T* c0;          // [B, H]  initial cell state, or nullptr (zeros)
-  const T* dy;          // [B, R]  gradient of the output at t (no projection)
+  const T* dy;          // [M, R]  gradient of the output at t (no projection)
   const T* dh_n;        // [B, R]  gradient of h_n (no projection)
-  const T* dh_gemm;     // [B, R]  no projection: dgates_{t+1} W_hh (Note [Recurrent gradient buffers])
-  T* dh_carry;          // [B, R]  no projection: in: carried part; out: zero for rows that process
+  const A* dh_gemm;     // [B, R]  no projection: dgates_{t+1} W_hh (Note [Recurrent gradient buffers])
+  A* dh_carry;          // [B, R]  no projection: in: carried part; out: zero for rows that process
                         //         t, dh_gemm + dh_carry for the others
-  const T* dh_direct;   // [B, H]  projection: full gradient of o * tanh(c_t) (dy, clip, cut applied); else nullptr
+  const A* dh_direct;   // [M, H]  projection: full gradient of o * tanh(c_t) (dy, clip, cut applied); else nullptr
   const T* dc_n;        // [B, H]  gradient of c_n
-  T* dc_rec;            // [B, H]  in: recurrent gradient into c_t (unclipped); out: gradient into c_{t-1}
-  T* dgates;            // [B, 4H] out: gradients of the gate pre-activations (zero for absent rows)
-  T* record;            // [B, 3]  out (no projection): Note [Recording recurrent gradient norms], or nullptr
-  T cell_clip;
+  A* dc_rec;            // [B, H]  in: recurrent gradient into c_t (unclipped); out: gradient into c_{t-1}
+  T* dgates;            // [M, 4H] out: gradients of the gate pre-activations (zero for absent rows)
+  A* record;            // [M, 3]  out (no projection): Note [Recording recurrent gradient norms], or nullptr
+  A cell_clip;
   bool has_cell_clip;
 };
 
 // Projection only: the total gradient of the projected state r_t = h_t W_hr^T at step t
 // (dy + clipped / cut recurrent gradient, or dh_n at the row's last step).
-template <typename T>
+template <typename T, typename A = T>
 struct ProjBwdStep {
-  int64_t B, R;
+  int64_t M, R;
   StepInfo step;
-  GradOptions<T> opt;
-  const T* dy;      // [B, R]
-  const T* dh_n;    // [B, R]
-  const T* dh_gemm; // [B, R] dgates_{t+1} W_hh
-  T* dh_carry;      // [B, R] in: carried part; out: zero for rows that process t, sum for others
-  T* dr;            // [B, R] out (zero for absent rows)
-  T* record;        // [B, 3] out: Note [Recording recurrent gradient norms], or nullptr
+  GradOptions<A> opt;
+  const T* dy;       // [M, R]
+  const T* dh_n;     // [B, R]
+  const A* dh_gemm;  // [B, R] dgates_{t+1} W_hh
+  A* dh_carry;       // [B, R] in: carried part; out: zero for rows that process t, sum for others
+  T* dr;             // [M, R] out (zero for absent rows)
+  A* record;         // [M, 3] out: Note [Recording recurrent gradient norms], or nullptr
 };
 
 // One GRU forward step, pointwise part (after hg = h_{t-1} W_hh^T).
@@ -142,22 +148,22 @@ struct GruFwdStep {
 };
 
 // One GRU backward step, pointwise part.
-template <typename T>
+template <typename T, typename A = T>
 struct GruBwdStep {
-  int64_t B, H;
+  int64_t M, H;
   StepInfo step;
-  GradOptions<T> opt;
-  const T* saved;    // [B, 4H] r, z, n, hn at t
-  const T* h_prev;   // [B, H]  output at the previous processed time, or nullptr
+  GradOptions<A> opt;
+  const T* saved;    // [M, 4H] r, z, n, hn at t
+  const T* h_prev;   // [., H]  output at the previous processed time, or nullptr
   const T* h0;       // [B, H]  initial state, or nullptr (zeros)
-  const T* dy;       // [B, H]
+  const T* dy;       // [M, H]
   const T* dh_n;     // [B, H]
-  const T* dh_gemm;  // [B, H]  dhg_{t+1} W_hh
-  T* dh_carry;       // [B, H]  in: direct part dh_{t+1} * z_{t+1} (or carried); out: dh_t * z_t for
+  const A* dh_gemm;  // [B, H]  dhg_{t+1} W_hh
+  A* dh_carry;       // [B, H]  in: direct part dh_{t+1} * z_{t+1} (or carried); out: dh_t * z_t for
                      //         rows that process t, dh_gemm + dh_carry for the others
-  T* dxg;            // [B, 3H] out: gradients of x W_ih^T + b_ih
-  T* dhg;            // [B, 3H] out: gradients of h W_hh^T + b_hh
-  T* record;         // [B, 3]  out: Note [Recording recurrent gradient norms], or nullptr
+  T* dxg;            // [M, 3H] out: gradients of x W_ih^T + b_ih
+  T* dhg;            // [M, 3H] out: gradients of h W_hh^T + b_hh
+  A* record;         // [M, 3]  out: Note [Recording recurrent gradient norms], or nullptr
 };
 
 // Function table of the pointwise kernels for one scalar type and one CPU capability.

@@ -132,7 +132,7 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
       const int64_t t = reverse ? step : T_ - 1 - step;
       const int64_t tp = previous_time(t, reverse);
       const int64_t M = s.rows[t], off = s.offset[t];
-      p.B = M;
+      p.M = M;
       p.step.t = t;
       p.saved = saved.data_ptr<T>() + off * 4 * H;
       p.h_prev = (tp >= 0 && tp < T_) ? y_p + s.offset[tp] * H : nullptr;

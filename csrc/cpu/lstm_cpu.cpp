@@ -173,7 +173,7 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
       const int64_t t = reverse ? step : T_ - 1 - step;
       const int64_t tp = previous_time(t, reverse);
       const int64_t M = s.rows[t], off = s.offset[t];
-      p.B = M;
+      p.M = M;
       p.step.t = t;
       p.act = act_p + off * 4 * H;
       p.c_raw = craw_p + off * H;
@@ -181,7 +181,7 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
       p.dgates = dg_p + off * 4 * H;
       (w_hr ? pp.record : p.record) = rec_p ? rec_p + off * 3 : nullptr;
       if (w_hr) {
-        pp.B = M;
+        pp.M = M;
         pp.step.t = t;
         pp.dy = dy_p + off * R;
         pp.dr = dr.data_ptr<T>() + off * R;

@@ -77,44 +77,13 @@ struct CopyRowsArgs {
   T* dst;        // [B, R] running (projected) hidden state
 };
 
-// LSTM backward step, pointwise part: gate gradients and the cell-state recurrence.
+// The backward steps are rnn_params.h's structs, with the arithmetic type A = opmath_t<T>.
 template <typename T>
-struct LstmBwdArgs {
-  using A = opmath_t<T>;
-  int64_t M, H, R;
-  StepInfo step;
-  GradOptions<A> opt;
-  const T* act;         // [M, 4H] saved activations at t
-  const T* c_raw;       // [M, H]  saved pre-clip cell state at t
-  const T* c_raw_prev;  // [., H]  saved pre-clip cell state at the previous processed time, or nullptr
-  const T* c0;          // [B, H]  initial cell state, or nullptr (zeros)
-  const T* dy;          // [M, R]  gradient of the output at t (no projection)
-  const T* dh_n;        // [B, R]  gradient of h_n (no projection)
-  const A* dh_gemm;     // [B, R]  no projection: dgates_{t'} W_hh of the previous backward step
-  A* dh_carry;          // [B, R]  no projection: carried part (see LstmBwdStep in rnn_params.h)
-  const A* dh_direct;   // [M, H]  projection: dr_t W_hr, the full gradient of o * tanh(c_t); else nullptr
-  const T* dc_n;        // [B, H]  gradient of c_n
-  A* dc_rec;            // [B, H]  in: recurrent gradient into c_t (unclipped); out: into c_{t-1}
-  T* dgates;            // [M, 4H] out: gradients of the gate pre-activations
-  A* record;            // [M, 3]  out (no projection): Note [Recording recurrent gradient norms], or nullptr
-  A cell_clip;
-  bool has_cell_clip;
-};
-
-// Projection only: the total gradient of the projected state r_t = h_t W_hr^T at step t.
+using LstmBwdArgs = LstmBwdStep<T, opmath_t<T>>;
 template <typename T>
-struct ProjBwdArgs {
-  using A = opmath_t<T>;
-  int64_t M, R;
-  StepInfo step;
-  GradOptions<A> opt;
-  const T* dy;       // [M, R]
-  const T* dh_n;     // [B, R]
-  const A* dh_gemm;  // [B, R] dgates_{t'} W_hh of the previous backward step
-  A* dh_carry;       // [B, R] carried part
-  T* dr;             // [M, R] out (zero for absent rows)
-  A* record;         // [M, 3] out, or nullptr
-};
+using ProjBwdArgs = ProjBwdStep<T, opmath_t<T>>;
+template <typename T>
+using GruBwdArgs = GruBwdStep<T, opmath_t<T>>;
 
 // GRU forward step, pointwise part: after hg = h_{t-1} W_hh^T.
 template <typename T>
@@ -129,25 +98,6 @@ struct GruFwdArgs {
   T* saved;         // [M, 4H] out: r, z, n, h W_hn^T + b_hn for backward, or nullptr
   T* h_out;         // [M, H]  out: h_t (zero for absent rows)
   T* h_state;       // [B, H]  running hidden state: in h_{t-1}, out h_t
-};
-
-// GRU backward step, pointwise part.
-template <typename T>
-struct GruBwdArgs {
-  using A = opmath_t<T>;
-  int64_t M, H;
-  StepInfo step;
-  GradOptions<A> opt;
-  const T* saved;    // [M, 4H] r, z, n, hn at t
-  const T* h_prev;   // [., H]  output at the previous processed time, or nullptr
-  const T* h0;       // [B, H]  initial state, or nullptr (zeros)
-  const T* dy;       // [M, H]
-  const T* dh_n;     // [B, H]
-  const A* dh_gemm;  // [B, H]  dhg_{t'} W_hh of the previous backward step
-  A* dh_carry;       // [B, H]  in: direct part dh * z (or carried); out: this step's
-  T* dxg;            // [M, 3H] out: gradients of x W_ih^T + b_ih
-  T* dhg;            // [M, 3H] out: gradients of h W_hh^T + b_hh
-  A* record;         // [M, 3]  out, or nullptr
 };
 
 // The gradient into the initial state: out[b] = clip(a[b] + add[b]) for every batch row
