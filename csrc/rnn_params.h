@@ -72,28 +72,30 @@ struct StepInfo {
   const int64_t* lengths;  // [B] or nullptr (every row has length T)
 };
 
-// One LSTM forward step, pointwise part (after gates += h_{t-1} W_hh^T).
-template <typename T>
-struct LstmFwdStep {
-  int64_t B, H;
-  StepInfo step;
-  T* gates;        // [B, 4H] in: x W_ih^T + b_ih + b_hh (gates i, f, g, o); out: activations
-                   //         (only when saving: c_raw != nullptr)
-  const T* hg;     // [B, 4H] h_{t-1} W_hh^T
-  T* c;            // [B, H]  running cell state: in c_{t-1}, out c_t (unchanged for absent rows)
-  T* c_raw;        // [B, H]  out: cell state before the cell clip (saved for backward), or
-                   //         nullptr: nothing is saved (no-grad call)
-  T* h_out;        // [B, H]  out: o * tanh(c_t); zero for absent rows
-  T* h_state;      // [B, H]  running hidden state (no projection), or nullptr (projection: glue)
-  T cell_clip;     // used when has_cell_clip
-  bool has_cell_clip;
-};
-
-// The backward structs below are the one family both backends fill: T is the storage type
+// The step structs below are the one family both backends fill: T is the storage type
 // of the tensors the caller sees, A the type the kernels compute in and keep their own
 // buffers in (the same on the CPU; csrc/cuda/cuda_params.h, Note [Storage and arithmetic
 // types], for the half types on CUDA). M is the number of rows of the step: B padded,
 // batch_sizes[t] packed; "[B, ...]" buffers are whole-batch running state.
+
+// One LSTM forward step, pointwise part (after hg = h_{t-1} W_hh^T).
+template <typename T, typename A = T>
+struct LstmFwdStep {
+  int64_t M, H;
+  StepInfo step;
+  const A* xg;    // [M, 4H] x_t W_ih^T, gates i, f, g, o (the CPU folds b_ih + b_hh in here)
+  const A* hg;    // [M, 4H] h_{t-1} W_hh^T
+  const A* bias;  // [4H]    b_ih + b_hh to add in the kernel (CUDA), or nullptr
+  T* act;         // [M, 4H] out: activations i, f, g, o, only when saving (c_raw != nullptr);
+                  //         may alias xg when T == A
+  A* c;           // [B, H]  running cell state: in c_{t-1}, out c_t (unchanged for absent rows)
+  T* c_raw;       // [M, H]  out: cell state before the cell clip (saved for backward), or
+                  //         nullptr: nothing is saved (no-grad call)
+  T* h_out;       // [M, H]  out: o * tanh(c_t); zero for absent rows
+  T* h_state;     // [B, H]  running hidden state (no projection), or nullptr (projection: glue)
+  A cell_clip;    // used when has_cell_clip
+  bool has_cell_clip;
+};
 
 // One LSTM backward step, pointwise part: gate gradients and the cell-state recurrence.
 template <typename T, typename A = T>
@@ -135,16 +137,17 @@ struct ProjBwdStep {
 };
 
 // One GRU forward step, pointwise part (after hg = h_{t-1} W_hh^T).
-template <typename T>
+template <typename T, typename A = T>
 struct GruFwdStep {
-  int64_t B, H;
+  int64_t M, H;
   StepInfo step;
-  const T* xg;     // [B, 3H] x W_ih^T + b_ih (+ b_hh for r and z)
-  const T* hg;     // [B, 3H] h_{t-1} W_hh^T (no bias)
-  const T* b_hn;   // [H] the n part of b_hh, or nullptr
-  T* saved;        // [B, 4H] out: r, z, n, (h W_hn^T + b_hn) for backward
-  T* h_out;        // [B, H]  out: h_t; zero for absent rows
-  T* h_state;      // [B, H]  running hidden state: in h_{t-1}, out h_t
+  const A* xg;      // [M, 3H] x_t W_ih^T, gates r, z, n (the CPU folds b_ih + (b_hr, b_hz, 0) in)
+  const A* hg;      // [M, 3H] h_{t-1} W_hh^T (no bias)
+  const A* bias_x;  // [3H]    b_ih + (b_hr, b_hz, 0) to add in the kernel (CUDA), or nullptr
+  const A* b_hn;    // [H]     the n part of b_hh, or nullptr
+  T* saved;         // [M, 4H] out: r, z, n, h W_hn^T + b_hn for backward, or nullptr
+  T* h_out;         // [M, H]  out: h_t; zero for absent rows
+  T* h_state;       // [B, H]  running hidden state: in h_{t-1}, out h_t
 };
 
 // One GRU backward step, pointwise part.

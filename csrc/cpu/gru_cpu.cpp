@@ -52,8 +52,8 @@ void gru_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tensor
 
   at::Tensor y = at::empty({N, H}, opts);
   at::Tensor h = h0 ? h0->contiguous().clone() : at::zeros({B, H}, opts);
-  // Without backward the r, z, n, hn scratch of one step is enough.
-  at::Tensor saved = at::empty({save ? N : B, 4 * H}, opts);
+  // r, z, n, hn of every step, for the backward (nothing without it).
+  at::Tensor saved = save ? at::empty({N, 4 * H}, opts) : at::empty({0}, opts);
   bool engine = false;
   if constexpr (std::is_same_v<T, float>) engine = use_forward_engine(s, 3, 0);
   if (engine) {
@@ -72,16 +72,15 @@ void gru_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tensor
     for (int64_t step = 0; step < T_; ++step) {
       const int64_t t = reverse ? T_ - 1 - step : step;
       const int64_t M = s.rows[t], off = s.offset[t];
-      p.B = M;
+      p.M = M;
       p.hg = recurrent(p.h_state, M);
       p.step.t = t;
       p.xg = xg.data_ptr<T>() + off * 3 * H;
-      p.saved = saved.data_ptr<T>() + (save ? off * 4 * H : 0);
+      p.saved = save ? saved.data_ptr<T>() + off * 4 * H : nullptr;
       p.h_out = y.data_ptr<T>() + off * H;
       parallel_rows(M, 3 * H, [&](int64_t b0, int64_t b1) { k.gru_fwd(p, b0, b1); });
     }
   }
-  if (!save) saved = at::empty({0}, opts);
   out = {s.step_major(y), h, s.step_major(saved)};
 }
 

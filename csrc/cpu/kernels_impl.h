@@ -220,17 +220,19 @@ void lstm_fwd_rows(const LstmFwdStep<typename V::value_type>& p, int64_t b0, int
   for (int64_t b = b0; b < b1; ++b) {
     const bool active = p.step.lengths == nullptr || p.step.t < p.step.lengths[b];
     T* h_out = p.h_out + b * H;
-    // Saved values (activations in gates, c_raw) only when saving (c_raw != nullptr).
+    // Saved values (act, c_raw) only when saving (c_raw != nullptr).
     if (!active) {  // outputs and saved values of absent rows are zero, never stale memory
       zero_row(h_out, H);
       if (p.c_raw) {
-        zero_row(p.gates + b * 4 * H, 4 * H);
+        zero_row(p.act + b * 4 * H, 4 * H);
         zero_row(p.c_raw + b * H, H);
       }
       continue;
     }
-    T* g = p.gates + b * 4 * H;
+    const T* xg = p.xg + b * 4 * H;
+    T* act = p.act + b * 4 * H;  // may alias xg: column j is read before it is written
     const T* hg = p.hg + b * 4 * H;
+    const T* bias = p.bias;
     T* c = p.c + b * H;
     T* c_raw = p.c_raw ? p.c_raw + b * H : nullptr;
     T* h_state = p.h_state ? p.h_state + b * H : nullptr;
@@ -238,16 +240,23 @@ void lstm_fwd_rows(const LstmFwdStep<typename V::value_type>& p, int64_t b0, int
     for_columns<V>(H, [&](auto tag, int64_t j) {
       using VV = decltype(tag);
       using R = typename VV::reg;
-      const R i = VV::sigmoid(VV::add(VV::load(g + j), VV::load(hg + j)));
-      const R f = VV::sigmoid(VV::add(VV::load(g + H + j), VV::load(hg + H + j)));
-      const R gg = VV::tanh(VV::add(VV::load(g + 2 * H + j), VV::load(hg + 2 * H + j)));
-      const R o = VV::sigmoid(VV::add(VV::load(g + 3 * H + j), VV::load(hg + 3 * H + j)));
+      // Gate q's pre-activation: the x part (plus the bias when the kernel adds it) plus
+      // the recurrent part.
+      auto pre = [&](int q) {
+        R x = VV::load(xg + q * H + j);
+        if (bias) x = VV::add(x, VV::load(bias + q * H + j));
+        return VV::add(x, VV::load(hg + q * H + j));
+      };
+      const R i = VV::sigmoid(pre(0));
+      const R f = VV::sigmoid(pre(1));
+      const R gg = VV::tanh(pre(2));
+      const R o = VV::sigmoid(pre(3));
       const R cr = VV::fmadd(f, VV::load(c + j), VV::mul(i, gg));
       if (c_raw) {
-        VV::store(g + j, i);
-        VV::store(g + H + j, f);
-        VV::store(g + 2 * H + j, gg);
-        VV::store(g + 3 * H + j, o);
+        VV::store(act + j, i);
+        VV::store(act + H + j, f);
+        VV::store(act + 2 * H + j, gg);
+        VV::store(act + 3 * H + j, o);
         VV::store(c_raw + j, cr);
       }
       R cn = cr;
@@ -441,28 +450,37 @@ void gru_fwd(const GruFwdStep<typename V::value_type>& p, int64_t b0, int64_t b1
     T* h_out = p.h_out + b * H;
     if (!active) {  // outputs and saved values of absent rows are zero, never stale memory
       zero_row(h_out, H);
-      zero_row(p.saved + b * 4 * H, 4 * H);
+      if (p.saved) zero_row(p.saved + b * 4 * H, 4 * H);
       continue;
     }
     const T* xg = p.xg + b * 3 * H;
     const T* hg = p.hg + b * 3 * H;
+    const T* bias_x = p.bias_x;
     const T* b_hn = p.b_hn;
-    T* sv = p.saved + b * 4 * H;
+    T* sv = p.saved ? p.saved + b * 4 * H : nullptr;  // nullptr: nothing is saved
     T* h = p.h_state + b * H;
     for_columns<V>(H, [&](auto tag, int64_t j) {
       using VV = decltype(tag);
       using Rg = typename VV::reg;
-      const Rg r = VV::sigmoid(VV::add(VV::load(xg + j), VV::load(hg + j)));
-      const Rg z = VV::sigmoid(VV::add(VV::load(xg + H + j), VV::load(hg + H + j)));
+      // The x part of gate q (plus b_ih + (b_hr, b_hz, 0) when the kernel adds them).
+      auto x_part = [&](int q) {
+        Rg x = VV::load(xg + q * H + j);
+        if (bias_x) x = VV::add(x, VV::load(bias_x + q * H + j));
+        return x;
+      };
+      const Rg r = VV::sigmoid(VV::add(x_part(0), VV::load(hg + j)));
+      const Rg z = VV::sigmoid(VV::add(x_part(1), VV::load(hg + H + j)));
       Rg hn = VV::load(hg + 2 * H + j);
       if (b_hn) hn = VV::add(hn, VV::load(b_hn + j));
-      const Rg n = VV::tanh(VV::fmadd(r, hn, VV::load(xg + 2 * H + j)));
+      const Rg n = VV::tanh(VV::fmadd(r, hn, x_part(2)));
       const Rg hp = VV::load(h + j);
       const Rg hnew = VV::fmadd(z, VV::sub(hp, n), n);  // (1 - z) n + z h
-      VV::store(sv + j, r);
-      VV::store(sv + H + j, z);
-      VV::store(sv + 2 * H + j, n);
-      VV::store(sv + 3 * H + j, hn);
+      if (sv) {
+        VV::store(sv + j, r);
+        VV::store(sv + H + j, z);
+        VV::store(sv + 2 * H + j, n);
+        VV::store(sv + 3 * H + j, hn);
+      }
       VV::store(h_out + j, hnew);
       VV::store(h + j, hnew);
     });

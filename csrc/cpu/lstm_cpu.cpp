@@ -76,10 +76,11 @@ void lstm_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tenso
     for (int64_t step = 0; step < T_; ++step) {
       const int64_t t = reverse ? T_ - 1 - step : step;
       const int64_t M = s.rows[t], off = s.offset[t];
-      p.B = M;
+      p.M = M;
       p.hg = recurrent(h_p, M);
       p.step.t = t;
-      p.gates = g_p + off * 4 * H;
+      p.xg = g_p + off * 4 * H;  // x W_ih^T + b_ih + b_hh; the activations overwrite it
+      p.act = g_p + off * 4 * H;
       p.c_raw = craw_p ? craw_p + off * H : nullptr;
       p.h_out = w_hr ? hpre_p + off * H : y_p + off * R;
       parallel_rows(M, 4 * H, [&](int64_t b0, int64_t b1) { k.lstm_fwd(p, b0, b1); });

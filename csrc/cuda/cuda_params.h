@@ -50,24 +50,6 @@ using opmath_t = typename OpMath<T>::type;
 // kernels do; the CUDA kernels take the clip mode as a template argument and decide the
 // truncation at run time (row_step<true>, csrc/kernel_common.h).
 
-// LSTM forward step, pointwise part: after hg = h_{t-1} W_hh^T.
-template <typename T>
-struct LstmFwdArgs {
-  using A = opmath_t<T>;
-  int64_t M, H;
-  StepInfo step;
-  const A* xg;    // [M, 4H] x_t W_ih^T (no bias), gates i, f, g, o
-  const A* hg;    // [M, 4H] h_{t-1} W_hh^T
-  const A* bias;  // [4H]    b_ih + b_hh, or nullptr
-  T* act;         // [M, 4H] out: activations i, f, g, o (may alias xg when T == A)
-  A* c;           // [B, H]  running cell state: in c_{t-1}, out c_t (unchanged for absent rows)
-  T* c_raw;       // [M, H]  out: cell state before the cell clip, or nullptr (no backward)
-  T* h_out;       // [M, H]  out: o * tanh(c_t) (zero for absent rows)
-  T* h_state;     // [B, H]  running hidden state, or nullptr (projection: copy_state_rows)
-  A cell_clip;    // used when has_cell_clip
-  bool has_cell_clip;
-};
-
 // Projection only: h_state[b] = y_t[b] for the rows that exist at t.
 template <typename T>
 struct CopyRowsArgs {
@@ -77,28 +59,17 @@ struct CopyRowsArgs {
   T* dst;        // [B, R] running (projected) hidden state
 };
 
-// The backward steps are rnn_params.h's structs, with the arithmetic type A = opmath_t<T>.
+// The step structs are rnn_params.h's, with the arithmetic type A = opmath_t<T>.
+template <typename T>
+using LstmFwdArgs = LstmFwdStep<T, opmath_t<T>>;
+template <typename T>
+using GruFwdArgs = GruFwdStep<T, opmath_t<T>>;
 template <typename T>
 using LstmBwdArgs = LstmBwdStep<T, opmath_t<T>>;
 template <typename T>
 using ProjBwdArgs = ProjBwdStep<T, opmath_t<T>>;
 template <typename T>
 using GruBwdArgs = GruBwdStep<T, opmath_t<T>>;
-
-// GRU forward step, pointwise part: after hg = h_{t-1} W_hh^T.
-template <typename T>
-struct GruFwdArgs {
-  using A = opmath_t<T>;
-  int64_t M, H;
-  StepInfo step;
-  const A* xg;      // [M, 3H] x_t W_ih^T (no bias), gates r, z, n
-  const A* hg;      // [M, 3H] h_{t-1} W_hh^T (no bias)
-  const A* bias_x;  // [3H] b_ih + (b_hr, b_hz, 0), or nullptr
-  const A* b_hn;    // [H]  the n part of b_hh, or nullptr
-  T* saved;         // [M, 4H] out: r, z, n, h W_hn^T + b_hn for backward, or nullptr
-  T* h_out;         // [M, H]  out: h_t (zero for absent rows)
-  T* h_state;       // [B, H]  running hidden state: in h_{t-1}, out h_t
-};
 
 // The gradient into the initial state: out[b] = clip(a[b] + add[b]) for every batch row
 // (the initial state is handed over to step 0 like any other state, docs/design.md §3).
