@@ -1,5 +1,5 @@
 // The device kernels of the torch.ops.fusedrnn ops (schemas in csrc/ops.cpp): check the
-// arguments once, then call the backend's layer functions (csrc/layer_ops.inc). The same
+// arguments once, then call the backend's layer functions (csrc/layer_ops.h). The same
 // checked kernel serves every backend; the dispatcher picks CPU or CUDA from the tensors.
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
@@ -18,7 +18,7 @@ namespace {
 constexpr const char* kLstm = "fusedrnn.lstm_layer";
 constexpr const char* kGru = "fusedrnn.gru_layer";
 
-// A backend: its four layer functions (csrc/layer_ops.inc).
+// A backend: its four layer functions (csrc/layer_ops.h).
 #ifndef FUSEDRNN_CUDA_EMU
 struct CpuBackend {
   static constexpr auto lstm_forward = &cpu::lstm_forward;

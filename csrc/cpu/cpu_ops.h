@@ -1,19 +1,15 @@
-// CPU implementations of the layer ops (arguments already checked; see csrc/rnn_ops.h for
-// the meaning of inputs and outputs, and LayerSizes in checks.h for the layouts).
+// CPU implementations of the layer ops (csrc/layer_ops.h).
 #pragma once
 
-#include <optional>
-#include <vector>
-
-#include <ATen/ATen.h>
-
-#include "../checks.h"
-#include "../rnn_params.h"
+#include "../layer_ops.h"
 
 namespace fusedrnn {
 namespace cpu {
 
-#include "../layer_ops.inc"
+LstmForwardImpl lstm_forward;
+LstmBackwardImpl lstm_backward;
+GruForwardImpl gru_forward;
+GruBackwardImpl gru_backward;
 
 }  // namespace cpu
 }  // namespace fusedrnn

@@ -22,10 +22,11 @@
 //    x one to four unit blocks of accumulators, k = 0..R-1 with one FMA chain per output;
 //    then, while the gate sums are in registers, adds the x part (the all-steps GEMM
 //    x W_ih^T + b, done before by oneDNN/MKL), applies the activations, the cell update and
-//    clip and h, and writes act / c_raw / h_out and its units of h_t. Then one barrier per
-//    step. The state lives in two buffers (h_{t-1} is read by all threads while each writes
-//    its units of h_t) that swap every step; the barrier at the end of step s both
-//    publishes h_s and guarantees that nobody still reads the buffer step s+1 overwrites.
+//    clip and h, and writes h_out and its units of h_t (act and c_raw when saving for a
+//    backward). Then one barrier per step. The state lives in two buffers (h_{t-1} is read
+//    by all threads while each writes its units of h_t) that swap every step; the barrier
+//    at the end of step s both publishes h_s and guarantees that nobody still reads the
+//    buffer step s+1 overwrites.
 //    Rows a step does not have (packed input) or that have ended (lengths) copy their units
 //    of the state to the other buffer.
 //  - Projection. h_t (H wide) goes to h_pre; after a barrier the threads split the P outputs

@@ -1,0 +1,62 @@
+// The layer functions every backend implements (csrc/cpu/ and csrc/cuda_glue/), declared
+// once as function types: each backend's header declares its four with them (cpu_ops.h,
+// cuda_ops.h), so the signatures are written here only (and at the definitions). Arguments
+// are already checked (csrc/rnn_ops.cpp); outputs and saved-tensor layouts are the same for
+// every backend (csrc/rnn_ops.h for their meaning, LayerSizes in checks.h for the layouts).
+//
+// Note [One driver per backend]
+// The CPU drivers (csrc/cpu/lstm_cpu.cpp, gru_cpu.cpp) and the CUDA ones (csrc/cuda_glue/
+// lstm_cuda.cpp, gru_cuda.cpp) run the same algorithm (all-steps input GEMM, a time loop,
+// all-steps weight-gradient GEMMs) but are written separately on purpose: the CPU loop is
+// either the persistent engine (one parallel region for the whole call, its own packed
+// weights and recurrent buffers) or a per-step loop over CPU function tables, with no
+// device, stream or storage/arithmetic type split; the CUDA loop issues stream-ordered
+// cuBLAS GEMMs and kernel launches with half-precision storage and float32 arithmetic
+// buffers (Note [Storage and arithmetic types] in csrc/cuda/cuda_params.h). What the two
+// share is shared code: the argument checks and LayerSizes (checks.h, with step_major for
+// the returned layouts), the kernel parameter structs (rnn_params.h: StepInfo,
+// GradOptions), the row bookkeeping and option switches (kernel_common.h), the gradient
+// record's finish (grad_record.h), and the contract these declarations state.
+#pragma once
+
+#include <optional>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "checks.h"
+#include "rnn_params.h"
+
+namespace fusedrnn {
+
+// {output, h_n, c_n, act, c_raw, h_pre}
+using LstmForwardImpl = std::vector<at::Tensor>(const LayerSizes& s, const at::Tensor& x,
+                                              const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                              const OptTensor& b_ih, const OptTensor& b_hh,
+                                              const OptTensor& h0, const OptTensor& c0,
+                                              const OptTensor& w_hr, bool reverse,
+                                              std::optional<double> cell_clip, bool save);
+
+// {dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr, record}
+using LstmBackwardImpl = std::vector<at::Tensor>(
+    const LayerSizes& s, const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& dc_n,
+    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& w_hr,
+    const OptTensor& h0, const OptTensor& c0, const at::Tensor& y, const at::Tensor& act,
+    const at::Tensor& c_raw, const at::Tensor& h_pre, bool reverse,
+    const GradOptions<double>& opt, std::optional<double> cell_clip, bool has_bias,
+    bool need_input_grad, bool need_weight_grad, bool track_grad_norms);
+
+// {output, h_n, saved}
+using GruForwardImpl = std::vector<at::Tensor>(const LayerSizes& s, const at::Tensor& x,
+                                             const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                             const OptTensor& b_ih, const OptTensor& b_hh,
+                                             const OptTensor& h0, bool reverse, bool save);
+
+// {dx, dh0, dw_ih, dw_hh, db_ih, db_hh, record}
+using GruBackwardImpl = std::vector<at::Tensor>(
+    const LayerSizes& s, const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& x,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& h0, const at::Tensor& y,
+    const at::Tensor& saved, bool reverse, const GradOptions<double>& opt, bool has_bias,
+    bool need_input_grad, bool need_weight_grad, bool track_grad_norms);
+
+}  // namespace fusedrnn
