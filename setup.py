@@ -49,7 +49,7 @@ cuda_sources = rel("csrc/cuda/*.cu") + rel("csrc/cuda_glue/*.cpp")
 # activations into the forward engine's epilogue and called them out of line (the LSTM
 # engine lost 20% at B=8). A larger unit-growth budget keeps them inline.
 cxx_flags = ["-O3"]
-if sys.platform != "win32" and "clang" not in (os.environ.get("CXX") or ""):
+if sys.platform.startswith("linux") and "clang" not in (os.environ.get("CXX") or ""):
     cxx_flags += ["--param=inline-unit-growth=200", "--param=large-function-growth=400"]
 link_flags = []
 if sys.platform.startswith("linux"):

@@ -204,8 +204,9 @@ struct RecurrentGrad {
   // After the GEMM of step `step` (time t, M rows), for the units [u0, u1) of one thread:
   // rows the next step no longer visits (packed, reverse; every row after the last step)
   // have their whole gradient into h0 now; then the next step's partials over its blocks.
-  // Returns whether the norm clip needs a barrier before the next step reads the partials.
-  bool end_step(const LayerSizes& s, bool reverse, int64_t step, int64_t t, int64_t M,
+  // Returns the rows of the next step whose partials were written when the norm clip needs a
+  // barrier before that step reads them, else -1.
+  int64_t end_step(const LayerSizes& s, bool reverse, int64_t step, int64_t t, int64_t M,
                 const BwdEngineTable<float>& k, float clip, float* dh0, int64_t u0,
                 int64_t u1) const {
     const bool last = step + 1 == s.T;
@@ -214,12 +215,12 @@ struct RecurrentGrad {
     for (int64_t b = next; b < M; ++b) {
       for (int64_t j = u0; j < u1; ++j) dh0[b * U + j] = carry_p[b * Up + j] + gemm_p[b * Up + j];
     }
-    if (last || !(norm || track)) return false;
+    if (last || !(norm || track)) return -1;
     const int64_t offn = s.offset[tn];
     EnginePartials<float> ph{next, Up, nblk, gemm_p, carry_p, partials_at(offn),
                              cnt_p ? cnt_p + offn * nblk : nullptr, clip};
     k.partials(ph, u0 / kEngineBlock, blocks_of(u1));
-    return norm;
+    return norm ? next : -1;
   }
 };
 
@@ -359,9 +360,9 @@ void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>
       g.M = M;
       g.A = dg_p + off * 4 * H;
       k.gemm(g);
-      if (rg.end_step(s, reverse, step, t, M, k, opt.clip, dh0_p, q0, q1)) {
-        EnginePartials<float> pcp{std::min(s.rows[reverse ? t + 1 : t - 1], M), Hp, nblk_h,
-                                  dc_p, nullptr, pc_p, nullptr, opt.clip};
+      const int64_t next = rg.end_step(s, reverse, step, t, M, k, opt.clip, dh0_p, q0, q1);
+      if (next >= 0) {
+        EnginePartials<float> pcp{next, Hp, nblk_h, dc_p, nullptr, pc_p, nullptr, opt.clip};
         k.partials(pcp, hb0, hb1);
         barrier.wait();  // the next step's A sums every block of its rows
       }
@@ -428,7 +429,7 @@ void gru_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>&
       g.M = M;
       g.A = dhg_p + off * 3 * H;
       k.gemm(g);
-      if (rg.end_step(s, reverse, step, t, M, k, opt.clip, dh0_p, k0, k1)) {
+      if (rg.end_step(s, reverse, step, t, M, k, opt.clip, dh0_p, k0, k1) >= 0) {
         barrier.wait();  // the next step's pass sums every block of its rows
       }
     }

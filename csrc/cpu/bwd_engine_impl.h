@@ -371,17 +371,19 @@ template <class V>
 struct Entry {
   using T = typename V::value_type;
   static void lstm_units(const LstmBwdUnits<T>& p, int64_t k0, int64_t k1) {
-    with_grad_options(p.opt, p.has_cell_clip, [&](auto cm, auto trunc, auto cclip) {
-      lstm_rows<V, decltype(cm)::value, decltype(trunc)::value, decltype(cclip)::value>(p, k0, k1);
+    with_grad_options(p.opt, [&](auto cm, auto trunc) {
+      with_flag(p.has_cell_clip, [&](auto cclip) {
+        lstm_rows<V, decltype(cm)::value, decltype(trunc)::value, decltype(cclip)::value>(p, k0, k1);
+      });
     });
   }
   static void proj_units(const ProjBwdUnits<T>& p, int64_t k0, int64_t k1) {
-    with_grad_options(p.opt, false, [&](auto cm, auto trunc, auto) {
+    with_grad_options(p.opt, [&](auto cm, auto trunc) {
       proj_rows<V, decltype(cm)::value, decltype(trunc)::value>(p, k0, k1);
     });
   }
   static void gru_units(const GruBwdUnits<T>& p, int64_t k0, int64_t k1) {
-    with_grad_options(p.opt, false, [&](auto cm, auto trunc, auto) {
+    with_grad_options(p.opt, [&](auto cm, auto trunc) {
       gru_rows<V, decltype(cm)::value, decltype(trunc)::value>(p, k0, k1);
     });
   }

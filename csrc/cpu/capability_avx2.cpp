@@ -19,21 +19,7 @@
 #define FUSEDRNN_VEC_AVX2
 #define FUSEDRNN_ENGINE_VEC Avx2Vec
 #define FUSEDRNN_ENGINE_REGS 16
-#include "kernels_impl.h"
-#include "engine_fwd_impl.h"
-#include "bwd_engine_impl.h"
-
-namespace fusedrnn {
-namespace cpu {
-namespace avx2 {
-void fill_capability(CapabilityKernels* table) {
-  Entry<Avx2Vec>::fill(&table->pointwise);
-  fwd_engine::fill(&table->engine_fwd);
-  bwd::Entry<Avx2Vec>::fill(&table->engine_bwd);
-}
-}  // namespace avx2
-}  // namespace cpu
-}  // namespace fusedrnn
+#include "capability_impl.h"
 
 #if defined(__clang__)
 #pragma clang attribute pop

@@ -19,21 +19,7 @@
 #define FUSEDRNN_VEC_AVX512
 #define FUSEDRNN_ENGINE_VEC Avx512Vec
 #define FUSEDRNN_ENGINE_REGS 32
-#include "kernels_impl.h"
-#include "engine_fwd_impl.h"
-#include "bwd_engine_impl.h"
-
-namespace fusedrnn {
-namespace cpu {
-namespace avx512 {
-void fill_capability(CapabilityKernels* table) {
-  Entry<Avx512Vec>::fill(&table->pointwise);
-  fwd_engine::fill(&table->engine_fwd);
-  bwd::Entry<Avx512Vec>::fill(&table->engine_bwd);
-}
-}  // namespace avx512
-}  // namespace cpu
-}  // namespace fusedrnn
+#include "capability_impl.h"
 
 #if defined(__clang__)
 #pragma clang attribute pop

@@ -8,18 +8,11 @@
 #define FUSEDRNN_CPU_CAPABILITY base
 #define FUSEDRNN_ENGINE_VEC ScalarVec<float>
 #define FUSEDRNN_ENGINE_REGS 16
-#include "kernels_impl.h"
-#include "engine_fwd_impl.h"
-#include "bwd_engine_impl.h"
+#include "capability_impl.h"
 
 namespace fusedrnn {
 namespace cpu {
 namespace base {
-void fill_capability(CapabilityKernels* table) {
-  Entry<ScalarVec<float>>::fill(&table->pointwise);
-  fwd_engine::fill(&table->engine_fwd);
-  bwd::Entry<ScalarVec<float>>::fill(&table->engine_bwd);
-}
 void fill_double_kernels(CpuKernelTable<double>* table) { Entry<ScalarVec<double>>::fill(table); }
 }  // namespace base
 }  // namespace cpu

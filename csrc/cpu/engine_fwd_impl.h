@@ -60,6 +60,12 @@ inline void prefetch_vector(const float* p) {
   __builtin_prefetch(p + kW - 1);
 }
 
+// The G gate vectors of row b at unit u of a [rows, G * H] per-step buffer.
+inline void prefetch_gates(const float* rows, int G, int64_t H, int64_t b, int64_t u) {
+  const float* g = rows + b * G * H + u;
+  for (int q = 0; q < G; ++q) prefetch_vector(g + q * H);
+}
+
 inline void zero_n(float* p, int64_t n) {
   for (int64_t l = 0; l < n; ++l) p[l] = 0.0f;
 }
@@ -286,8 +292,7 @@ void lstm_step_impl(const LstmEngineStep& p, int64_t u0, int64_t u1) {
     store_n(h_out, h, n);
     if (p.h_next) store_n(p.h_next + b * R + u, h, n);
   }, [&](int64_t b, int64_t u) FUSEDRNN_ENGINE_INLINE {
-    const float* g = p.gates + b * 4 * H + u;
-    for (int q = 0; q < 4; ++q) prefetch_vector(g + q * H);
+    prefetch_gates(p.gates, 4, H, b, u);
     prefetch_vector(p.c + b * H + u);
   });
   if (p.h_next) carry_rows(p.h_prev, p.h_next, R, p.M, p.B, u0, u1);
@@ -336,10 +341,7 @@ void gru_step(const GruEngineStep& p, int64_t u0, int64_t u1) {
     }
     store_n(h_out, hnew, n);
     store_n(hn_row, hnew, n);
-  }, [&](int64_t b, int64_t u) FUSEDRNN_ENGINE_INLINE {
-    const float* xg = p.xg + b * 3 * H + u;
-    for (int q = 0; q < 3; ++q) prefetch_vector(xg + q * H);
-  });
+  }, [&](int64_t b, int64_t u) FUSEDRNN_ENGINE_INLINE { prefetch_gates(p.xg, 3, H, b, u); });
   carry_rows(p.h_prev, p.h_next, H, p.M, p.B, u0, u1);
 }
 

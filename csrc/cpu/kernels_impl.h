@@ -210,6 +210,15 @@ inline void carry_row(T* carry, const T* gemm, int64_t n) {
   for (int64_t j = 0; j < n; ++j) carry[j] += gemm[j];
 }
 
+// The x part of a gate at offset `at` of a row (q * H + j): xg, plus the bias where the
+// kernel adds it (bias != nullptr; the CPU drivers fold the biases into xg instead).
+template <class VV, typename T>
+inline typename VV::reg x_part(const T* xg, const T* bias, int64_t at) {
+  typename VV::reg x = VV::load(xg + at);
+  if (bias) x = VV::add(x, VV::load(bias + at));
+  return x;
+}
+
 // ---------------------------------------------------------------------------------------
 // LSTM forward step: activations, cell update, optional cell clip, h = o * tanh(c).
 
@@ -243,9 +252,7 @@ void lstm_fwd_rows(const LstmFwdStep<typename V::value_type>& p, int64_t b0, int
       // Gate q's pre-activation: the x part (plus the bias when the kernel adds it) plus
       // the recurrent part.
       auto pre = [&](int q) {
-        R x = VV::load(xg + q * H + j);
-        if (bias) x = VV::add(x, VV::load(bias + q * H + j));
-        return VV::add(x, VV::load(hg + q * H + j));
+        return VV::add(x_part<VV>(xg, bias, q * H + j), VV::load(hg + q * H + j));
       };
       const R i = VV::sigmoid(pre(0));
       const R f = VV::sigmoid(pre(1));
@@ -462,17 +469,11 @@ void gru_fwd(const GruFwdStep<typename V::value_type>& p, int64_t b0, int64_t b1
     for_columns<V>(H, [&](auto tag, int64_t j) {
       using VV = decltype(tag);
       using Rg = typename VV::reg;
-      // The x part of gate q (plus b_ih + (b_hr, b_hz, 0) when the kernel adds them).
-      auto x_part = [&](int q) {
-        Rg x = VV::load(xg + q * H + j);
-        if (bias_x) x = VV::add(x, VV::load(bias_x + q * H + j));
-        return x;
-      };
-      const Rg r = VV::sigmoid(VV::add(x_part(0), VV::load(hg + j)));
-      const Rg z = VV::sigmoid(VV::add(x_part(1), VV::load(hg + H + j)));
+      const Rg r = VV::sigmoid(VV::add(x_part<VV>(xg, bias_x, j), VV::load(hg + j)));
+      const Rg z = VV::sigmoid(VV::add(x_part<VV>(xg, bias_x, H + j), VV::load(hg + H + j)));
       Rg hn = VV::load(hg + 2 * H + j);
       if (b_hn) hn = VV::add(hn, VV::load(b_hn + j));
-      const Rg n = VV::tanh(VV::fmadd(r, hn, x_part(2)));
+      const Rg n = VV::tanh(VV::fmadd(r, hn, x_part<VV>(xg, bias_x, 2 * H + j)));
       const Rg hp = VV::load(h + j);
       const Rg hnew = VV::fmadd(z, VV::sub(hp, n), n);  // (1 - z) n + z h
       if (sv) {
@@ -560,17 +561,19 @@ template <class V>
 struct Entry {
   using T = typename V::value_type;
   static void lstm_bwd(const LstmBwdStep<T>& p, int64_t b0, int64_t b1) {
-    with_grad_options(p.opt, p.has_cell_clip, [&](auto cm, auto trunc, auto cclip) {
-      lstm_bwd_rows<V, decltype(cm)::value, decltype(trunc)::value, decltype(cclip)::value>(p, b0, b1);
+    with_grad_options(p.opt, [&](auto cm, auto trunc) {
+      with_flag(p.has_cell_clip, [&](auto cclip) {
+        lstm_bwd_rows<V, decltype(cm)::value, decltype(trunc)::value, decltype(cclip)::value>(p, b0, b1);
+      });
     });
   }
   static void proj_bwd(const ProjBwdStep<T>& p, int64_t b0, int64_t b1) {
-    with_grad_options(p.opt, false, [&](auto cm, auto trunc, auto) {
+    with_grad_options(p.opt, [&](auto cm, auto trunc) {
       proj_bwd_rows<V, decltype(cm)::value, decltype(trunc)::value>(p, b0, b1);
     });
   }
   static void gru_bwd(const GruBwdStep<T>& p, int64_t b0, int64_t b1) {
-    with_grad_options(p.opt, false, [&](auto cm, auto trunc, auto) {
+    with_grad_options(p.opt, [&](auto cm, auto trunc) {
       gru_bwd_rows<V, decltype(cm)::value, decltype(trunc)::value>(p, b0, b1);
     });
   }

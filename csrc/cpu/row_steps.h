@@ -11,13 +11,11 @@
 #include "../kernel_common.h"
 #undef FUSEDRNN_ROW_FN
 
-// Calls f(clip mode tag, truncation-on tag, cell-clip tag) with the backward kernels'
-// compile-time options: the clip mode and truncation of `opt`, and `cell_clip` (LSTM).
+// Calls f(clip mode tag, truncation-on tag) with the backward kernels' compile-time options
+// from `opt` (the LSTM kernels add their cell clip with with_flag).
 template <typename T, class F>
-inline void with_grad_options(const GradOptions<T>& opt, bool cell_clip, F&& f) {
+inline void with_grad_options(const GradOptions<T>& opt, F&& f) {
   with_clip_mode(opt.clip_mode, [&](auto cm) {
-    with_flag(opt.truncate > 0, [&](auto trunc) {
-      with_flag(cell_clip, [&](auto cclip) { f(cm, trunc, cclip); });
-    });
+    with_flag(opt.truncate > 0, [&](auto trunc) { f(cm, trunc); });
   });
 }
