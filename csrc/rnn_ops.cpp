@@ -55,8 +55,8 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& input, const at::Tensor& 
                                           h0, c0, weight_hr, lengths, batch_sizes);
   check_positive_finite(kLstm, "cell_clip", cell_clip);
   NoAutocast no_autocast(c10::autocast_dispatch_keyset);
-  return Backend::lstm_forward(s, input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0,
-                               weight_hr, reverse, cell_clip, save);
+  return Backend::lstm_forward(s, {input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0,
+                                   weight_hr, reverse, cell_clip, save});
 }
 
 // lstm_layer without autograd (inference, or below the Autograd kernel when nothing needs a
@@ -115,10 +115,10 @@ Tensor8 lstm_layer_backward(
   check_grad(kLstm, "c_raw (saved)", c_raw, step_shape(s, s.H), h_letters, input);
   if (weight_hr) check_grad(kLstm, "h_pre (saved)", h_pre, step_shape(s, s.H), h_letters, input);
   NoAutocast no_autocast(c10::autocast_dispatch_keyset);
+  const GradRequest need{need_input_grad, need_weight_grad, has_bias, track_grad_norms};
   std::vector<at::Tensor> g = Backend::lstm_backward(
-      s, grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh, weight_hr, h0, c0, output,
-      act, c_raw, h_pre, reverse, opt, cell_clip, has_bias, need_input_grad, need_weight_grad,
-      track_grad_norms);
+      s, {grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh, weight_hr, h0, c0,
+          output, act, c_raw, h_pre, reverse, opt, cell_clip, need});
   return {g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]};
 }
 
@@ -131,8 +131,8 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& input, const at::Tensor& w
   const LayerSizes s = check_layer_inputs(kGru, 3, input, weight_ih, weight_hh, bias_ih, bias_hh,
                                           h0, std::nullopt, std::nullopt, lengths, batch_sizes);
   NoAutocast no_autocast(c10::autocast_dispatch_keyset);
-  return Backend::gru_forward(s, input, weight_ih, weight_hh, bias_ih, bias_hh, h0, reverse,
-                              save);
+  return Backend::gru_forward(s, {input, weight_ih, weight_hh, bias_ih, bias_hh, h0, reverse,
+                                  save});
 }
 
 template <class Backend>
@@ -179,9 +179,10 @@ Tensor7 gru_layer_backward(
   check_grad(kGru, "saved (saved)", saved, step_shape(s, 4 * s.H),
              s.packed ? "(N, 4H)" : "(T, B, 4H)", input);
   NoAutocast no_autocast(c10::autocast_dispatch_keyset);
+  const GradRequest need{need_input_grad, need_weight_grad, has_bias, track_grad_norms};
   std::vector<at::Tensor> g = Backend::gru_backward(
-      s, grad_output, grad_h_n, input, weight_ih, weight_hh, h0, output, saved, reverse, opt,
-      has_bias, need_input_grad, need_weight_grad, track_grad_norms);
+      s, {grad_output, grad_h_n, input, weight_ih, weight_hh, h0, output, saved, reverse, opt,
+          need});
   return {g[0], g[1], g[2], g[3], g[4], g[5], g[6]};
 }
 

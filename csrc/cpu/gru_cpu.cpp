@@ -23,10 +23,10 @@ namespace cpu {
 namespace {
 
 template <typename T>
-void gru_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tensor& w_ih,
-                      const at::Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                      const OptTensor& h0, bool reverse, bool save,
+void gru_forward_impl(const LayerSizes& s, const GruForwardArgs& a,
                       std::vector<at::Tensor>& out) {
+  const at::Tensor x = a.x.contiguous();
+
   const int64_t T_ = s.T, B = s.B, N = s.N, I = s.I, H = s.H;
   const auto opts = x.options();
   const CpuKernelTable<T> k = kernels<T>();
@@ -35,48 +35,48 @@ void gru_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tensor
   // (one loop rather than clone / narrow / add_: at T = 1 each ATen call is a visible share
   // of the call; the sums are the same additions)
   std::optional<at::Tensor> bias;
-  if (b_ih || b_hh) {
+  if (a.b_ih || a.b_hh) {
     bias = at::empty({3 * H}, opts);
-    const at::Tensor bi = b_ih ? b_ih->contiguous() : at::Tensor();
-    const at::Tensor bh = b_hh ? b_hh->contiguous() : at::Tensor();
-    const T* ip = b_ih ? bi.data_ptr<T>() : nullptr;
-    const T* hp = b_hh ? bh.data_ptr<T>() : nullptr;
+    const at::Tensor bi = a.b_ih ? a.b_ih->contiguous() : at::Tensor();
+    const at::Tensor bh = a.b_hh ? a.b_hh->contiguous() : at::Tensor();
+    const T* ip = a.b_ih ? bi.data_ptr<T>() : nullptr;
+    const T* hp = a.b_hh ? bh.data_ptr<T>() : nullptr;
     T* bp = bias->data_ptr<T>();
     for (int64_t j = 0; j < 3 * H; ++j) {
       const T in = ip ? ip[j] : T(0);
       bp[j] = hp && j < 2 * H ? in + hp[j] : in;
     }
   }
-  const at::Tensor xg = linear_rows(x.reshape({N, I}), w_ih, bias);
-  const at::Tensor b_hn = b_hh ? b_hh->narrow(0, 2 * H, H).contiguous() : at::Tensor();
+  const at::Tensor xg = linear_rows(x.reshape({N, I}), a.w_ih, bias);
+  const at::Tensor b_hn = a.b_hh ? a.b_hh->narrow(0, 2 * H, H).contiguous() : at::Tensor();
 
   at::Tensor y = at::empty({N, H}, opts);
-  at::Tensor h = h0 ? h0->contiguous().clone() : at::zeros({B, H}, opts);
+  at::Tensor h = a.h0 ? a.h0->contiguous().clone() : at::zeros({B, H}, opts);
   // r, z, n, hn of every step, for the backward (nothing without it).
-  at::Tensor saved = save ? at::empty({N, 4 * H}, opts) : at::empty({0}, opts);
+  at::Tensor saved = a.save ? at::empty({N, 4 * H}, opts) : at::empty({0}, opts);
   bool engine = false;
   if constexpr (std::is_same_v<T, float>) engine = use_forward_engine(s, 3, 0);
   if (engine) {
     // The engine writes r, z, n, hn only where they are saved (Note [CPU time-loop engine]).
-    at::Tensor saved_out = save ? saved : at::Tensor();
-    gru_forward_engine(s, xg, w_hh, b_hn, y, h, saved_out, reverse);
+    at::Tensor saved_out = a.save ? saved : at::Tensor();
+    gru_forward_engine(s, xg, a.w_hh, b_hn, y, h, saved_out, a.reverse);
   } else {
-    StepLinear<T> recurrent(w_hh, B, T_);  // h_{t-1} W_hh^T
+    StepLinear<T> recurrent(a.w_hh, B, T_);  // h_{t-1} W_hh^T
 
     GruFwdStep<T> p{};
     p.H = H;
-    p.step = StepInfo{T_, 0, reverse, s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr};
-    p.b_hn = b_hh ? b_hn.data_ptr<T>() : nullptr;
+    p.step = StepInfo{T_, 0, a.reverse, s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr};
+    p.b_hn = a.b_hh ? b_hn.data_ptr<T>() : nullptr;
     p.h_state = h.data_ptr<T>();
 
     for (int64_t step = 0; step < T_; ++step) {
-      const int64_t t = reverse ? T_ - 1 - step : step;
+      const int64_t t = a.reverse ? T_ - 1 - step : step;
       const int64_t M = s.rows[t], off = s.offset[t];
       p.M = M;
       p.hg = recurrent(p.h_state, M);
       p.step.t = t;
       p.xg = xg.data_ptr<T>() + off * 3 * H;
-      p.saved = save ? saved.data_ptr<T>() + off * 4 * H : nullptr;
+      p.saved = a.save ? saved.data_ptr<T>() + off * 4 * H : nullptr;
       p.h_out = y.data_ptr<T>() + off * H;
       parallel_rows(M, 3 * H, [&](int64_t b0, int64_t b1) { k.gru_fwd(p, b0, b1); });
     }
@@ -85,18 +85,18 @@ void gru_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tensor
 }
 
 template <typename T>
-void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::Tensor& dhn_in,
-                       const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                       const OptTensor& h0, const at::Tensor& y, const at::Tensor& saved,
-                       bool reverse, const GradOptions<T>& opt, bool has_bias,
-                       bool need_input_grad, bool need_weight_grad, bool track,
+void gru_backward_impl(const LayerSizes& s, const GruBackwardArgs& a,
                        std::vector<at::Tensor>& out) {
+  const bool track = a.need.record;
+  const at::Tensor x = a.x.contiguous(), y = a.y.contiguous(), saved = a.saved.contiguous();
+  const GradOptions<T> opt = options_as<T>(a.opt);
+
   const int64_t T_ = s.T, B = s.B, N = s.N, I = s.I, H = s.H;
   const auto opts = x.options();
   const CpuKernelTable<T> k = kernels<T>();
 
-  const at::Tensor dy = dy_in.contiguous(), dhn = dhn_in.contiguous();
-  const at::Tensor h0c = h0 ? h0->contiguous() : at::Tensor();
+  const at::Tensor dy = a.dy.contiguous(), dhn = a.dh_n.contiguous();
+  const at::Tensor h0c = a.h0 ? a.h0->contiguous() : at::Tensor();
 
   at::Tensor dxg = at::empty({N, 3 * H}, opts);
   at::Tensor dhg = at::empty({N, 3 * H}, opts);
@@ -114,22 +114,24 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
 
   GruBwdStep<T> p{};
   p.H = H;
-  p.step = StepInfo{T_, 0, reverse, s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr};
+  p.step = StepInfo{T_, 0, a.reverse, s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr};
   p.opt = opt;
-  p.h0 = h0 ? h0c.data_ptr<T>() : nullptr;
+  p.h0 = a.h0 ? h0c.data_ptr<T>() : nullptr;
   p.dh_n = dhn.data_ptr<T>();
   p.dh_gemm = engine ? nullptr : zero_gemm.data_ptr<T>();
   p.dh_carry = engine ? nullptr : dh_carry.data_ptr<T>();
   const T* y_p = y.data_ptr<T>();
 
   if constexpr (std::is_same<T, float>::value) {
-    if (engine) gru_bwd_engine(s, reverse, opt, w_hh, saved, y, h0, dy, dhn, dxg, dhg, dh0, record);
+    if (engine) {
+      gru_bwd_engine(s, a.reverse, opt, a.w_hh, saved, y, a.h0, dy, dhn, dxg, dhg, dh0, record);
+    }
   }
   if (!engine) {
-    StepLinear<T> recurrent_t(w_hh.t(), B, T_);  // dhg_t W_hh
+    StepLinear<T> recurrent_t(a.w_hh.t(), B, T_);  // dhg_t W_hh
     for (int64_t step = 0; step < T_; ++step) {
-      const int64_t t = reverse ? step : T_ - 1 - step;
-      const int64_t tp = previous_time(t, reverse);
+      const int64_t t = a.reverse ? step : T_ - 1 - step;
+      const int64_t tp = previous_time(t, a.reverse);
       const int64_t M = s.rows[t], off = s.offset[t];
       p.M = M;
       p.step.t = t;
@@ -143,7 +145,7 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
       p.dh_gemm = recurrent_t(p.dhg, M);
       // Rows the next backward step no longer visits (packed, reverse) have their whole
       // gradient into h0 now.
-      const int64_t next = step + 1 < T_ ? s.rows[reverse ? t + 1 : t - 1] : 0;
+      const int64_t next = step + 1 < T_ ? s.rows[a.reverse ? t + 1 : t - 1] : 0;
       retire_rows(dh0, dh_carry, p.dh_gemm, std::min(next, M), M);
     }
   }
@@ -156,13 +158,14 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
   // Gradients not asked for are empty tensors, each its own (outputs of a custom op must not
   // alias one another).
   auto empty = [&] { return at::empty({0}, opts); };
-  at::Tensor dx = need_input_grad ? at::mm(dxg, w_ih).view(x.sizes()) : empty();
+  at::Tensor dx = a.need.input ? at::mm(dxg, a.w_ih).view(x.sizes()) : empty();
   at::Tensor dw_ih = empty(), dw_hh = empty(), db_ih = empty(), db_hh = empty();
-  if (need_weight_grad) {
+  if (a.need.weight) {
     dw_ih = outer_sum(dxg, x.reshape({N, I}));
-    dw_hh = s.packed ? outer_sum(dhg, previous_states(s, y, h0, reverse))
-                     : recurrent_weight_grad(dhg.view({T_, B, 3 * H}), y, h0, s.lengths, reverse);
-    if (has_bias) {
+    dw_hh = s.packed ? outer_sum(dhg, previous_states(s, y, a.h0, a.reverse))
+                     : recurrent_weight_grad(dhg.view({T_, B, 3 * H}), y, a.h0, s.lengths,
+                                             a.reverse);
+    if (a.need.bias) {
       db_ih = dxg.sum(0);
       db_hh = dhg.sum(0);
     }
@@ -172,32 +175,18 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
 
 }  // namespace
 
-std::vector<at::Tensor> gru_forward(const LayerSizes& s, const at::Tensor& x,
-                                    const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                    const OptTensor& b_ih, const OptTensor& b_hh,
-                                    const OptTensor& h0, bool reverse, bool save) {
+std::vector<at::Tensor> gru_forward(const LayerSizes& s, const GruForwardArgs& a) {
   std::vector<at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn.gru_forward_cpu", [&] {
-    gru_forward_impl<scalar_t>(s, x.contiguous(), w_ih, w_hh, b_ih, b_hh, h0, reverse, save,
-                               out);
+  AT_DISPATCH_FLOATING_TYPES(a.x.scalar_type(), "fusedrnn.gru_forward_cpu", [&] {
+    gru_forward_impl<scalar_t>(s, a, out);
   });
   return out;
 }
 
-std::vector<at::Tensor> gru_backward(const LayerSizes& s, const at::Tensor& dy,
-                                     const at::Tensor& dh_n, const at::Tensor& x,
-                                     const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                     const OptTensor& h0, const at::Tensor& y,
-                                     const at::Tensor& saved, bool reverse,
-                                     const GradOptions<double>& opt, bool has_bias,
-                                     bool need_input_grad, bool need_weight_grad,
-                                     bool track_grad_norms) {
+std::vector<at::Tensor> gru_backward(const LayerSizes& s, const GruBackwardArgs& a) {
   std::vector<at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn.gru_backward_cpu", [&] {
-    const GradOptions<scalar_t> o = options_as<scalar_t>(opt);
-    gru_backward_impl<scalar_t>(s, dy, dh_n, x.contiguous(), w_ih, w_hh, h0,
-                                y.contiguous(), saved.contiguous(), reverse, o, has_bias,
-                                need_input_grad, need_weight_grad, track_grad_norms, out);
+  AT_DISPATCH_FLOATING_TYPES(a.x.scalar_type(), "fusedrnn.gru_backward_cpu", [&] {
+    gru_backward_impl<scalar_t>(s, a, out);
   });
   return out;
 }

@@ -28,53 +28,53 @@ namespace cpu {
 namespace {
 
 template <typename T>
-void lstm_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tensor& w_ih,
-                       const at::Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                       const OptTensor& h0, const OptTensor& c0, const OptTensor& w_hr,
-                       bool reverse, std::optional<double> cell_clip, bool save,
+void lstm_forward_impl(const LayerSizes& s, const LstmForwardArgs& a,
                        std::vector<at::Tensor>& out) {
+  const at::Tensor x = a.x.contiguous();
+
   const int64_t T_ = s.T, B = s.B, N = s.N, I = s.I, H = s.H, R = s.R;
   const auto opts = x.options();
   const CpuKernelTable<T> k = kernels<T>();
 
   // gates: [N, 4H] = x W_ih^T + b_ih + b_hh, all steps at once
   std::optional<at::Tensor> bias;
-  if (b_ih || b_hh) bias = b_ih && b_hh ? *b_ih + *b_hh : (b_ih ? *b_ih : *b_hh);
-  at::Tensor gates = linear_rows(x.reshape({N, I}), w_ih, bias);
+  if (a.b_ih || a.b_hh) bias = a.b_ih && a.b_hh ? *a.b_ih + *a.b_hh : (a.b_ih ? *a.b_ih : *a.b_hh);
+  at::Tensor gates = linear_rows(x.reshape({N, I}), a.w_ih, bias);
 
   at::Tensor y = at::empty({N, R}, opts);
-  at::Tensor h = h0 ? h0->contiguous().clone() : at::zeros({B, R}, opts);
-  at::Tensor c = c0 ? c0->contiguous().clone() : at::zeros({B, H}, opts);
-  at::Tensor c_raw = save ? at::empty({N, H}, opts) : at::empty({0}, opts);
-  at::Tensor h_pre = w_hr ? at::empty({N, H}, opts) : at::empty({0}, opts);
+  at::Tensor h = a.h0 ? a.h0->contiguous().clone() : at::zeros({B, R}, opts);
+  at::Tensor c = a.c0 ? a.c0->contiguous().clone() : at::zeros({B, H}, opts);
+  at::Tensor c_raw = a.save ? at::empty({N, H}, opts) : at::empty({0}, opts);
+  at::Tensor h_pre = a.w_hr ? at::empty({N, H}, opts) : at::empty({0}, opts);
   // float32 calls the engine takes (Note [CPU time-loop engine] in engine_fwd.cpp) run the
   // whole time loop there.
   bool engine = false;
-  if constexpr (std::is_same_v<T, float>) engine = use_forward_engine(s, 4, w_hr ? R : 0);
+  if constexpr (std::is_same_v<T, float>) engine = use_forward_engine(s, 4, a.w_hr ? R : 0);
   if (engine) {
-    lstm_forward_engine(s, gates, w_hh, w_hr, y, h, c, c_raw, h_pre, reverse, cell_clip, save);
+    lstm_forward_engine(s, gates, a.w_hh, a.w_hr, y, h, c, c_raw, h_pre, a.reverse, a.cell_clip,
+                        a.save);
   } else {
-    StepLinear<T> recurrent(w_hh, B, T_);                                 // h_{t-1} W_hh^T
+    StepLinear<T> recurrent(a.w_hh, B, T_);                               // h_{t-1} W_hh^T
     std::optional<StepLinear<T>> projection;                            // h_t W_hr^T
-    if (w_hr) projection.emplace(*w_hr, B, T_);
+    if (a.w_hr) projection.emplace(*a.w_hr, B, T_);
     const int64_t* len_p = s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr;
 
     T* g_p = gates.data_ptr<T>();
     T* y_p = y.data_ptr<T>();
     T* h_p = h.data_ptr<T>();
-    T* craw_p = save ? c_raw.data_ptr<T>() : nullptr;
-    T* hpre_p = w_hr ? h_pre.data_ptr<T>() : nullptr;
+    T* craw_p = a.save ? c_raw.data_ptr<T>() : nullptr;
+    T* hpre_p = a.w_hr ? h_pre.data_ptr<T>() : nullptr;
 
     LstmFwdStep<T> p{};
     p.H = H;
-    p.step = StepInfo{T_, 0, reverse, len_p};
+    p.step = StepInfo{T_, 0, a.reverse, len_p};
     p.c = c.data_ptr<T>();
-    p.h_state = w_hr ? nullptr : h_p;
-    p.has_cell_clip = cell_clip.has_value();
-    p.cell_clip = cell_clip ? static_cast<T>(*cell_clip) : T(0);
+    p.h_state = a.w_hr ? nullptr : h_p;
+    p.has_cell_clip = a.cell_clip.has_value();
+    p.cell_clip = a.cell_clip ? static_cast<T>(*a.cell_clip) : T(0);
 
     for (int64_t step = 0; step < T_; ++step) {
-      const int64_t t = reverse ? T_ - 1 - step : step;
+      const int64_t t = a.reverse ? T_ - 1 - step : step;
       const int64_t M = s.rows[t], off = s.offset[t];
       p.M = M;
       p.hg = recurrent(h_p, M);
@@ -82,9 +82,9 @@ void lstm_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tenso
       p.xg = g_p + off * 4 * H;  // x W_ih^T + b_ih + b_hh; the activations overwrite it
       p.act = g_p + off * 4 * H;
       p.c_raw = craw_p ? craw_p + off * H : nullptr;
-      p.h_out = w_hr ? hpre_p + off * H : y_p + off * R;
+      p.h_out = a.w_hr ? hpre_p + off * H : y_p + off * R;
       parallel_rows(M, 4 * H, [&](int64_t b0, int64_t b1) { k.lstm_fwd(p, b0, b1); });
-      if (w_hr) {
+      if (a.w_hr) {
         // r_t = h_t W_hr^T; rows that do not exist at t have h_t = 0, hence r_t = 0.
         T* y_t = y_p + off * R;
         std::memcpy(y_t, (*projection)(p.h_out, M), sizeof(T) * M * R);
@@ -98,20 +98,19 @@ void lstm_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tenso
 }
 
 template <typename T>
-void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::Tensor& dhn_in,
-                        const at::Tensor& dcn_in, const at::Tensor& x, const at::Tensor& w_ih,
-                        const at::Tensor& w_hh, const OptTensor& w_hr, const OptTensor& h0,
-                        const OptTensor& c0, const at::Tensor& y, const at::Tensor& act,
-                        const at::Tensor& c_raw, const at::Tensor& h_pre, bool reverse,
-                        const GradOptions<T>& opt, std::optional<double> cell_clip,
-                        bool has_bias, bool need_input_grad, bool need_weight_grad,
-                        bool track, std::vector<at::Tensor>& out) {
+void lstm_backward_impl(const LayerSizes& s, const LstmBackwardArgs& a,
+                        std::vector<at::Tensor>& out) {
+  const bool track = a.need.record;
+  const at::Tensor x = a.x.contiguous(), y = a.y.contiguous(), act = a.act.contiguous();
+  const at::Tensor c_raw = a.c_raw.contiguous(), h_pre = a.h_pre.contiguous();
+  const GradOptions<T> opt = options_as<T>(a.opt);
+
   const int64_t T_ = s.T, B = s.B, N = s.N, I = s.I, H = s.H, R = s.R;
   const auto opts = x.options();
   const CpuKernelTable<T> k = kernels<T>();
 
-  const at::Tensor dy = dy_in.contiguous(), dhn = dhn_in.contiguous(), dcn = dcn_in.contiguous();
-  const at::Tensor c0c = c0 ? c0->contiguous() : at::Tensor();
+  const at::Tensor dy = a.dy.contiguous(), dhn = a.dh_n.contiguous(), dcn = a.dc_n.contiguous();
+  const at::Tensor c0c = a.c0 ? a.c0->contiguous() : at::Tensor();
   const int64_t* len_p = s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr;
 
   // The whole time loop in one parallel region where it is faster (Note [CPU backward
@@ -127,7 +126,7 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
   at::Tensor dh_carry = engine ? at::Tensor() : at::zeros({B, R}, opts);
   at::Tensor dc_rec = engine ? at::empty({B, H}, opts) : at::zeros({B, H}, opts);
   at::Tensor dh0 = at::empty({B, R}, opts);
-  at::Tensor dr = w_hr ? at::empty({N, R}, opts) : at::Tensor();
+  at::Tensor dr = a.w_hr ? at::empty({N, R}, opts) : at::Tensor();
   at::Tensor record = new_grad_record(s, opts, track);
   T* rec_p = track ? record.data_ptr<T>() : nullptr;
 
@@ -139,19 +138,19 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
   LstmBwdStep<T> p{};
   p.H = H;
   p.R = R;
-  p.step = StepInfo{T_, 0, reverse, len_p};
+  p.step = StepInfo{T_, 0, a.reverse, len_p};
   p.opt = opt;
-  p.c0 = c0 ? c0c.data_ptr<T>() : nullptr;
-  p.dh_n = w_hr ? nullptr : dhn.data_ptr<T>();
-  p.dh_gemm = w_hr || engine ? nullptr : zero_gemm.data_ptr<T>();
-  p.dh_carry = w_hr || engine ? nullptr : dh_carry.data_ptr<T>();
+  p.c0 = a.c0 ? c0c.data_ptr<T>() : nullptr;
+  p.dh_n = a.w_hr ? nullptr : dhn.data_ptr<T>();
+  p.dh_gemm = a.w_hr || engine ? nullptr : zero_gemm.data_ptr<T>();
+  p.dh_carry = a.w_hr || engine ? nullptr : dh_carry.data_ptr<T>();
   p.dc_n = dcn.data_ptr<T>();
   p.dc_rec = dc_rec.data_ptr<T>();
-  p.has_cell_clip = cell_clip.has_value();
-  p.cell_clip = cell_clip ? static_cast<T>(*cell_clip) : T(0);
+  p.has_cell_clip = a.cell_clip.has_value();
+  p.cell_clip = a.cell_clip ? static_cast<T>(*a.cell_clip) : T(0);
 
   ProjBwdStep<T> pp{};
-  if (w_hr && !engine) {
+  if (a.w_hr && !engine) {
     pp.R = R;
     pp.step = p.step;
     pp.opt = opt;
@@ -162,17 +161,17 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
 
   if constexpr (std::is_same<T, float>::value) {
     if (engine) {
-      lstm_bwd_engine(s, reverse, opt, cell_clip, w_hh, w_hr, act, c_raw, c0, dy, dhn, dcn,
-                      dgates, dh0, dc_rec, dr, record);
+      lstm_bwd_engine(s, a.reverse, opt, a.cell_clip, a.w_hh, a.w_hr, act, c_raw, a.c0, dy, dhn,
+                      dcn, dgates, dh0, dc_rec, dr, record);
     }
   }
   if (!engine) {
-    StepLinear<T> recurrent_t(w_hh.t(), B, T_);                        // dgates_t W_hh
+    StepLinear<T> recurrent_t(a.w_hh.t(), B, T_);                      // dgates_t W_hh
     std::optional<StepLinear<T>> projection_t;                         // dr_t W_hr
-    if (w_hr) projection_t.emplace(w_hr->t(), B, T_);
+    if (a.w_hr) projection_t.emplace(a.w_hr->t(), B, T_);
     for (int64_t step = 0; step < T_; ++step) {
-      const int64_t t = reverse ? step : T_ - 1 - step;
-      const int64_t tp = previous_time(t, reverse);
+      const int64_t t = a.reverse ? step : T_ - 1 - step;
+      const int64_t tp = previous_time(t, a.reverse);
       const int64_t M = s.rows[t], off = s.offset[t];
       p.M = M;
       p.step.t = t;
@@ -180,8 +179,8 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
       p.c_raw = craw_p + off * H;
       p.c_raw_prev = (tp >= 0 && tp < T_) ? craw_p + s.offset[tp] * H : nullptr;
       p.dgates = dg_p + off * 4 * H;
-      (w_hr ? pp.record : p.record) = rec_p ? rec_p + off * 3 : nullptr;
-      if (w_hr) {
+      (a.w_hr ? pp.record : p.record) = rec_p ? rec_p + off * 3 : nullptr;
+      if (a.w_hr) {
         pp.M = M;
         pp.step.t = t;
         pp.dy = dy_p + off * R;
@@ -194,10 +193,10 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
       }
       parallel_rows(M, 4 * H, [&](int64_t b0, int64_t b1) { k.lstm_bwd(p, b0, b1); });
       const T* gemm = recurrent_t(p.dgates, M);
-      (w_hr ? pp.dh_gemm : p.dh_gemm) = gemm;
+      (a.w_hr ? pp.dh_gemm : p.dh_gemm) = gemm;
       // Rows the next backward step no longer visits (packed, reverse) have their whole
       // gradient into h0 now.
-      const int64_t next = step + 1 < T_ ? s.rows[reverse ? t + 1 : t - 1] : 0;
+      const int64_t next = step + 1 < T_ ? s.rows[a.reverse ? t + 1 : t - 1] : 0;
       retire_rows(dh0, dh_carry, gemm, std::min(next, M), M);
     }
   }
@@ -214,15 +213,15 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
   // alias one another).
   auto empty = [&] { return at::empty({0}, opts); };
   const at::Tensor x2d = x.reshape({N, I});
-  at::Tensor dx = need_input_grad ? at::mm(dgates, w_ih).view(x.sizes()) : empty();
+  at::Tensor dx = a.need.input ? at::mm(dgates, a.w_ih).view(x.sizes()) : empty();
   at::Tensor dw_ih = empty(), dw_hh = empty(), db = empty(), dw_hr = empty();
-  if (need_weight_grad) {
+  if (a.need.weight) {
     dw_ih = outer_sum(dgates, x2d);
-    dw_hh = s.packed ? outer_sum(dgates, previous_states(s, y, h0, reverse))
-                     : recurrent_weight_grad(dgates.view({T_, B, 4 * H}), y, h0, s.lengths,
-                                             reverse);
-    if (has_bias) db = dgates.sum(0);
-    if (w_hr) dw_hr = outer_sum(dr, h_pre.reshape({N, H}));
+    dw_hh = s.packed ? outer_sum(dgates, previous_states(s, y, a.h0, a.reverse))
+                     : recurrent_weight_grad(dgates.view({T_, B, 4 * H}), y, a.h0, s.lengths,
+                                             a.reverse);
+    if (a.need.bias) db = dgates.sum(0);
+    if (a.w_hr) dw_hr = outer_sum(dr, h_pre.reshape({N, H}));
   }
   out = {dx, dh0, dc_rec, dw_ih, dw_hh, db, dw_hr,
          track ? finish_grad_record(record, s) : empty()};
@@ -230,34 +229,18 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
 
 }  // namespace
 
-std::vector<at::Tensor> lstm_forward(const LayerSizes& s, const at::Tensor& x,
-                                     const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                     const OptTensor& b_ih, const OptTensor& b_hh,
-                                     const OptTensor& h0, const OptTensor& c0,
-                                     const OptTensor& w_hr, bool reverse,
-                                     std::optional<double> cell_clip, bool save) {
+std::vector<at::Tensor> lstm_forward(const LayerSizes& s, const LstmForwardArgs& a) {
   std::vector<at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn.lstm_forward_cpu", [&] {
-    lstm_forward_impl<scalar_t>(s, x.contiguous(), w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr,
-                                reverse, cell_clip, save, out);
+  AT_DISPATCH_FLOATING_TYPES(a.x.scalar_type(), "fusedrnn.lstm_forward_cpu", [&] {
+    lstm_forward_impl<scalar_t>(s, a, out);
   });
   return out;
 }
 
-std::vector<at::Tensor> lstm_backward(
-    const LayerSizes& s, const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& dc_n,
-    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& w_hr,
-    const OptTensor& h0, const OptTensor& c0, const at::Tensor& y, const at::Tensor& act,
-    const at::Tensor& c_raw, const at::Tensor& h_pre, bool reverse,
-    const GradOptions<double>& opt, std::optional<double> cell_clip, bool has_bias,
-    bool need_input_grad, bool need_weight_grad, bool track_grad_norms) {
+std::vector<at::Tensor> lstm_backward(const LayerSizes& s, const LstmBackwardArgs& a) {
   std::vector<at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn.lstm_backward_cpu", [&] {
-    const GradOptions<scalar_t> o = options_as<scalar_t>(opt);
-    lstm_backward_impl<scalar_t>(s, dy, dh_n, dc_n, x.contiguous(), w_ih, w_hh, w_hr, h0, c0,
-                                 y.contiguous(), act.contiguous(), c_raw.contiguous(),
-                                 h_pre.contiguous(), reverse, o, cell_clip, has_bias,
-                                 need_input_grad, need_weight_grad, track_grad_norms, out);
+  AT_DISPATCH_FLOATING_TYPES(a.x.scalar_type(), "fusedrnn.lstm_backward_cpu", [&] {
+    lstm_backward_impl<scalar_t>(s, a, out);
   });
   return out;
 }

@@ -18,10 +18,10 @@ namespace cuda {
 namespace {
 
 template <typename S>
-void gru_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tensor& w_ih,
-                      const at::Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                      const OptTensor& h0, bool reverse, bool save,
+void gru_forward_impl(const LayerSizes& s, const GruForwardArgs& a,
                       std::vector<at::Tensor>& out) {
+  const at::Tensor x = a.x.contiguous();
+
   using T = typename CudaType<S>::type;
   using A = opmath_t<T>;
   const int64_t T_ = s.T, B = s.B, N = s.N, I = s.I, H = s.H;
@@ -31,38 +31,38 @@ void gru_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tensor
   const at::Tensor lengths = device_lengths(s, x);
 
   // xg: [N, 3H] = x W_ih^T, all steps at once.
-  const at::Tensor xg = mm_acc(x.reshape({N, I}), w_ih.t());
+  const at::Tensor xg = mm_acc(x.reshape({N, I}), a.w_ih.t());
   at::Tensor bias_x, b_hn;  // [3H] b_ih + (b_hr, b_hz, 0) and [H] b_hn, arithmetic type
-  if (b_ih || b_hh) {
-    bias_x = b_ih ? b_ih->to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous()
+  if (a.b_ih || a.b_hh) {
+    bias_x = a.b_ih ? a.b_ih->to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous()
                   : at::zeros({3 * H}, acc);
-    if (b_hh) bias_x.narrow(0, 0, 2 * H).add_(b_hh->narrow(0, 0, 2 * H));
+    if (a.b_hh) bias_x.narrow(0, 0, 2 * H).add_(a.b_hh->narrow(0, 0, 2 * H));
   }
-  if (b_hh) b_hn = b_hh->narrow(0, 2 * H, H).to(acc).contiguous();
-  const at::Tensor w_hh_t = w_hh.contiguous().t();  // [H, 3H] view: h W_hh^T
+  if (a.b_hh) b_hn = a.b_hh->narrow(0, 2 * H, H).to(acc).contiguous();
+  const at::Tensor w_hh_t = a.w_hh.contiguous().t();  // [H, 3H] view: h W_hh^T
 
   at::Tensor y = at::empty({N, H}, opts);
-  const at::Tensor h = h0 ? h0->contiguous().clone() : at::zeros({B, H}, opts);  // [B, H]
-  at::Tensor saved = save ? at::empty({N, 4 * H}, opts) : at::empty({0}, opts);
+  const at::Tensor h = a.h0 ? a.h0->contiguous().clone() : at::zeros({B, H}, opts);  // [B, H]
+  at::Tensor saved = a.save ? at::empty({N, 4 * H}, opts) : at::empty({0}, opts);
   const at::Tensor hg = at::empty({B, 3 * H}, acc);  // [B, 3H] h_{t-1} W_hh^T of one step
 
   GruFwdArgs<T> p{};
   p.H = H;
-  p.step = StepInfo{T_, 0, reverse, lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr};
+  p.step = StepInfo{T_, 0, a.reverse, lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr};
   p.hg = ptr<A>(hg);
   p.bias_x = bias_x.defined() ? ptr<A>(bias_x) : nullptr;
   p.b_hn = b_hn.defined() ? ptr<A>(b_hn) : nullptr;
   p.h_state = ptr<T>(h);
 
   for (int64_t step = 0; step < T_; ++step) {
-    const int64_t t = reverse ? T_ - 1 - step : step;
+    const int64_t t = a.reverse ? T_ - 1 - step : step;
     const int64_t M = s.rows[t], off = s.offset[t];
     at::Tensor hg_t = first_rows(hg, M);
     mm_into(hg_t, first_rows(h, M), w_hh_t);
     p.M = M;
     p.step.t = t;
     p.xg = ptr<A>(xg) + off * 3 * H;
-    p.saved = save ? ptr<T>(saved) + off * 4 * H : nullptr;
+    p.saved = a.save ? ptr<T>(saved) + off * 4 * H : nullptr;
     p.h_out = ptr<T>(y) + off * H;
     C10_CUDA_CHECK(gru_fwd_step(p, stream));
   }
@@ -70,12 +70,11 @@ void gru_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tensor
 }
 
 template <typename S>
-void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::Tensor& dhn_in,
-                       const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                       const OptTensor& h0, const at::Tensor& y, const at::Tensor& saved,
-                       bool reverse, const GradOptions<double>& opt, bool has_bias,
-                       bool need_input_grad, bool need_weight_grad, bool track,
+void gru_backward_impl(const LayerSizes& s, const GruBackwardArgs& a,
                        std::vector<at::Tensor>& out) {
+  const bool track = a.need.record;
+  const at::Tensor x = a.x.contiguous(), y = a.y.contiguous(), saved = a.saved.contiguous();
+
   using T = typename CudaType<S>::type;
   using A = opmath_t<T>;
   const int64_t T_ = s.T, B = s.B, N = s.N, I = s.I, H = s.H;
@@ -84,9 +83,9 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
   const cudaStream_t stream = current_stream();
   const at::Tensor lengths = device_lengths(s, x);
 
-  const at::Tensor dy = dy_in.contiguous(), dhn = dhn_in.contiguous();
-  const at::Tensor w_hh_c = w_hh.contiguous();  // [3H, H]
-  const OptTensor h0c = h0 ? OptTensor(h0->contiguous()) : std::nullopt;
+  const at::Tensor dy = a.dy.contiguous(), dhn = a.dh_n.contiguous();
+  const at::Tensor w_hh_c = a.w_hh.contiguous();  // [3H, H]
+  const OptTensor h0c = a.h0 ? OptTensor(a.h0->contiguous()) : std::nullopt;
 
   at::Tensor dxg = at::empty({N, 3 * H}, opts);
   at::Tensor dhg = at::empty({N, 3 * H}, opts);
@@ -100,16 +99,16 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
 
   GruBwdArgs<T> p{};
   p.H = H;
-  p.step = StepInfo{T_, 0, reverse, lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr};
-  p.opt = options_as<A>(opt);
+  p.step = StepInfo{T_, 0, a.reverse, lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr};
+  p.opt = options_as<A>(a.opt);
   p.h0 = opt_ptr<T>(h0c);
   p.dh_n = ptr<T>(dhn);
   p.dh_gemm = ptr<A>(dh_gemm);
   p.dh_carry = ptr<A>(dh_carry);
 
   for (int64_t step = 0; step < T_; ++step) {
-    const int64_t t = reverse ? step : T_ - 1 - step;
-    const int64_t tp = previous_time(t, reverse);
+    const int64_t t = a.reverse ? step : T_ - 1 - step;
+    const int64_t tp = previous_time(t, a.reverse);
     const int64_t M = s.rows[t], off = s.offset[t];
     p.M = M;
     p.step.t = t;
@@ -133,12 +132,12 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
   // alias one another).
   auto empty = [&] { return at::empty({0}, opts); };
   const auto dtype = x.scalar_type();
-  at::Tensor dx = need_input_grad ? at::mm(dxg, w_ih).view(x.sizes()) : empty();
+  at::Tensor dx = a.need.input ? at::mm(dxg, a.w_ih).view(x.sizes()) : empty();
   at::Tensor dw_ih = empty(), dw_hh = empty(), db_ih = empty(), db_hh = empty();
-  if (need_weight_grad) {
+  if (a.need.weight) {
     dw_ih = weight_grad(dxg, x.reshape({N, I})).to(dtype);
-    dw_hh = recurrent_weight_grad(s, dhg, y.reshape({N, H}), h0, reverse).to(dtype);
-    if (has_bias) {
+    dw_hh = recurrent_weight_grad(s, dhg, y.reshape({N, H}), a.h0, a.reverse).to(dtype);
+    if (a.need.bias) {
       db_ih = bias_grad(dxg).to(dtype);
       db_hh = bias_grad(dhg).to(dtype);
     }
@@ -148,35 +147,22 @@ void gru_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::T
 
 }  // namespace
 
-std::vector<at::Tensor> gru_forward(const LayerSizes& s, const at::Tensor& x,
-                                    const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                    const OptTensor& b_ih, const OptTensor& b_hh,
-                                    const OptTensor& h0, bool reverse, bool save) {
-  const CudaScope scope(x);
+std::vector<at::Tensor> gru_forward(const LayerSizes& s, const GruForwardArgs& a) {
+  const CudaScope scope(a.x);
   std::vector<at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(),
                                   "fusedrnn.gru_forward_cuda", [&] {
-    gru_forward_impl<scalar_t>(s, x.contiguous(), w_ih, w_hh, b_ih, b_hh, h0, reverse, save,
-                               out);
+    gru_forward_impl<scalar_t>(s, a, out);
   });
   return out;
 }
 
-std::vector<at::Tensor> gru_backward(const LayerSizes& s, const at::Tensor& dy,
-                                     const at::Tensor& dh_n, const at::Tensor& x,
-                                     const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                     const OptTensor& h0, const at::Tensor& y,
-                                     const at::Tensor& saved, bool reverse,
-                                     const GradOptions<double>& opt, bool has_bias,
-                                     bool need_input_grad, bool need_weight_grad,
-                                     bool track_grad_norms) {
-  const CudaScope scope(x);
+std::vector<at::Tensor> gru_backward(const LayerSizes& s, const GruBackwardArgs& a) {
+  const CudaScope scope(a.x);
   std::vector<at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(),
                                   "fusedrnn.gru_backward_cuda", [&] {
-    gru_backward_impl<scalar_t>(s, dy, dh_n, x.contiguous(), w_ih, w_hh, h0, y.contiguous(),
-                                saved.contiguous(), reverse, opt, has_bias, need_input_grad,
-                                need_weight_grad, track_grad_norms, out);
+    gru_backward_impl<scalar_t>(s, a, out);
   });
   return out;
 }

@@ -23,11 +23,10 @@ namespace cuda {
 namespace {
 
 template <typename S>
-void lstm_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tensor& w_ih,
-                       const at::Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                       const OptTensor& h0, const OptTensor& c0, const OptTensor& w_hr,
-                       bool reverse, std::optional<double> cell_clip, bool save,
+void lstm_forward_impl(const LayerSizes& s, const LstmForwardArgs& a,
                        std::vector<at::Tensor>& out) {
+  const at::Tensor x = a.x.contiguous();
+
   using T = typename CudaType<S>::type;
   using A = opmath_t<T>;
   const int64_t T_ = s.T, B = s.B, N = s.N, I = s.I, H = s.H, R = s.R;
@@ -37,47 +36,47 @@ void lstm_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tenso
   const at::Tensor lengths = device_lengths(s, x);
 
   // xg: [N, 4H] = x W_ih^T, all steps at once; the biases are added in the step kernel.
-  const at::Tensor xg = mm_acc(x.reshape({N, I}), w_ih.t());
+  const at::Tensor xg = mm_acc(x.reshape({N, I}), a.w_ih.t());
   at::Tensor bias;  // [4H] b_ih + b_hh in the arithmetic type
-  if (b_ih && b_hh) {
-    bias = b_ih->to(acc) + b_hh->to(acc);
-  } else if (b_ih || b_hh) {
-    bias = (b_ih ? *b_ih : *b_hh).to(acc).contiguous();
+  if (a.b_ih && a.b_hh) {
+    bias = a.b_ih->to(acc) + a.b_hh->to(acc);
+  } else if (a.b_ih || a.b_hh) {
+    bias = (a.b_ih ? *a.b_ih : *a.b_hh).to(acc).contiguous();
   }
   // The activations overwrite xg in place when the dtypes agree (each element is read before
   // it is written, by the same thread).
   const at::Tensor act = xg.scalar_type() == x.scalar_type() ? xg : at::empty({N, 4 * H}, opts);
-  const at::Tensor w_hh_t = w_hh.contiguous().t();  // [R, 4H] view: h W_hh^T
-  const at::Tensor w_hr_t = w_hr ? w_hr->contiguous().t() : at::Tensor();  // [H, P]
+  const at::Tensor w_hh_t = a.w_hh.contiguous().t();  // [R, 4H] view: h W_hh^T
+  const at::Tensor w_hr_t = a.w_hr ? a.w_hr->contiguous().t() : at::Tensor();  // [H, P]
 
   at::Tensor y = at::empty({N, R}, opts);
-  const at::Tensor h = h0 ? h0->contiguous().clone() : at::zeros({B, R}, opts);  // [B, R]
+  const at::Tensor h = a.h0 ? a.h0->contiguous().clone() : at::zeros({B, R}, opts);  // [B, R]
   at::Tensor c = at::empty({B, H}, acc);  // [B, H] running cell state
-  if (c0) {
-    c.copy_(*c0);
+  if (a.c0) {
+    c.copy_(*a.c0);
   } else {
     c.zero_();
   }
-  at::Tensor c_raw = save ? at::empty({N, H}, opts) : at::empty({0}, opts);
-  at::Tensor h_pre = w_hr ? at::empty({N, H}, opts) : at::empty({0}, opts);
+  at::Tensor c_raw = a.save ? at::empty({N, H}, opts) : at::empty({0}, opts);
+  at::Tensor h_pre = a.w_hr ? at::empty({N, H}, opts) : at::empty({0}, opts);
   const at::Tensor hg = at::empty({B, 4 * H}, acc);  // [B, 4H] h_{t-1} W_hh^T of one step
 
   LstmFwdArgs<T> p{};
   p.H = H;
-  p.step = StepInfo{T_, 0, reverse, lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr};
+  p.step = StepInfo{T_, 0, a.reverse, lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr};
   p.hg = ptr<A>(hg);
   p.bias = bias.defined() ? ptr<A>(bias) : nullptr;
   p.c = ptr<A>(c);
-  p.h_state = w_hr ? nullptr : ptr<T>(h);
-  p.has_cell_clip = cell_clip.has_value();
-  p.cell_clip = cell_clip ? static_cast<A>(*cell_clip) : A(0);
+  p.h_state = a.w_hr ? nullptr : ptr<T>(h);
+  p.has_cell_clip = a.cell_clip.has_value();
+  p.cell_clip = a.cell_clip ? static_cast<A>(*a.cell_clip) : A(0);
   CopyRowsArgs<T> cp{};
   cp.R = R;
   cp.step = p.step;
   cp.dst = ptr<T>(h);
 
   for (int64_t step = 0; step < T_; ++step) {
-    const int64_t t = reverse ? T_ - 1 - step : step;
+    const int64_t t = a.reverse ? T_ - 1 - step : step;
     const int64_t M = s.rows[t], off = s.offset[t];
     at::Tensor hg_t = first_rows(hg, M);
     mm_into(hg_t, first_rows(h, M), w_hh_t);
@@ -85,10 +84,10 @@ void lstm_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tenso
     p.step.t = t;
     p.xg = ptr<A>(xg) + off * 4 * H;
     p.act = ptr<T>(act) + off * 4 * H;
-    p.c_raw = save ? ptr<T>(c_raw) + off * H : nullptr;
-    p.h_out = w_hr ? ptr<T>(h_pre) + off * H : ptr<T>(y) + off * R;
+    p.c_raw = a.save ? ptr<T>(c_raw) + off * H : nullptr;
+    p.h_out = a.w_hr ? ptr<T>(h_pre) + off * H : ptr<T>(y) + off * R;
     C10_CUDA_CHECK(lstm_fwd_step(p, stream));
-    if (w_hr) {
+    if (a.w_hr) {
       // r_t = h_t W_hr^T; rows that do not exist at t have h_t = 0, hence r_t = 0.
       at::Tensor y_t = y.narrow(0, off, M);
       mm_into(y_t, h_pre.narrow(0, off, M), w_hr_t);
@@ -103,14 +102,12 @@ void lstm_forward_impl(const LayerSizes& s, const at::Tensor& x, const at::Tenso
 }
 
 template <typename S>
-void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::Tensor& dhn_in,
-                        const at::Tensor& dcn_in, const at::Tensor& x, const at::Tensor& w_ih,
-                        const at::Tensor& w_hh, const OptTensor& w_hr, const OptTensor& h0,
-                        const OptTensor& c0, const at::Tensor& y, const at::Tensor& act,
-                        const at::Tensor& c_raw, const at::Tensor& h_pre, bool reverse,
-                        const GradOptions<double>& opt, std::optional<double> cell_clip,
-                        bool has_bias, bool need_input_grad, bool need_weight_grad,
-                        bool track, std::vector<at::Tensor>& out) {
+void lstm_backward_impl(const LayerSizes& s, const LstmBackwardArgs& a,
+                        std::vector<at::Tensor>& out) {
+  const bool track = a.need.record;
+  const at::Tensor x = a.x.contiguous(), y = a.y.contiguous(), act = a.act.contiguous();
+  const at::Tensor c_raw = a.c_raw.contiguous(), h_pre = a.h_pre.contiguous();
+
   using T = typename CudaType<S>::type;
   using A = opmath_t<T>;
   const int64_t T_ = s.T, B = s.B, N = s.N, I = s.I, H = s.H, R = s.R;
@@ -119,10 +116,10 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
   const cudaStream_t stream = current_stream();
   const at::Tensor lengths = device_lengths(s, x);
 
-  const at::Tensor dy = dy_in.contiguous(), dhn = dhn_in.contiguous(), dcn = dcn_in.contiguous();
-  const at::Tensor w_hh_c = w_hh.contiguous();                              // [4H, R]
-  const at::Tensor w_hr_c = w_hr ? w_hr->contiguous() : at::Tensor();       // [P, H]
-  const OptTensor c0c = c0 ? OptTensor(c0->contiguous()) : std::nullopt;
+  const at::Tensor dy = a.dy.contiguous(), dhn = a.dh_n.contiguous(), dcn = a.dc_n.contiguous();
+  const at::Tensor w_hh_c = a.w_hh.contiguous();                            // [4H, R]
+  const at::Tensor w_hr_c = a.w_hr ? a.w_hr->contiguous() : at::Tensor();  // [P, H]
+  const OptTensor c0c = a.c0 ? OptTensor(a.c0->contiguous()) : std::nullopt;
 
   at::Tensor dgates = at::empty({N, 4 * H}, opts);
   // Gradient into the state entering a step: dh_gemm + dh_carry, see
@@ -131,14 +128,14 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
   const at::Tensor dh_gemm = at::zeros({B, R}, acc);
   const at::Tensor dh_carry = at::zeros({B, R}, acc);
   const at::Tensor dc_rec = at::zeros({B, H}, acc);
-  const at::Tensor dr = w_hr ? at::empty({N, R}, opts) : at::Tensor();
-  const at::Tensor dh_direct = w_hr ? at::empty({B, H}, acc) : at::Tensor();
+  const at::Tensor dr = a.w_hr ? at::empty({N, R}, opts) : at::Tensor();
+  const at::Tensor dh_direct = a.w_hr ? at::empty({B, H}, acc) : at::Tensor();
   // Records in the arithmetic type: a sum of squares in bfloat16 would keep 8 bits.
   const at::Tensor record = track ? at::empty({N, 3}, acc) : at::Tensor();
   A* rec_p = track ? ptr<A>(record) : nullptr;
 
-  const GradOptions<A> clip = options_as<A>(opt);
-  const StepInfo rows{T_, 0, reverse, lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr};
+  const GradOptions<A> clip = options_as<A>(a.opt);
+  const StepInfo rows{T_, 0, a.reverse, lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr};
   const T* craw_p = ptr<T>(c_raw);
 
   LstmBwdArgs<T> p{};
@@ -147,17 +144,17 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
   p.step = rows;
   p.opt = clip;
   p.c0 = opt_ptr<T>(c0c);
-  p.dh_n = w_hr ? nullptr : ptr<T>(dhn);
-  p.dh_gemm = w_hr ? nullptr : ptr<A>(dh_gemm);
-  p.dh_carry = w_hr ? nullptr : ptr<A>(dh_carry);
-  p.dh_direct = w_hr ? ptr<A>(dh_direct) : nullptr;
+  p.dh_n = a.w_hr ? nullptr : ptr<T>(dhn);
+  p.dh_gemm = a.w_hr ? nullptr : ptr<A>(dh_gemm);
+  p.dh_carry = a.w_hr ? nullptr : ptr<A>(dh_carry);
+  p.dh_direct = a.w_hr ? ptr<A>(dh_direct) : nullptr;
   p.dc_n = ptr<T>(dcn);
   p.dc_rec = ptr<A>(dc_rec);
-  p.has_cell_clip = cell_clip.has_value();
-  p.cell_clip = cell_clip ? static_cast<A>(*cell_clip) : A(0);
+  p.has_cell_clip = a.cell_clip.has_value();
+  p.cell_clip = a.cell_clip ? static_cast<A>(*a.cell_clip) : A(0);
 
   ProjBwdArgs<T> pp{};
-  if (w_hr) {
+  if (a.w_hr) {
     pp.R = R;
     pp.step = rows;
     pp.opt = clip;
@@ -167,11 +164,11 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
   }
 
   for (int64_t step = 0; step < T_; ++step) {
-    const int64_t t = reverse ? step : T_ - 1 - step;
-    const int64_t tp = previous_time(t, reverse);
+    const int64_t t = a.reverse ? step : T_ - 1 - step;
+    const int64_t tp = previous_time(t, a.reverse);
     const int64_t M = s.rows[t], off = s.offset[t];
     A* rec_t = rec_p ? rec_p + off * 3 : nullptr;
-    if (w_hr) {
+    if (a.w_hr) {
       pp.M = M;
       pp.step.t = t;
       pp.dy = ptr<T>(dy) + off * R;
@@ -209,50 +206,35 @@ void lstm_backward_impl(const LayerSizes& s, const at::Tensor& dy_in, const at::
   // alias one another).
   auto empty = [&] { return at::empty({0}, opts); };
   const auto dtype = x.scalar_type();
-  at::Tensor dx = need_input_grad ? at::mm(dgates, w_ih).view(x.sizes()) : empty();
+  at::Tensor dx = a.need.input ? at::mm(dgates, a.w_ih).view(x.sizes()) : empty();
   at::Tensor dw_ih = empty(), dw_hh = empty(), db = empty(), dw_hr = empty();
-  if (need_weight_grad) {
+  if (a.need.weight) {
     dw_ih = weight_grad(dgates, x.reshape({N, I})).to(dtype);
-    dw_hh = recurrent_weight_grad(s, dgates, y.reshape({N, R}), h0, reverse).to(dtype);
-    if (has_bias) db = bias_grad(dgates).to(dtype);
-    if (w_hr) dw_hr = weight_grad(dr, h_pre.reshape({N, H})).to(dtype);
+    dw_hh = recurrent_weight_grad(s, dgates, y.reshape({N, R}), a.h0, a.reverse).to(dtype);
+    if (a.need.bias) db = bias_grad(dgates).to(dtype);
+    if (a.w_hr) dw_hr = weight_grad(dr, h_pre.reshape({N, H})).to(dtype);
   }
   out = {dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr, track ? finish_grad_record(record, s) : empty()};
 }
 
 }  // namespace
 
-std::vector<at::Tensor> lstm_forward(const LayerSizes& s, const at::Tensor& x,
-                                     const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                     const OptTensor& b_ih, const OptTensor& b_hh,
-                                     const OptTensor& h0, const OptTensor& c0,
-                                     const OptTensor& w_hr, bool reverse,
-                                     std::optional<double> cell_clip, bool save) {
-  const CudaScope scope(x);
+std::vector<at::Tensor> lstm_forward(const LayerSizes& s, const LstmForwardArgs& a) {
+  const CudaScope scope(a.x);
   std::vector<at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(),
                                   "fusedrnn.lstm_forward_cuda", [&] {
-    lstm_forward_impl<scalar_t>(s, x.contiguous(), w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr,
-                                reverse, cell_clip, save, out);
+    lstm_forward_impl<scalar_t>(s, a, out);
   });
   return out;
 }
 
-std::vector<at::Tensor> lstm_backward(
-    const LayerSizes& s, const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& dc_n,
-    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& w_hr,
-    const OptTensor& h0, const OptTensor& c0, const at::Tensor& y, const at::Tensor& act,
-    const at::Tensor& c_raw, const at::Tensor& h_pre, bool reverse,
-    const GradOptions<double>& opt, std::optional<double> cell_clip, bool has_bias,
-    bool need_input_grad, bool need_weight_grad, bool track_grad_norms) {
-  const CudaScope scope(x);
+std::vector<at::Tensor> lstm_backward(const LayerSizes& s, const LstmBackwardArgs& a) {
+  const CudaScope scope(a.x);
   std::vector<at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(),
                                   "fusedrnn.lstm_backward_cuda", [&] {
-    lstm_backward_impl<scalar_t>(s, dy, dh_n, dc_n, x.contiguous(), w_ih, w_hh, w_hr, h0, c0,
-                                 y.contiguous(), act.contiguous(), c_raw.contiguous(),
-                                 h_pre.contiguous(), reverse, opt, cell_clip, has_bias,
-                                 need_input_grad, need_weight_grad, track_grad_norms, out);
+    lstm_backward_impl<scalar_t>(s, a, out);
   });
   return out;
 }
