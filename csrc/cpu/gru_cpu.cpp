@@ -23,8 +23,7 @@ namespace cpu {
 namespace {
 
 template <typename T>
-void gru_forward_impl(const LayerSizes& s, const GruForwardArgs& a,
-                      std::vector<at::Tensor>& out) {
+std::vector<at::Tensor> gru_forward_impl(const LayerSizes& s, const GruForwardArgs& a) {
   const at::Tensor x = a.x.contiguous();
 
   const int64_t T_ = s.T, B = s.B, N = s.N, I = s.I, H = s.H;
@@ -81,12 +80,11 @@ void gru_forward_impl(const LayerSizes& s, const GruForwardArgs& a,
       parallel_rows(M, 3 * H, [&](int64_t b0, int64_t b1) { k.gru_fwd(p, b0, b1); });
     }
   }
-  out = {s.step_major(y), h, s.step_major(saved)};
+  return {s.step_major(y), h, s.step_major(saved)};
 }
 
 template <typename T>
-void gru_backward_impl(const LayerSizes& s, const GruBackwardArgs& a,
-                       std::vector<at::Tensor>& out) {
+std::vector<at::Tensor> gru_backward_impl(const LayerSizes& s, const GruBackwardArgs& a) {
   const bool track = a.need.record;
   const at::Tensor x = a.x.contiguous(), y = a.y.contiguous(), saved = a.saved.contiguous();
   const GradOptions<T> opt = options_as<T>(a.opt);
@@ -152,7 +150,9 @@ void gru_backward_impl(const LayerSizes& s, const GruBackwardArgs& a,
 
   // The initial state is handed over to step 0 like any other state: clip its gradient.
   if (opt.clip_mode != ClipMode::None) {
-    parallel_rows(B, H, [&](int64_t b0, int64_t b1) { k.clip_rows(dh0.data_ptr<T>(), H, opt, b0, b1); });
+    parallel_rows(B, H, [&](int64_t b0, int64_t b1) {
+      k.clip_rows(dh0.data_ptr<T>(), H, opt, b0, b1);
+    });
   }
 
   // Gradients not asked for are empty tensors, each its own (outputs of a custom op must not
@@ -170,25 +170,19 @@ void gru_backward_impl(const LayerSizes& s, const GruBackwardArgs& a,
       db_hh = dhg.sum(0);
     }
   }
-  out = {dx, dh0, dw_ih, dw_hh, db_ih, db_hh, track ? finish_grad_record(record, s) : empty()};
+  return {dx, dh0, dw_ih, dw_hh, db_ih, db_hh, track ? finish_grad_record(record, s) : empty()};
 }
 
 }  // namespace
 
 std::vector<at::Tensor> gru_forward(const LayerSizes& s, const GruForwardArgs& a) {
-  std::vector<at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES(a.x.scalar_type(), "fusedrnn.gru_forward_cpu", [&] {
-    gru_forward_impl<scalar_t>(s, a, out);
-  });
-  return out;
+  return AT_DISPATCH_FLOATING_TYPES(a.x.scalar_type(), "fusedrnn.gru_forward_cpu",
+                                    [&] { return gru_forward_impl<scalar_t>(s, a); });
 }
 
 std::vector<at::Tensor> gru_backward(const LayerSizes& s, const GruBackwardArgs& a) {
-  std::vector<at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES(a.x.scalar_type(), "fusedrnn.gru_backward_cpu", [&] {
-    gru_backward_impl<scalar_t>(s, a, out);
-  });
-  return out;
+  return AT_DISPATCH_FLOATING_TYPES(a.x.scalar_type(), "fusedrnn.gru_backward_cpu",
+                                    [&] { return gru_backward_impl<scalar_t>(s, a); });
 }
 
 }  // namespace cpu

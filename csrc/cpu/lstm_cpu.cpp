@@ -28,8 +28,7 @@ namespace cpu {
 namespace {
 
 template <typename T>
-void lstm_forward_impl(const LayerSizes& s, const LstmForwardArgs& a,
-                       std::vector<at::Tensor>& out) {
+std::vector<at::Tensor> lstm_forward_impl(const LayerSizes& s, const LstmForwardArgs& a) {
   const at::Tensor x = a.x.contiguous();
 
   const int64_t T_ = s.T, B = s.B, N = s.N, I = s.I, H = s.H, R = s.R;
@@ -94,12 +93,11 @@ void lstm_forward_impl(const LayerSizes& s, const LstmForwardArgs& a,
       }
     }
   }
-  out = {s.step_major(y), h, c, s.step_major(gates), s.step_major(c_raw), s.step_major(h_pre)};
+  return {s.step_major(y), h, c, s.step_major(gates), s.step_major(c_raw), s.step_major(h_pre)};
 }
 
 template <typename T>
-void lstm_backward_impl(const LayerSizes& s, const LstmBackwardArgs& a,
-                        std::vector<at::Tensor>& out) {
+std::vector<at::Tensor> lstm_backward_impl(const LayerSizes& s, const LstmBackwardArgs& a) {
   const bool track = a.need.record;
   const at::Tensor x = a.x.contiguous(), y = a.y.contiguous(), act = a.act.contiguous();
   const at::Tensor c_raw = a.c_raw.contiguous(), h_pre = a.h_pre.contiguous();
@@ -223,26 +221,20 @@ void lstm_backward_impl(const LayerSizes& s, const LstmBackwardArgs& a,
     if (a.need.bias) db = dgates.sum(0);
     if (a.w_hr) dw_hr = outer_sum(dr, h_pre.reshape({N, H}));
   }
-  out = {dx, dh0, dc_rec, dw_ih, dw_hh, db, dw_hr,
+  return {dx, dh0, dc_rec, dw_ih, dw_hh, db, dw_hr,
          track ? finish_grad_record(record, s) : empty()};
 }
 
 }  // namespace
 
 std::vector<at::Tensor> lstm_forward(const LayerSizes& s, const LstmForwardArgs& a) {
-  std::vector<at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES(a.x.scalar_type(), "fusedrnn.lstm_forward_cpu", [&] {
-    lstm_forward_impl<scalar_t>(s, a, out);
-  });
-  return out;
+  return AT_DISPATCH_FLOATING_TYPES(a.x.scalar_type(), "fusedrnn.lstm_forward_cpu",
+                                    [&] { return lstm_forward_impl<scalar_t>(s, a); });
 }
 
 std::vector<at::Tensor> lstm_backward(const LayerSizes& s, const LstmBackwardArgs& a) {
-  std::vector<at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES(a.x.scalar_type(), "fusedrnn.lstm_backward_cpu", [&] {
-    lstm_backward_impl<scalar_t>(s, a, out);
-  });
-  return out;
+  return AT_DISPATCH_FLOATING_TYPES(a.x.scalar_type(), "fusedrnn.lstm_backward_cpu",
+                                    [&] { return lstm_backward_impl<scalar_t>(s, a); });
 }
 
 }  // namespace cpu

@@ -18,8 +18,7 @@ namespace cuda {
 namespace {
 
 template <typename S>
-void gru_forward_impl(const LayerSizes& s, const GruForwardArgs& a,
-                      std::vector<at::Tensor>& out) {
+std::vector<at::Tensor> gru_forward_impl(const LayerSizes& s, const GruForwardArgs& a) {
   const at::Tensor x = a.x.contiguous();
 
   using T = typename CudaType<S>::type;
@@ -66,12 +65,11 @@ void gru_forward_impl(const LayerSizes& s, const GruForwardArgs& a,
     p.h_out = ptr<T>(y) + off * H;
     C10_CUDA_CHECK(gru_fwd_step(p, stream));
   }
-  out = {s.step_major(y), h, s.step_major(saved)};
+  return {s.step_major(y), h, s.step_major(saved)};
 }
 
 template <typename S>
-void gru_backward_impl(const LayerSizes& s, const GruBackwardArgs& a,
-                       std::vector<at::Tensor>& out) {
+std::vector<at::Tensor> gru_backward_impl(const LayerSizes& s, const GruBackwardArgs& a) {
   const bool track = a.need.record;
   const at::Tensor x = a.x.contiguous(), y = a.y.contiguous(), saved = a.saved.contiguous();
 
@@ -142,29 +140,23 @@ void gru_backward_impl(const LayerSizes& s, const GruBackwardArgs& a,
       db_hh = bias_grad(dhg).to(dtype);
     }
   }
-  out = {dx, dh0, dw_ih, dw_hh, db_ih, db_hh, track ? finish_grad_record(record, s) : empty()};
+  return {dx, dh0, dw_ih, dw_hh, db_ih, db_hh, track ? finish_grad_record(record, s) : empty()};
 }
 
 }  // namespace
 
 std::vector<at::Tensor> gru_forward(const LayerSizes& s, const GruForwardArgs& a) {
   const CudaScope scope(a.x);
-  std::vector<at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(),
-                                  "fusedrnn.gru_forward_cuda", [&] {
-    gru_forward_impl<scalar_t>(s, a, out);
-  });
-  return out;
+  return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(),
+                                         "fusedrnn.gru_forward_cuda",
+                                         [&] { return gru_forward_impl<scalar_t>(s, a); });
 }
 
 std::vector<at::Tensor> gru_backward(const LayerSizes& s, const GruBackwardArgs& a) {
   const CudaScope scope(a.x);
-  std::vector<at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(),
-                                  "fusedrnn.gru_backward_cuda", [&] {
-    gru_backward_impl<scalar_t>(s, a, out);
-  });
-  return out;
+  return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(),
+                                         "fusedrnn.gru_backward_cuda",
+                                         [&] { return gru_backward_impl<scalar_t>(s, a); });
 }
 
 }  // namespace cuda

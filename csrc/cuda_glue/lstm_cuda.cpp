@@ -23,8 +23,7 @@ namespace cuda {
 namespace {
 
 template <typename S>
-void lstm_forward_impl(const LayerSizes& s, const LstmForwardArgs& a,
-                       std::vector<at::Tensor>& out) {
+std::vector<at::Tensor> lstm_forward_impl(const LayerSizes& s, const LstmForwardArgs& a) {
   const at::Tensor x = a.x.contiguous();
 
   using T = typename CudaType<S>::type;
@@ -97,13 +96,12 @@ void lstm_forward_impl(const LayerSizes& s, const LstmForwardArgs& a,
       C10_CUDA_CHECK(copy_state_rows(cp, stream));
     }
   }
-  out = {s.step_major(y), h, c.to(x.scalar_type()), s.step_major(act), s.step_major(c_raw),
+  return {s.step_major(y), h, c.to(x.scalar_type()), s.step_major(act), s.step_major(c_raw),
          s.step_major(h_pre)};
 }
 
 template <typename S>
-void lstm_backward_impl(const LayerSizes& s, const LstmBackwardArgs& a,
-                        std::vector<at::Tensor>& out) {
+std::vector<at::Tensor> lstm_backward_impl(const LayerSizes& s, const LstmBackwardArgs& a) {
   const bool track = a.need.record;
   const at::Tensor x = a.x.contiguous(), y = a.y.contiguous(), act = a.act.contiguous();
   const at::Tensor c_raw = a.c_raw.contiguous(), h_pre = a.h_pre.contiguous();
@@ -214,29 +212,23 @@ void lstm_backward_impl(const LayerSizes& s, const LstmBackwardArgs& a,
     if (a.need.bias) db = bias_grad(dgates).to(dtype);
     if (a.w_hr) dw_hr = weight_grad(dr, h_pre.reshape({N, H})).to(dtype);
   }
-  out = {dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr, track ? finish_grad_record(record, s) : empty()};
+  return {dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr, track ? finish_grad_record(record, s) : empty()};
 }
 
 }  // namespace
 
 std::vector<at::Tensor> lstm_forward(const LayerSizes& s, const LstmForwardArgs& a) {
   const CudaScope scope(a.x);
-  std::vector<at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(),
-                                  "fusedrnn.lstm_forward_cuda", [&] {
-    lstm_forward_impl<scalar_t>(s, a, out);
-  });
-  return out;
+  return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(),
+                                         "fusedrnn.lstm_forward_cuda",
+                                         [&] { return lstm_forward_impl<scalar_t>(s, a); });
 }
 
 std::vector<at::Tensor> lstm_backward(const LayerSizes& s, const LstmBackwardArgs& a) {
   const CudaScope scope(a.x);
-  std::vector<at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(),
-                                  "fusedrnn.lstm_backward_cuda", [&] {
-    lstm_backward_impl<scalar_t>(s, a, out);
-  });
-  return out;
+  return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(),
+                                         "fusedrnn.lstm_backward_cuda",
+                                         [&] { return lstm_backward_impl<scalar_t>(s, a); });
 }
 
 }  // namespace cuda
