@@ -45,6 +45,16 @@
 // Everything after the loop (clip of the h0 / c0 gradients, dx, dW_ih, dW_hh, dW_hr, db)
 // stays in lstm_cpu.cpp / gru_cpu.cpp as all-steps oneDNN / MKL GEMMs. float64 stays on the
 // per-step loop.
+//
+// Two row drivers, one math. The per-step loop's kernels (kernels_impl.h: lstm_bwd_rows,
+// gru_bwd_rows) walk a range of rows over all units of each row, and a row's clip norm is
+// that row's own sum over its units; the engine's (bwd_engine_impl.h: lstm_rows, gru_rows)
+// walk all rows over one thread's unit slice, and the norm comes from the block partials
+// of the previous step's B phase, summed in block order (which is what keeps the engine
+// bitwise independent of the thread count). So the loops over rows, and the source of the
+// norm and of the record, differ; everything a row computes is shared: row_step
+// (kernel_common.h), and for_units, incoming_grad / RowClip, lstm_bwd_vector and
+// gru_bwd_vector (kernels_impl.h, which bwd_engine_impl.h includes).
 #include "bwd_engine.h"
 
 #include <algorithm>

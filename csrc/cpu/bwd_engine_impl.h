@@ -10,7 +10,7 @@
 // of the same capability).
 
 #ifndef FUSEDRNN_CPU_CAPABILITY
-#error "bwd_engine_impl.h is included by the bwd_engine_<capability>.cpp files only"
+#error "bwd_engine_impl.h is included by the capability_<name>.cpp files only"
 #endif
 
 namespace fusedrnn {

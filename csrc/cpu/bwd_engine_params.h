@@ -1,6 +1,6 @@
 // Plain structs of the CPU backward engine's kernels (Note [CPU backward engine] in
 // bwd_engine.cpp). Like rnn_params.h this header is included by the per-capability
-// translation units (bwd_engine_<capability>.cpp), so it includes nothing but rnn_params.h.
+// translation units (capability_<name>.cpp), so it includes nothing but rnn_params.h.
 //
 // Shape letters as in rnn_params.h, plus
 //   M  rows of the current step (s.rows[t]),

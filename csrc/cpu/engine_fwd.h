@@ -1,6 +1,6 @@
 // Plain parameter structs and the kernel table of the CPU forward engine (float32); see
 // Note [CPU time-loop engine] in engine_fwd.cpp. Included by the per-capability translation
-// units (engine_fwd_<capability>.cpp, Note [CPU capability dispatch]): raw pointers and
+// units (capability_<name>.cpp, Note [CPU capability dispatch]): raw pointers and
 // sizes only, nothing of torch or std. Shape letters as in rnn_params.h; M is the number of
 // rows of the step (s.rows[t], a prefix of the B rows), W the capability's unit width (SIMD
 // lanes), G the gates per unit (LSTM 4, GRU 3, projection 1).

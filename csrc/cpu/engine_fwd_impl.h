@@ -10,7 +10,7 @@
 // blocks, see max_rows).
 
 #ifndef FUSEDRNN_CPU_CAPABILITY
-#error "engine_fwd_impl.h is included by the engine_fwd_<capability>.cpp files only"
+#error "engine_fwd_impl.h is included by the capability_<name>.cpp files only"
 #endif
 
 namespace fusedrnn {

@@ -21,7 +21,7 @@
 // parameter of the row body; only row-level bookkeeping is decided at run time.
 
 #ifndef FUSEDRNN_CPU_CAPABILITY
-#error "kernels_impl.h is included by the kernels_<capability>.cpp files only"
+#error "kernels_impl.h is included by the capability_<name>.cpp files only"
 #endif
 
 namespace fusedrnn {
