@@ -237,6 +237,11 @@ enum GruArg : size_t {
 
 class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
  public:
+  // Positions in save_for_backward (forward below).
+  enum Saved : size_t {
+    kInput, kWih, kWhh, kWhr, kH0, kC0, kLengths, kBatchSizes, kOutput, kAct, kCRaw, kHPre
+  };
+
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
                                const at::Tensor& weight_ih, const at::Tensor& weight_hh,
                                const OptTensor& bias_ih, const OptTensor& bias_hh,
@@ -294,10 +299,10 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
   // The gradients of output, h_n, c_n; zeros for those the loss does not use.
   static std::array<at::Tensor, 3> incoming(AutogradContext* ctx, const variable_list& saved,
                                             const variable_list& grads) {
-    const at::Tensor& input = saved[0];
+    const at::Tensor& input = saved[kInput];
     const c10::SymInt B = saved_size(ctx, "B"), R = saved_size(ctx, "R"), H = saved_size(ctx, "H");
-    return {or_zeros(grads[0], saved[8].sym_sizes(), input), or_zeros(grads[1], {B, R}, input),
-            or_zeros(grads[2], {B, H}, input)};
+    return {or_zeros(grads[0], saved[kOutput].sym_sizes(), input),
+            or_zeros(grads[1], {B, R}, input), or_zeros(grads[2], {B, H}, input)};
   }
 
   static Tensor8 fused_backward(AutogradContext* ctx, const variable_list& saved,
@@ -305,9 +310,10 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
                                 bool need_weight, bool track) {
     const SavedOptions o(ctx);
     return lstm_layer_backward_op().call(
-        g[0], g[1], g[2], saved[0], saved[1], saved[2], optional(saved[3]), optional(saved[4]),
-        optional(saved[5]), optional(saved[6]), optional(saved[7]), saved[8], saved[9],
-        saved[10], saved[11], o.reverse, o.grad_clip, o.grad_clip_mode, o.truncate,
+        g[0], g[1], g[2], saved[kInput], saved[kWih], saved[kWhh], optional(saved[kWhr]),
+        optional(saved[kH0]), optional(saved[kC0]), optional(saved[kLengths]),
+        optional(saved[kBatchSizes]), saved[kOutput], saved[kAct], saved[kCRaw], saved[kHPre],
+        o.reverse, o.grad_clip, o.grad_clip_mode, o.truncate,
         opt_double(ctx->saved_data["cell_clip"]), o.has_bias, need_input, need_weight, track);
   }
 
@@ -321,11 +327,11 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
     variable_list out(kLCount);
     put_grads(out, mask,
               lstm_layer_grad_op().call(
-                  g[0], g[1], g[2], saved[0], saved[1], saved[2], kept_bias(ctx, "bias_ih"),
-                  kept_bias(ctx, "bias_hh"), optional(saved[4]), optional(saved[5]),
-                  optional(saved[3]), optional(saved[6]), optional(saved[7]), o.reverse,
-                  o.grad_clip, o.grad_clip_mode, o.truncate,
-                  opt_double(ctx->saved_data["cell_clip"]), mask),
+                  g[0], g[1], g[2], saved[kInput], saved[kWih], saved[kWhh],
+                  kept_bias(ctx, "bias_ih"), kept_bias(ctx, "bias_hh"), optional(saved[kH0]),
+                  optional(saved[kC0]), optional(saved[kWhr]), optional(saved[kLengths]),
+                  optional(saved[kBatchSizes]), o.reverse, o.grad_clip, o.grad_clip_mode,
+                  o.truncate, opt_double(ctx->saved_data["cell_clip"]), mask),
               std::make_index_sequence<kLLengths>());
     if (needs(ctx, edges, kLRecord)) {
       at::AutoDispatchBelowADInplaceOrView guard;
@@ -337,6 +343,9 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
 
 class GruLayerFunction : public torch::autograd::Function<GruLayerFunction> {
  public:
+  // Positions in save_for_backward (forward below).
+  enum Saved : size_t { kInput, kWih, kWhh, kH0, kLengths, kBatchSizes, kOutput, kSaved };
+
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
                                const at::Tensor& weight_ih, const at::Tensor& weight_hh,
                                const OptTensor& bias_ih, const OptTensor& bias_hh,
@@ -386,9 +395,10 @@ class GruLayerFunction : public torch::autograd::Function<GruLayerFunction> {
   // The gradients of output and h_n; zeros for those the loss does not use.
   static std::array<at::Tensor, 2> incoming(AutogradContext* ctx, const variable_list& saved,
                                             const variable_list& grads) {
-    const at::Tensor& input = saved[0];
+    const at::Tensor& input = saved[kInput];
     const c10::SymInt B = saved_size(ctx, "B"), H = saved_size(ctx, "H");
-    return {or_zeros(grads[0], saved[6].sym_sizes(), input), or_zeros(grads[1], {B, H}, input)};
+    return {or_zeros(grads[0], saved[kOutput].sym_sizes(), input),
+            or_zeros(grads[1], {B, H}, input)};
   }
 
   static Tensor7 fused_backward(AutogradContext* ctx, const variable_list& saved,
@@ -396,9 +406,10 @@ class GruLayerFunction : public torch::autograd::Function<GruLayerFunction> {
                                 bool need_weight, bool track) {
     const SavedOptions o(ctx);
     return gru_layer_backward_op().call(
-        g[0], g[1], saved[0], saved[1], saved[2], optional(saved[3]), optional(saved[4]),
-        optional(saved[5]), saved[6], saved[7], o.reverse, o.grad_clip, o.grad_clip_mode,
-        o.truncate, o.has_bias, need_input, need_weight, track);
+        g[0], g[1], saved[kInput], saved[kWih], saved[kWhh], optional(saved[kH0]),
+        optional(saved[kLengths]), optional(saved[kBatchSizes]), saved[kOutput], saved[kSaved],
+        o.reverse, o.grad_clip, o.grad_clip_mode, o.truncate, o.has_bias, need_input, need_weight,
+        track);
   }
 
   // Note [Double backward of the layer ops].
@@ -411,9 +422,10 @@ class GruLayerFunction : public torch::autograd::Function<GruLayerFunction> {
     variable_list out(kGCount);
     put_grads(out, mask,
               gru_layer_grad_op().call(
-                  g[0], g[1], saved[0], saved[1], saved[2], kept_bias(ctx, "bias_ih"),
-                  kept_bias(ctx, "bias_hh"), optional(saved[3]), optional(saved[4]),
-                  optional(saved[5]), o.reverse, o.grad_clip, o.grad_clip_mode, o.truncate, mask),
+                  g[0], g[1], saved[kInput], saved[kWih], saved[kWhh], kept_bias(ctx, "bias_ih"),
+                  kept_bias(ctx, "bias_hh"), optional(saved[kH0]), optional(saved[kLengths]),
+                  optional(saved[kBatchSizes]), o.reverse, o.grad_clip, o.grad_clip_mode,
+                  o.truncate, mask),
               std::make_index_sequence<kGLengths>());
     if (needs(ctx, edges, kGRecord)) {
       at::AutoDispatchBelowADInplaceOrView guard;
