@@ -44,13 +44,17 @@ struct GradRequest {
   bool record;  // the gradient record (docs/design.md §8)
 };
 
-struct LstmForwardArgs {
+// The inputs every forward call takes (the LSTM adds c0 and w_hr).
+struct LayerInputs {
   const at::Tensor& x;
   const at::Tensor& w_ih;
   const at::Tensor& w_hh;
   const OptTensor& b_ih;
   const OptTensor& b_hh;
   const OptTensor& h0;
+};
+
+struct LstmForwardArgs : LayerInputs {
   const OptTensor& c0;
   const OptTensor& w_hr;
   bool reverse;
@@ -78,13 +82,7 @@ struct LstmBackwardArgs {
   GradRequest need;
 };
 
-struct GruForwardArgs {
-  const at::Tensor& x;
-  const at::Tensor& w_ih;
-  const at::Tensor& w_hh;
-  const OptTensor& b_ih;
-  const OptTensor& b_hh;
-  const OptTensor& h0;
+struct GruForwardArgs : LayerInputs {
   bool reverse;
   bool save;  // return `saved` (r, z, n, hn of every step); otherwise it is empty
 };

@@ -55,7 +55,7 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& input, const at::Tensor& 
                                           h0, c0, weight_hr, lengths, batch_sizes);
   check_positive_finite(kLstm, "cell_clip", cell_clip);
   NoAutocast no_autocast(c10::autocast_dispatch_keyset);
-  return Backend::lstm_forward(s, {input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0,
+  return Backend::lstm_forward(s, {{input, weight_ih, weight_hh, bias_ih, bias_hh, h0}, c0,
                                    weight_hr, reverse, cell_clip, save});
 }
 
@@ -131,7 +131,7 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& input, const at::Tensor& w
   const LayerSizes s = check_layer_inputs(kGru, 3, input, weight_ih, weight_hh, bias_ih, bias_hh,
                                           h0, std::nullopt, std::nullopt, lengths, batch_sizes);
   NoAutocast no_autocast(c10::autocast_dispatch_keyset);
-  return Backend::gru_forward(s, {input, weight_ih, weight_hh, bias_ih, bias_hh, h0, reverse,
+  return Backend::gru_forward(s, {{input, weight_ih, weight_hh, bias_ih, bias_hh, h0}, reverse,
                                   save});
 }
 
