@@ -222,7 +222,7 @@ std::vector<at::Tensor> lstm_backward_impl(const LayerSizes& s, const LstmBackwa
     if (a.w_hr) dw_hr = outer_sum(dr, h_pre.reshape({N, H}));
   }
   return {dx, dh0, dc_rec, dw_ih, dw_hh, db, dw_hr,
-         track ? finish_grad_record(record, s) : empty()};
+          track ? finish_grad_record(record, s) : empty()};
 }
 
 }  // namespace

@@ -97,7 +97,7 @@ std::vector<at::Tensor> lstm_forward_impl(const LayerSizes& s, const LstmForward
     }
   }
   return {s.step_major(y), h, c.to(x.scalar_type()), s.step_major(act), s.step_major(c_raw),
-         s.step_major(h_pre)};
+          s.step_major(h_pre)};
 }
 
 template <typename S>
