@@ -105,6 +105,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("input"), py::arg("weight_ih"), py::arg("weight_hh"), py::arg("copies"),
         py::call_guard<py::gil_scoped_release>(),
         "Test hook: `copies` layer calls made from inside one at::parallel_for region");
+  m.def("_direct_product_limits",
+        [] { return std::make_pair(fusedrnn::cpu::kDirectMacs, fusedrnn::cpu::kDirectRows); },
+        "(multiply-adds, rows): the CPU layer functions compute a product of at most that many "
+        "multiply-adds (a sum over rows: and rows) with plain loops rather than ATen/BLAS "
+        "(Note [Direct products for small calls]); for tests");
   m.def("_bwd_engine_loop_ns", &fusedrnn::cpu::bwd_engine_loop_ns,
         "Nanoseconds spent so far inside the backward engine's time loops (the run_team "
         "region: packing and the loop), for benchmarks that compare a step with its floor");

@@ -11,7 +11,7 @@ import torch
 import fusedrnn
 from fusedrnn import _C
 
-from helpers import assert_close_by_reference
+from helpers import OPS, REFERENCE, TORCHNN, Case, assert_close_by_reference, assert_tight
 
 CAPABILITIES = ["default", "avx2", "avx512"]
 BACKENDS = ["onednn", "blas"]
@@ -108,3 +108,30 @@ def test_capability_names(restore_paths):
         _C._set_cpu_capability("avx9")
     with pytest.raises(ValueError, match="step GEMM"):
         _C._set_step_gemm("cublas")
+
+
+# Note [Direct products for small calls]: below a multiply-add limit the CPU layer functions
+# compute the input projection, the step GEMMs and the gradient products with plain loops.
+# Batches on both sides of the limit for the step GEMM (I = H = 16), with the options that
+# change which rows a product sees, against torch.nn and the reference in float64.
+def _direct_cases():
+    macs, rows = _C._direct_product_limits()
+    assert rows >= 8
+    H = 16
+    cases = []
+    for kind, G, P in (("lstm", 4, 0), ("lstm", 4, 8), ("gru", 3, 0)):
+        b_direct = macs // (G * H * (P or H))
+        for B in (b_direct, b_direct + 1):
+            lengths = [3] + [1 + b % 3 for b in range(1, B)]
+            for reverse in (False, True):
+                cases.append(Case(kind, 3, B, H, H, P, reverse=reverse, lengths=lengths))
+            cases.append(Case(kind, 1, B, H, H, P))
+            cases.append(Case(kind, 2, B, H, H, P, bias=False, h0=False))
+    return cases
+
+
+@pytest.mark.parametrize("case", _direct_cases(), ids=repr)
+def test_direct_products_at_the_limit(case):
+    ours = case.run(OPS[case.kind])
+    assert_tight(ours, case.run(REFERENCE[case.kind]))
+    assert_tight(ours, case.run(TORCHNN[case.kind]))

@@ -13,6 +13,7 @@
 
 #include "../checks.h"
 #include "../rnn_params.h"
+#include "direct_products.h"
 
 namespace fusedrnn {
 namespace cpu {
@@ -54,12 +55,21 @@ class StepLinear {
                         // backward) in place, without the copy contiguous() would make
   at::Tensor packed_;   // oneDNN-packed weight, or undefined
   at::Tensor out_;      // the last result
+  bool direct_ = false; // Note [Direct products for small calls]
 };
 
 // x W^T + bias for x [M, K], W [N, K], bias [N] or none, as a new contiguous [M, N] tensor:
 // the input projection of all T steps at once, with StepLinear's backend.
+// bias: the sum of the input-side bias terms, see input_bias.
 at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias);
+
+// The bias the input projection adds: b_ih + b_hh[0, hh), [G] (zero past hh: the GRU's b_hn
+// stays out, it sits inside r * (h W_hn^T + b_hn)), or none without either bias. One loop
+// rather than narrow / add: at T = 1 each ATen call is a visible share of the call.
+std::optional<at::Tensor> input_bias(const std::optional<at::Tensor>& b_ih,
+                                     const std::optional<at::Tensor>& b_hh, int64_t G,
+                                     int64_t hh);
 
 // "onednn" (default where available) or "blas": the backend of StepLinear for float32.
 std::string step_gemm();
@@ -81,10 +91,9 @@ inline void retire_rows(at::Tensor& dh0, const at::Tensor& carry, const T* gemm,
                         int64_t to) {
   if (to <= from) return;
   const int64_t R = dh0.size(1);
-  const at::Tensor g = at::from_blob(const_cast<T*>(gemm) + from * R, {to - from, R},
-                                     carry.options());
-  at::Tensor rows = dh0.narrow(0, from, to - from);
-  at::add_out(rows, carry.narrow(0, from, to - from), g);
+  T* out = dh0.data_ptr<T>();
+  const T* c = carry.data_ptr<T>();
+  for (int64_t i = from * R; i < to * R; ++i) out[i] = c[i] + gemm[i];
 }
 
 // The time processed just before `t`, in processing order (may be out of [0, T)).
@@ -100,6 +109,15 @@ inline int64_t previous_time(int64_t t, bool reverse) { return reverse ? t + 1 :
 // costs nothing measurable for large K.
 inline at::Tensor outer_sum(const at::Tensor& a, const at::Tensor& b) {
   const int64_t K = a.size(0);
+  if (a.stride(1) == 1 && b.stride(1) == 1 &&
+      direct_row_sum(K, K * a.size(1) * b.size(1))) {  // Note [Direct products for small calls]
+    at::Tensor out = at::empty({a.size(1), b.size(1)}, a.options());
+    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "fusedrnn.outer_sum", [&] {
+      direct_outer_sum(a.const_data_ptr<scalar_t>(), a.stride(0), b.const_data_ptr<scalar_t>(),
+                       b.stride(0), K, a.size(1), b.size(1), out.data_ptr<scalar_t>(), false);
+    });
+    return out;
+  }
   const int64_t block = std::max<int64_t>(64, (K + 15) / 16);
   if (K <= block) return at::mm(a.t(), b);
   at::Tensor out = at::mm(a.narrow(0, 0, std::min(block, K)).t(), b.narrow(0, 0, std::min(block, K)));
@@ -108,6 +126,47 @@ inline at::Tensor outer_sum(const at::Tensor& a, const at::Tensor& b) {
     out.addmm_(a.narrow(0, k, n).t(), b.narrow(0, k, n));
   }
   return out;
+}
+
+// out += a^T b (out [G, R], a [K, G], b [K, R], K small: the h0 term of dW_hh).
+inline void add_outer_sum(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  const int64_t K = a.size(0);
+  if (out.is_contiguous() && a.stride(1) == 1 && b.stride(1) == 1 &&
+      direct_row_sum(K, K * a.size(1) * b.size(1))) {
+    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "fusedrnn.add_outer_sum", [&] {
+      direct_outer_sum(a.const_data_ptr<scalar_t>(), a.stride(0), b.const_data_ptr<scalar_t>(),
+                       b.stride(0), K, a.size(1), b.size(1), out.data_ptr<scalar_t>(), true);
+    });
+    return;
+  }
+  out.addmm_(a.t(), b);
+}
+
+// a.sum(0) for a [K, G]: a bias gradient.
+inline at::Tensor column_sum(const at::Tensor& a) {
+  const int64_t K = a.size(0), G = a.size(1);
+  if (a.stride(1) == 1 && direct_row_sum(K, K * G)) {
+    at::Tensor out = at::empty({G}, a.options());
+    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "fusedrnn.column_sum", [&] {
+      direct_column_sum(a.const_data_ptr<scalar_t>(), a.stride(0), K, G, out.data_ptr<scalar_t>());
+    });
+    return out;
+  }
+  return a.sum(0);
+}
+
+// a w for a [M, K] contiguous, w [K, N] contiguous: the input gradient dgates W_ih.
+inline at::Tensor rows_times(const at::Tensor& a, const at::Tensor& w) {
+  const int64_t M = a.size(0), K = a.size(1), N = w.size(1);
+  if (a.is_contiguous() && w.is_contiguous() && direct_product(M * K * N)) {
+    at::Tensor out = at::empty({M, N}, a.options());
+    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "fusedrnn.rows_times", [&] {
+      direct_linear(a.const_data_ptr<scalar_t>(), K, w.const_data_ptr<scalar_t>(), 1, N,
+                    static_cast<const scalar_t*>(nullptr), M, N, K, out.data_ptr<scalar_t>(), N);
+    });
+    return out;
+  }
+  return at::mm(a, w);
 }
 
 // The state entering each step, row by row, in the layout of `y` (packed layout only: the
@@ -140,9 +199,9 @@ inline at::Tensor recurrent_weight_grad(const at::Tensor& dg, const at::Tensor& 
       first = dg.index({*lengths - 1, at::arange(B, lengths->options())});
     }
     if (dw.defined()) {
-      dw.addmm_(first.t(), *h0);
+      add_outer_sum(dw, first, *h0);
     } else {
-      dw = at::mm(first.t(), *h0);
+      dw = outer_sum(first, *h0);
     }
   }
   return dw.defined() ? dw : at::zeros({G, R}, y.options());

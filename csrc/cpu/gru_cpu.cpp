@@ -31,21 +31,7 @@ std::vector<at::Tensor> gru_forward_impl(const LayerSizes& s, const GruForwardAr
   const CpuKernelTable<T> k = kernels<T>();
 
   // xg: [N, 3H] = x W_ih^T + b_ih + (b_hr, b_hz, 0), all steps at once
-  // (one loop rather than clone / narrow / add_: at T = 1 each ATen call is a visible share
-  // of the call; the sums are the same additions)
-  std::optional<at::Tensor> bias;
-  if (a.b_ih || a.b_hh) {
-    bias = at::empty({3 * H}, opts);
-    const at::Tensor bi = a.b_ih ? a.b_ih->contiguous() : at::Tensor();
-    const at::Tensor bh = a.b_hh ? a.b_hh->contiguous() : at::Tensor();
-    const T* ip = a.b_ih ? bi.data_ptr<T>() : nullptr;
-    const T* hp = a.b_hh ? bh.data_ptr<T>() : nullptr;
-    T* bp = bias->data_ptr<T>();
-    for (int64_t j = 0; j < 3 * H; ++j) {
-      const T in = ip ? ip[j] : T(0);
-      bp[j] = hp && j < 2 * H ? in + hp[j] : in;
-    }
-  }
+  const std::optional<at::Tensor> bias = input_bias(a.b_ih, a.b_hh, 3 * H, 2 * H);
   const at::Tensor xg = linear_rows(x.reshape({N, I}), a.w_ih, bias);
   const at::Tensor b_hn = a.b_hh ? a.b_hh->narrow(0, 2 * H, H).contiguous() : at::Tensor();
 
@@ -158,7 +144,7 @@ std::vector<at::Tensor> gru_backward_impl(const LayerSizes& s, const GruBackward
   // Gradients not asked for are empty tensors, each its own (outputs of a custom op must not
   // alias one another).
   auto empty = [&] { return at::empty({0}, opts); };
-  at::Tensor dx = a.need.input ? at::mm(dxg, a.w_ih).view(x.sizes()) : empty();
+  at::Tensor dx = a.need.input ? rows_times(dxg, a.w_ih).view(x.sizes()) : empty();
   at::Tensor dw_ih = empty(), dw_hh = empty(), db_ih = empty(), db_hh = empty();
   if (a.need.weight) {
     dw_ih = outer_sum(dxg, x.reshape({N, I}));
@@ -166,8 +152,8 @@ std::vector<at::Tensor> gru_backward_impl(const LayerSizes& s, const GruBackward
                      : recurrent_weight_grad(dhg.view({T_, B, 3 * H}), y, a.h0, s.lengths,
                                              a.reverse);
     if (a.need.bias) {
-      db_ih = dxg.sum(0);
-      db_hh = dhg.sum(0);
+      db_ih = column_sum(dxg);
+      db_hh = column_sum(dhg);
     }
   }
   return {dx, dh0, dw_ih, dw_hh, db_ih, db_hh, track ? finish_grad_record(record, s) : empty()};

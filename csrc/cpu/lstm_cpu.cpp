@@ -36,8 +36,7 @@ std::vector<at::Tensor> lstm_forward_impl(const LayerSizes& s, const LstmForward
   const CpuKernelTable<T> k = kernels<T>();
 
   // gates: [N, 4H] = x W_ih^T + b_ih + b_hh, all steps at once
-  std::optional<at::Tensor> bias;
-  if (a.b_ih || a.b_hh) bias = a.b_ih && a.b_hh ? *a.b_ih + *a.b_hh : (a.b_ih ? *a.b_ih : *a.b_hh);
+  const std::optional<at::Tensor> bias = input_bias(a.b_ih, a.b_hh, 4 * H, 4 * H);
   at::Tensor gates = linear_rows(x.reshape({N, I}), a.w_ih, bias);
 
   at::Tensor y = at::empty({N, R}, opts);
@@ -211,14 +210,14 @@ std::vector<at::Tensor> lstm_backward_impl(const LayerSizes& s, const LstmBackwa
   // alias one another).
   auto empty = [&] { return at::empty({0}, opts); };
   const at::Tensor x2d = x.reshape({N, I});
-  at::Tensor dx = a.need.input ? at::mm(dgates, a.w_ih).view(x.sizes()) : empty();
+  at::Tensor dx = a.need.input ? rows_times(dgates, a.w_ih).view(x.sizes()) : empty();
   at::Tensor dw_ih = empty(), dw_hh = empty(), db = empty(), dw_hr = empty();
   if (a.need.weight) {
     dw_ih = outer_sum(dgates, x2d);
     dw_hh = s.packed ? outer_sum(dgates, previous_states(s, y, a.h0, a.reverse))
                      : recurrent_weight_grad(dgates.view({T_, B, 4 * H}), y, a.h0, s.lengths,
                                              a.reverse);
-    if (a.need.bias) db = dgates.sum(0);
+    if (a.need.bias) db = column_sum(dgates);
     if (a.w_hr) dw_hr = outer_sum(dr, h_pre.reshape({N, H}));
   }
   return {dx, dh0, dc_rec, dw_ih, dw_hh, db, dw_hr,

@@ -64,6 +64,12 @@ std::string set_step_gemm(const std::string& name) {
 template <typename T>
 StepLinear<T>::StepLinear(const at::Tensor& weight, int64_t M, int64_t calls)
     : N_(weight.size(0)), K_(weight.size(1)), weight_(weight) {
+  // Note [Direct products for small calls]: the weight read in place, forward ([N, K]
+  // row-major) or transposed (a .t() view, the backward's W_hh).
+  if (M * N_ * K_ <= kDirectMacs && (weight_.stride(1) == 1 || weight_.stride(0) == 1)) {
+    direct_ = true;
+    return;
+  }
   if (std::is_same<T, float>::value && use_onednn() && M * N_ * K_ >= kOneDnnMinMacs &&
       M * calls >= kOneDnnMinRows) {
     torch::jit::Stack stack{weight_.contiguous(), c10::IValue(M)};
@@ -75,6 +81,12 @@ StepLinear<T>::StepLinear(const at::Tensor& weight, int64_t M, int64_t calls)
 template <typename T>
 const T* StepLinear<T>::operator()(const T* in, int64_t M) {
   const auto opts = weight_.options();
+  if (direct_) {
+    if (!out_.defined() || out_.size(0) < M) out_ = at::empty({M, N_}, opts);
+    direct_linear(in, K_, weight_.const_data_ptr<T>(), weight_.stride(0), weight_.stride(1),
+                  static_cast<const T*>(nullptr), M, N_, K_, out_.data_ptr<T>(), N_);
+    return out_.data_ptr<T>();
+  }
   const at::Tensor x = at::from_blob(const_cast<T*>(in), {M, K_}, {K_, 1}, opts);
   if (M == 0) {
     out_ = at::empty({0, N_}, opts);
@@ -93,6 +105,17 @@ const T* StepLinear<T>::operator()(const T* in, int64_t M) {
 
 at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias) {
+  const int64_t M = x.size(0), N = weight.size(0), K = weight.size(1);
+  if (direct_product(M * N * K) && x.is_contiguous() && weight.is_contiguous() &&
+      (!bias || bias->is_contiguous())) {  // Note [Direct products for small calls]
+    at::Tensor out = at::empty({M, N}, x.options());
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn.linear_rows", [&] {
+      direct_linear(x.const_data_ptr<scalar_t>(), K, weight.const_data_ptr<scalar_t>(), K, 1,
+                    bias ? bias->const_data_ptr<scalar_t>() : nullptr, M, N, K,
+                    out.data_ptr<scalar_t>(), N);
+    });
+    return out;
+  }
   if (x.scalar_type() == at::kFloat && use_onednn() && x.size(0) >= kOneDnnMinRows &&
       x.size(0) * weight.size(0) * weight.size(1) >= kOneDnnMinMacs) {
     torch::jit::Stack pack{weight.contiguous(), c10::IValue(x.size(0))};
@@ -106,6 +129,26 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& weight,
     return out;
   }
   return bias ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());
+}
+
+std::optional<at::Tensor> input_bias(const std::optional<at::Tensor>& b_ih,
+                                     const std::optional<at::Tensor>& b_hh, int64_t G,
+                                     int64_t hh) {
+  if (!b_ih && !b_hh) return std::nullopt;
+  const at::Tensor& any = b_ih ? *b_ih : *b_hh;
+  at::Tensor bias = at::empty({G}, any.options());
+  AT_DISPATCH_FLOATING_TYPES(any.scalar_type(), "fusedrnn.input_bias", [&] {
+    const at::Tensor bi = b_ih ? b_ih->contiguous() : at::Tensor();
+    const at::Tensor bh = b_hh ? b_hh->contiguous() : at::Tensor();
+    const scalar_t* ip = b_ih ? bi.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* hp = b_hh ? bh.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* bp = bias.data_ptr<scalar_t>();
+    for (int64_t j = 0; j < G; ++j) {
+      const scalar_t in = ip ? ip[j] : scalar_t(0);
+      bp[j] = hp && j < hh ? in + hp[j] : in;
+    }
+  });
+  return bias;
 }
 
 at::Tensor previous_states(const LayerSizes& s, const at::Tensor& y,
