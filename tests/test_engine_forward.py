@@ -325,3 +325,129 @@ def test_auto_picks_by_shape(mode):
     mode("engine")
     for a, b in zip(got, forward("gru", large)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# Note [Engine row split]: with two threads the engine may give each thread some batch rows
+# with all units (no barrier in the time loop) instead of some units of all rows.
+
+ROWS_INDEX = {"lstm": 4, "gru": 5}  # row-split forward counters in _C._engine_runs()
+
+
+@pytest.fixture
+def split():
+    saved = _C._engine_split()
+
+    def set_split(name):
+        assert _C._set_engine_split(name) == name
+
+    yield set_split
+    _C._set_engine_split(saved)
+
+
+def row_split_runs(kind):
+    return _C._engine_runs()[ROWS_INDEX[kind]]
+
+
+def _row_split_case(variant, B, seed):
+    # Enough work per step for a team of two (engine_fwd.cpp, team_size); H = 80: five
+    # blocks of 16 lanes, a partial one of 8.
+    kind = variant.split("_")[0]
+    T, I, H = 23, 5, 80
+    P = 40 if variant == "lstm_proj" else 0
+    tensors = make_tensors(kind, T, B, I, H, P, dtype=F32, seed=seed, weight_scale=2.0)
+    lengths = torch.tensor([T - (b * 5) % T for b in range(B)])
+    return kind, tensors, lengths
+
+
+@pytest.mark.parametrize("B", [3, 7, 13])
+@pytest.mark.parametrize("variant", ["lstm", "lstm_proj", "gru"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_row_split_bitwise_equals_unit_split(variant, B, reverse, mode, split):
+    """Rows split unevenly between the threads (B = 3, 7, 13), lengths, reverse, projection,
+    an active cell clip: the row split gives bitwise the unit split's outputs, final states
+    and (through the saved tensors) gradients, and the counters show which split ran."""
+    kind, tensors, lengths = _row_split_case(variant, B, seed=B)
+    kw = dict(reverse=reverse, lengths=lengths)
+    if kind == "lstm":
+        kw["cell_clip"] = 0.5
+    mode("engine", 2)
+    results = {}
+    for name in ("units", "rows"):
+        split(name)
+        before = row_split_runs(kind)
+        results[name] = (run(kind, tensors, True, **kw), forward(kind, tensors, **kw))
+        assert row_split_runs(kind) - before == (2 if name == "rows" else 0)
+    (train_u, infer_u), (train_r, infer_r) = results["units"], results["rows"]
+    for key in train_u:
+        assert torch.equal(train_u[key], train_r[key]), key
+    for a, b in zip(infer_u, infer_r):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind, proj", [("LSTM", 0), ("LSTM", 24), ("GRU", 0)])
+def test_row_split_packed_forced(kind, proj, mode, split):
+    """Packed input, rows forced (auto never splits a packed batch by rows): the same bits
+    as the unit split, forward and backward, both directions."""
+    T, B, I, H = 10, 6, 5, 64
+    ours, _, _ = _module_pair(kind, I, H, proj, seed=7)
+    x = torch.randn(T, B, I)
+    lengths = torch.tensor([10, 3, 7, 1, 10, 5])
+    gy = torch.randn(int(lengths.sum()), 2 * (proj or H))
+    mode("engine", 2)
+    split("units")
+    want = _packed_run(ours, x, lengths, gy)
+    split("rows")
+    before = row_split_runs(kind.lower())
+    got = _packed_run(ours, x, lengths, gy)
+    assert row_split_runs(kind.lower()) - before == 2
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("variant", ["lstm", "lstm_proj", "gru"])
+def test_row_split_many_steps_against_float64(variant, mode, split):
+    """No barrier in the row split's loop: many steps, uneven rows (B = 5 on two threads),
+    against float64, as test_many_steps_uneven_slices for the unit split."""
+    kind = variant.split("_")[0]
+    T, B, I, H = 300, 5, 4, 144
+    P = 40 if variant == "lstm_proj" else 0
+    tensors = make_tensors(kind, T, B, I, H, P, dtype=F32, seed=12)
+    mode("engine", 2)
+    split("rows")
+    before = row_split_runs(kind)
+    ours = forward(kind, tensors)
+    assert row_split_runs(kind) == before + 1
+    with torch.no_grad():
+        theirs = forward_like_nn(kind, dict(tensors))
+        ref64 = forward_like_nn(kind, cast(dict(tensors), F64))
+    names = ("output", "h_n", "c_n")
+    assert_close_by_reference(dict(zip(names, ours)), dict(zip(names, theirs)),
+                              dict(zip(names, ref64)), FLOOR32)
+
+
+def test_row_split_auto_rule(mode, split):
+    """auto: rows at B = 8 (as many passes over the panel as the unit split, no barrier),
+    units at B = 1 (a whole panel per thread would double the weight traffic), units for
+    packed input and on one thread."""
+    mode("engine", 2)
+    split("auto")
+    small = make_tensors("lstm", 6, 8, 3, 64, dtype=F32)
+    before = row_split_runs("lstm")
+    forward("lstm", small)
+    assert row_split_runs("lstm") == before + 1
+    forward("lstm", make_tensors("lstm", 6, 1, 3, 64, dtype=F32))
+    mode("engine", 1)
+    forward("lstm", small)
+    assert row_split_runs("lstm") == before + 1
+    mode("engine", 2)
+    x = torch.randn(6, 8, 3)
+    module = fusedrnn.LSTM(3, 64)
+    with torch.no_grad():
+        module(torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([6, 6, 5, 5, 4, 3, 2, 1])))
+    assert row_split_runs("lstm") == before + 1
+
+
+def test_engine_split_setting_rejects_unknown_names(split):
+    with pytest.raises(ValueError, match="engine split"):
+        _C._set_engine_split("diagonal")

@@ -141,8 +141,33 @@ std::string cpu_engine() {
 }
 
 namespace {
-std::atomic<int64_t> engine_run_counts[4];
+std::atomic<int64_t> engine_run_counts[6];
+std::atomic<int> engine_split_flag{static_cast<int>(EngineSplit::Auto)};
 }  // namespace
+
+EngineSplit engine_split() { return static_cast<EngineSplit>(engine_split_flag.load()); }
+
+std::string engine_split_name() {
+  switch (engine_split()) {
+    case EngineSplit::Units: return "units";
+    case EngineSplit::Rows: return "rows";
+    default: return "auto";
+  }
+}
+
+std::string set_engine_split(const std::string& name) {
+  EngineSplit split = EngineSplit::Auto;
+  if (name == "units") {
+    split = EngineSplit::Units;
+  } else if (name == "rows") {
+    split = EngineSplit::Rows;
+  } else {
+    TORCH_CHECK_VALUE(name == "auto", "fusedrnn: unknown engine split '", name,
+                      "', expected one of 'auto', 'units', 'rows'");
+  }
+  engine_split_flag = static_cast<int>(split);
+  return engine_split_name();
+}
 
 void count_engine_run(EngineRun kind) {
   engine_run_counts[static_cast<int>(kind)].fetch_add(1, std::memory_order_relaxed);

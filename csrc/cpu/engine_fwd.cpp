@@ -47,6 +47,22 @@
 // mostly the pointwise epilogue (~180 cycles per row and unit block: 5 exp, 5 divisions)
 // and the second pass over the panel when the rows do not fit one register block.
 //
+// Note [Engine row split]
+// Rows of a batch never meet in the recurrence: a thread that owns some rows with ALL units
+// (instead of some units of all rows) needs nothing from the other threads, so its time
+// loop runs without any barrier, and the state h_{t-1} it reads is what it wrote itself (in
+// its own core's cache) rather than the other threads' halves. The price: every thread
+// streams the whole W_hh panel per register block of rows, not its share of it. So the
+// driver splits rows when (a) the whole panel fits the L2 budget of one thread, (b) the
+// rows are not packed (a packed batch ends its rows one by one: the threads owning the
+// long sequences would run alone), and (c) the row split reads the panel no more often per
+// thread and step than the unit split: n * ceil(B / (n * rows_per_block)) passes over the
+// whole panel against ceil(B / rows_per_block) passes over 1/n of it (at B = 8 with six
+// rows per block, 2 x 1 = 2 passes of the whole panel either way; at B = 32, 2 x 3 = 6 = 6).
+// Both threads still pack half the panel each, then meet at one barrier before the loop.
+// The arithmetic of every output is the same either way (one chain per output, see
+// "Order of the sums" above), so both splits give bitwise the same results.
+//
 // The saved tensors (act, c_raw, h_pre; GRU saved) have exactly the per-step loop's layout
 // and meaning, so either backward consumes them. float64 stays on the per-step loop; which
 // loop a float32 call takes is decided in use_forward_engine (the crossover rule is there).
@@ -132,6 +148,20 @@ struct StateBuffers {
 
 }  // namespace
 
+// Note [Engine row split]: whether threads n own rows (all units) rather than units (all
+// rows). G: gates per unit; panel_bytes: the whole packed weights (W_hh, and W_hr).
+static bool split_rows(const LayerSizes& s, const EngineFwdKernels& k, int64_t G,
+                       int64_t panel_bytes, int n) {
+  constexpr int64_t kL2Panel = 3 << 19;  // 1.5 MiB, as kL2Slice in use_forward_engine
+  const EngineSplit mode = engine_split();
+  if (n < 2 || mode == EngineSplit::Units) return false;
+  if (mode == EngineSplit::Rows) return true;
+  if (s.packed || panel_bytes > kL2Panel) return false;
+  const int64_t rows = k.block_rows(G);
+  const int64_t per_thread = (s.B + n - 1) / n;
+  return n * ((per_thread + rows - 1) / rows) <= (s.B + rows - 1) / rows;
+}
+
 // Note [Forward engine crossover]
 // Measured on the 2-core AVX-512 Xeon (2 MiB L2 per core) with T = 32..64, min of rounds,
 // engine time / per-step loop time as "x faster" (per-step loop = oneDNN/MKL GEMM + pointwise):
@@ -200,6 +230,7 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
   float* craw_p = save ? ptr(c_raw) : nullptr;
   float* hpre_p = P ? ptr(h_pre) : nullptr;
 
+  const int64_t panel_bytes = (hh_floats + (P ? panel_floats(1, P, H, W) : 0)) * 4;
   run_team(team_size(s, 4, W), [&](int tid, int n, SpinBarrier& barrier) {
     int64_t u0, u1, p0 = 0, p1 = 0;
     team_slice(H, W, tid, n, &u0, &u1);
@@ -208,13 +239,26 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
       team_slice(P, W, tid, n, &p0, &p1);
       k.pack(cptr(whr), 1, P, H, p0, p1, const_cast<float*>(pbase.panel));
     }
+    // Note [Engine row split]: rows [b0, b1) with all units, no barrier in the loop.
+    const bool rows = split_rows(s, k, 4, panel_bytes, n);
+    int64_t b0 = 0, b1 = B;
+    if (rows) {
+      if (tid == 0) count_engine_run(EngineRun::LstmForwardRows);
+      barrier.wait();  // the whole panel is packed
+      team_slice(B, 1, tid, n, &b0, &b1);
+      u0 = 0, u1 = H, p0 = 0, p1 = P;
+    }
     LstmEngineStep p = base;
     ProjEngineStep pp = pbase;
+    p.B = pp.B = b1 - b0;
+    p.c = base.c + b0 * H;
+    if (base.lengths) p.lengths = pp.lengths = base.lengths + b0;
     for (int64_t step = 0; step < T; ++step) {
       const int64_t t = reverse ? T - 1 - step : step;
-      const int64_t M = s.rows[t], off = s.offset[t];
-      float* prev = state.buf[step % 2];
-      float* next = state.buf[(step + 1) % 2];
+      const int64_t M = std::clamp<int64_t>(s.rows[t] - b0, 0, b1 - b0);
+      const int64_t off = s.offset[t] + b0;
+      float* prev = state.buf[step % 2] + b0 * R;
+      float* next = state.buf[(step + 1) % 2] + b0 * R;
       p.M = M;
       p.t = t;
       p.h_prev = prev;
@@ -223,7 +267,7 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
       p.c_raw = craw_p ? craw_p + off * H : nullptr;
       p.h_out = P ? hpre_p + off * H : y_p + off * R;
       if (u0 < u1) k.lstm_step(p, u0, u1);
-      barrier.wait();
+      if (!rows) barrier.wait();
       if (P) {
         pp.M = M;
         pp.t = t;
@@ -232,7 +276,7 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
         pp.r_next = next;
         pp.y = y_p + off * R;
         if (p0 < p1) k.proj_step(pp, p0, p1);
-        barrier.wait();
+        if (!rows) barrier.wait();
       }
     }
   });
@@ -258,23 +302,35 @@ void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Ten
   float* y_p = ptr(y);
   float* saved_p = saved.defined() ? ptr(saved) : nullptr;
 
+  const int64_t panel_bytes = panel_floats(3, H, H, W) * 4;
   run_team(team_size(s, 3, W), [&](int tid, int n, SpinBarrier& barrier) {
     int64_t u0, u1;
     team_slice(H, W, tid, n, &u0, &u1);
     k.pack(cptr(whh), 3, H, H, u0, u1, const_cast<float*>(base.panel));
+    // Note [Engine row split]: rows [b0, b1) with all units, no barrier in the loop.
+    const bool rows = split_rows(s, k, 3, panel_bytes, n);
+    int64_t b0 = 0, b1 = B;
+    if (rows) {
+      if (tid == 0) count_engine_run(EngineRun::GruForwardRows);
+      barrier.wait();  // the whole panel is packed
+      team_slice(B, 1, tid, n, &b0, &b1);
+      u0 = 0, u1 = H;
+    }
     GruEngineStep p = base;
+    p.B = b1 - b0;
+    if (base.lengths) p.lengths = base.lengths + b0;
     for (int64_t step = 0; step < T; ++step) {
       const int64_t t = reverse ? T - 1 - step : step;
-      const int64_t M = s.rows[t], off = s.offset[t];
-      p.M = M;
+      const int64_t off = s.offset[t] + b0;
+      p.M = std::clamp<int64_t>(s.rows[t] - b0, 0, b1 - b0);
       p.t = t;
-      p.h_prev = state.buf[step % 2];
-      p.h_next = state.buf[(step + 1) % 2];
+      p.h_prev = state.buf[step % 2] + b0 * H;
+      p.h_next = state.buf[(step + 1) % 2] + b0 * H;
       p.xg = xg_p + off * 3 * H;
       p.saved = saved_p ? saved_p + off * 4 * H : nullptr;
       p.h_out = y_p + off * H;
       if (u0 < u1) k.gru_step(p, u0, u1);
-      barrier.wait();
+      if (!rows) barrier.wait();
     }
   });
 }
