@@ -427,9 +427,9 @@ def test_row_split_many_steps_against_float64(variant, mode, split):
 
 
 def test_row_split_auto_rule(mode, split):
-    """auto: rows at B = 8 (as many passes over the panel as the unit split, no barrier),
-    units at B = 1 (a whole panel per thread would double the weight traffic), units for
-    packed input and on one thread."""
+    """auto: rows at B = 8 (four rows per thread), units at B = 1 (a whole panel per thread
+    for one row would double the weight traffic), units for packed input and on one
+    thread."""
     mode("engine", 2)
     split("auto")
     small = make_tensors("lstm", 6, 8, 3, 64, dtype=F32)

@@ -10,7 +10,9 @@
 //  - Slices. run_team (team.h) starts one region for the whole call. Thread tid of n owns
 //    the hidden units team_slice(H, W, tid, n) (W = SIMD lanes of the capability) and ALL
 //    gates of those units, so its gate math needs no other thread's results: the only data
-//    shared between threads is the state h_{t-1}, which every thread reads whole.
+//    shared between threads is the state h_{t-1}, which every thread reads whole. (From
+//    four rows per thread on, a thread owns batch rows with all units instead: Note
+//    [Engine row split] below; then nothing is shared and the loop has no barrier.)
 //  - Packing. Each thread packs its units' rows of W_hh once per call, inside the region
 //    (so its slice is in the cache of the core that reads it every step), into one panel
 //    set up before the region (a workspace the calling thread keeps for its next call), in
@@ -52,16 +54,19 @@
 // (instead of some units of all rows) needs nothing from the other threads, so its time
 // loop runs without any barrier, and the state h_{t-1} it reads is what it wrote itself (in
 // its own core's cache) rather than the other threads' halves. The price: every thread
-// streams the whole W_hh panel per register block of rows, not its share of it. So the
-// driver splits rows when (a) the whole panel fits the L2 budget of one thread, (b) the
-// rows are not packed (a packed batch ends its rows one by one: the threads owning the
-// long sequences would run alone), and (c) the row split reads the panel no more often per
-// thread and step than the unit split: n * ceil(B / (n * rows_per_block)) passes over the
-// whole panel against ceil(B / rows_per_block) passes over 1/n of it (at B = 8 with six
-// rows per block, 2 x 1 = 2 passes of the whole panel either way; at B = 32, 2 x 3 = 6 = 6).
-// Both threads still pack half the panel each, then meet at one barrier before the loop.
-// The arithmetic of every output is the same either way (one chain per output, see
-// "Order of the sums" above), so both splits give bitwise the same results.
+// streams the whole W_hh panel once per register block of its rows, not its share of it,
+// which a thread with few rows cannot repay. So the driver splits rows when (a) the whole
+// panel fits one thread's L2 budget (kL2Slice), (b) the rows are not packed (a packed batch
+// ends its rows one by one: the threads owning the long sequences would run alone), and
+// (c) each thread gets at least kMinRowsPerThread rows. Both threads still pack half the
+// panel each, then meet at one barrier before the loop. The arithmetic of every output is
+// the same either way (one chain per output, see "Order of the sums" above), so both splits
+// give bitwise the same results.
+// Measured (2-core AVX-512 Xeon, 2 threads, inference, unit split time / row split time,
+// paired in one process): LSTM H=256 I=64 T=128 B=2..4 0.93-0.94, B=8 1.16, B=16 1.06,
+// B=32 1.24, B=64 1.03, B=128 1.03; H=128 B=2 0.93, B=12 1.16; T=64 B=32 I=1 H=64 1.38;
+// T=24 B=16 I=8 H=32 1.35. GRU H=256 B=4 0.96, B=8 1.03, B=16 1.13, B=32 1.10, B=64 1.15;
+// T=64 B=32 I=1 H=64 1.32. Training gains less (its backward is unchanged): 1.05-1.11.
 //
 // The saved tensors (act, c_raw, h_pre; GRU saved) have exactly the per-step loop's layout
 // and meaning, so either backward consumes them. float64 stays on the per-step loop; which
@@ -127,6 +132,10 @@ float* workspace(int64_t floats) {
 float* ptr(at::Tensor& t) { return t.data_ptr<float>(); }
 const float* cptr(const at::Tensor& t) { return t.data_ptr<float>(); }
 
+// A thread's share of the packed weights that its L2 keeps across steps (2 MiB per core on
+// the machines measured): Note [Forward engine crossover], Note [Engine row split].
+constexpr int64_t kL2Slice = 3 << 19;  // 1.5 MiB
+
 // The two state buffers [2][B, R]: buffer step % 2 is read by step `step`. `state` holds the
 // initial state and must end up holding the final one (after T steps: buffer T % 2), so it
 // is used as that buffer, and the initial state is copied where step 0 reads it.
@@ -148,18 +157,14 @@ struct StateBuffers {
 
 }  // namespace
 
-// Note [Engine row split]: whether threads n own rows (all units) rather than units (all
-// rows). G: gates per unit; panel_bytes: the whole packed weights (W_hh, and W_hr).
-static bool split_rows(const LayerSizes& s, const EngineFwdKernels& k, int64_t G,
-                       int64_t panel_bytes, int n) {
-  constexpr int64_t kL2Panel = 3 << 19;  // 1.5 MiB, as kL2Slice in use_forward_engine
+// Note [Engine row split]: whether the n threads own rows (all units) rather than units
+// (all rows). panel_bytes: the whole packed weights (W_hh, and W_hr).
+static bool split_rows(const LayerSizes& s, int64_t panel_bytes, int n) {
+  constexpr int64_t kMinRowsPerThread = 4;
   const EngineSplit mode = engine_split();
   if (n < 2 || mode == EngineSplit::Units) return false;
   if (mode == EngineSplit::Rows) return true;
-  if (s.packed || panel_bytes > kL2Panel) return false;
-  const int64_t rows = k.block_rows(G);
-  const int64_t per_thread = (s.B + n - 1) / n;
-  return n * ((per_thread + rows - 1) / rows) <= (s.B + rows - 1) / rows;
+  return !s.packed && panel_bytes <= kL2Slice && (s.B + n - 1) / n >= kMinRowsPerThread;
 }
 
 // Note [Forward engine crossover]
@@ -187,7 +192,6 @@ bool use_forward_engine(const LayerSizes& s, int64_t G, int64_t P) {
   if (s.T == 1) return false;
   const EngineFwdKernels& k = engine_kernels();
   if (k.width == 1) return false;
-  constexpr int64_t kL2Slice = 3 << 19;    // 1.5 MiB
   constexpr int64_t kMaxSlice = 4 << 20;   // 4 MiB
   const int64_t threads = std::min<int64_t>(team_size(s, G, k.width), team_capacity());
   const int64_t slice = (G * s.H * s.R + P * s.H) * int64_t(sizeof(float)) / threads;
@@ -240,7 +244,7 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
       k.pack(cptr(whr), 1, P, H, p0, p1, const_cast<float*>(pbase.panel));
     }
     // Note [Engine row split]: rows [b0, b1) with all units, no barrier in the loop.
-    const bool rows = split_rows(s, k, 4, panel_bytes, n);
+    const bool rows = split_rows(s, panel_bytes, n);
     int64_t b0 = 0, b1 = B;
     if (rows) {
       if (tid == 0) count_engine_run(EngineRun::LstmForwardRows);
@@ -308,7 +312,7 @@ void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Ten
     team_slice(H, W, tid, n, &u0, &u1);
     k.pack(cptr(whh), 3, H, H, u0, u1, const_cast<float*>(base.panel));
     // Note [Engine row split]: rows [b0, b1) with all units, no barrier in the loop.
-    const bool rows = split_rows(s, k, 3, panel_bytes, n);
+    const bool rows = split_rows(s, panel_bytes, n);
     int64_t b0 = 0, b1 = B;
     if (rows) {
       if (tid == 0) count_engine_run(EngineRun::GruForwardRows);

@@ -70,8 +70,6 @@ struct ProjEngineStep {
 // `width`; rows [M, B) (rows a packed step does not have) carry their state.
 struct EngineFwdKernels {
   int64_t width;  // W
-  // The most rows of one register block of a G-gate step (G = 1, 3, 4).
-  int64_t (*block_rows)(int64_t G);
   // Pack units [u0, u1) of weight [G * U, K] into `panel` (the whole call's panel).
   void (*pack)(const float* weight, int64_t G, int64_t U, int64_t K, int64_t u0, int64_t u1,
                float* panel);

@@ -363,15 +363,8 @@ void proj_step(const ProjEngineStep& p, int64_t p0, int64_t p1) {
   carry_rows(p.r_prev, p.r_next, P, p.M, p.B, p0, p1);
 }
 
-// The rows one register block of a G-gate step holds at most (with one unit block): the
-// driver's choice between the unit and the row split (Note [Engine row split]).
-inline int64_t block_rows(int64_t G) {
-  return G == 1 ? max_rows<1, 1>() : (G == 3 ? max_rows<3, 1>() : max_rows<4, 1>());
-}
-
 inline void fill(EngineFwdKernels* table) {
   table->width = kW;
-  table->block_rows = &block_rows;
   table->pack = &pack;
   table->lstm_step = &lstm_step;
   table->gru_step = &gru_step;
