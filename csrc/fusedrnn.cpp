@@ -94,14 +94,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "for use while ops run in other threads.");
   m.def("_engine_runs", &fusedrnn::cpu::engine_runs,
         "Layer calls run by the CPU engine so far: [lstm_forward, lstm_backward, "
-        "gru_forward, gru_backward, lstm_forward_rows, gru_forward_rows] (the last two: "
-        "forward calls whose threads split the batch rows)");
+        "gru_forward, gru_backward, lstm_forward_rows, gru_forward_rows, lstm_backward_rows, "
+        "gru_backward_rows] (the *_rows: calls whose threads split the batch rows)");
   m.def("_engine_split", &fusedrnn::cpu::engine_split_name,
-        "How the forward engine's threads share a call: 'auto', 'units' or 'rows'");
+        "How the engines' threads share a call: 'auto', 'units' or 'rows'");
   m.def("_set_engine_split", &fusedrnn::cpu::set_engine_split, py::arg("name"),
-        "Split the forward engine's work by 'units', by batch 'rows' (wherever there are two "
-        "threads), or 'auto' (by shape); returns the one in use. For tests and benchmarks; "
-        "not for use while ops run in other threads.");
+        "Split the engines' work (forward and backward) by 'units', by batch 'rows' (wherever "
+        "there are two threads), or 'auto' (by shape); returns the one in use. For tests and "
+        "benchmarks; not for use while ops run in other threads.");
   m.def("lstm_layer", &OpEntry<fusedrnn::LstmLayerFn, kLstmLayerName>::call,
         py::call_guard<py::gil_scoped_release>(),
         "torch.ops.fusedrnn.lstm_layer, called directly (positional arguments only)");

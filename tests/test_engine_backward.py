@@ -375,3 +375,111 @@ def test_every_capability(engine, kind, P, capability):
         assert_close_by_reference(ours, theirs, ref64, FLOOR32)
     finally:
         _C._set_cpu_capability(old)
+
+
+# ---------------------------------------------------------------------------------------
+# Row split (Note [Engine row split] in csrc/cpu/engine_fwd.cpp, and its backward in
+# bwd_engine.cpp): each thread its batch rows over all units, no barrier in the loop
+# ---------------------------------------------------------------------------------------
+
+BWD_ROWS = {"lstm": 6, "gru": 7}  # row-split backward counters in _C._engine_runs()
+
+ROW_SPLIT_OPTIONS = {
+    "plain": dict(),
+    "norm_truncate": dict(grad_clip=0.05, grad_clip_mode="norm", truncate=4),
+    "value": dict(grad_clip=0.02),
+    "cell_clip_norm": dict(grad_clip=0.05, grad_clip_mode="norm", cell_clip=0.5),
+}
+
+
+@pytest.fixture
+def split():
+    saved = _C._engine_split()
+
+    def set_split(name):
+        assert _C._set_engine_split(name) == name
+
+    yield set_split
+    _C._set_engine_split(saved)
+
+
+def _record_run(kind, tensors, T=None, **kw):
+    """forward_backward with a gradient record; returns every result and the record."""
+    leaves = {n: v.detach().clone().requires_grad_() for n, v in tensors.items()}
+    args = [leaves.get(n) for n in ("input", "weight_ih", "weight_hh", "bias_ih", "bias_hh",
+                                    "h0")]
+    if kind == "lstm":
+        args.append(leaves["c0"])
+    extra = {"weight_hr": leaves["weight_hr"]} if "weight_hr" in leaves else {}
+    record = ops.new_grad_record(T or tensors["input"].shape[0])
+    out = OPS[kind](*args, grad_record=record, **extra, **kw)
+    gen = torch.Generator().manual_seed(5)
+    sum((o * torch.randn(o.shape, generator=gen)).sum() for o in out).backward()
+    return [o.detach() for o in out] + [leaves[n].grad for n in sorted(leaves)] + [record.grad]
+
+
+@pytest.mark.parametrize("options", list(ROW_SPLIT_OPTIONS))
+@pytest.mark.parametrize("B", [3, 9])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("kind,P", VARIANTS, ids=["lstm", "lstm_proj", "gru"])
+def test_row_split_bitwise_equals_unit_split(engine, split, kind, P, reverse, B, options):
+    """Uneven rows (B = 3, 9 on two threads), lengths, reverse, projection, norm and value
+    clip, truncation, cell clip, the gradient record: the row split's outputs, gradients and
+    record are bitwise the unit split's, and the counters show which split ran."""
+    if kind == "gru" and "cell_clip" in ROW_SPLIT_OPTIONS[options]:
+        pytest.skip("the GRU has no cell clip")
+    torch.set_num_threads(2)
+    T, I, H = 11, 4, 80  # H = 80: five 16-unit blocks, uneven between two threads
+    tensors = make_tensors(kind, T, B, I, H, proj_size(P, H), dtype=F32, weight_scale=2.0,
+                           seed=B)
+    kw = dict(ROW_SPLIT_OPTIONS[options], reverse=reverse,
+              lengths=torch.tensor([T - (b * 4) % T for b in range(B)]))
+    results = {}
+    for name in ("units", "rows"):
+        split(name)
+        before = list(_C._engine_runs())
+        results[name] = _record_run(kind, tensors, **kw)
+        after = _C._engine_runs()
+        assert after[BWD_RUN[kind]] == before[BWD_RUN[kind]] + 1
+        assert after[BWD_ROWS[kind]] - before[BWD_ROWS[kind]] == (name == "rows")
+    for a, b in zip(results["units"], results["rows"]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind,P", VARIANTS, ids=["lstm", "lstm_proj", "gru"])
+def test_row_split_packed_forced(engine, split, kind, P):
+    """Packed input with the row split forced (auto keeps packed batches on the unit split):
+    rows that end early retire into h0 on the thread that owns them; bitwise the unit
+    split."""
+    torch.set_num_threads(2)
+    lengths = [9, 9, 7, 4, 4, 2, 1]
+    T, B, I, H = 9, len(lengths), 3, 48
+    t = make_tensors(kind, T, B, I, H, proj_size(P, H), dtype=F32, weight_scale=2.0)
+    batch_sizes, index = _packed(lengths)
+    t["input"] = t["input"].reshape(T * B, I)[index]
+    kw = dict(grad_clip=0.05, grad_clip_mode="norm", truncate=3, batch_sizes=batch_sizes)
+    results = {}
+    for name in ("units", "rows"):
+        split(name)
+        before = _C._engine_runs()[BWD_ROWS[kind]]
+        results[name] = _record_run(kind, t, T=T, **kw)
+        assert _C._engine_runs()[BWD_ROWS[kind]] - before == (name == "rows")
+    for a, b in zip(results["units"], results["rows"]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind,P", VARIANTS, ids=["lstm", "lstm_proj", "gru"])
+def test_row_split_many_steps_norm_clip(engine, split, kind, P):
+    """No barrier at all in the row split's loop: many steps with the norm clip active,
+    against the reference in float64."""
+    torch.set_num_threads(2)
+    split("rows")
+    T, B, I, H = 150, 5, 4, 129
+    tensors = make_tensors(kind, T, B, I, H, proj_size(P, 40), dtype=F32, weight_scale=2.0)
+    kw = dict(grad_clip=0.05, grad_clip_mode="norm")
+    before = _C._engine_runs()[BWD_ROWS[kind]]
+    ours = run(kind, tensors, **kw)
+    assert _C._engine_runs()[BWD_ROWS[kind]] == before + 1
+    theirs = forward_backward(REFERENCE[kind], kind, tensors, **kw)
+    ref64 = forward_backward(REFERENCE[kind], kind, cast(tensors, F64), **kw)
+    assert_close_by_reference(ours, theirs, ref64, FLOOR32)

@@ -211,28 +211,58 @@ struct RecurrentGrad {
     return {0, K, nullptr, K, panels_p, gemm_p, Up, blk0, blk1};
   }
 
-  // After the GEMM of step `step` (time t, M rows), for the units [u0, u1) of one thread:
-  // rows the next step no longer visits (packed, reverse; every row after the last step)
-  // have their whole gradient into h0 now; then the next step's partials over its blocks.
-  // Returns the rows of the next step whose partials were written when the norm clip needs a
-  // barrier before that step reads them, else -1.
+  // After the GEMM of step `step` (time t, M rows), for the units [u0, u1) and the rows
+  // [b0, b1) of one thread: rows the next step no longer visits (packed, reverse; every row
+  // after the last step) have their whole gradient into h0 now; then the next step's
+  // partials over its blocks. Returns how many of the thread's rows (from b0) had their
+  // partials written when the norm clip needs them before the next step, else -1.
   int64_t end_step(const LayerSizes& s, bool reverse, int64_t step, int64_t t, int64_t M,
-                const BwdEngineTable<float>& k, float clip, float* dh0, int64_t u0,
-                int64_t u1) const {
+                   const BwdEngineTable<float>& k, float clip, float* dh0, int64_t u0,
+                   int64_t u1, int64_t b0, int64_t b1) const {
     const bool last = step + 1 == s.T;
     const int64_t tn = reverse ? t + 1 : t - 1;
     const int64_t next = last ? 0 : std::min(s.rows[tn], M);
-    for (int64_t b = next; b < M; ++b) {
+    for (int64_t b = std::max(next, b0); b < std::min(M, b1); ++b) {
       for (int64_t j = u0; j < u1; ++j) dh0[b * U + j] = carry_p[b * Up + j] + gemm_p[b * Up + j];
     }
     if (last || !(norm || track)) return -1;
     const int64_t offn = s.offset[tn];
-    EnginePartials<float> ph{next, Up, nblk, gemm_p, carry_p, partials_at(offn),
-                             cnt_p ? cnt_p + offn * nblk : nullptr, clip};
+    const int64_t rows = std::clamp<int64_t>(next - b0, 0, b1 - b0);
+    EnginePartials<float> ph{rows, Up, nblk, gemm_p + b0 * Up, carry_p + b0 * Up,
+                             partials_at(offn) + b0 * nblk,
+                             cnt_p ? cnt_p + (offn + b0) * nblk : nullptr, clip};
     k.partials(ph, u0 / kEngineBlock, blocks_of(u1));
-    return norm ? next : -1;
+    return norm ? rows : -1;
   }
 };
+
+// Note [Engine row split] (engine_fwd.cpp) in the backward: from four rows per thread on,
+// with the packed W_hh (and W_hr) within one thread's L2 budget and the rows not packed,
+// each thread runs its batch rows over all units, and the loop has no barrier (a row's
+// recurrent gradient, its clip norm and its record need nothing from other rows). The
+// partials, the GEMM chains and the order in which a row sums its block partials are the
+// unit split's, so the results are bitwise the same.
+bool bwd_split_rows(const LayerSizes& s, int64_t panel_bytes, int n) {
+  constexpr int64_t kMinRowsPerThread = 4;
+  constexpr int64_t kL2Panel = 3 << 19;  // 1.5 MiB, engine_fwd.cpp's kL2Slice
+  const EngineSplit mode = engine_split();
+  if (n < 2 || mode == EngineSplit::Units) return false;
+  if (mode == EngineSplit::Rows) return true;
+  return !s.packed && panel_bytes <= kL2Panel && (s.B + n - 1) / n >= kMinRowsPerThread;
+}
+
+// The rows [b0, b1) a thread owns: all of them in the unit split.
+struct RowSlice {
+  int64_t b0 = 0, b1 = 0;
+  // The thread's rows among the first M rows of a step.
+  int64_t of(int64_t M) const { return std::clamp<int64_t>(M - b0, 0, b1 - b0); }
+};
+
+inline const float* at_row(const float* p, int64_t row, int64_t ld) {
+  return p ? p + row * ld : nullptr;
+}
+inline float* at_row(float* p, int64_t row, int64_t ld) { return p ? p + row * ld : nullptr; }
+inline const int64_t* at_row(const int64_t* p, int64_t row) { return p ? p + row : nullptr; }
 
 }  // namespace
 
@@ -325,26 +355,53 @@ void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>
   pbase.nblk = nblk_r;
   pbase.dr_pad = drpad_p;
 
+  const int64_t panel_bytes = (K * Rp + (proj ? R * Hp : 0)) * int64_t(sizeof(float));
   timed_team(engine_threads(B, K, std::min(H, R)), [&](int tid, int n, SpinBarrier& barrier) {
     int64_t k0, k1, q0, q1;  // hidden units, recurrent (R) units
     team_slice(H, kEngineBlock, tid, n, &k0, &k1);
     team_slice(R, kEngineBlock, tid, n, &q0, &q1);
+    if (q1 > q0) pack_panels(w_hh_p, K, R, rg.panels_p, q0 / kEngineBlock, blocks_of(q1));
+    if (proj && k1 > k0) pack_panels(w_hr_p, R, H, wrp_p, k0 / kEngineBlock, blocks_of(k1));
+    RowSlice rs{0, B};
+    const bool rows = bwd_split_rows(s, panel_bytes, n);
+    if (rows) {
+      if (tid == 0) count_engine_run(EngineRun::LstmBackwardRows);
+      barrier.wait();  // every panel is packed
+      team_slice(B, 1, tid, n, &rs.b0, &rs.b1);
+      k0 = 0, k1 = H, q0 = 0, q1 = R;
+    }
     const int64_t hb0 = k0 / kEngineBlock, hb1 = blocks_of(k1);
     const int64_t rb0 = q0 / kEngineBlock, rb1 = blocks_of(q1);
-    if (rb1 > rb0) pack_panels(w_hh_p, K, R, rg.panels_p, rb0, rb1);
-    if (proj && hb1 > hb0) pack_panels(w_hr_p, R, H, wrp_p, hb0, hb1);
+    const int64_t b0 = rs.b0;
 
+    // The whole-batch buffers from the thread's first row on.
     LstmBwdUnits<float> u = base;
+    u.step.lengths = at_row(base.step.lengths, b0);
+    u.c0 = at_row(base.c0, b0, H);
+    u.dh_n = at_row(base.dh_n, b0, R);
+    u.dc_n = at_row(base.dc_n, b0, H);
+    u.dh_direct = at_row(base.dh_direct, b0, Hp);
+    u.dh_gemm = at_row(base.dh_gemm, b0, Rp);
+    u.dh_carry = at_row(base.dh_carry, b0, Rp);
+    u.dc_rec = at_row(base.dc_rec, b0, Hp);
+    u.part_c = at_row(base.part_c, b0, nblk_h);
     ProjBwdUnits<float> pu = pbase;
+    pu.step.lengths = u.step.lengths;
+    pu.dh_n = at_row(pbase.dh_n, b0, R);
+    pu.dh_gemm = at_row(pbase.dh_gemm, b0, Rp);
+    pu.dh_carry = at_row(pbase.dh_carry, b0, Rp);
+    pu.dr_pad = at_row(pbase.dr_pad, b0, Rp);
     EngineGemm<float> g = rg.gemm_of(rb0, rb1);
+    g.C = at_row(g.C, b0, Rp);
     // Projection: dh_direct = dr_t W_hr (M set per step).
-    EngineGemm<float> gr{0, R, drpad_p, Rp, wrp_p, direct_p, Hp, hb0, hb1};
+    EngineGemm<float> gr{0, R, at_row(drpad_p, b0, Rp), Rp, wrp_p, at_row(direct_p, b0, Hp), Hp,
+                         hb0, hb1};
 
     for (int64_t step = 0; step < T_; ++step) {
       const int64_t t = reverse ? step : T_ - 1 - step;
       const int64_t tp = reverse ? t + 1 : t - 1;
-      const int64_t M = s.rows[t], off = s.offset[t];
-      float* part = rg.sq_p ? rg.partials_at(off) : nullptr;
+      const int64_t M = rs.of(s.rows[t]), off = s.offset[t] + b0;
+      float* part = rg.sq_p ? rg.partials_at(s.offset[t]) + b0 * nblk_r : nullptr;
       if (proj) {
         pu.M = M;
         pu.step.t = t;
@@ -352,7 +409,7 @@ void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>
         pu.dr = dr_p + off * R;
         pu.part_h = part;
         k.proj_units(pu, q0, q1);
-        barrier.wait();  // A2 needs all of dr_t
+        if (!rows) barrier.wait();  // A2 needs all of dr_t
         gr.M = M;
         k.gemm(gr);
       }
@@ -360,21 +417,23 @@ void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>
       u.step.t = t;
       u.act = act_p + off * 4 * H;
       u.c_raw = craw_p + off * H;
-      u.c_raw_prev = (tp >= 0 && tp < T_) ? craw_p + s.offset[tp] * H : nullptr;
+      u.c_raw_prev = (tp >= 0 && tp < T_) ? craw_p + (s.offset[tp] + b0) * H : nullptr;
       u.dy = proj ? nullptr : dy_p + off * R;
       u.dgates = dg_p + off * 4 * H;
       u.part_h = part;
       k.lstm_units(u, k0, k1);
-      barrier.wait();  // B needs all of dgates_t
+      if (!rows) barrier.wait();  // B needs all of dgates_t
 
       g.M = M;
       g.A = dg_p + off * 4 * H;
       k.gemm(g);
-      const int64_t next = rg.end_step(s, reverse, step, t, M, k, opt.clip, dh0_p, q0, q1);
+      const int64_t next = rg.end_step(s, reverse, step, t, s.rows[t], k, opt.clip, dh0_p, q0,
+                                       q1, rs.b0, rs.b1);
       if (next >= 0) {
-        EnginePartials<float> pcp{next, Hp, nblk_h, dc_p, nullptr, pc_p, nullptr, opt.clip};
+        EnginePartials<float> pcp{next, Hp, nblk_h, at_row(dc_p, b0, Hp), nullptr,
+                                  at_row(pc_p, b0, nblk_h), nullptr, opt.clip};
         k.partials(pcp, hb0, hb1);
-        barrier.wait();  // the next step's A sums every block of its rows
+        if (!rows) barrier.wait();  // the next step's A sums every block of its rows
       }
     }
   });
@@ -414,32 +473,49 @@ void gru_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>&
   base.dh_carry = rg.carry_p;
   base.nblk = rg.nblk;
 
+  const int64_t panel_bytes = K * rg.Up * int64_t(sizeof(float));
   timed_team(engine_threads(B, K, H), [&](int tid, int n, SpinBarrier& barrier) {
     int64_t k0, k1;
     team_slice(H, kEngineBlock, tid, n, &k0, &k1);
-    const int64_t b0 = k0 / kEngineBlock, b1 = blocks_of(k1);
-    if (b1 > b0) pack_panels(w_hh_p, K, H, rg.panels_p, b0, b1);
+    if (k1 > k0) pack_panels(w_hh_p, K, H, rg.panels_p, k0 / kEngineBlock, blocks_of(k1));
+    RowSlice rs{0, B};
+    const bool rows = bwd_split_rows(s, panel_bytes, n);
+    if (rows) {
+      if (tid == 0) count_engine_run(EngineRun::GruBackwardRows);
+      barrier.wait();  // every panel is packed
+      team_slice(B, 1, tid, n, &rs.b0, &rs.b1);
+      k0 = 0, k1 = H;
+    }
+    const int64_t b0 = rs.b0, Hp = rg.Up;
+    // The whole-batch buffers from the thread's first row on.
     GruBwdUnits<float> u = base;
-    EngineGemm<float> g = rg.gemm_of(b0, b1);
+    u.step.lengths = at_row(base.step.lengths, b0);
+    u.h0 = at_row(base.h0, b0, H);
+    u.dh_n = at_row(base.dh_n, b0, H);
+    u.dh_gemm = at_row(base.dh_gemm, b0, Hp);
+    u.dh_carry = at_row(base.dh_carry, b0, Hp);
+    EngineGemm<float> g = rg.gemm_of(k0 / kEngineBlock, blocks_of(k1));
+    g.C = at_row(g.C, b0, Hp);
     for (int64_t step = 0; step < T_; ++step) {
       const int64_t t = reverse ? step : T_ - 1 - step;
       const int64_t tp = reverse ? t + 1 : t - 1;
-      const int64_t M = s.rows[t], off = s.offset[t];
+      const int64_t M = rs.of(s.rows[t]), off = s.offset[t] + b0;
       u.M = M;
       u.step.t = t;
       u.saved = sv_p + off * 4 * H;
-      u.h_prev = (tp >= 0 && tp < T_) ? y_p + s.offset[tp] * H : nullptr;
+      u.h_prev = (tp >= 0 && tp < T_) ? y_p + (s.offset[tp] + b0) * H : nullptr;
       u.dy = dy_p + off * H;
       u.dxg = dxg_p + off * 3 * H;
       u.dhg = dhg_p + off * 3 * H;
-      u.part_h = rg.sq_p ? rg.partials_at(off) : nullptr;
+      u.part_h = rg.sq_p ? rg.partials_at(s.offset[t]) + b0 * rg.nblk : nullptr;
       k.gru_units(u, k0, k1);
-      barrier.wait();  // the GEMM needs all of dhg_t
+      if (!rows) barrier.wait();  // the GEMM needs all of dhg_t
 
       g.M = M;
       g.A = dhg_p + off * 3 * H;
       k.gemm(g);
-      if (rg.end_step(s, reverse, step, t, M, k, opt.clip, dh0_p, k0, k1) >= 0) {
+      if (rg.end_step(s, reverse, step, t, s.rows[t], k, opt.clip, dh0_p, k0, k1, rs.b0,
+                      rs.b1) >= 0 && !rows) {
         barrier.wait();  // the next step's pass sums every block of its rows
       }
     }

@@ -41,20 +41,21 @@ std::string set_cpu_engine(const std::string& name);
 // How many layer calls each engine loop has run in this process (for tests that must know
 // the engine, not the per-step loop, produced a result): engine code calls
 // count_engine_run(kind) once per layer call it handles.
-// The *Rows kinds count the forward calls whose threads split the rows (Note [Engine row
-// split] in engine_fwd.cpp), also counted as LstmForward / GruForward.
+// The *Rows kinds count the calls whose threads split the rows (Note [Engine row split] in
+// engine_fwd.cpp), also counted under the plain kind.
 enum class EngineRun : int {
   LstmForward = 0, LstmBackward = 1, GruForward = 2, GruBackward = 3, LstmForwardRows = 4,
-  GruForwardRows = 5
+  GruForwardRows = 5, LstmBackwardRows = 6, GruBackwardRows = 7
 };
 void count_engine_run(EngineRun kind);
 // {lstm_forward, lstm_backward, gru_forward, gru_backward, lstm_forward_rows,
-//  gru_forward_rows}
+//  gru_forward_rows, lstm_backward_rows, gru_backward_rows}
 std::vector<int64_t> engine_runs();
 
-// How the forward engine's threads share a call (Note [Engine row split]): Auto by the rule
-// there, Units always by hidden units, Rows by batch rows wherever there are two threads
-// (for tests: also where the rule would not, e.g. packed input). Not for use while ops run.
+// How the engines' threads share a call, forward and backward (Note [Engine row split] in
+// engine_fwd.cpp): Auto by the rule there, Units always by hidden units, Rows by batch rows
+// wherever there are two threads (for tests: also where the rule would not, e.g. packed
+// input). Not for use while ops run.
 enum class EngineSplit : int { Auto = 0, Units = 1, Rows = 2 };
 EngineSplit engine_split();
 std::string engine_split_name();
