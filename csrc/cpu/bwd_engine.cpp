@@ -3,7 +3,9 @@
 // region (team.h) instead of a pointwise parallel region plus a BLAS call per step.
 //
 // Slices. Thread tid of n owns the hidden units [k0, k1) = team_slice(H, 16): whole 16-unit
-// blocks (kEngineBlock), the last one possibly short. It owns the same units of everything
+// blocks (kEngineBlock), the last one possibly short. (With enough rows per thread it owns
+// batch rows over all units instead, and the loop below has no barrier: see bwd_split_rows
+// and Note [Engine row split] in engine_fwd.cpp. What follows describes the unit split.) It owns the same units of everything
 // indexed by hidden unit: the pointwise pass (all gates of its units), the columns of
 // dh_gemm / dh_carry / dc_rec, the columns of dh0. With projection it also owns
 // team_slice(P, 16) of the projected units (dr, dh_gemm over P, dh0).
