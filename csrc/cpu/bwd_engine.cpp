@@ -157,9 +157,14 @@ void finish_record(const LayerSizes& s, bool reverse, const GradOptions<float>& 
 constexpr int64_t kL2Bytes = int64_t(2) << 20;
 constexpr int64_t kMinMacsPerThreadStep = int64_t(128) << 10;
 
-// Threads of the team: every thread needs at least one block of units.
-int engine_threads(int64_t B, int64_t K, int64_t units) {
-  if (engine_mode() == EngineMode::Auto && B * K * units < kMinMacsPerThreadStep) return 1;
+bool bwd_split_rows(const LayerSizes& s, int64_t panel_bytes, int n);
+
+// Threads of the team: every thread needs at least one block of units. `rows`: the team
+// would split rows (bwd_split_rows), whose loop has no barrier to amortize.
+int engine_threads(int64_t B, int64_t K, int64_t units, bool rows) {
+  if (engine_mode() == EngineMode::Auto && !rows && B * K * units < kMinMacsPerThreadStep) {
+    return 1;
+  }
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks_of(units))));
 }
 
@@ -358,7 +363,9 @@ void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>
   pbase.dr_pad = drpad_p;
 
   const int64_t panel_bytes = (K * Rp + (proj ? R * Hp : 0)) * int64_t(sizeof(float));
-  timed_team(engine_threads(B, K, std::min(H, R)), [&](int tid, int n, SpinBarrier& barrier) {
+  const bool rows_ok = bwd_split_rows(s, panel_bytes, at::get_num_threads());
+  timed_team(engine_threads(B, K, std::min(H, R), rows_ok),
+             [&](int tid, int n, SpinBarrier& barrier) {
     int64_t k0, k1, q0, q1;  // hidden units, recurrent (R) units
     team_slice(H, kEngineBlock, tid, n, &k0, &k1);
     team_slice(R, kEngineBlock, tid, n, &q0, &q1);
@@ -476,7 +483,8 @@ void gru_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>&
   base.nblk = rg.nblk;
 
   const int64_t panel_bytes = K * rg.Up * int64_t(sizeof(float));
-  timed_team(engine_threads(B, K, H), [&](int tid, int n, SpinBarrier& barrier) {
+  const bool rows_ok = bwd_split_rows(s, panel_bytes, at::get_num_threads());
+  timed_team(engine_threads(B, K, H, rows_ok), [&](int tid, int n, SpinBarrier& barrier) {
     int64_t k0, k1;
     team_slice(H, kEngineBlock, tid, n, &k0, &k1);
     if (k1 > k0) pack_panels(w_hh_p, K, H, rg.panels_p, k0 / kEngineBlock, blocks_of(k1));
