@@ -314,10 +314,13 @@ def test_many_steps_uneven_slices_norm_clip(engine, kind, P):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("how", ["auto", "rows"])
 @pytest.mark.parametrize("kind,P", VARIANTS, ids=["lstm", "lstm_proj", "gru"])
-def test_concurrent_python_threads(engine, kind, P):
-    """Several Python threads running engine backwards at once: no deadlock, same results."""
+def test_concurrent_python_threads(engine, split, kind, P, how):
+    """Several Python threads running engine backwards at once, threads splitting units or
+    rows: no deadlock, same results."""
     torch.set_num_threads(2)
+    split(how)
     T, B, I, H = 20, 5, 4, 48
     tensors = make_tensors(kind, T, B, I, H, proj_size(P, H), dtype=F32)
     kw = dict(grad_clip=0.1, grad_clip_mode="norm", truncate=7)

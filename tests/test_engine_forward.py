@@ -228,11 +228,13 @@ def forward_like_nn(kind, tensors):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_concurrent_calls_from_python_threads(threads, mode):
+@pytest.mark.parametrize("how", ["auto", "rows"])
+def test_concurrent_calls_from_python_threads(threads, how, mode, split):
     """Several Python threads run the engine at once (each may start its own team; with
-    torch.set_num_threads(2) the teams oversubscribe the cores): nothing deadlocks and every
-    result is bitwise the single-call result."""
+    torch.set_num_threads(2) the teams oversubscribe the cores), threads splitting units or
+    rows: nothing deadlocks and every result is bitwise the single-call result."""
     mode("engine", threads)
+    split(how)
     cases = []
     for i, (kind, P) in enumerate([("lstm", 0), ("gru", 0), ("lstm", 9), ("gru", 0)]):
         tensors = make_tensors(kind, 40, 3, 5, 48, P, dtype=F32, seed=20 + i)
