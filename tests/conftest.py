@@ -5,7 +5,8 @@
   machine intra-op thread wake-ups cost 10-100x the arithmetic. FUSEDRNN_TEST_THREADS=N
   overrides; test_determinism.py::test_multithreaded_matches_single_threaded covers parallel paths;
 * hypothesis: no deadline (first calls pay one-off start-up costs);
-* fixtures: ``threads`` (set torch's thread count for one test) and ``device`` (every test
+* fixtures: ``threads`` (set torch's thread count for one test), ``split`` (the CPU engines'
+  thread split for one test: 'auto', 'units' or 'rows') and ``device`` (every test
   that takes it runs on "cpu" and on "cuda"; the cuda cases skip without a GPU unless
   FUSEDRNN_REQUIRE_CUDA=1, as tools/gpu/gpu_check.sh sets, where a GPU that torch cannot see
   fails them instead). TF32 is off for the cuda cases (cuDNN would use it for float32, and
@@ -54,3 +55,18 @@ def threads():
     before = torch.get_num_threads()
     yield torch.set_num_threads
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def split():
+    """Set the CPU engines' thread split ('auto', 'units', 'rows'; Note [Engine row split]) for
+    one test; restored afterwards."""
+    from fusedrnn import _C
+
+    saved = _C._engine_split()
+
+    def set_split(name):
+        assert _C._set_engine_split(name) == name
+
+    yield set_split
+    _C._set_engine_split(saved)

@@ -395,17 +395,6 @@ ROW_SPLIT_OPTIONS = {
 }
 
 
-@pytest.fixture
-def split():
-    saved = _C._engine_split()
-
-    def set_split(name):
-        assert _C._set_engine_split(name) == name
-
-    yield set_split
-    _C._set_engine_split(saved)
-
-
 def _record_run(kind, tensors, T=None, **kw):
     """forward_backward with a gradient record; returns every result and the record."""
     leaves = {n: v.detach().clone().requires_grad_() for n, v in tensors.items()}

@@ -336,17 +336,6 @@ def test_auto_picks_by_shape(mode):
 ROWS_INDEX = {"lstm": 4, "gru": 5}  # row-split forward counters in _C._engine_runs()
 
 
-@pytest.fixture
-def split():
-    saved = _C._engine_split()
-
-    def set_split(name):
-        assert _C._set_engine_split(name) == name
-
-    yield set_split
-    _C._set_engine_split(saved)
-
-
 def row_split_runs(kind):
     return _C._engine_runs()[ROWS_INDEX[kind]]
 

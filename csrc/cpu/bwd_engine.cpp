@@ -4,11 +4,12 @@
 //
 // Slices. Thread tid of n owns the hidden units [k0, k1) = team_slice(H, 16): whole 16-unit
 // blocks (kEngineBlock), the last one possibly short. (With enough rows per thread it owns
-// batch rows over all units instead, and the loop below has no barrier: see bwd_split_rows
-// and Note [Engine row split] in engine_fwd.cpp. What follows describes the unit split.) It owns the same units of everything
-// indexed by hidden unit: the pointwise pass (all gates of its units), the columns of
-// dh_gemm / dh_carry / dc_rec, the columns of dh0. With projection it also owns
-// team_slice(P, 16) of the projected units (dr, dh_gemm over P, dh0).
+// batch rows over all units instead, and the loop has no barrier: split_rows, and Note
+// [Engine row split] in engine_fwd.cpp. What follows describes the unit split.) It owns
+// the same units of everything indexed by hidden unit: the pointwise pass (all gates of
+// its units), the columns of dh_gemm / dh_carry / dc_rec, the columns of dh0. With
+// projection it also owns team_slice(P, 16) of the projected units (dr, dh_gemm over P,
+// dh0).
 //
 // Packing. Before the loop each thread copies its columns of W_hh ([K, R], K = 4H or 3H)
 // into 16-wide panels [blk][K][16] (zero beyond R) of a workspace allocated before the
@@ -68,6 +69,7 @@
 
 #include "bwd_engine_params.h"
 #include "dispatch.h"
+#include "row_split.h"
 #include "team.h"
 
 namespace fusedrnn {
@@ -157,10 +159,8 @@ void finish_record(const LayerSizes& s, bool reverse, const GradOptions<float>& 
 constexpr int64_t kL2Bytes = int64_t(2) << 20;
 constexpr int64_t kMinMacsPerThreadStep = int64_t(128) << 10;
 
-bool bwd_split_rows(const LayerSizes& s, int64_t panel_bytes, int n);
-
 // Threads of the team: every thread needs at least one block of units. `rows`: the team
-// would split rows (bwd_split_rows), whose loop has no barrier to amortize.
+// would split rows (split_rows), whose loop has no barrier to amortize.
 int engine_threads(int64_t B, int64_t K, int64_t units, bool rows) {
   if (engine_mode() == EngineMode::Auto && !rows && B * K * units < kMinMacsPerThreadStep) {
     return 1;
@@ -243,22 +243,12 @@ struct RecurrentGrad {
   }
 };
 
-// Note [Engine row split] (engine_fwd.cpp) in the backward: from four rows per thread on,
-// with the packed W_hh (and W_hr) within one thread's L2 budget and the rows not packed,
-// each thread runs its batch rows over all units, and the loop has no barrier (a row's
-// recurrent gradient, its clip norm and its record need nothing from other rows). The
-// partials, the GEMM chains and the order in which a row sums its block partials are the
-// unit split's, so the results are bitwise the same.
-bool bwd_split_rows(const LayerSizes& s, int64_t panel_bytes, int n) {
-  constexpr int64_t kMinRowsPerThread = 4;
-  constexpr int64_t kL2Panel = 3 << 19;  // 1.5 MiB, engine_fwd.cpp's kL2Slice
-  const EngineSplit mode = engine_split();
-  if (n < 2 || mode == EngineSplit::Units) return false;
-  if (mode == EngineSplit::Rows) return true;
-  return !s.packed && panel_bytes <= kL2Panel && (s.B + n - 1) / n >= kMinRowsPerThread;
-}
+// Note [Engine row split] (engine_fwd.cpp) in the backward: the same rule (split_rows,
+// row_split.h). A row's recurrent gradient, its clip norm and its record need nothing from
+// other rows; the partials, the GEMM chains and the order in which a row sums its block
+// partials are the unit split's, so the results are bitwise the same.
 
-// The rows [b0, b1) a thread owns: all of them in the unit split.
+// The rows [b0, b1) a thread owns (enter_row_split): all of them in the unit split.
 struct RowSlice {
   int64_t b0 = 0, b1 = 0;
   // The thread's rows among the first M rows of a step.
@@ -363,7 +353,7 @@ void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>
   pbase.dr_pad = drpad_p;
 
   const int64_t panel_bytes = (K * Rp + (proj ? R * Hp : 0)) * int64_t(sizeof(float));
-  const bool rows_ok = bwd_split_rows(s, panel_bytes, at::get_num_threads());
+  const bool rows_ok = split_rows(s, panel_bytes, at::get_num_threads());
   timed_team(engine_threads(B, K, std::min(H, R), rows_ok),
              [&](int tid, int n, SpinBarrier& barrier) {
     int64_t k0, k1, q0, q1;  // hidden units, recurrent (R) units
@@ -371,14 +361,10 @@ void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>
     team_slice(R, kEngineBlock, tid, n, &q0, &q1);
     if (q1 > q0) pack_panels(w_hh_p, K, R, rg.panels_p, q0 / kEngineBlock, blocks_of(q1));
     if (proj && k1 > k0) pack_panels(w_hr_p, R, H, wrp_p, k0 / kEngineBlock, blocks_of(k1));
-    RowSlice rs{0, B};
-    const bool rows = bwd_split_rows(s, panel_bytes, n);
-    if (rows) {
-      if (tid == 0) count_engine_run(EngineRun::LstmBackwardRows);
-      barrier.wait();  // every panel is packed
-      team_slice(B, 1, tid, n, &rs.b0, &rs.b1);
-      k0 = 0, k1 = H, q0 = 0, q1 = R;
-    }
+    RowSlice rs;
+    const bool rows = enter_row_split(s, panel_bytes, tid, n, barrier,
+                                      EngineRun::LstmBackwardRows, &rs.b0, &rs.b1);
+    if (rows) k0 = 0, k1 = H, q0 = 0, q1 = R;
     const int64_t hb0 = k0 / kEngineBlock, hb1 = blocks_of(k1);
     const int64_t rb0 = q0 / kEngineBlock, rb1 = blocks_of(q1);
     const int64_t b0 = rs.b0;
@@ -483,19 +469,15 @@ void gru_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>&
   base.nblk = rg.nblk;
 
   const int64_t panel_bytes = K * rg.Up * int64_t(sizeof(float));
-  const bool rows_ok = bwd_split_rows(s, panel_bytes, at::get_num_threads());
+  const bool rows_ok = split_rows(s, panel_bytes, at::get_num_threads());
   timed_team(engine_threads(B, K, H, rows_ok), [&](int tid, int n, SpinBarrier& barrier) {
     int64_t k0, k1;
     team_slice(H, kEngineBlock, tid, n, &k0, &k1);
     if (k1 > k0) pack_panels(w_hh_p, K, H, rg.panels_p, k0 / kEngineBlock, blocks_of(k1));
-    RowSlice rs{0, B};
-    const bool rows = bwd_split_rows(s, panel_bytes, n);
-    if (rows) {
-      if (tid == 0) count_engine_run(EngineRun::GruBackwardRows);
-      barrier.wait();  // every panel is packed
-      team_slice(B, 1, tid, n, &rs.b0, &rs.b1);
-      k0 = 0, k1 = H;
-    }
+    RowSlice rs;
+    const bool rows = enter_row_split(s, panel_bytes, tid, n, barrier,
+                                      EngineRun::GruBackwardRows, &rs.b0, &rs.b1);
+    if (rows) k0 = 0, k1 = H;
     const int64_t b0 = rs.b0, Hp = rg.Up;
     // The whole-batch buffers from the thread's first row on.
     GruBwdUnits<float> u = base;

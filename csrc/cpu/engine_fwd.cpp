@@ -79,6 +79,7 @@
 
 #include "dispatch.h"
 #include "engine_fwd.h"
+#include "row_split.h"
 #include "team.h"
 
 namespace fusedrnn {
@@ -157,9 +158,8 @@ struct StateBuffers {
 
 }  // namespace
 
-// Note [Engine row split]: whether the n threads own rows (all units) rather than units
-// (all rows). panel_bytes: the whole packed weights (W_hh, and W_hr).
-static bool split_rows(const LayerSizes& s, int64_t panel_bytes, int n) {
+// Note [Engine row split] (row_split.h).
+bool split_rows(const LayerSizes& s, int64_t panel_bytes, int n) {
   constexpr int64_t kMinRowsPerThread = 4;
   const EngineSplit mode = engine_split();
   if (n < 2 || mode == EngineSplit::Units) return false;
@@ -244,14 +244,10 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
       k.pack(cptr(whr), 1, P, H, p0, p1, const_cast<float*>(pbase.panel));
     }
     // Note [Engine row split]: rows [b0, b1) with all units, no barrier in the loop.
-    const bool rows = split_rows(s, panel_bytes, n);
-    int64_t b0 = 0, b1 = B;
-    if (rows) {
-      if (tid == 0) count_engine_run(EngineRun::LstmForwardRows);
-      barrier.wait();  // the whole panel is packed
-      team_slice(B, 1, tid, n, &b0, &b1);
-      u0 = 0, u1 = H, p0 = 0, p1 = P;
-    }
+    int64_t b0, b1;
+    const bool rows = enter_row_split(s, panel_bytes, tid, n, barrier,
+                                      EngineRun::LstmForwardRows, &b0, &b1);
+    if (rows) u0 = 0, u1 = H, p0 = 0, p1 = P;
     LstmEngineStep p = base;
     ProjEngineStep pp = pbase;
     p.B = pp.B = b1 - b0;
@@ -312,14 +308,10 @@ void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Ten
     team_slice(H, W, tid, n, &u0, &u1);
     k.pack(cptr(whh), 3, H, H, u0, u1, const_cast<float*>(base.panel));
     // Note [Engine row split]: rows [b0, b1) with all units, no barrier in the loop.
-    const bool rows = split_rows(s, panel_bytes, n);
-    int64_t b0 = 0, b1 = B;
-    if (rows) {
-      if (tid == 0) count_engine_run(EngineRun::GruForwardRows);
-      barrier.wait();  // the whole panel is packed
-      team_slice(B, 1, tid, n, &b0, &b1);
-      u0 = 0, u1 = H;
-    }
+    int64_t b0, b1;
+    const bool rows = enter_row_split(s, panel_bytes, tid, n, barrier,
+                                      EngineRun::GruForwardRows, &b0, &b1);
+    if (rows) u0 = 0, u1 = H;
     GruEngineStep p = base;
     p.B = b1 - b0;
     if (base.lengths) p.lengths = base.lengths + b0;
