@@ -66,7 +66,9 @@
 // paired in one process): LSTM H=256 I=64 T=128 B=2..4 0.93-0.94, B=8 1.16, B=16 1.06,
 // B=32 1.24, B=64 1.03, B=128 1.03; H=128 B=2 0.93, B=12 1.16; T=64 B=32 I=1 H=64 1.38;
 // T=24 B=16 I=8 H=32 1.35. GRU H=256 B=4 0.96, B=8 1.03, B=16 1.13, B=32 1.10, B=64 1.15;
-// T=64 B=32 I=1 H=64 1.32. Training gains less (its backward is unchanged): 1.05-1.11.
+// T=64 B=32 I=1 H=64 1.32. Training, with the backward engine split the same way
+// (bwd_engine.cpp): LSTM T=128 B=8 1.17, B=32 1.10, T=64 B=32 I=1 H=64 1.44, GRU 1.15-1.48
+// (benchmarks/results/intel-xeon-2026-12-02-row-split-ab.md).
 //
 // The saved tensors (act, c_raw, h_pre; GRU saved) have exactly the per-step loop's layout
 // and meaning, so either backward consumes them. float64 stays on the per-step loop; which
