@@ -132,6 +132,10 @@ def new_grad_record(steps: int, device=None) -> Tensor:
     ``len(batch_sizes)`` (packed). Like any gradient, a second backward through the same
     graph adds to it.
     """
+    if isinstance(steps, torch.SymInt):
+        # A traced length (torch.export / torch.compile with a dynamic T): the op checks the
+        # record's shape against the input's when it runs.
+        return torch.zeros(2, steps, dtype=torch.float32, device=device, requires_grad=True)
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise ValueError(f"fusedrnn: steps must be a positive int, got {steps!r}")
     return torch.zeros(2, int(steps), dtype=torch.float32, device=device, requires_grad=True)

@@ -407,3 +407,22 @@ def test_torch_export_keeps_fused_ops_and_eager_is_not_exporting():
     targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
     assert any("fusedrnn.lstm_layer" in t for t in targets), targets
     assert not any("aten.lstm" in t for t in targets), targets
+
+
+@pytest.mark.parametrize("track", [False, True])
+def test_torch_export_dynamic_steps(track):
+    """torch.export with a dynamic sequence length, also with track_grad_norms (the record
+    is sized by the traced T; an exported graph makes none): the program runs other lengths
+    and gives the module's outputs."""
+    torch.manual_seed(0)
+    model = fusedrnn.LSTM(4, 8, num_layers=2, track_grad_norms=track)
+    steps = torch.export.Dim("steps", min=2, max=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "tensor attributes assigned during export"
+        program = torch.export.export(model, (torch.randn(5, 3, 4),),
+                                      dynamic_shapes=({0: steps},))
+    x = torch.randn(9, 3, 4)
+    got, (h, c) = program.module()(x)
+    want, (h_want, c_want) = model(x)
+    assert got.shape == (9, 3, 8)
+    assert torch.equal(got, want) and torch.equal(h, h_want) and torch.equal(c, c_want)
