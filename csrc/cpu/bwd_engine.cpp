@@ -219,22 +219,22 @@ struct RecurrentGrad {
   }
 
   // After the GEMM of step `step` (time t, M rows), for the units [u0, u1) and the rows
-  // [b0, b1) of one thread: rows the next step no longer visits (packed, reverse; every row
+  // `rs` of one thread: rows the next step no longer visits (packed, reverse; every row
   // after the last step) have their whole gradient into h0 now; then the next step's
-  // partials over its blocks. Returns how many of the thread's rows (from b0) had their
+  // partials over its blocks. Returns how many of the thread's rows (from rs.b0) had their
   // partials written when the norm clip needs them before the next step, else -1.
   int64_t end_step(const LayerSizes& s, bool reverse, int64_t step, int64_t t, int64_t M,
                    const BwdEngineTable<float>& k, float clip, float* dh0, int64_t u0,
-                   int64_t u1, int64_t b0, int64_t b1) const {
+                   int64_t u1, const RowSlice& rs) const {
     const bool last = step + 1 == s.T;
     const int64_t tn = reverse ? t + 1 : t - 1;
     const int64_t next = last ? 0 : std::min(s.rows[tn], M);
-    for (int64_t b = std::max(next, b0); b < std::min(M, b1); ++b) {
+    for (int64_t b = std::max(next, rs.b0); b < std::min(M, rs.b1); ++b) {
       for (int64_t j = u0; j < u1; ++j) dh0[b * U + j] = carry_p[b * Up + j] + gemm_p[b * Up + j];
     }
     if (last || !(norm || track)) return -1;
     const int64_t offn = s.offset[tn];
-    const int64_t rows = std::clamp<int64_t>(next - b0, 0, b1 - b0);
+    const int64_t b0 = rs.b0, rows = rs.of(next);
     EnginePartials<float> ph{rows, Up, nblk, gemm_p + b0 * Up, carry_p + b0 * Up,
                              partials_at(offn) + b0 * nblk,
                              cnt_p ? cnt_p + (offn + b0) * nblk : nullptr, clip};
@@ -247,13 +247,6 @@ struct RecurrentGrad {
 // row_split.h). A row's recurrent gradient, its clip norm and its record need nothing from
 // other rows; the partials, the GEMM chains and the order in which a row sums its block
 // partials are the unit split's, so the results are bitwise the same.
-
-// The rows [b0, b1) a thread owns (enter_row_split): all of them in the unit split.
-struct RowSlice {
-  int64_t b0 = 0, b1 = 0;
-  // The thread's rows among the first M rows of a step.
-  int64_t of(int64_t M) const { return std::clamp<int64_t>(M - b0, 0, b1 - b0); }
-};
 
 inline const float* at_row(const float* p, int64_t row, int64_t ld) {
   return p ? p + row * ld : nullptr;
@@ -352,7 +345,8 @@ void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>
   pbase.nblk = nblk_r;
   pbase.dr_pad = drpad_p;
 
-  const int64_t panel_bytes = (K * Rp + (proj ? R * Hp : 0)) * int64_t(sizeof(float));
+  const int64_t panel_bytes =
+      (rg.panels.numel() + (proj ? wrp.numel() : 0)) * int64_t(sizeof(float));
   const bool rows_ok = split_rows(s, panel_bytes, at::get_num_threads());
   timed_team(engine_threads(B, K, std::min(H, R), rows_ok),
              [&](int tid, int n, SpinBarrier& barrier) {
@@ -363,7 +357,7 @@ void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>
     if (proj && k1 > k0) pack_panels(w_hr_p, R, H, wrp_p, k0 / kEngineBlock, blocks_of(k1));
     RowSlice rs;
     const bool rows = enter_row_split(s, panel_bytes, tid, n, barrier,
-                                      EngineRun::LstmBackwardRows, &rs.b0, &rs.b1);
+                                      EngineRun::LstmBackwardRows, &rs);
     if (rows) k0 = 0, k1 = H, q0 = 0, q1 = R;
     const int64_t hb0 = k0 / kEngineBlock, hb1 = blocks_of(k1);
     const int64_t rb0 = q0 / kEngineBlock, rb1 = blocks_of(q1);
@@ -423,7 +417,7 @@ void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>
       g.A = dg_p + off * 4 * H;
       k.gemm(g);
       const int64_t next = rg.end_step(s, reverse, step, t, s.rows[t], k, opt.clip, dh0_p, q0,
-                                       q1, rs.b0, rs.b1);
+                                       q1, rs);
       if (next >= 0) {
         EnginePartials<float> pcp{next, Hp, nblk_h, at_row(dc_p, b0, Hp), nullptr,
                                   at_row(pc_p, b0, nblk_h), nullptr, opt.clip};
@@ -468,7 +462,7 @@ void gru_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>&
   base.dh_carry = rg.carry_p;
   base.nblk = rg.nblk;
 
-  const int64_t panel_bytes = K * rg.Up * int64_t(sizeof(float));
+  const int64_t panel_bytes = rg.panels.numel() * int64_t(sizeof(float));
   const bool rows_ok = split_rows(s, panel_bytes, at::get_num_threads());
   timed_team(engine_threads(B, K, H, rows_ok), [&](int tid, int n, SpinBarrier& barrier) {
     int64_t k0, k1;
@@ -476,7 +470,7 @@ void gru_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>&
     if (k1 > k0) pack_panels(w_hh_p, K, H, rg.panels_p, k0 / kEngineBlock, blocks_of(k1));
     RowSlice rs;
     const bool rows = enter_row_split(s, panel_bytes, tid, n, barrier,
-                                      EngineRun::GruBackwardRows, &rs.b0, &rs.b1);
+                                      EngineRun::GruBackwardRows, &rs);
     if (rows) k0 = 0, k1 = H;
     const int64_t b0 = rs.b0, Hp = rg.Up;
     // The whole-batch buffers from the thread's first row on.
@@ -506,8 +500,8 @@ void gru_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>&
       g.M = M;
       g.A = dhg_p + off * 3 * H;
       k.gemm(g);
-      if (rg.end_step(s, reverse, step, t, s.rows[t], k, opt.clip, dh0_p, k0, k1, rs.b0,
-                      rs.b1) >= 0 && !rows) {
+      if (rg.end_step(s, reverse, step, t, s.rows[t], k, opt.clip, dh0_p, k0, k1, rs) >= 0 &&
+          !rows) {
         barrier.wait();  // the next step's pass sums every block of its rows
       }
     }

@@ -213,7 +213,8 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
   const at::Tensor whr = w_hr ? w_hr->contiguous() : at::Tensor();
   // Workspace of the whole call: the panels of W_hh and W_hr, filled inside the region.
   const int64_t hh_floats = panel_floats(4, H, R, W);
-  float* panel = workspace(hh_floats + (P ? panel_floats(1, P, H, W) : 0));
+  const int64_t panel_total = hh_floats + (P ? panel_floats(1, P, H, W) : 0);
+  float* panel = workspace(panel_total);
   StateBuffers state(h, T);
 
   LstmEngineStep base{};
@@ -236,7 +237,7 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
   float* craw_p = save ? ptr(c_raw) : nullptr;
   float* hpre_p = P ? ptr(h_pre) : nullptr;
 
-  const int64_t panel_bytes = (hh_floats + (P ? panel_floats(1, P, H, W) : 0)) * 4;
+  const int64_t panel_bytes = panel_total * int64_t(sizeof(float));
   run_team(team_size(s, 4, W), [&](int tid, int n, SpinBarrier& barrier) {
     int64_t u0, u1, p0 = 0, p1 = 0;
     team_slice(H, W, tid, n, &u0, &u1);
@@ -246,19 +247,19 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
       k.pack(cptr(whr), 1, P, H, p0, p1, const_cast<float*>(pbase.panel));
     }
     // Note [Engine row split]: rows [b0, b1) with all units, no barrier in the loop.
-    int64_t b0, b1;
+    RowSlice rs;
     const bool rows = enter_row_split(s, panel_bytes, tid, n, barrier,
-                                      EngineRun::LstmForwardRows, &b0, &b1);
+                                      EngineRun::LstmForwardRows, &rs);
     if (rows) u0 = 0, u1 = H, p0 = 0, p1 = P;
+    const int64_t b0 = rs.b0;
     LstmEngineStep p = base;
     ProjEngineStep pp = pbase;
-    p.B = pp.B = b1 - b0;
+    p.B = pp.B = rs.b1 - b0;
     p.c = base.c + b0 * H;
     if (base.lengths) p.lengths = pp.lengths = base.lengths + b0;
     for (int64_t step = 0; step < T; ++step) {
       const int64_t t = reverse ? T - 1 - step : step;
-      const int64_t M = std::clamp<int64_t>(s.rows[t] - b0, 0, b1 - b0);
-      const int64_t off = s.offset[t] + b0;
+      const int64_t M = rs.of(s.rows[t]), off = s.offset[t] + b0;
       float* prev = state.buf[step % 2] + b0 * R;
       float* next = state.buf[(step + 1) % 2] + b0 * R;
       p.M = M;
@@ -291,7 +292,8 @@ void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Ten
   const EngineFwdKernels& k = engine_kernels();
   const int64_t T = s.T, B = s.B, H = s.H, W = k.width;
   const at::Tensor whh = w_hh.contiguous();
-  float* panel = workspace(panel_floats(3, H, H, W));
+  const int64_t panel_total = panel_floats(3, H, H, W);
+  float* panel = workspace(panel_total);
   StateBuffers state(h, T);
 
   GruEngineStep base{};
@@ -304,23 +306,24 @@ void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Ten
   float* y_p = ptr(y);
   float* saved_p = saved.defined() ? ptr(saved) : nullptr;
 
-  const int64_t panel_bytes = panel_floats(3, H, H, W) * 4;
+  const int64_t panel_bytes = panel_total * int64_t(sizeof(float));
   run_team(team_size(s, 3, W), [&](int tid, int n, SpinBarrier& barrier) {
     int64_t u0, u1;
     team_slice(H, W, tid, n, &u0, &u1);
     k.pack(cptr(whh), 3, H, H, u0, u1, const_cast<float*>(base.panel));
     // Note [Engine row split]: rows [b0, b1) with all units, no barrier in the loop.
-    int64_t b0, b1;
+    RowSlice rs;
     const bool rows = enter_row_split(s, panel_bytes, tid, n, barrier,
-                                      EngineRun::GruForwardRows, &b0, &b1);
+                                      EngineRun::GruForwardRows, &rs);
     if (rows) u0 = 0, u1 = H;
+    const int64_t b0 = rs.b0;
     GruEngineStep p = base;
-    p.B = b1 - b0;
+    p.B = rs.b1 - b0;
     if (base.lengths) p.lengths = base.lengths + b0;
     for (int64_t step = 0; step < T; ++step) {
       const int64_t t = reverse ? T - 1 - step : step;
       const int64_t off = s.offset[t] + b0;
-      p.M = std::clamp<int64_t>(s.rows[t] - b0, 0, b1 - b0);
+      p.M = rs.of(s.rows[t]);
       p.t = t;
       p.h_prev = state.buf[step % 2] + b0 * H;
       p.h_next = state.buf[(step + 1) % 2] + b0 * H;
