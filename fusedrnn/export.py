@@ -57,6 +57,13 @@ def exporting() -> bool:
     return _is_tracing()
 
 
+def torch_exporting() -> bool:
+    """True while ``torch.export`` traces the model (the fused ops stay in its graph); False
+    in eager mode and under ``torch.compile``."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting is not None and is_exporting())
+
+
 def _recorder() -> str:
     """'onnx' (torch.onnx.export, dynamo=True), 'onnx-legacy' (dynamo=False) or 'trace'."""
     if _is_compiling() or not _is_tracing():

@@ -161,7 +161,7 @@ class _FusedRNNBase(nn.RNNBase):
         records: List[Tensor] = []
         # No records in a torch.export graph: it has no backward to fill them, and a module
         # attribute assigned while exporting is flagged (it is not a buffer).
-        if self.track_grad_norms and torch.is_grad_enabled() and not _exporting_program():
+        if self.track_grad_norms and torch.is_grad_enabled() and not _export.torch_exporting():
             steps = x.size(0) if batch_sizes is None else batch_sizes.size(0)
             records = [ops.new_grad_record(steps, device=x.device)
                        for _ in range(self.num_layers * self._num_directions)]
@@ -398,12 +398,6 @@ _FAST_DTYPES = frozenset((torch.float32, torch.float64))
 _is_compiling = torch.compiler.is_compiling
 _is_tracing = torch._C._is_tracing
 _any_autocast = torch._C._is_any_autocast_enabled
-
-
-def _exporting_program() -> bool:
-    """True while torch.export traces a module (not under torch.compile)."""
-    is_exporting = getattr(torch.compiler, "is_exporting", None)
-    return bool(is_exporting is not None and is_exporting())
 
 
 def _fast_cell_input(input) -> bool:
