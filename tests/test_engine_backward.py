@@ -281,18 +281,29 @@ def _all(result):
 @pytest.mark.parametrize("kind,P", VARIANTS, ids=["lstm", "lstm_proj", "gru"])
 def test_bitwise_repeatable_and_thread_count_independent(engine, kind, P):
     """Bitwise equal between repeated runs, and between 1 and 2 threads (every element is
-    computed by the same arithmetic whatever the split; norm partials per 16-unit block)."""
+    computed by the same arithmetic whatever the split; norm partials per 16-unit block).
+
+    With 3 threads (more than the 2 cores of the CI machines: oversubscribed) what the
+    engines compute (outputs, final states, the gradients into h0 and c0) is still the same
+    bits; the input and weight gradients are GEMMs over all steps after the loop, and BLAS
+    may split their sums by the thread count (MKL does on AMD EPYC at 3 threads, by one
+    ulp), so there they are held to float32 rounding only."""
     T, B, I, H = 12, 7, 5, 83
     tensors = make_tensors(kind, T, B, I, H, proj_size(P, H), dtype=F32, weight_scale=2.0)
     kw = dict(grad_clip=0.05, grad_clip_mode="norm", truncate=5,
               lengths=torch.tensor([12, 3, 12, 7, 1, 9, 12]))
     results = []
-    for threads in (2, 2, 1, 3, 2):  # 3 > cores: oversubscribed, still the same bits
+    for threads in (2, 2, 1, 3, 2):
         torch.set_num_threads(threads)
-        results.append(_all(run(kind, tensors, **kw)))
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
-            assert torch.equal(a, b)
+        results.append((threads, run(kind, tensors, **kw)))
+    first = results[0][1]
+    for threads, other in results[1:]:
+        assert sorted(other) == sorted(first)
+        for key in sorted(first):
+            if threads <= 2 or not key.startswith(("grad_input", "grad_weight", "grad_bias")):
+                assert torch.equal(other[key], first[key]), (threads, key)
+            else:
+                torch.testing.assert_close(other[key], first[key], rtol=4e-7, atol=4e-7)
 
 
 @pytest.mark.parametrize("kind,P", VARIANTS, ids=["lstm", "lstm_proj", "gru"])
