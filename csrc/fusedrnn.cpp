@@ -95,7 +95,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_engine_runs", &fusedrnn::cpu::engine_runs,
         "Layer calls run by the CPU engine so far: [lstm_forward, lstm_backward, "
         "gru_forward, gru_backward, lstm_forward_rows, gru_forward_rows, lstm_backward_rows, "
-        "gru_backward_rows] (the *_rows: calls whose threads split the batch rows)");
+        "gru_backward_rows, chunked_projection] (the *_rows: calls whose threads split the "
+        "batch rows; chunked_projection: per-step forward loops that computed the input "
+        "projection in chunks of steps)");
   m.def("_engine_split", &fusedrnn::cpu::engine_split_name,
         "How the engines' threads share a call: 'auto', 'units' or 'rows'");
   m.def("_set_engine_split", &fusedrnn::cpu::set_engine_split, py::arg("name"),

@@ -135,3 +135,57 @@ def test_direct_products_at_the_limit(case):
     ours = case.run(OPS[case.kind])
     assert_tight(ours, case.run(REFERENCE[case.kind]))
     assert_tight(ours, case.run(TORCHNN[case.kind]))
+
+
+# Note [Chunked input projection]: without a backward, a per-step loop whose input
+# projection would be a large buffer computes it a chunk of steps at a time. Sizes past the
+# chunking limit (T=48, B=64, H=256: 9-24 MiB of projection), both directions, padded and
+# packed; the chunked forward (no grad) must equal the forward that saves everything (grad
+# mode: one GEMM over all steps) bitwise, and float64 must match torch.nn.
+@pytest.fixture
+def steps_loop():
+    old = _C._cpu_engine()
+    _C._set_cpu_engine("steps")
+    yield
+    _C._set_cpu_engine(old)
+
+
+CHUNKED = 8  # index of chunked_projection in _C._engine_runs()
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_chunked_input_projection(cell, dtype, packed, steps_loop):
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    torch.manual_seed(0)
+    T, B, I, H = 48, 64, 8, 256
+    ours = getattr(fusedrnn, cell)(I, H, bidirectional=True, dtype=dtype)
+    x = torch.randn(T, B, I, dtype=dtype)
+    lengths = torch.randint(40, T + 1, (B,))
+    lengths[0] = T
+
+    def run(inp):
+        if packed:
+            inp = pack_padded_sequence(inp, lengths, enforce_sorted=False)
+        out, state = ours(inp)
+        out = out.data if packed else out
+        return [out, *(state if isinstance(state, tuple) else (state,))]
+
+    saving = run(x.clone().requires_grad_())
+    before = _C._engine_runs()[CHUNKED]
+    with torch.no_grad():
+        chunked = run(x)
+    assert _C._engine_runs()[CHUNKED] - before == 2  # both directions were chunked
+    for a, b in zip(chunked, saving):
+        assert torch.equal(a, b.detach())
+    if dtype == torch.float64:
+        nn = getattr(torch.nn, cell)(I, H, bidirectional=True, dtype=dtype)
+        nn.load_state_dict(ours.state_dict())
+        inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+        with torch.no_grad():
+            out, state = nn(inp)
+        want = [out.data if packed else out, *(state if isinstance(state, tuple) else (state,))]
+        for a, b in zip(chunked, want):
+            assert_tight(a, b)

@@ -64,6 +64,63 @@ class StepLinear {
 at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias);
 
+// linear_rows for a fixed weight over several row blocks: the backend is chosen (and the
+// weight packed, for oneDNN) once, for `rows` rows in all, and every call uses it.
+class RowsLinear {
+ public:
+  RowsLinear(const at::Tensor& weight, const std::optional<at::Tensor>& bias, int64_t rows,
+             bool contiguous_input);
+  at::Tensor operator()(const at::Tensor& x) const;
+
+ private:
+  enum class Backend { Direct, OneDnn, Aten };
+  Backend backend_ = Backend::Aten;
+  at::Tensor weight_, packed_;
+  std::optional<at::Tensor> bias_;
+};
+
+// Note [Chunked input projection]
+// The per-step loop reads the input projection x W_ih^T + bias of step t once, at step t.
+// Computed for all steps before the loop (one GEMM), it is a buffer of N * G floats: 52 MiB
+// for an LSTM at T=100, B=64, H=512. A fresh buffer of that size is mmap'ed by the allocator
+// and returned to the system when freed, so every call pays a page fault per 4 KiB and
+// writes, then later reads back, the whole buffer through memory. Where nothing needs the
+// buffer after the loop (no backward: it holds the saved activations otherwise) and it is
+// large, the projection is computed for a chunk of steps at a time as the loop reaches
+// them, each chunk about kProjectionChunkBytes (at least kOneDnnMinRows rows: the chunk's
+// GEMM stays on oneDNN) and still in cache when its steps read it. The GEMM of a chunk
+// computes each row as the whole GEMM does (one dot product per element over I), so the
+// forward gives the same results with and without a backward; the tests compare them.
+// Measured (2-core AMD EPYC, Zen 5, 1 MiB L2 per core, 2 threads, LSTM I=512 H=512 B=64, no
+// grad, paired against torch.nn, medians of four rounds): T=100 0.82x of torch.nn's speed
+// before, 0.96x after; T=200 0.86x, 0.98x. Chunks of 1-8 MiB ran alike; 16 MiB ones come
+// from mmap again (benchmarks/results/amd-epyc-2026-12-02-chunked-projection-ab.md).
+constexpr int64_t kProjectionChunkBytes = 4 << 20;
+
+// The input projection of a per-step loop: the rows of step t, computed as one GEMM over all
+// steps (whole) or chunk by chunk in the loop's order (Note [Chunked input projection]).
+template <typename T>
+class InputProjection {
+ public:
+  // x: [N, I] (contiguous, the rows of all steps); weight [G, I]; bias [G] or none, see
+  // input_bias; `saved`: the whole buffer is kept (it is returned as saved activations).
+  InputProjection(const LayerSizes& s, const at::Tensor& x, const at::Tensor& weight,
+                  const std::optional<at::Tensor>& bias, bool reverse, bool saved);
+  // The rows of step t ([s.rows[t], G]); steps must come in the loop's order.
+  T* step(int64_t t);
+  // The whole [N, G] buffer, or a 1-D placeholder when chunked.
+  at::Tensor whole() const;
+
+ private:
+  const LayerSizes& s_;
+  at::Tensor x_;
+  RowsLinear linear_;
+  bool reverse_;
+  int64_t G_, steps_per_chunk_ = 0;  // 0: not chunked
+  int64_t first_ = 0, last_ = -1;    // steps of the current chunk, [first_, last_]
+  at::Tensor rows_;                  // their projection (all steps when not chunked)
+};
+
 // The bias the input projection adds: b_ih + b_hh[0, hh), [G] (zero past hh: the GRU's b_hn
 // stays out, it sits inside r * (h W_hn^T + b_hn)), or none without either bias. One loop
 // rather than narrow / add: at T = 1 each ATen call is a visible share of the call.

@@ -1,6 +1,7 @@
 // GRU layer on the CPU: the time loops around the fused pointwise kernels.
 //
-// Forward:  xg = x W_ih^T + b_ih (+ b_hh for the r and z gates) for all T steps in one GEMM;
+// Forward:  xg = x W_ih^T + b_ih (+ b_hh for the r and z gates) for all T steps in one GEMM
+//           (chunks of steps without a backward, Note [Chunked input projection]);
 //           per step hg = h_{t-1} W_hh^T (one GEMM) and ONE pointwise pass. b_hn stays
 //           separate because it sits inside r * (h W_hn^T + b_hn).
 // Backward: per step ONE pointwise pass and one GEMM dh += dhg_t W_hh; then dx, dW_ih,
@@ -30,21 +31,23 @@ std::vector<at::Tensor> gru_forward_impl(const LayerSizes& s, const GruForwardAr
   const auto opts = x.options();
   const CpuKernelTable<T> k = kernels<T>();
 
-  // xg: [N, 3H] = x W_ih^T + b_ih + (b_hr, b_hz, 0), all steps at once
+  // xg: [N, 3H] = x W_ih^T + b_ih + (b_hr, b_hz, 0), all steps at once, or chunk by chunk
+  // in the per-step loop without a backward (Note [Chunked input projection] in
+  // cpu_common.h; the saved values are r, z, n, hn, not xg).
   const std::optional<at::Tensor> bias = input_bias(a.b_ih, a.b_hh, 3 * H, 2 * H);
-  const at::Tensor xg = linear_rows(x.reshape({N, I}), a.w_ih, bias);
+  bool engine = false;
+  if constexpr (std::is_same_v<T, float>) engine = use_forward_engine(s, 3, 0);
+  InputProjection<T> projected(s, x.reshape({N, I}), a.w_ih, bias, a.reverse, a.save || engine);
   const at::Tensor b_hn = a.b_hh ? a.b_hh->narrow(0, 2 * H, H).contiguous() : at::Tensor();
 
   at::Tensor y = at::empty({N, H}, opts);
   at::Tensor h = a.h0 ? a.h0->contiguous().clone() : at::zeros({B, H}, opts);
   // r, z, n, hn of every step, for the backward (nothing without it).
   at::Tensor saved = a.save ? at::empty({N, 4 * H}, opts) : at::empty({0}, opts);
-  bool engine = false;
-  if constexpr (std::is_same_v<T, float>) engine = use_forward_engine(s, 3, 0);
   if (engine) {
     // The engine writes r, z, n, hn only where they are saved (Note [CPU time-loop engine]).
     at::Tensor saved_out = a.save ? saved : at::Tensor();
-    gru_forward_engine(s, xg, a.w_hh, b_hn, y, h, saved_out, a.reverse);
+    gru_forward_engine(s, projected.whole(), a.w_hh, b_hn, y, h, saved_out, a.reverse);
   } else {
     StepLinear<T> recurrent(a.w_hh, B, T_);  // h_{t-1} W_hh^T
 
@@ -60,7 +63,7 @@ std::vector<at::Tensor> gru_forward_impl(const LayerSizes& s, const GruForwardAr
       p.M = M;
       p.hg = recurrent(p.h_state, M);
       p.step.t = t;
-      p.xg = xg.data_ptr<T>() + off * 3 * H;
+      p.xg = projected.step(t);
       p.saved = a.save ? saved.data_ptr<T>() + off * 4 * H : nullptr;
       p.h_out = y.data_ptr<T>() + off * H;
       parallel_rows(M, 3 * H, [&](int64_t b0, int64_t b1) { k.gru_fwd(p, b0, b1); });

@@ -1,6 +1,7 @@
 // LSTM layer on the CPU: the time loops around the fused pointwise kernels.
 //
-// Forward:  gates = x W_ih^T + (b_ih + b_hh) for all T steps in one GEMM; then per step
+// Forward:  gates = x W_ih^T + (b_ih + b_hh) for all T steps in one GEMM (chunks of steps
+//           without a backward, Note [Chunked input projection]); then per step
 //           gates_t += h_{t-1} W_hh^T (one GEMM) and ONE pointwise pass (activations, cell
 //           update, cell clip, h), plus h_t W_hr^T with projection.
 // Backward: per step ONE pointwise pass (clip / truncation of the recurrent gradients, gate
@@ -35,9 +36,13 @@ std::vector<at::Tensor> lstm_forward_impl(const LayerSizes& s, const LstmForward
   const auto opts = x.options();
   const CpuKernelTable<T> k = kernels<T>();
 
-  // gates: [N, 4H] = x W_ih^T + b_ih + b_hh, all steps at once
+  // gates: [N, 4H] = x W_ih^T + b_ih + b_hh, all steps at once, or chunk by chunk where
+  // nothing saves them (Note [Chunked input projection] in cpu_common.h); the engine reads
+  // all of them.
   const std::optional<at::Tensor> bias = input_bias(a.b_ih, a.b_hh, 4 * H, 4 * H);
-  at::Tensor gates = linear_rows(x.reshape({N, I}), a.w_ih, bias);
+  bool engine = false;
+  if constexpr (std::is_same_v<T, float>) engine = use_forward_engine(s, 4, a.w_hr ? R : 0);
+  InputProjection<T> projected(s, x.reshape({N, I}), a.w_ih, bias, a.reverse, a.save || engine);
 
   at::Tensor y = at::empty({N, R}, opts);
   at::Tensor h = a.h0 ? a.h0->contiguous().clone() : at::zeros({B, R}, opts);
@@ -46,8 +51,7 @@ std::vector<at::Tensor> lstm_forward_impl(const LayerSizes& s, const LstmForward
   at::Tensor h_pre = a.w_hr ? at::empty({N, H}, opts) : at::empty({0}, opts);
   // float32 calls the engine takes (Note [CPU time-loop engine] in engine_fwd.cpp) run the
   // whole time loop there.
-  bool engine = false;
-  if constexpr (std::is_same_v<T, float>) engine = use_forward_engine(s, 4, a.w_hr ? R : 0);
+  at::Tensor gates = projected.whole();
   if (engine) {
     lstm_forward_engine(s, gates, a.w_hh, a.w_hr, y, h, c, c_raw, h_pre, a.reverse, a.cell_clip,
                         a.save);
@@ -57,7 +61,6 @@ std::vector<at::Tensor> lstm_forward_impl(const LayerSizes& s, const LstmForward
     if (a.w_hr) projection.emplace(*a.w_hr, B, T_);
     const int64_t* len_p = s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr;
 
-    T* g_p = gates.data_ptr<T>();
     T* y_p = y.data_ptr<T>();
     T* h_p = h.data_ptr<T>();
     T* craw_p = a.save ? c_raw.data_ptr<T>() : nullptr;
@@ -77,8 +80,8 @@ std::vector<at::Tensor> lstm_forward_impl(const LayerSizes& s, const LstmForward
       p.M = M;
       p.hg = recurrent(h_p, M);
       p.step.t = t;
-      p.xg = g_p + off * 4 * H;  // x W_ih^T + b_ih + b_hh; the activations overwrite it
-      p.act = g_p + off * 4 * H;
+      p.act = projected.step(t);  // x W_ih^T + b_ih + b_hh; the activations overwrite it
+      p.xg = p.act;
       p.c_raw = craw_p ? craw_p + off * H : nullptr;
       p.h_out = a.w_hr ? hpre_p + off * H : y_p + off * R;
       parallel_rows(M, 4 * H, [&](int64_t b0, int64_t b1) { k.lstm_fwd(p, b0, b1); });

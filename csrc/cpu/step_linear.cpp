@@ -8,6 +8,7 @@
 #include <ATen/core/stack.h>
 
 #include "cpu_common.h"
+#include "dispatch.h"
 
 namespace fusedrnn {
 namespace cpu {
@@ -103,32 +104,54 @@ const T* StepLinear<T>::operator()(const T* in, int64_t M) {
   return out_.data_ptr<T>();
 }
 
+RowsLinear::RowsLinear(const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                       int64_t rows, bool contiguous_input)
+    : weight_(weight), bias_(bias) {
+  const int64_t N = weight.size(0), K = weight.size(1);
+  if (direct_product(rows * N * K) && contiguous_input && weight.is_contiguous() &&
+      (!bias || bias->is_contiguous())) {  // Note [Direct products for small calls]
+    backend_ = Backend::Direct;
+  } else if (weight.scalar_type() == at::kFloat && use_onednn() && rows >= kOneDnnMinRows &&
+             rows * N * K >= kOneDnnMinMacs) {
+    backend_ = Backend::OneDnn;
+    torch::jit::Stack pack{weight.contiguous(), c10::IValue(rows)};
+    onednn_ops().reorder->callBoxed(&pack);
+    packed_ = pack[0].toTensor();
+    if (bias_) bias_ = bias_->contiguous();
+  }
+}
+
+at::Tensor RowsLinear::operator()(const at::Tensor& x) const {
+  const int64_t M = x.size(0), N = weight_.size(0), K = weight_.size(1);
+  switch (backend_) {
+    case Backend::Direct: {
+      TORCH_INTERNAL_ASSERT(x.is_contiguous());
+      at::Tensor out = at::empty({M, N}, x.options());
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn.linear_rows", [&] {
+        direct_linear(x.const_data_ptr<scalar_t>(), K, weight_.const_data_ptr<scalar_t>(), K, 1,
+                      bias_ ? bias_->const_data_ptr<scalar_t>() : nullptr, M, N, K,
+                      out.data_ptr<scalar_t>(), N);
+      });
+      return out;
+    }
+    case Backend::OneDnn: {
+      torch::jit::Stack stack{x.contiguous(), packed_, bias_ ? c10::IValue(*bias_) : c10::IValue(),
+                              c10::IValue(std::string("none")),
+                              c10::IValue(c10::List<std::optional<at::Scalar>>()), c10::IValue()};
+      onednn_ops().linear->callBoxed(&stack);
+      at::Tensor out = stack[0].toTensor();
+      TORCH_INTERNAL_ASSERT(out.is_contiguous());
+      return out;
+    }
+    case Backend::Aten:
+      break;
+  }
+  return bias_ ? at::addmm(*bias_, x, weight_.t()) : at::mm(x, weight_.t());
+}
+
 at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias) {
-  const int64_t M = x.size(0), N = weight.size(0), K = weight.size(1);
-  if (direct_product(M * N * K) && x.is_contiguous() && weight.is_contiguous() &&
-      (!bias || bias->is_contiguous())) {  // Note [Direct products for small calls]
-    at::Tensor out = at::empty({M, N}, x.options());
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn.linear_rows", [&] {
-      direct_linear(x.const_data_ptr<scalar_t>(), K, weight.const_data_ptr<scalar_t>(), K, 1,
-                    bias ? bias->const_data_ptr<scalar_t>() : nullptr, M, N, K,
-                    out.data_ptr<scalar_t>(), N);
-    });
-    return out;
-  }
-  if (x.scalar_type() == at::kFloat && use_onednn() && x.size(0) >= kOneDnnMinRows &&
-      x.size(0) * weight.size(0) * weight.size(1) >= kOneDnnMinMacs) {
-    torch::jit::Stack pack{weight.contiguous(), c10::IValue(x.size(0))};
-    onednn_ops().reorder->callBoxed(&pack);
-    torch::jit::Stack stack{x.contiguous(), pack[0], bias ? c10::IValue(bias->contiguous()) : c10::IValue(),
-                            c10::IValue(std::string("none")),
-                            c10::IValue(c10::List<std::optional<at::Scalar>>()), c10::IValue()};
-    onednn_ops().linear->callBoxed(&stack);
-    at::Tensor out = stack[0].toTensor();
-    TORCH_INTERNAL_ASSERT(out.is_contiguous());
-    return out;
-  }
-  return bias ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());
+  return RowsLinear(weight, bias, x.size(0), x.is_contiguous())(x);
 }
 
 std::optional<at::Tensor> input_bias(const std::optional<at::Tensor>& b_ih,
@@ -170,6 +193,47 @@ at::Tensor previous_states(const LayerSizes& s, const at::Tensor& y,
 
 template class StepLinear<float>;
 template class StepLinear<double>;
+
+template <typename T>
+InputProjection<T>::InputProjection(const LayerSizes& s, const at::Tensor& x,
+                                    const at::Tensor& weight,
+                                    const std::optional<at::Tensor>& bias, bool reverse,
+                                    bool saved)
+    : s_(s), x_(x), linear_(weight, bias, s.N, x.is_contiguous()), reverse_(reverse),
+      G_(weight.size(0)) {
+  // Every chunk uses the backend (and the packed weight) chosen for all N rows, so that a
+  // row comes out the same either way.
+  const int64_t row_bytes = G_ * int64_t(sizeof(T));
+  const int64_t chunk_rows = std::max(kOneDnnMinRows, kProjectionChunkBytes / row_bytes);
+  if (!saved && s.N * row_bytes > 2 * kProjectionChunkBytes && s.B > 0) {
+    steps_per_chunk_ = std::max<int64_t>(1, chunk_rows / s.B);
+    count_engine_run(EngineRun::ChunkedProjection);
+  } else {
+    rows_ = linear_(x_);
+    first_ = 0;
+    last_ = s.T - 1;
+  }
+}
+
+template <typename T>
+T* InputProjection<T>::step(int64_t t) {
+  if (t < first_ || t > last_) {
+    // The next chunk in the loop's order, starting at t.
+    first_ = reverse_ ? std::max<int64_t>(0, t - steps_per_chunk_ + 1) : t;
+    last_ = reverse_ ? t : std::min(s_.T - 1, t + steps_per_chunk_ - 1);
+    const int64_t r0 = s_.offset[first_], r1 = s_.offset[last_] + s_.rows[last_];
+    rows_ = linear_(x_.narrow(0, r0, r1 - r0));
+  }
+  return rows_.data_ptr<T>() + (s_.offset[t] - s_.offset[first_]) * G_;
+}
+
+template <typename T>
+at::Tensor InputProjection<T>::whole() const {
+  return steps_per_chunk_ ? at::empty({0}, x_.options()) : rows_;
+}
+
+template class InputProjection<float>;
+template class InputProjection<double>;
 
 }  // namespace cpu
 }  // namespace fusedrnn
