@@ -37,8 +37,9 @@ def _run(module, x, gy):
 
 # (T, B, I, H): H = 37 gives a SIMD body and a scalar tail at every width; the large shape
 # makes the step GEMMs big enough (B*4H*H >= 4M multiply-adds) for the oneDNN backend to be
-# used at all (Note [oneDNN for the step GEMMs]).
-SHAPES = {"small": (9, 5, 6, 37), "large": (3, 32, 16, 256)}
+# used at all (Note [oneDNN for the step GEMMs]); "rows" has T*B >= 512 rows, so that the
+# all-steps products (input projection, the input gradient of rows_times) take oneDNN too.
+SHAPES = {"small": (9, 5, 6, 37), "large": (3, 32, 16, 256), "rows": (20, 32, 16, 256)}
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])

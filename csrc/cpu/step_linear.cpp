@@ -154,6 +154,23 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& weight,
   return RowsLinear(weight, bias, x.size(0), x.is_contiguous())(x);
 }
 
+at::Tensor rows_times(const at::Tensor& a, const at::Tensor& w) {
+  const int64_t M = a.size(0), K = a.size(1), N = w.size(1);
+  if (a.is_contiguous() && w.is_contiguous() && direct_product(M * K * N)) {
+    at::Tensor out = at::empty({M, N}, a.options());
+    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "fusedrnn.rows_times", [&] {
+      direct_linear(a.const_data_ptr<scalar_t>(), K, w.const_data_ptr<scalar_t>(), 1, N,
+                    static_cast<const scalar_t*>(nullptr), M, N, K, out.data_ptr<scalar_t>(), N);
+    });
+    return out;
+  }
+  if (a.scalar_type() == at::kFloat && use_onednn() && M >= kOneDnnMinRows &&
+      M * K * N >= kOneDnnMinMacs) {
+    return RowsLinear(w.t().contiguous(), std::nullopt, M, a.is_contiguous())(a);
+  }
+  return at::mm(a, w);
+}
+
 std::optional<at::Tensor> input_bias(const std::optional<at::Tensor>& b_ih,
                                      const std::optional<at::Tensor>& b_hh, int64_t G,
                                      int64_t hh) {
