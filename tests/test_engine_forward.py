@@ -107,6 +107,42 @@ def test_matches_torchnn_and_steps(variant, shape, threads, reverse, mode):
                                    msg=lambda m, name=name: f"{name}: {m}")
 
 
+INPUT_PART = 9  # lstm_forward_input in _C._engine_runs()
+
+
+# Note [Engine input part]: the LSTM engine computes x W_ih^T + b itself unless I > R with
+# fewer than 8 rows, where it reads the all-steps projection as before. Shapes on both
+# sides of that rule (with and without projection, bias, initial state), 1 and 2 threads:
+# the float32 rule against torch.nn, the per-step loop's gradients, the no-grad forward
+# bitwise equal to the saving one, and the counter says which side ran.
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", [
+    ((7, 3, 40, 17, 0), False), ((7, 9, 40, 17, 0), True), ((6, 2, 5, 33, 0), True),
+    ((7, 3, 12, 17, 9), False), ((7, 8, 12, 17, 9), True), ((5, 4, 3, 17, 9), True)],
+    ids=lambda c: "T{}B{}I{}H{}P{}".format(*c[0]) + ("-input" if c[1] else "-buffer"))
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_engine_input_part_both_sides(case, bias, threads, mode):
+    (T, B, I, H, P), fused = case
+    tensors = make_tensors("lstm", T, B, I, H, P, bias=bias, h0=bias, dtype=F32, seed=T + H)
+    kw = dict(lengths=torch.tensor([T - b % 3 for b in range(B)]), reverse=B % 2 == 1)
+    mode("engine", threads)
+    before = _C._engine_runs()[INPUT_PART]
+    ours = run("lstm", tensors, True, **kw)
+    assert (_C._engine_runs()[INPUT_PART] > before) == fused
+    out = forward("lstm", tensors, **kw)
+    for name, value in zip(("output", "h_n", "c_n"), out):
+        assert torch.equal(value, ours[name]), name
+    mode("steps")
+    steps = run("lstm", tensors, False, **kw)
+    theirs = forward_backward(TORCHNN["lstm"], "lstm", tensors, **kw)
+    ref64 = forward_backward(TORCHNN["lstm"], "lstm", cast(tensors, F64), **kw)
+    assert_close_by_reference(ours, theirs, ref64, FLOOR32)
+    for name, s in steps.items():
+        torch.testing.assert_close(ours[name], s, rtol=1e-4,
+                                   atol=1e-5 * max(1.0, s.abs().max().item()),
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("options", ["cell_clip", "cell_clip_proj", "no_bias_no_h0"])
 def test_options_against_reference(options, threads, mode):

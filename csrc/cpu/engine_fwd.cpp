@@ -201,11 +201,37 @@ bool use_forward_engine(const LayerSizes& s, int64_t G, int64_t P) {
   return slice <= kMaxSlice && s.B <= 16;
 }
 
+// Note [Engine input part]
+// The x part of a step's gates, x_t W_ih^T + b_ih + b_hh, used to come from one GEMM over
+// all steps before the loop: a buffer of T * B * 4H floats (16 MiB at T=128, B=32, H=256)
+// written once and read back a step at a time by the epilogue, from memory. On the 2-core
+// AMD EPYC (Zen 5) that read was the larger part of the epilogue: at T=128 B=32 inference a
+// build that skipped it ran 100 -> 68 us per step. So the engine computes the x part itself:
+// each thread packs its units' rows of W_ih beside its W_hh panel, and every register block
+// first runs the same rows and units against x_t (run_blocks' InputPart, the same
+// micro-kernel with K = I), keeps the result plus the bias in a small buffer in L1, then runs
+// the recurrent product, whose epilogue adds the two as before (recurrent sum first, then
+// the x part). No all-steps GEMM and no gates buffer without a backward; with one, the
+// epilogue still stores the activations there. Each x part is one chain over I from zero,
+// then + bias, whatever the blocking and the thread split, so results stay bitwise the same
+// for any thread count and for both splits. It costs one more panel to stream per step:
+// at B = 1 with I > H that is more than the GEMM it replaces, hence the rule below.
+// Measured (2-core AMD EPYC Zen 5, 2 threads, no grad, paired in one process, old time /
+// new time): LSTM H=256 I=64 T=128 B=32 1.54x, B=8 1.18x, B=1 1.18x; I=256 B=32 1.35x;
+// I=512 B=32 1.25x, B=8 1.08x, B=1 0.60x; H=128 I=128 B=16 1.23x; T=64 B=32 I=1 H=64 1.28x;
+// T=24 B=16 I=8 H=32 1.24x; training 0.97-1.10x
+// (benchmarks/results/amd-epyc-2026-12-02-engine-input-ab.md).
+bool engine_input_part(const LayerSizes& s, int64_t /*G*/) {
+  return s.I <= s.R || s.B >= 8;
+}
+
 void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tensor& w_hh,
                          const OptTensor& w_hr, at::Tensor& y, at::Tensor& h, at::Tensor& c,
                          at::Tensor& c_raw, at::Tensor& h_pre, bool reverse,
-                         std::optional<double> cell_clip, bool save) {
+                         std::optional<double> cell_clip, bool save,
+                         const EngineInputArgs* input) {
   count_engine_run(EngineRun::LstmForward);
+  if (input) count_engine_run(EngineRun::LstmForwardInput);
   const EngineFwdKernels& k = engine_kernels();
   const int64_t T = s.T, B = s.B, H = s.H, R = s.R, W = k.width;
   const int64_t P = w_hr ? R : 0;
@@ -213,7 +239,9 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
   const at::Tensor whr = w_hr ? w_hr->contiguous() : at::Tensor();
   // Workspace of the whole call: the panels of W_hh and W_hr, filled inside the region.
   const int64_t hh_floats = panel_floats(4, H, R, W);
-  const int64_t panel_total = hh_floats + (P ? panel_floats(1, P, H, W) : 0);
+  const int64_t hr_floats = P ? panel_floats(1, P, H, W) : 0;
+  const int64_t I = input ? s.I : 0;
+  const int64_t panel_total = hh_floats + hr_floats + (I ? panel_floats(4, H, I, W) : 0);
   float* panel = workspace(panel_total);
   StateBuffers state(h, T);
 
@@ -232,7 +260,16 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
   pbase.P = P;
   pbase.lengths = base.lengths;
   pbase.panel = P ? panel + hh_floats : nullptr;
-  float* g_p = ptr(gates);
+  float* ih_panel = I ? panel + hh_floats + hr_floats : nullptr;
+  const at::Tensor wih = input ? input->w_ih.contiguous() : at::Tensor();
+  if (input) {
+    base.I = I;
+    base.x_panel = ih_panel;
+    base.x_bias = input->bias ? cptr(*input->bias) : nullptr;
+  }
+  const float* x_p = input ? cptr(input->x) : nullptr;
+  // Without a saved copy (input given, no backward) the gates are never read or written.
+  float* g_p = gates.numel() ? ptr(gates) : nullptr;
   float* y_p = ptr(y);
   float* craw_p = save ? ptr(c_raw) : nullptr;
   float* hpre_p = P ? ptr(h_pre) : nullptr;
@@ -242,6 +279,7 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
     int64_t u0, u1, p0 = 0, p1 = 0;
     team_slice(H, W, tid, n, &u0, &u1);
     k.pack(cptr(whh), 4, H, R, u0, u1, const_cast<float*>(base.panel));
+    if (I) k.pack(cptr(wih), 4, H, I, u0, u1, ih_panel);
     if (P) {
       team_slice(P, W, tid, n, &p0, &p1);
       k.pack(cptr(whr), 1, P, H, p0, p1, const_cast<float*>(pbase.panel));
@@ -266,7 +304,8 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
       p.t = t;
       p.h_prev = prev;
       p.h_next = P ? nullptr : next;
-      p.gates = g_p + off * 4 * H;
+      p.gates = g_p ? g_p + off * 4 * H : nullptr;
+      if (x_p) p.x = x_p + off * I;
       p.c_raw = craw_p ? craw_p + off * H : nullptr;
       p.h_out = P ? hpre_p + off * H : y_p + off * R;
       if (u0 < u1) k.lstm_step(p, u0, u1);

@@ -31,13 +31,19 @@ struct LstmEngineStep {
   const float* panel;      // W_hh packed (Note [Engine panel layout]), G = 4, U = H, K = R
   const float* h_prev;     // [B, R] state entering the step (all units; read only)
   float* h_next;           // [B, R] state leaving the step, or nullptr (projection)
-  float* gates;            // [M, 4H] in: x W_ih^T + b_ih + b_hh of the step; out: activations
-                           // (only when saving, c_raw != nullptr)
+  float* gates;            // [M, 4H] in (x == nullptr): x W_ih^T + b_ih + b_hh of the step;
+                           // out: activations (only when saving, c_raw != nullptr)
   float* c;                // [B, H] running cell state (unchanged for absent rows)
   float* c_raw;            // [M, H] out: cell state before the clip, or nullptr: not saving
   float* h_out;            // [M, H] out: o * tanh(c_t) (the output, or h_pre with projection)
   float cell_clip;
   bool has_cell_clip;
+  // Note [Engine input part] (engine_fwd.cpp): with x != nullptr the engine computes the
+  // step's x W_ih^T + bias itself (gates is then written only when saving).
+  const float* x;          // [M, I] the step's input rows, or nullptr: gates holds the x part
+  const float* x_panel;    // W_ih packed (Note [Engine panel layout]), G = 4, U = H, K = I
+  const float* x_bias;     // [4H] b_ih + b_hh, or nullptr
+  int64_t I;
 };
 
 // One GRU step for the units of one thread (as in GruFwdStep).

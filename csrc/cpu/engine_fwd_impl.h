@@ -189,17 +189,30 @@ inline int unit_blocks_for(int64_t M) {
   return 1;
 }
 
+// The input part of a step computed by the engine (Note [Engine input part] in
+// engine_fwd.cpp): x rows [M, K] against a panel of W_ih, plus a bias of G * U, or none.
+struct InputPart {
+  const float* panel;
+  const float* x;
+  const float* bias;
+  int64_t K;
+};
+
 // Runs the register blocks of one step: units [u0, u1) of the panel (u0 a multiple of kW)
 // against rows 0..M-1 of x (row m at x + m * ldx, K values), calling
-// epi(row, first unit, lanes, acc[G]) for each row and unit block, after pre(row, first
-// unit) has prefetched what that epilogue will read (before the register block runs).
+// epi(row, first unit, lanes, acc[G], xpart) for each row and unit block, after pre(row,
+// first unit) has prefetched what that epilogue will read (before the register block runs).
+// With `in`, each register block first runs the same rows and units of the input part and
+// keeps it (plus the bias) in a small buffer, which the epilogue gets as xpart ([G][kW]
+// floats); otherwise xpart is nullptr.
 //
 // Unit blocks are the outer loop: the panel of NB blocks (NB * K * G * kW floats) stays in
 // L1/L2 while all rows go past it, so each weight is read from L2 once per row block and
 // from farther away at most once per step.
 template <int G, class Epi, class Pre>
 void run_blocks(const float* panel, int64_t K, const float* x, int64_t ldx, int64_t M,
-                int64_t U, int64_t u0, int64_t u1, const Epi& epi, const Pre& pre) {
+                int64_t U, int64_t u0, int64_t u1, const Epi& epi, const Pre& pre,
+                const InputPart* in = nullptr) {
   const int NB = unit_blocks_for<G>(M);
   const int max_mb = NB == 4 ? max_rows<G, 4>() : (NB == 2 ? max_rows<G, 2>() : max_rows<G, 1>());
   const int64_t row_blocks = (M + max_mb - 1) / max_mb;
@@ -220,17 +233,34 @@ void run_blocks(const float* panel, int64_t K, const float* x, int64_t ldx, int6
       for (int m = 0; m < mb; ++m) {
         for (int b = 0; b < nb; ++b) pre(m0 + m, (j + b) * kW);
       }
-      auto at = [&](int m, int b, const Rg* acc) FUSEDRNN_ENGINE_INLINE {
-        const int64_t u = (j + b) * kW;
-        epi(m0 + m, u, U - u < kW ? U - u : kW, acc);
+      alignas(64) float xpart[kMaxRows][4][G][kW];
+      auto blocks = [&](const float* pnl, int64_t k, const float* const* rows_x,
+                        const auto& f) FUSEDRNN_ENGINE_INLINE {
+        if (nb == 4) {
+          gate_block_rows<G, 4>(mb, pnl, k, rows_x, f);
+        } else if (nb == 2) {
+          gate_block_rows<G, 2>(mb, pnl, k, rows_x, f);
+        } else {
+          gate_block_rows<G, 1>(mb, pnl, k, rows_x, f);
+        }
       };
-      if (nb == 4) {
-        gate_block_rows<G, 4>(mb, pj, K, xs, at);
-      } else if (nb == 2) {
-        gate_block_rows<G, 2>(mb, pj, K, xs, at);
-      } else {
-        gate_block_rows<G, 1>(mb, pj, K, xs, at);
+      if (in) {
+        const float* xi[kMaxRows];
+        for (int m = 0; m < mb; ++m) xi[m] = in->x + (m0 + m) * in->K;
+        blocks(in->panel + j * in->K * G * kW, in->K, xi,
+               [&](int m, int b, const Rg* acc) FUSEDRNN_ENGINE_INLINE {
+          const int64_t u = (j + b) * kW, n = U - u < kW ? U - u : kW;
+#pragma GCC unroll 8
+          for (int g = 0; g < G; ++g) {
+            const Rg v = in->bias ? V::add(acc[g], load_n(in->bias + g * U + u, n)) : acc[g];
+            V::store(xpart[m][b][g], v);
+          }
+        });
       }
+      blocks(pj, K, xs, [&](int m, int b, const Rg* acc) FUSEDRNN_ENGINE_INLINE {
+        const int64_t u = (j + b) * kW;
+        epi(m0 + m, u, U - u < kW ? U - u : kW, acc, in ? xpart[m][b][0] : nullptr);
+      });
       m0 += mb;
     }
     j += nb;
@@ -254,8 +284,10 @@ template <bool CCLIP>
 void lstm_step_impl(const LstmEngineStep& p, int64_t u0, int64_t u1) {
   const int64_t H = p.H, R = p.R;
   const Rg lo = V::set1(-p.cell_clip), hi = V::set1(p.cell_clip);
+  const InputPart in{p.x_panel, p.x, p.x_bias, p.I};
   run_blocks<4>(p.panel, R, p.h_prev, R, p.M, H, u0, u1,
-                [&](int64_t b, int64_t u, int64_t n, const Rg* acc) FUSEDRNN_ENGINE_INLINE {
+                [&](int64_t b, int64_t u, int64_t n, const Rg* acc,
+                    const float* xp) FUSEDRNN_ENGINE_INLINE {
     float* g = p.gates + b * 4 * H + u;
     float* h_out = p.h_out + b * H + u;
     float* c_raw = p.c_raw ? p.c_raw + b * H + u : nullptr;
@@ -272,10 +304,14 @@ void lstm_step_impl(const LstmEngineStep& p, int64_t u0, int64_t u1) {
       return;
     }
     // The x part is added to the finished recurrent sum (Note [Recurrent gradient buffers]).
-    const Rg i = V::sigmoid(V::add(load_n(g, n), acc[0]));
-    const Rg f = V::sigmoid(V::add(load_n(g + H, n), acc[1]));
-    const Rg gg = V::tanh(V::add(load_n(g + 2 * H, n), acc[2]));
-    const Rg o = V::sigmoid(V::add(load_n(g + 3 * H, n), acc[3]));
+    // (the x part: computed in this block, Note [Engine input part], or from the buffer)
+    auto xg = [&](int q) FUSEDRNN_ENGINE_INLINE {
+      return xp ? V::load(xp + q * kW) : load_n(g + q * H, n);
+    };
+    const Rg i = V::sigmoid(V::add(xg(0), acc[0]));
+    const Rg f = V::sigmoid(V::add(xg(1), acc[1]));
+    const Rg gg = V::tanh(V::add(xg(2), acc[2]));
+    const Rg o = V::sigmoid(V::add(xg(3), acc[3]));
     float* c = p.c + b * H + u;
     const Rg cr = V::fmadd(f, load_n(c, n), V::mul(i, gg));
     if (c_raw) {
@@ -292,9 +328,9 @@ void lstm_step_impl(const LstmEngineStep& p, int64_t u0, int64_t u1) {
     store_n(h_out, h, n);
     if (p.h_next) store_n(p.h_next + b * R + u, h, n);
   }, [&](int64_t b, int64_t u) FUSEDRNN_ENGINE_INLINE {
-    prefetch_gates(p.gates, 4, H, b, u);
+    if (!p.x) prefetch_gates(p.gates, 4, H, b, u);
     prefetch_vector(p.c + b * H + u);
-  });
+  }, p.x ? &in : nullptr);
   if (p.h_next) carry_rows(p.h_prev, p.h_next, R, p.M, p.B, u0, u1);
 }
 
@@ -312,7 +348,8 @@ void lstm_step(const LstmEngineStep& p, int64_t u0, int64_t u1) {
 void gru_step(const GruEngineStep& p, int64_t u0, int64_t u1) {
   const int64_t H = p.H;
   run_blocks<3>(p.panel, H, p.h_prev, H, p.M, H, u0, u1,
-                [&](int64_t b, int64_t u, int64_t n, const Rg* acc) FUSEDRNN_ENGINE_INLINE {
+                [&](int64_t b, int64_t u, int64_t n, const Rg* acc,
+                    const float*) FUSEDRNN_ENGINE_INLINE {
     float* h_out = p.h_out + b * H + u;
     float* sv = p.saved ? p.saved + b * 4 * H + u : nullptr;
     const float* hp_row = p.h_prev + b * H + u;
@@ -351,7 +388,8 @@ void gru_step(const GruEngineStep& p, int64_t u0, int64_t u1) {
 void proj_step(const ProjEngineStep& p, int64_t p0, int64_t p1) {
   const int64_t P = p.P;
   run_blocks<1>(p.panel, p.H, p.h_pre, p.H, p.M, P, p0, p1,
-                [&](int64_t b, int64_t u, int64_t n, const Rg* acc) FUSEDRNN_ENGINE_INLINE {
+                [&](int64_t b, int64_t u, int64_t n, const Rg* acc,
+                    const float*) FUSEDRNN_ENGINE_INLINE {
     if (!row_active(p.lengths, p.t, b)) {
       zero_n(p.y + b * P + u, n);
       copy_n(p.r_next + b * P + u, p.r_prev + b * P + u, n);

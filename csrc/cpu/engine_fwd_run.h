@@ -20,10 +20,21 @@ bool use_forward_engine(const LayerSizes& s, int64_t G, int64_t P);
 // h [B, R] and c [B, H] the initial state. Out: gates hold the activations (act), y [N, R],
 // h and c the final state, c_raw [N, H] when save, h_pre [N, H] with projection; exactly as
 // lstm_forward_impl's per-step loop leaves them.
+// With `input` (Note [Engine input part] in engine_fwd.cpp) the engine computes the x part
+// itself and gates is only written (when save; a placeholder otherwise).
+struct EngineInputArgs {
+  at::Tensor x;     // [N, I], contiguous
+  at::Tensor w_ih;  // [G * H, I]
+  std::optional<at::Tensor> bias;  // [G * H] (input_bias), or none
+};
 void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tensor& w_hh,
                          const OptTensor& w_hr, at::Tensor& y, at::Tensor& h, at::Tensor& c,
                          at::Tensor& c_raw, at::Tensor& h_pre, bool reverse,
-                         std::optional<double> cell_clip, bool save);
+                         std::optional<double> cell_clip, bool save,
+                         const EngineInputArgs* input = nullptr);
+
+// Whether an engine call computes the x part itself (Note [Engine input part]).
+bool engine_input_part(const LayerSizes& s, int64_t G);
 
 // The whole GRU time loop (float32). In: xg [N, 3H], b_hn [H] (undefined without bias),
 // h [B, H] the initial state. Out: y [N, H], h the final state, saved [N, 4H] when defined.

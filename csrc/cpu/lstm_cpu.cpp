@@ -40,9 +40,17 @@ std::vector<at::Tensor> lstm_forward_impl(const LayerSizes& s, const LstmForward
   // nothing saves them (Note [Chunked input projection] in cpu_common.h); the engine reads
   // all of them.
   const std::optional<at::Tensor> bias = input_bias(a.b_ih, a.b_hh, 4 * H, 4 * H);
-  bool engine = false;
-  if constexpr (std::is_same_v<T, float>) engine = use_forward_engine(s, 4, a.w_hr ? R : 0);
-  InputProjection<T> projected(s, x.reshape({N, I}), a.w_ih, bias, a.reverse, a.save || engine);
+  bool engine = false, engine_input = false;
+  if constexpr (std::is_same_v<T, float>) {
+    engine = use_forward_engine(s, 4, a.w_hr ? R : 0);
+    engine_input = engine && engine_input_part(s, 4);
+  }
+  // The engine computing the x part itself (Note [Engine input part] in engine_fwd.cpp)
+  // needs no projection: then `gates` only receives the activations, when saving.
+  std::optional<InputProjection<T>> projected;
+  if (!engine_input) {
+    projected.emplace(s, x.reshape({N, I}), a.w_ih, bias, a.reverse, a.save || engine);
+  }
 
   at::Tensor y = at::empty({N, R}, opts);
   at::Tensor h = a.h0 ? a.h0->contiguous().clone() : at::zeros({B, R}, opts);
@@ -51,10 +59,12 @@ std::vector<at::Tensor> lstm_forward_impl(const LayerSizes& s, const LstmForward
   at::Tensor h_pre = a.w_hr ? at::empty({N, H}, opts) : at::empty({0}, opts);
   // float32 calls the engine takes (Note [CPU time-loop engine] in engine_fwd.cpp) run the
   // whole time loop there.
-  at::Tensor gates = projected.whole();
+  at::Tensor gates = projected ? projected->whole()
+                              : (a.save ? at::empty({N, 4 * H}, opts) : at::empty({0}, opts));
   if (engine) {
+    const EngineInputArgs input{x.reshape({N, I}), a.w_ih, bias};
     lstm_forward_engine(s, gates, a.w_hh, a.w_hr, y, h, c, c_raw, h_pre, a.reverse, a.cell_clip,
-                        a.save);
+                        a.save, engine_input ? &input : nullptr);
   } else {
     StepLinear<T> recurrent(a.w_hh, B, T_);                               // h_{t-1} W_hh^T
     std::optional<StepLinear<T>> projection;                            // h_t W_hr^T
@@ -80,7 +90,7 @@ std::vector<at::Tensor> lstm_forward_impl(const LayerSizes& s, const LstmForward
       p.M = M;
       p.hg = recurrent(h_p, M);
       p.step.t = t;
-      p.act = projected.step(t);  // x W_ih^T + b_ih + b_hh; the activations overwrite it
+      p.act = projected->step(t);  // x W_ih^T + b_ih + b_hh; the activations overwrite it
       p.xg = p.act;
       p.c_raw = craw_p ? craw_p + off * H : nullptr;
       p.h_out = a.w_hr ? hpre_p + off * H : y_p + off * R;
