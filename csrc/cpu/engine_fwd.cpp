@@ -220,10 +220,9 @@ bool use_forward_engine(const LayerSizes& s, int64_t G, int64_t P) {
 // new time): LSTM H=256 I=64 T=128 B=32 1.54x, B=8 1.18x, B=1 1.18x; I=256 B=32 1.35x;
 // I=512 B=32 1.25x, B=8 1.08x, B=1 0.60x; H=128 I=128 B=16 1.23x; T=64 B=32 I=1 H=64 1.28x;
 // T=24 B=16 I=8 H=32 1.24x; training 0.97-1.10x
-// (benchmarks/results/amd-epyc-2026-12-02-engine-input-ab.md). The same change to the GRU
-// engine (G = 3, x part r, z, n) measured slower there, in alternating processes against
-// the buffer path: T=128 B=32 I=64 H=256 no grad 67 -> 100 us per step, T=64 B=32 I=1 H=64
-// 6.9 -> 8.7, B=1 and B=8 within noise; so the GRU engine reads xg from the all-steps GEMM.
+// (benchmarks/results/amd-epyc-2026-12-02-engine-input-ab.md). The GRU engine still reads
+// xg from the all-steps GEMM: its trial measured slower, but together with an inlining
+// problem since fixed (gate_block), so whether it pays is open.
 bool engine_input_part(const LayerSizes& s, int64_t /*G*/) {
   return s.I <= s.R || s.B >= 8;
 }
