@@ -239,7 +239,8 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
   const int64_t P = w_hr ? R : 0;
   const at::Tensor whh = w_hh.contiguous();
   const at::Tensor whr = w_hr ? w_hr->contiguous() : at::Tensor();
-  // Workspace of the whole call: the panels of W_hh and W_hr, filled inside the region.
+  // Workspace of the whole call: the panels of W_hh, W_hr and (Note [Engine input part])
+  // W_ih, filled inside the region.
   const int64_t hh_floats = panel_floats(4, H, R, W);
   const int64_t hr_floats = P ? panel_floats(1, P, H, W) : 0;
   const int64_t I = input ? s.I : 0;

@@ -296,7 +296,7 @@ void lstm_step_impl(const LstmEngineStep& p, int64_t u0, int64_t u1) {
   const Rg lo = V::set1(-p.cell_clip), hi = V::set1(p.cell_clip);
   auto epi = [&](int64_t b, int64_t u, int64_t n, const Rg* acc,
                  const float* xp) FUSEDRNN_ENGINE_INLINE {
-    float* g = p.gates + b * 4 * H + u;
+    float* g = p.gates ? p.gates + b * 4 * H + u : nullptr;  // none: input part, no saving
     float* h_out = p.h_out + b * H + u;
     float* c_raw = p.c_raw ? p.c_raw + b * H + u : nullptr;
     // Without saving (c_raw == nullptr: no backward will read them) the activations are not
