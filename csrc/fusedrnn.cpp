@@ -95,10 +95,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_engine_runs", &fusedrnn::cpu::engine_runs,
         "Layer calls run by the CPU engine so far: [lstm_forward, lstm_backward, "
         "gru_forward, gru_backward, lstm_forward_rows, gru_forward_rows, lstm_backward_rows, "
-        "gru_backward_rows, chunked_projection, lstm_forward_input] (the *_rows: calls whose "
-        "threads split the batch rows; chunked_projection: per-step forward loops that "
-        "computed the input projection in chunks of steps; lstm_forward_input: LSTM forward "
-        "engine calls that computed the input part themselves)");
+        "gru_backward_rows, chunked_projection, lstm_forward_input, gru_forward_input] (the "
+        "*_rows: calls whose threads split the batch rows; chunked_projection: per-step "
+        "forward loops that computed the input projection in chunks of steps; *_input: "
+        "forward engine calls that computed the input part themselves)");
   m.def("_engine_split", &fusedrnn::cpu::engine_split_name,
         "How the engines' threads share a call: 'auto', 'units' or 'rows'");
   m.def("_set_engine_split", &fusedrnn::cpu::set_engine_split, py::arg("name"),

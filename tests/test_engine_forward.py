@@ -107,12 +107,13 @@ def test_matches_torchnn_and_steps(variant, shape, threads, reverse, mode):
                                    msg=lambda m, name=name: f"{name}: {m}")
 
 
-INPUT_PART = 9  # lstm_forward_input in _C._engine_runs()
+INPUT_PART = {"lstm": 9, "gru": 10}  # *_forward_input in _C._engine_runs()
 
 
-# Note [Engine input part]: the LSTM engine computes x W_ih^T + b itself unless I > R with
-# fewer than 8 rows, where it reads the all-steps projection as before. Shapes on both
-# sides of that rule (with and without projection, bias, initial state), 1 and 2 threads:
+# Note [Engine input part]: the engines compute x W_ih^T + b themselves (the LSTM unless
+# I > R with fewer than 8 rows, the GRU from 8 rows on), otherwise they read the all-steps
+# projection as before. Shapes on both sides of those rules (with and without projection,
+# bias, initial state), 1 and 2 threads:
 # the float32 rule against torch.nn, the per-step loop's gradients, the no-grad forward
 # bitwise equal to the saving one, and the counter says which side ran.
 @pytest.mark.parametrize("threads", [1, 2])
@@ -121,21 +122,26 @@ INPUT_PART = 9  # lstm_forward_input in _C._engine_runs()
     ((7, 3, 12, 17, 9), False), ((7, 8, 12, 17, 9), True), ((5, 4, 3, 17, 9), True)],
     ids=lambda c: "T{}B{}I{}H{}P{}".format(*c[0]) + ("-input" if c[1] else "-buffer"))
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
-def test_engine_input_part_both_sides(case, bias, threads, mode):
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_engine_input_part_both_sides(kind, case, bias, threads, mode):
     (T, B, I, H, P), fused = case
-    tensors = make_tensors("lstm", T, B, I, H, P, bias=bias, h0=bias, dtype=F32, seed=T + H)
+    if kind == "gru":
+        if P:
+            pytest.skip("the GRU has no projection")
+        fused = B >= 8
+    tensors = make_tensors(kind, T, B, I, H, P, bias=bias, h0=bias, dtype=F32, seed=T + H)
     kw = dict(lengths=torch.tensor([T - b % 3 for b in range(B)]), reverse=B % 2 == 1)
     mode("engine", threads)
-    before = _C._engine_runs()[INPUT_PART]
-    ours = run("lstm", tensors, True, **kw)
-    assert (_C._engine_runs()[INPUT_PART] > before) == fused
-    out = forward("lstm", tensors, **kw)
+    before = _C._engine_runs()[INPUT_PART[kind]]
+    ours = run(kind, tensors, True, **kw)
+    assert (_C._engine_runs()[INPUT_PART[kind]] > before) == fused
+    out = forward(kind, tensors, **kw)
     for name, value in zip(("output", "h_n", "c_n"), out):
         assert torch.equal(value, ours[name]), name
     mode("steps")
-    steps = run("lstm", tensors, False, **kw)
-    theirs = forward_backward(TORCHNN["lstm"], "lstm", tensors, **kw)
-    ref64 = forward_backward(TORCHNN["lstm"], "lstm", cast(tensors, F64), **kw)
+    steps = run(kind, tensors, False, **kw)
+    theirs = forward_backward(TORCHNN[kind], kind, tensors, **kw)
+    ref64 = forward_backward(TORCHNN[kind], kind, cast(tensors, F64), **kw)
     assert_close_by_reference(ours, theirs, ref64, FLOOR32)
     for name, s in steps.items():
         torch.testing.assert_close(ours[name], s, rtol=1e-4,

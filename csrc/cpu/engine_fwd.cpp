@@ -206,7 +206,8 @@ bool use_forward_engine(const LayerSizes& s, int64_t G, int64_t P) {
 // all steps before the loop: a buffer of T * B * 4H floats (16 MiB at T=128, B=32, H=256)
 // written once and read back a step at a time by the epilogue, from memory. On the 2-core
 // AMD EPYC (Zen 5) that read was the larger part of the epilogue: at T=128 B=32 inference a
-// build that skipped it ran 100 -> 68 us per step. So the engine computes the x part itself:
+// build that skipped it ran 100 -> 68 us per step. So the engines (LSTM and GRU; the GRU's
+// x part is xg = x W_ih^T + b_ih + (b_hr, b_hz, 0)) compute the x part themselves:
 // each thread packs its units' rows of W_ih beside its W_hh panel, and every register block
 // first runs the same rows and units against x_t (run_blocks' InputPart, the same
 // micro-kernel with K = I), keeps the result plus the bias in a small buffer in L1, then runs
@@ -220,10 +221,12 @@ bool use_forward_engine(const LayerSizes& s, int64_t G, int64_t P) {
 // new time): LSTM H=256 I=64 T=128 B=32 1.54x, B=8 1.18x, B=1 1.18x; I=256 B=32 1.35x;
 // I=512 B=32 1.25x, B=8 1.08x, B=1 0.60x; H=128 I=128 B=16 1.23x; T=64 B=32 I=1 H=64 1.28x;
 // T=24 B=16 I=8 H=32 1.24x; training 0.97-1.10x
-// (benchmarks/results/amd-epyc-2026-12-02-engine-input-ab.md). The GRU engine still reads
-// xg from the all-steps GEMM: its trial measured slower, but together with an inlining
-// problem since fixed (gate_block), so whether it pays is open.
-bool engine_input_part(const LayerSizes& s, int64_t /*G*/) {
+// (benchmarks/results/amd-epyc-2026-12-02-engine-input-ab.md). GRU, the same way, after the
+// gate_block inlining fix: T=128 I=64 H=256 B=32 1.10x, B=8 1.06x, B=1 0.88x; T=64 B=32 I=1
+// H=64 1.26x; T=24 B=16 I=8 H=32 1.19x; training B=32 1.08x, B=8 1.05x: so the GRU takes
+// it from 8 rows on only.
+bool engine_input_part(const LayerSizes& s, int64_t G) {
+  if (G == 3) return s.B >= 8;
   return s.I <= s.R || s.B >= 8;
 }
 
@@ -329,13 +332,18 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
 
 void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Tensor& w_hh,
                         const at::Tensor& b_hn, at::Tensor& y, at::Tensor& h, at::Tensor& saved,
-                        bool reverse) {
+                        bool reverse, const EngineInputArgs* input) {
   count_engine_run(EngineRun::GruForward);
+  if (input) count_engine_run(EngineRun::GruForwardInput);
   const EngineFwdKernels& k = engine_kernels();
   const int64_t T = s.T, B = s.B, H = s.H, W = k.width;
   const at::Tensor whh = w_hh.contiguous();
-  const int64_t panel_total = panel_floats(3, H, H, W);
+  const int64_t hh_floats = panel_floats(3, H, H, W);
+  const int64_t I = input ? s.I : 0;
+  const int64_t panel_total = hh_floats + (I ? panel_floats(3, H, I, W) : 0);
   float* panel = workspace(panel_total);
+  float* ih_panel = I ? panel + hh_floats : nullptr;
+  const at::Tensor wih = input ? input->w_ih.contiguous() : at::Tensor();
   StateBuffers state(h, T);
 
   GruEngineStep base{};
@@ -344,7 +352,13 @@ void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Ten
   base.lengths = s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr;
   base.panel = panel;
   base.b_hn = b_hn.defined() ? cptr(b_hn) : nullptr;
-  const float* xg_p = cptr(xg);
+  if (input) {
+    base.I = I;
+    base.x_panel = ih_panel;
+    base.x_bias = input->bias ? cptr(*input->bias) : nullptr;
+  }
+  const float* x_p = input ? cptr(input->x) : nullptr;
+  const float* xg_p = input ? nullptr : cptr(xg);
   float* y_p = ptr(y);
   float* saved_p = saved.defined() ? ptr(saved) : nullptr;
 
@@ -353,6 +367,7 @@ void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Ten
     int64_t u0, u1;
     team_slice(H, W, tid, n, &u0, &u1);
     k.pack(cptr(whh), 3, H, H, u0, u1, const_cast<float*>(base.panel));
+    if (I) k.pack(cptr(wih), 3, H, I, u0, u1, ih_panel);
     // Note [Engine row split]: rows [b0, b1) with all units, no barrier in the loop.
     RowSlice rs;
     const bool rows = enter_row_split(s, panel_bytes, tid, n, barrier,
@@ -369,7 +384,11 @@ void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Ten
       p.t = t;
       p.h_prev = state.buf[step % 2] + b0 * H;
       p.h_next = state.buf[(step + 1) % 2] + b0 * H;
-      p.xg = xg_p + off * 3 * H;
+      if (x_p) {
+        p.x = x_p + off * I;
+      } else {
+        p.xg = xg_p + off * 3 * H;
+      }
       p.saved = saved_p ? saved_p + off * 4 * H : nullptr;
       p.h_out = y_p + off * H;
       if (u0 < u1) k.gru_step(p, u0, u1);

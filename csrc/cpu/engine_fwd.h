@@ -58,6 +58,12 @@ struct GruEngineStep {
   const float* b_hn;    // [H] or nullptr
   float* saved;         // [M, 4H] out: r, z, n, h W_hn^T + b_hn, or nullptr
   float* h_out;         // [M, H] out: h_t (zero for absent rows)
+  // Note [Engine input part] (engine_fwd.cpp), as in LstmEngineStep: with x != nullptr the
+  // engine computes xg itself (xg is then unused).
+  const float* x;       // [M, I] the step's input rows, or nullptr
+  const float* x_panel; // W_ih packed, G = 3, U = H, K = I
+  const float* x_bias;  // [3H] b_ih + (b_hr, b_hz, 0), or nullptr
+  int64_t I;
 };
 
 // The projection of one LSTM step for the outputs p of one thread: r_t = h_t W_hr^T.

@@ -362,9 +362,8 @@ void lstm_step(const LstmEngineStep& p, int64_t u0, int64_t u1) {
 
 void gru_step(const GruEngineStep& p, int64_t u0, int64_t u1) {
   const int64_t H = p.H;
-  run_blocks<3>(p.panel, H, p.h_prev, H, p.M, H, u0, u1,
-                [&](int64_t b, int64_t u, int64_t n, const Rg* acc,
-                    const float*) FUSEDRNN_ENGINE_INLINE {
+  auto epi = [&](int64_t b, int64_t u, int64_t n, const Rg* acc,
+                 const float* xp) FUSEDRNN_ENGINE_INLINE {
     float* h_out = p.h_out + b * H + u;
     float* sv = p.saved ? p.saved + b * 4 * H + u : nullptr;
     const float* hp_row = p.h_prev + b * H + u;
@@ -377,12 +376,15 @@ void gru_step(const GruEngineStep& p, int64_t u0, int64_t u1) {
       copy_n(hn_row, hp_row, n);
       return;
     }
-    const float* xg = p.xg + b * 3 * H + u;
-    const Rg r = V::sigmoid(V::add(load_n(xg, n), acc[0]));
-    const Rg z = V::sigmoid(V::add(load_n(xg + H, n), acc[1]));
+    // (the x part: computed in this block, Note [Engine input part], or from the buffer)
+    auto xg = [&](int q) FUSEDRNN_ENGINE_INLINE {
+      return xp ? V::load(xp + q * kW) : load_n(p.xg + b * 3 * H + u + q * H, n);
+    };
+    const Rg r = V::sigmoid(V::add(xg(0), acc[0]));
+    const Rg z = V::sigmoid(V::add(xg(1), acc[1]));
     Rg hn = acc[2];
     if (p.b_hn) hn = V::add(hn, load_n(p.b_hn + u, n));
-    const Rg nn = V::tanh(V::fmadd(r, hn, load_n(xg + 2 * H, n)));
+    const Rg nn = V::tanh(V::fmadd(r, hn, xg(2)));
     const Rg hp = load_n(hp_row, n);
     const Rg hnew = V::fmadd(z, V::sub(hp, nn), nn);  // (1 - z) n + z h
     if (sv) {
@@ -393,7 +395,16 @@ void gru_step(const GruEngineStep& p, int64_t u0, int64_t u1) {
     }
     store_n(h_out, hnew, n);
     store_n(hn_row, hnew, n);
-  }, [&](int64_t b, int64_t u) FUSEDRNN_ENGINE_INLINE { prefetch_gates(p.xg, 3, H, b, u); });
+  };
+  auto pre = [&](int64_t b, int64_t u) FUSEDRNN_ENGINE_INLINE {
+    if (!p.x) prefetch_gates(p.xg, 3, H, b, u);
+  };
+  if (p.x) {
+    const InputPart in{p.x_panel, p.x, p.x_bias, p.I};
+    run_blocks<3, true>(p.panel, H, p.h_prev, H, p.M, H, u0, u1, epi, pre, &in);
+  } else {
+    run_blocks<3, false>(p.panel, H, p.h_prev, H, p.M, H, u0, u1, epi, pre);
+  }
   carry_rows(p.h_prev, p.h_next, H, p.M, p.B, u0, u1);
 }
 

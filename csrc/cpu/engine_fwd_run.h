@@ -38,9 +38,10 @@ bool engine_input_part(const LayerSizes& s, int64_t G);
 
 // The whole GRU time loop (float32). In: xg [N, 3H], b_hn [H] (undefined without bias),
 // h [B, H] the initial state. Out: y [N, H], h the final state, saved [N, 4H] when defined.
+// With `input` the engine computes xg itself (Note [Engine input part]); xg is then unused.
 void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Tensor& w_hh,
                         const at::Tensor& b_hn, at::Tensor& y, at::Tensor& h, at::Tensor& saved,
-                        bool reverse);
+                        bool reverse, const EngineInputArgs* input = nullptr);
 
 }  // namespace cpu
 }  // namespace fusedrnn

@@ -35,9 +35,17 @@ std::vector<at::Tensor> gru_forward_impl(const LayerSizes& s, const GruForwardAr
   // in the per-step loop without a backward (Note [Chunked input projection] in
   // cpu_common.h; the saved values are r, z, n, hn, not xg).
   const std::optional<at::Tensor> bias = input_bias(a.b_ih, a.b_hh, 3 * H, 2 * H);
-  bool engine = false;
-  if constexpr (std::is_same_v<T, float>) engine = use_forward_engine(s, 3, 0);
-  InputProjection<T> projected(s, x.reshape({N, I}), a.w_ih, bias, a.reverse, a.save || engine);
+  bool engine = false, engine_input = false;
+  if constexpr (std::is_same_v<T, float>) {
+    engine = use_forward_engine(s, 3, 0);
+    engine_input = engine && engine_input_part(s, 3);
+  }
+  // The engine computing the x part itself (Note [Engine input part] in engine_fwd.cpp)
+  // needs no projection.
+  std::optional<InputProjection<T>> projected;
+  if (!engine_input) {
+    projected.emplace(s, x.reshape({N, I}), a.w_ih, bias, a.reverse, a.save || engine);
+  }
   const at::Tensor b_hn = a.b_hh ? a.b_hh->narrow(0, 2 * H, H).contiguous() : at::Tensor();
 
   at::Tensor y = at::empty({N, H}, opts);
@@ -47,7 +55,9 @@ std::vector<at::Tensor> gru_forward_impl(const LayerSizes& s, const GruForwardAr
   if (engine) {
     // The engine writes r, z, n, hn only where they are saved (Note [CPU time-loop engine]).
     at::Tensor saved_out = a.save ? saved : at::Tensor();
-    gru_forward_engine(s, projected.whole(), a.w_hh, b_hn, y, h, saved_out, a.reverse);
+    const EngineInputArgs input{x.reshape({N, I}), a.w_ih, bias};
+    gru_forward_engine(s, projected ? projected->whole() : at::Tensor(), a.w_hh, b_hn, y, h,
+                       saved_out, a.reverse, engine_input ? &input : nullptr);
   } else {
     StepLinear<T> recurrent(a.w_hh, B, T_);  // h_{t-1} W_hh^T
 
@@ -63,7 +73,7 @@ std::vector<at::Tensor> gru_forward_impl(const LayerSizes& s, const GruForwardAr
       p.M = M;
       p.hg = recurrent(p.h_state, M);
       p.step.t = t;
-      p.xg = projected.step(t);
+      p.xg = projected->step(t);
       p.saved = a.save ? saved.data_ptr<T>() + off * 4 * H : nullptr;
       p.h_out = y.data_ptr<T>() + off * H;
       parallel_rows(M, 3 * H, [&](int64_t b0, int64_t b1) { k.gru_fwd(p, b0, b1); });
