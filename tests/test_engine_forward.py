@@ -73,6 +73,22 @@ def forward(kind, tensors, **kwargs):
         return OPS[kind](*args, **kwargs)
 
 
+def check_against_torchnn_and_steps(kind, tensors, ours, mode, **kw):
+    """The engine's forward_backward result `ours` against torch.nn by the float32 rule, and
+    against the per-step loop (run here, in 'steps' mode): the backward read the engine's
+    saved tensors, so its gradients agree with the loop's to float32 rounding (the forwards
+    differ only in summation order)."""
+    mode("steps")
+    steps = run(kind, tensors, False, **kw)
+    theirs = forward_backward(TORCHNN[kind], kind, tensors, **kw)
+    ref64 = forward_backward(TORCHNN[kind], kind, cast(tensors, F64), **kw)
+    assert_close_by_reference(ours, theirs, ref64, FLOOR32)
+    for name, s in steps.items():
+        torch.testing.assert_close(ours[name], s, rtol=1e-4,
+                                   atol=1e-5 * max(1.0, s.abs().max().item()),
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
 # (T, B, I, H): H = 1, 17 (a partial SIMD block on AVX-512), 129 (a partial block on every
 # width and slices of unequal size), B = 1 and 7 (row blocks of every size), odd I, T = 1.
 SHAPES = [(1, 1, 1, 1), (6, 1, 3, 17), (5, 7, 5, 17), (3, 7, 7, 129), (1, 3, 2, 33),
@@ -94,17 +110,7 @@ def test_matches_torchnn_and_steps(variant, shape, threads, reverse, mode):
     kw = dict(reverse=reverse, lengths=lengths)
     mode("engine", threads)
     ours = run(kind, tensors, True, **kw)
-    mode("steps")
-    steps = run(kind, tensors, False, **kw)
-    theirs = forward_backward(TORCHNN[kind], kind, tensors, **kw)
-    ref64 = forward_backward(TORCHNN[kind], kind, cast(tensors, F64), **kw)
-    assert_close_by_reference(ours, theirs, ref64, FLOOR32)
-    # The backward read the engine's saved tensors: its gradients agree with the per-step
-    # loop's to float32 rounding (the forwards differ only in summation order).
-    for name, s in steps.items():
-        torch.testing.assert_close(ours[name], s, rtol=1e-4,
-                                   atol=1e-5 * max(1.0, s.abs().max().item()),
-                                   msg=lambda m, name=name: f"{name}: {m}")
+    check_against_torchnn_and_steps(kind, tensors, ours, mode, **kw)
 
 
 INPUT_PART = {"lstm": 9, "gru": 10}  # *_forward_input in _C._engine_runs()
@@ -138,15 +144,7 @@ def test_engine_input_part_both_sides(kind, case, bias, threads, mode):
     out = forward(kind, tensors, **kw)
     for name, value in zip(("output", "h_n", "c_n"), out):
         assert torch.equal(value, ours[name]), name
-    mode("steps")
-    steps = run(kind, tensors, False, **kw)
-    theirs = forward_backward(TORCHNN[kind], kind, tensors, **kw)
-    ref64 = forward_backward(TORCHNN[kind], kind, cast(tensors, F64), **kw)
-    assert_close_by_reference(ours, theirs, ref64, FLOOR32)
-    for name, s in steps.items():
-        torch.testing.assert_close(ours[name], s, rtol=1e-4,
-                                   atol=1e-5 * max(1.0, s.abs().max().item()),
-                                   msg=lambda m, name=name: f"{name}: {m}")
+    check_against_torchnn_and_steps(kind, tensors, ours, mode, **kw)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
