@@ -158,6 +158,18 @@ struct StateBuffers {
   }
 };
 
+// The call-wide fields of EngineInput (Note [Engine input part]; x is set per step): none
+// without `input`.
+EngineInput call_input(const EngineInputArgs* input, const float* panel) {
+  EngineInput in{};
+  if (input) {
+    in.panel = panel;
+    in.bias = input->bias ? cptr(*input->bias) : nullptr;
+    in.K = input->x.size(1);
+  }
+  return in;
+}
+
 }  // namespace
 
 // Note [Engine row split] (row_split.h).
@@ -209,7 +221,7 @@ bool use_forward_engine(const LayerSizes& s, int64_t G, int64_t P) {
 // build that skipped it ran 100 -> 68 us per step. So the engines (LSTM and GRU; the GRU's
 // x part is xg = x W_ih^T + b_ih + (b_hr, b_hz, 0)) compute the x part themselves:
 // each thread packs its units' rows of W_ih beside its W_hh panel, and every register block
-// first runs the same rows and units against x_t (run_blocks' InputPart, the same
+// first runs the same rows and units against x_t (EngineInput in run_blocks, the same
 // micro-kernel with K = I), keeps the result plus the bias in a small buffer in L1, then runs
 // the recurrent product, whose epilogue adds the two as before (recurrent sum first, then
 // the x part). No all-steps GEMM and no gates buffer without a backward; with one, the
@@ -268,11 +280,7 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
   pbase.panel = P ? panel + hh_floats : nullptr;
   float* ih_panel = I ? panel + hh_floats + hr_floats : nullptr;
   const at::Tensor wih = input ? input->w_ih.contiguous() : at::Tensor();
-  if (input) {
-    base.I = I;
-    base.x_panel = ih_panel;
-    base.x_bias = input->bias ? cptr(*input->bias) : nullptr;
-  }
+  base.input = call_input(input, ih_panel);
   const float* x_p = input ? cptr(input->x) : nullptr;
   // Without a saved copy (input given, no backward) the gates are never read or written.
   float* g_p = gates.numel() ? ptr(gates) : nullptr;
@@ -311,7 +319,7 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
       p.h_prev = prev;
       p.h_next = P ? nullptr : next;
       p.gates = g_p ? g_p + off * 4 * H : nullptr;
-      if (x_p) p.x = x_p + off * I;
+      if (x_p) p.input.x = x_p + off * I;
       p.c_raw = craw_p ? craw_p + off * H : nullptr;
       p.h_out = P ? hpre_p + off * H : y_p + off * R;
       if (u0 < u1) k.lstm_step(p, u0, u1);
@@ -352,11 +360,7 @@ void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Ten
   base.lengths = s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr;
   base.panel = panel;
   base.b_hn = b_hn.defined() ? cptr(b_hn) : nullptr;
-  if (input) {
-    base.I = I;
-    base.x_panel = ih_panel;
-    base.x_bias = input->bias ? cptr(*input->bias) : nullptr;
-  }
+  base.input = call_input(input, ih_panel);
   const float* x_p = input ? cptr(input->x) : nullptr;
   const float* xg_p = input ? nullptr : cptr(xg);
   float* y_p = ptr(y);
@@ -385,7 +389,7 @@ void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Ten
       p.h_prev = state.buf[step % 2] + b0 * H;
       p.h_next = state.buf[(step + 1) % 2] + b0 * H;
       if (x_p) {
-        p.x = x_p + off * I;
+        p.input.x = x_p + off * I;
       } else {
         p.xg = xg_p + off * 3 * H;
       }

@@ -23,6 +23,16 @@ inline int64_t panel_floats(int64_t G, int64_t U, int64_t K, int64_t W) {
   return (U + W - 1) / W * W * G * K;
 }
 
+// Note [Engine input part] (engine_fwd.cpp): a step's x W_ih^T + bias computed by the
+// engine for the thread's rows and units; x == nullptr: not computed (the step reads it from
+// the all-steps buffer: LstmEngineStep::gates, GruEngineStep::xg).
+struct EngineInput {
+  const float* x;      // [M, K] the step's input rows, or nullptr
+  const float* panel;  // W_ih packed (Note [Engine panel layout]), U = H, K = I
+  const float* bias;   // [G * H] (input_bias), or nullptr
+  int64_t K;           // I
+};
+
 // One LSTM step for the units of one thread (everything per row as in LstmFwdStep).
 struct LstmEngineStep {
   int64_t M, B, H, R;
@@ -31,19 +41,14 @@ struct LstmEngineStep {
   const float* panel;      // W_hh packed (Note [Engine panel layout]), G = 4, U = H, K = R
   const float* h_prev;     // [B, R] state entering the step (all units; read only)
   float* h_next;           // [B, R] state leaving the step, or nullptr (projection)
-  float* gates;            // [M, 4H] in (x == nullptr): x W_ih^T + b_ih + b_hh of the step;
+  float* gates;            // [M, 4H] in (no input.x): x W_ih^T + b_ih + b_hh of the step;
                            // out: activations (only when saving, c_raw != nullptr)
   float* c;                // [B, H] running cell state (unchanged for absent rows)
   float* c_raw;            // [M, H] out: cell state before the clip, or nullptr: not saving
   float* h_out;            // [M, H] out: o * tanh(c_t) (the output, or h_pre with projection)
   float cell_clip;
   bool has_cell_clip;
-  // Note [Engine input part] (engine_fwd.cpp): with x != nullptr the engine computes the
-  // step's x W_ih^T + bias itself (gates is then written only when saving).
-  const float* x;          // [M, I] the step's input rows, or nullptr: gates holds the x part
-  const float* x_panel;    // W_ih packed (Note [Engine panel layout]), G = 4, U = H, K = I
-  const float* x_bias;     // [4H] b_ih + b_hh, or nullptr
-  int64_t I;
+  EngineInput input;       // G = 4, bias b_ih + b_hh; with input.x gates is only written
 };
 
 // One GRU step for the units of one thread (as in GruFwdStep).
@@ -58,12 +63,7 @@ struct GruEngineStep {
   const float* b_hn;    // [H] or nullptr
   float* saved;         // [M, 4H] out: r, z, n, h W_hn^T + b_hn, or nullptr
   float* h_out;         // [M, H] out: h_t (zero for absent rows)
-  // Note [Engine input part] (engine_fwd.cpp), as in LstmEngineStep: with x != nullptr the
-  // engine computes xg itself (xg is then unused).
-  const float* x;       // [M, I] the step's input rows, or nullptr
-  const float* x_panel; // W_ih packed, G = 3, U = H, K = I
-  const float* x_bias;  // [3H] b_ih + (b_hr, b_hz, 0), or nullptr
-  int64_t I;
+  EngineInput input;     // G = 3, bias b_ih + (b_hr, b_hz, 0); with input.x, xg is unused
 };
 
 // The projection of one LSTM step for the outputs p of one thread: r_t = h_t W_hr^T.

@@ -195,20 +195,11 @@ inline int unit_blocks_for(int64_t M) {
   return 1;
 }
 
-// The input part of a step computed by the engine (Note [Engine input part] in
-// engine_fwd.cpp): x rows [M, K] against a panel of W_ih, plus a bias of G * U, or none.
-struct InputPart {
-  const float* panel;
-  const float* x;
-  const float* bias;
-  int64_t K;
-};
-
 // Runs the register blocks of one step: units [u0, u1) of the panel (u0 a multiple of kW)
 // against rows 0..M-1 of x (row m at x + m * ldx, K values), calling
 // epi(row, first unit, lanes, acc[G], xpart) for each row and unit block, after pre(row,
 // first unit) has prefetched what that epilogue will read (before the register block runs).
-// With `in`, each register block first runs the same rows and units of the input part and
+// With `in` (EngineInput, engine_fwd.h), each register block first runs the same rows and units of the input part and
 // keeps it (plus the bias) in a small buffer, which the epilogue gets as xpart ([G][kW]
 // floats); otherwise xpart is nullptr.
 //
@@ -220,7 +211,7 @@ struct InputPart {
 template <int G, bool kInput = false, class Epi, class Pre>
 void run_blocks(const float* panel, int64_t K, const float* x, int64_t ldx, int64_t M,
                 int64_t U, int64_t u0, int64_t u1, const Epi& epi, const Pre& pre,
-                const InputPart* in = nullptr) {
+                const EngineInput* in = nullptr) {
   const int NB = unit_blocks_for<G>(M);
   const int max_mb = NB == 4 ? max_rows<G, 4>() : (NB == 2 ? max_rows<G, 2>() : max_rows<G, 1>());
   const int64_t row_blocks = (M + max_mb - 1) / max_mb;
@@ -337,12 +328,11 @@ void lstm_step_impl(const LstmEngineStep& p, int64_t u0, int64_t u1) {
     if (p.h_next) store_n(p.h_next + b * R + u, h, n);
   };
   auto pre = [&](int64_t b, int64_t u) FUSEDRNN_ENGINE_INLINE {
-    if (!p.x) prefetch_gates(p.gates, 4, H, b, u);
+    if (!p.input.x) prefetch_gates(p.gates, 4, H, b, u);
     prefetch_vector(p.c + b * H + u);
   };
-  if (p.x) {
-    const InputPart in{p.x_panel, p.x, p.x_bias, p.I};
-    run_blocks<4, true>(p.panel, R, p.h_prev, R, p.M, H, u0, u1, epi, pre, &in);
+  if (p.input.x) {
+    run_blocks<4, true>(p.panel, R, p.h_prev, R, p.M, H, u0, u1, epi, pre, &p.input);
   } else {
     run_blocks<4, false>(p.panel, R, p.h_prev, R, p.M, H, u0, u1, epi, pre);
   }
@@ -397,11 +387,10 @@ void gru_step(const GruEngineStep& p, int64_t u0, int64_t u1) {
     store_n(hn_row, hnew, n);
   };
   auto pre = [&](int64_t b, int64_t u) FUSEDRNN_ENGINE_INLINE {
-    if (!p.x) prefetch_gates(p.xg, 3, H, b, u);
+    if (!p.input.x) prefetch_gates(p.xg, 3, H, b, u);
   };
-  if (p.x) {
-    const InputPart in{p.x_panel, p.x, p.x_bias, p.I};
-    run_blocks<3, true>(p.panel, H, p.h_prev, H, p.M, H, u0, u1, epi, pre, &in);
+  if (p.input.x) {
+    run_blocks<3, true>(p.panel, H, p.h_prev, H, p.M, H, u0, u1, epi, pre, &p.input);
   } else {
     run_blocks<3, false>(p.panel, H, p.h_prev, H, p.M, H, u0, u1, epi, pre);
   }
