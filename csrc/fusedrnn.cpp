@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include "cpu/buffer_cache.h"
 #include "cpu/bwd_engine.h"
 #include "cpu/cpu_common.h"
 #include "cpu/dispatch.h"
@@ -123,6 +124,21 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_bwd_engine_loop_ns", &fusedrnn::cpu::bwd_engine_loop_ns,
         "Nanoseconds spent so far inside the backward engine's time loops (the run_team "
         "region: packing and the loop), for benchmarks that compare a step with its floor");
+  m.def("_empty_cpu_cache", &fusedrnn::cpu::empty_buffer_cache,
+        "Return the freed CPU buffers the layer functions keep for reuse to the system "
+        "(Note [CPU buffer cache]); returns the bytes released");
+  m.def("_cpu_cache_stats", [] {
+          const auto st = fusedrnn::cpu::buffer_cache_stats();
+          return py::dict(py::arg("cached_bytes") = st.cached_bytes,
+                          py::arg("cached_blocks") = st.cached_blocks,
+                          py::arg("limit_bytes") = st.limit_bytes, py::arg("hits") = st.hits,
+                          py::arg("misses") = st.misses);
+        },
+        "The CPU buffer cache: freed bytes and blocks held, the limit, and how many requests "
+        "it served from freed blocks (hits) or new memory (misses)");
+  m.def("_set_cpu_cache_limit", &fusedrnn::cpu::set_buffer_cache_limit, py::arg("bytes"),
+        "Hold at most `bytes` of freed CPU buffers (0: no cache); empties the cache and returns "
+        "the old limit");
 #ifdef FUSEDRNN_WITH_CUDA
   m.attr("cuda_built") = true;
 #else

@@ -15,5 +15,18 @@ from .tbptt import TBPTT
 
 __version__ = "0.1.0"
 
+
+def empty_cpu_cache() -> int:
+    """Return to the system the freed CPU buffers fusedrnn keeps for reuse; returns the bytes
+    released.
+
+    The CPU layers take their large buffers (outputs, saved activations, gradients) from a
+    cache of freed blocks, so that a training loop does not page-fault fresh memory on every
+    call. At most ``FUSEDRNN_CPU_CACHE_MB`` MiB of freed blocks are held (default 512; 0
+    turns the cache off). See docs/design.md, "CPU buffer cache".
+    """
+    from . import _C
+    return _C._empty_cpu_cache()
+
 __all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "TBPTT", "convert", "to_torch", "init", "ops",
-           "plot", "reference", "tbptt"]
+           "plot", "reference", "tbptt", "empty_cpu_cache"]

@@ -13,6 +13,7 @@
 
 #include "../checks.h"
 #include "../rnn_params.h"
+#include "buffer_cache.h"
 #include "direct_products.h"
 
 namespace fusedrnn {
@@ -184,7 +185,13 @@ inline at::Tensor outer_sum(const at::Tensor& a, const at::Tensor& b) {
     return out;
   }
   const int64_t block = std::max<int64_t>(64, (K + 15) / 16);
-  if (K <= block) return at::mm(a.t(), b);
+  // The result in a cached buffer (Note [CPU buffer cache]): a weight gradient is as large
+  // as its weight, and a fresh one is page-faulted on every call.
+  auto mm = [&](const at::Tensor& x, const at::Tensor& y) {
+    at::Tensor out = empty_buffer({x.size(1), y.size(1)}, x.options());
+    return at::mm_out(out, x.t(), y);
+  };
+  if (K <= block) return mm(a, b);
   const int64_t full = K / block;
   at::Tensor out;
   int64_t done = 0;
@@ -199,7 +206,7 @@ inline at::Tensor outer_sum(const at::Tensor& a, const at::Tensor& b) {
               .sum(0);
     done = full * block;
   } else {
-    out = at::mm(a.narrow(0, 0, std::min(block, K)).t(), b.narrow(0, 0, std::min(block, K)));
+    out = mm(a.narrow(0, 0, std::min(block, K)), b.narrow(0, 0, std::min(block, K)));
     done = block;
   }
   for (int64_t k = done; k < K; k += block) {
@@ -278,7 +285,7 @@ inline at::Tensor recurrent_weight_grad(const at::Tensor& dg, const at::Tensor& 
       dw = outer_sum(first, *h0);
     }
   }
-  return dw.defined() ? dw : at::zeros({G, R}, y.options());
+  return dw.defined() ? dw : zeros_buffer({G, R}, y.options());
 }
 
 }  // namespace cpu

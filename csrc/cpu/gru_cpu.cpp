@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "../grad_record.h"
+#include "buffer_cache.h"
 #include "bwd_engine.h"
 #include "cpu_common.h"
 #include "dispatch.h"
@@ -48,10 +49,10 @@ std::vector<at::Tensor> gru_forward_impl(const LayerSizes& s, const GruForwardAr
   }
   const at::Tensor b_hn = a.b_hh ? a.b_hh->narrow(0, 2 * H, H).contiguous() : at::Tensor();
 
-  at::Tensor y = at::empty({N, H}, opts);
+  at::Tensor y = empty_buffer({N, H}, opts);
   at::Tensor h = a.h0 ? a.h0->contiguous().clone() : at::zeros({B, H}, opts);
   // r, z, n, hn of every step, for the backward (nothing without it).
-  at::Tensor saved = a.save ? at::empty({N, 4 * H}, opts) : at::empty({0}, opts);
+  at::Tensor saved = a.save ? empty_buffer({N, 4 * H}, opts) : at::empty({0}, opts);
   if (engine) {
     // The engine writes r, z, n, hn only where they are saved (Note [CPU time-loop engine]).
     at::Tensor saved_out = a.save ? saved : at::Tensor();
@@ -95,8 +96,8 @@ std::vector<at::Tensor> gru_backward_impl(const LayerSizes& s, const GruBackward
   const at::Tensor dy = a.dy.contiguous(), dhn = a.dh_n.contiguous();
   const at::Tensor h0c = a.h0 ? a.h0->contiguous() : at::Tensor();
 
-  at::Tensor dxg = at::empty({N, 3 * H}, opts);
-  at::Tensor dhg = at::empty({N, 3 * H}, opts);
+  at::Tensor dxg = empty_buffer({N, 3 * H}, opts);
+  at::Tensor dhg = empty_buffer({N, 3 * H}, opts);
   // The whole time loop in one parallel region where it is faster (Note [CPU backward
   // engine] in bwd_engine.cpp); float64 and the other shapes run one GEMM per step.
   bool engine = false;

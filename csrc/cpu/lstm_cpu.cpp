@@ -18,6 +18,7 @@
 #include <type_traits>
 
 #include "../grad_record.h"
+#include "buffer_cache.h"
 #include "bwd_engine.h"
 #include "cpu_common.h"
 #include "dispatch.h"
@@ -52,15 +53,15 @@ std::vector<at::Tensor> lstm_forward_impl(const LayerSizes& s, const LstmForward
     projected.emplace(s, x.reshape({N, I}), a.w_ih, bias, a.reverse, a.save || engine);
   }
 
-  at::Tensor y = at::empty({N, R}, opts);
+  at::Tensor y = empty_buffer({N, R}, opts);
   at::Tensor h = a.h0 ? a.h0->contiguous().clone() : at::zeros({B, R}, opts);
   at::Tensor c = a.c0 ? a.c0->contiguous().clone() : at::zeros({B, H}, opts);
-  at::Tensor c_raw = a.save ? at::empty({N, H}, opts) : at::empty({0}, opts);
-  at::Tensor h_pre = a.w_hr ? at::empty({N, H}, opts) : at::empty({0}, opts);
+  at::Tensor c_raw = a.save ? empty_buffer({N, H}, opts) : at::empty({0}, opts);
+  at::Tensor h_pre = a.w_hr ? empty_buffer({N, H}, opts) : at::empty({0}, opts);
   // float32 calls the engine takes (Note [CPU time-loop engine] in engine_fwd.cpp) run the
   // whole time loop there.
   at::Tensor gates = projected ? projected->whole()
-                              : (a.save ? at::empty({N, 4 * H}, opts) : at::empty({0}, opts));
+                              : (a.save ? empty_buffer({N, 4 * H}, opts) : at::empty({0}, opts));
   if (engine) {
     const EngineInputArgs input{x.reshape({N, I}), a.w_ih, bias};
     lstm_forward_engine(s, gates, a.w_hh, a.w_hr, y, h, c, c_raw, h_pre, a.reverse, a.cell_clip,
@@ -128,7 +129,7 @@ std::vector<at::Tensor> lstm_backward_impl(const LayerSizes& s, const LstmBackwa
   bool engine = false;
   if constexpr (std::is_same<T, float>::value) engine = bwd_engine_selected(s, 4);
 
-  at::Tensor dgates = at::empty({N, 4 * H}, opts);
+  at::Tensor dgates = empty_buffer({N, 4 * H}, opts);
   // Gradient into the state entering step t: dh_gemm + dh_carry, see
   // Note [Recurrent gradient buffers] in rnn_params.h. The engine keeps its own buffers and
   // writes dc_rec at the end; the per-step loop needs them zeroed.
@@ -136,7 +137,7 @@ std::vector<at::Tensor> lstm_backward_impl(const LayerSizes& s, const LstmBackwa
   at::Tensor dh_carry = engine ? at::Tensor() : at::zeros({B, R}, opts);
   at::Tensor dc_rec = engine ? at::empty({B, H}, opts) : at::zeros({B, H}, opts);
   at::Tensor dh0 = at::empty({B, R}, opts);
-  at::Tensor dr = a.w_hr ? at::empty({N, R}, opts) : at::Tensor();
+  at::Tensor dr = a.w_hr ? empty_buffer({N, R}, opts) : at::Tensor();
   at::Tensor record = new_grad_record(s, opts, track);
   T* rec_p = track ? record.data_ptr<T>() : nullptr;
 

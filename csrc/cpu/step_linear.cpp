@@ -146,7 +146,8 @@ at::Tensor RowsLinear::operator()(const at::Tensor& x) const {
     case Backend::Aten:
       break;
   }
-  return bias_ ? at::addmm(*bias_, x, weight_.t()) : at::mm(x, weight_.t());
+  at::Tensor out = empty_buffer({M, N}, x.options());  // Note [CPU buffer cache]
+  return bias_ ? at::addmm_out(out, *bias_, x, weight_.t()) : at::mm_out(out, x, weight_.t());
 }
 
 at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& weight,

@@ -1,0 +1,163 @@
+// The CPU buffer cache: Note [CPU buffer cache] in buffer_cache.h.
+#include "buffer_cache.h"
+
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <string>
+
+#include <ATen/EmptyTensor.h>
+#include <c10/core/Allocator.h>
+#include <c10/core/CPUAllocator.h>
+#include <c10/core/impl/alloc_cpu.h>
+
+namespace fusedrnn {
+namespace cpu {
+namespace {
+
+constexpr size_t kPage = 4096;
+
+int64_t limit_from_env() {
+  const char* env = std::getenv("FUSEDRNN_CPU_CACHE_MB");
+  if (!env || !*env) return int64_t(512) << 20;
+  char* end = nullptr;
+  const long long mb = std::strtoll(env, &end, 10);
+  TORCH_CHECK_VALUE(end && *end == '\0' && mb >= 0,
+                    "fusedrnn: FUSEDRNN_CPU_CACHE_MB must be a whole number of MiB >= 0, got '",
+                    env, "'");
+  return static_cast<int64_t>(mb) << 20;
+}
+
+struct Block {
+  void* ptr;
+  size_t bytes;
+};
+
+class BufferCache final : public c10::Allocator {
+ public:
+  c10::DataPtr allocate(size_t n) override {
+    const size_t bytes = (n + kPage - 1) / kPage * kPage;
+    Block b = take(bytes);
+    if (!b.ptr) b = {c10::alloc_cpu(bytes), bytes};
+    return {b.ptr, new Block(b), &BufferCache::release, c10::Device(c10::kCPU)};
+  }
+
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+
+  BufferCacheStats stats() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return {cached_, static_cast<int64_t>(free_.size()), limit_, hits_, misses_};
+  }
+
+  int64_t empty() {
+    std::multimap<size_t, void*> blocks;
+    int64_t released = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      blocks.swap(free_);
+      released = cached_;
+      cached_ = 0;
+    }
+    for (auto& b : blocks) c10::free_cpu(b.second);
+    return released;
+  }
+
+  int64_t set_limit(int64_t bytes) {
+    TORCH_CHECK_VALUE(bytes >= 0, "fusedrnn: the CPU buffer cache limit must be >= 0, got ",
+                      bytes);
+    int64_t old;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      old = limit_;
+      limit_ = bytes;
+    }
+    empty();  // the blocks held under the old limit are not necessarily wanted now
+    return old;
+  }
+
+  bool enabled() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return limit_ > 0;
+  }
+
+  static BufferCache& get() {
+    // Never destroyed: tensors may be freed after static destruction began.
+    static BufferCache* cache = new BufferCache();
+    return *cache;
+  }
+
+ private:
+  BufferCache() : limit_(limit_from_env()) {}
+
+  // A free block of at least `bytes` and at most 1/8 more, or {nullptr, 0}.
+  Block take(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = free_.lower_bound(bytes);
+    if (it == free_.end() || it->first > bytes + bytes / 8) {
+      ++misses_;
+      return {nullptr, 0};
+    }
+    ++hits_;
+    const Block b{it->second, it->first};
+    cached_ -= static_cast<int64_t>(b.bytes);
+    free_.erase(it);
+    return b;
+  }
+
+  static void release(void* ctx) {
+    Block* b = static_cast<Block*>(ctx);
+    get().give_back(b->ptr, b->bytes);
+    delete b;
+  }
+
+  void give_back(void* ptr, size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (cached_ + static_cast<int64_t>(bytes) <= limit_) {
+        free_.emplace(bytes, ptr);
+        cached_ += static_cast<int64_t>(bytes);
+        return;
+      }
+    }
+    c10::free_cpu(ptr);
+  }
+
+  std::mutex mutex_;
+  std::multimap<size_t, void*> free_;  // freed blocks by size
+  int64_t cached_ = 0, limit_;
+  int64_t hits_ = 0, misses_ = 0;
+};
+
+at::Tensor empty_from_cache(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  return at::Tensor(at::detail::empty_generic(sizes, &BufferCache::get(),
+                                   c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                   c10::typeMetaToScalarType(opts.dtype()), std::nullopt));
+}
+
+bool cached_size(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  if (opts.device().type() != c10::kCPU || opts.layout() != c10::kStrided) return false;
+  int64_t n = static_cast<int64_t>(opts.dtype().itemsize());
+  for (int64_t s : sizes) n *= s;
+  return n >= kBufferCacheMinBytes && BufferCache::get().enabled();
+}
+
+}  // namespace
+
+at::Tensor empty_buffer(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  return cached_size(sizes, opts) ? empty_from_cache(sizes, opts) : at::empty(sizes, opts);
+}
+
+at::Tensor zeros_buffer(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  return cached_size(sizes, opts) ? empty_from_cache(sizes, opts).zero_() : at::zeros(sizes, opts);
+}
+
+BufferCacheStats buffer_cache_stats() { return BufferCache::get().stats(); }
+
+int64_t empty_buffer_cache() { return BufferCache::get().empty(); }
+
+int64_t set_buffer_cache_limit(int64_t bytes) { return BufferCache::get().set_limit(bytes); }
+
+}  // namespace cpu
+}  // namespace fusedrnn
