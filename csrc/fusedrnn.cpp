@@ -96,10 +96,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_engine_runs", &fusedrnn::cpu::engine_runs,
         "Layer calls run by the CPU engine so far: [lstm_forward, lstm_backward, "
         "gru_forward, gru_backward, lstm_forward_rows, gru_forward_rows, lstm_backward_rows, "
-        "gru_backward_rows, chunked_projection, lstm_forward_input, gru_forward_input] (the "
-        "*_rows: calls whose threads split the batch rows; chunked_projection: per-step "
-        "forward loops that computed the input projection in chunks of steps; *_input: "
-        "forward engine calls that computed the input part themselves)");
+        "gru_backward_rows, chunked_projection, lstm_forward_input, gru_forward_input, "
+        "weight_grad] (the *_rows: calls whose threads split the batch rows; "
+        "chunked_projection: per-step forward loops that computed the input projection in "
+        "chunks of steps; *_input: forward engine calls that computed the input part "
+        "themselves; weight_grad: weight gradients computed on the engine's micro-kernel)");
   m.def("_engine_split", &fusedrnn::cpu::engine_split_name,
         "How the engines' threads share a call: 'auto', 'units' or 'rows'");
   m.def("_set_engine_split", &fusedrnn::cpu::set_engine_split, py::arg("name"),
@@ -124,6 +125,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_bwd_engine_loop_ns", &fusedrnn::cpu::bwd_engine_loop_ns,
         "Nanoseconds spent so far inside the backward engine's time loops (the run_team "
         "region: packing and the loop), for benchmarks that compare a step with its floor");
+  m.def("_weight_grad", &fusedrnn::cpu::weight_grad_backend,
+        "Where the float32 CPU weight gradients run: 'engine' (the backward engine's "
+        "micro-kernel) or 'blas'");
+  m.def("_set_weight_grad", &fusedrnn::cpu::set_weight_grad_backend, py::arg("name"),
+        "Run the float32 CPU weight gradients on 'engine' or 'blas'; returns the one in use. "
+        "For tests and benchmarks; not for use while ops run in other threads.");
   m.def("_empty_cpu_cache", &fusedrnn::cpu::empty_buffer_cache,
         "Return the freed CPU buffers the layer functions keep for reuse to the system "
         "(Note [CPU buffer cache]); returns the bytes released");

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <optional>
+#include <string>
 
 #include <ATen/ATen.h>
 
@@ -38,6 +39,17 @@ void gru_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>&
 // Nanoseconds spent inside the engine's run_team regions so far (all calls, all threads'
 // wall time once per call): lets benchmarks separate the time loop from the all-steps GEMMs.
 int64_t bwd_engine_loop_ns();
+
+// a^T b for float32 a [K, G], b [K, R] on the engine's micro-kernel (Note [Weight gradients
+// on the engine kernel] in bwd_engine.cpp), where engine_outer_sum_applies: outer_sum's
+// path for the large weight gradients.
+constexpr int64_t kEngineOuterMinMacs = int64_t(1) << 20;
+bool engine_outer_sum_applies(const at::Tensor& a, const at::Tensor& b);
+at::Tensor engine_outer_sum(const at::Tensor& a, const at::Tensor& b);
+// "engine" or "blas" (FUSEDRNN_WEIGHT_GRAD=blas at start, or set_weight_grad_backend, puts
+// them back on outer_sum's BLAS paths: for tests and benchmarks).
+std::string weight_grad_backend();
+std::string set_weight_grad_backend(const std::string& name);
 
 }  // namespace cpu
 }  // namespace fusedrnn

@@ -44,8 +44,9 @@ struct Blocking<1> {  // portable
 };
 
 // The terms k0 <= k < k1 of the product, summed in a fresh FMA chain and then added onto C
-// (stored when k0 == 0). See kKBlock for why k comes in blocks.
-template <class V, int MR, int NB>
+// (stored when k0 == 0). See kKBlock for why k comes in blocks. ACOL: A(i, k) is at
+// A[k * lda + i] instead of A[i * lda + k] (EngineGemm::a_by_columns).
+template <class V, int MR, int NB, bool ACOL>
 inline void micro_kernel(const typename V::value_type* A, int64_t lda,
                          const typename V::value_type* Bp, int64_t K, int64_t k0, int64_t k1,
                          typename V::value_type* C, int64_t ldc) {
@@ -75,7 +76,7 @@ inline void micro_kernel(const typename V::value_type* A, int64_t lda,
     }
 #pragma GCC unroll 64
     for (int i = 0; i < MR; ++i) {
-      const Rg a = V::set1(A[i * lda + k]);
+      const Rg a = V::set1(ACOL ? A[k * lda + i] : A[i * lda + k]);
 #pragma GCC unroll 64
       for (int q = 0; q < NV; ++q) acc[i][q] = V::fmadd(a, b[q], acc[i][q]);
     }
@@ -93,7 +94,7 @@ inline void micro_kernel(const typename V::value_type* A, int64_t lda,
   }
 }
 
-template <class V, int MR>
+template <class V, int MR, bool ACOL>
 inline void micro_nb(int nb, const typename V::value_type* A, int64_t lda,
                      const typename V::value_type* Bp, int64_t K, int64_t k0, int64_t k1,
                      typename V::value_type* C, int64_t ldc) {
@@ -101,29 +102,29 @@ inline void micro_nb(int nb, const typename V::value_type* A, int64_t lda,
   constexpr int maxnb = MR == 1 ? Blocking<V::width>::NB1
                                 : (MR == 2 ? Blocking<V::width>::NB2 : Blocking<V::width>::NB);
   switch (nb) {
-    case 1: micro_kernel<V, MR, 1>(A, lda, Bp, K, k0, k1, C, ldc); break;
-    case 2: if constexpr (maxnb >= 2) micro_kernel<V, MR, 2>(A, lda, Bp, K, k0, k1, C, ldc); break;
-    case 3: if constexpr (maxnb >= 3) micro_kernel<V, MR, 3>(A, lda, Bp, K, k0, k1, C, ldc); break;
-    case 4: if constexpr (maxnb >= 4) micro_kernel<V, MR, 4>(A, lda, Bp, K, k0, k1, C, ldc); break;
-    case 5: if constexpr (maxnb >= 5) micro_kernel<V, MR, 5>(A, lda, Bp, K, k0, k1, C, ldc); break;
-    case 6: if constexpr (maxnb >= 6) micro_kernel<V, MR, 6>(A, lda, Bp, K, k0, k1, C, ldc); break;
-    case 7: if constexpr (maxnb >= 7) micro_kernel<V, MR, 7>(A, lda, Bp, K, k0, k1, C, ldc); break;
-    default: if constexpr (maxnb >= 8) micro_kernel<V, MR, 8>(A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 1: micro_kernel<V, MR, 1, ACOL>(A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 2: if constexpr (maxnb >= 2) micro_kernel<V, MR, 2, ACOL>(A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 3: if constexpr (maxnb >= 3) micro_kernel<V, MR, 3, ACOL>(A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 4: if constexpr (maxnb >= 4) micro_kernel<V, MR, 4, ACOL>(A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 5: if constexpr (maxnb >= 5) micro_kernel<V, MR, 5, ACOL>(A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 6: if constexpr (maxnb >= 6) micro_kernel<V, MR, 6, ACOL>(A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 7: if constexpr (maxnb >= 7) micro_kernel<V, MR, 7, ACOL>(A, lda, Bp, K, k0, k1, C, ldc); break;
+    default: if constexpr (maxnb >= 8) micro_kernel<V, MR, 8, ACOL>(A, lda, Bp, K, k0, k1, C, ldc); break;
   }
 }
 
-template <class V>
+template <class V, bool ACOL>
 inline void micro(int mr, int nb, const typename V::value_type* A, int64_t lda,
                   const typename V::value_type* Bp, int64_t K, int64_t k0, int64_t k1,
                   typename V::value_type* C, int64_t ldc) {
   constexpr int MRX = Blocking<V::width>::MR;
   switch (mr) {
-    case 1: micro_nb<V, 1>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
-    case 2: if constexpr (MRX >= 2) micro_nb<V, 2>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
-    case 3: if constexpr (MRX >= 3) micro_nb<V, 3>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
-    case 4: if constexpr (MRX >= 4) micro_nb<V, 4>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
-    case 5: if constexpr (MRX >= 5) micro_nb<V, 5>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
-    default: if constexpr (MRX >= 6) micro_nb<V, 6>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 1: micro_nb<V, 1, ACOL>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 2: if constexpr (MRX >= 2) micro_nb<V, 2, ACOL>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 3: if constexpr (MRX >= 3) micro_nb<V, 3, ACOL>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 4: if constexpr (MRX >= 4) micro_nb<V, 4, ACOL>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 5: if constexpr (MRX >= 5) micro_nb<V, 5, ACOL>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
+    default: if constexpr (MRX >= 6) micro_nb<V, 6, ACOL>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
   }
 }
 
@@ -137,10 +138,9 @@ inline void micro(int mr, int nb, const typename V::value_type* A, int64_t lda,
 // chosen by M or by the thread's slice), so results stay independent of the thread count.
 constexpr int64_t kKBlock = 128;
 
-template <class V>
-void gemm(const EngineGemm<typename V::value_type>& g) {
+template <class V, bool ACOL>
+void gemm_impl(const EngineGemm<typename V::value_type>& g) {
   using Bl = Blocking<V::width>;
-  if (g.M <= 0) return;
   // Row chunks of MR (the last one shorter); the panel group width follows the chunk height.
   const int nbmax = g.M == 1 ? Bl::NB1 : (g.M == 2 ? Bl::NB2 : Bl::NB);
   const int64_t kb = kKBlock;
@@ -151,10 +151,20 @@ void gemm(const EngineGemm<typename V::value_type>& g) {
       const int64_t k1 = g.K - k0 < kb ? g.K : k0 + kb;
       for (int64_t i = 0; i < g.M; i += Bl::MR) {
         const int mr = static_cast<int>(g.M - i < Bl::MR ? g.M - i : Bl::MR);
-        micro<V>(mr, nb, g.A + i * g.lda, g.lda, bp, g.K, k0, k1,
-                 g.C + i * g.ldc + blk * kEngineBlock, g.ldc);
+        micro<V, ACOL>(mr, nb, g.A + (ACOL ? i : i * g.lda), g.lda, bp, g.K, k0, k1,
+                       g.C + i * g.ldc + blk * kEngineBlock, g.ldc);
       }
     }
+  }
+}
+
+template <class V>
+void gemm(const EngineGemm<typename V::value_type>& g) {
+  if (g.M <= 0) return;
+  if (g.a_by_columns) {
+    gemm_impl<V, true>(g);
+  } else {
+    gemm_impl<V, false>(g);
   }
 }
 

@@ -33,6 +33,9 @@ struct EngineGemm {
   T* C;           // [M, ldc]
   int64_t ldc;
   int64_t blk0, blk1;
+  // A stored by columns: element (i, k) at A[k * lda + i] (the weight gradients' a^T b, with
+  // a [K, M] row-major: Note [Weight gradients on the engine kernel] in bwd_engine.cpp).
+  bool a_by_columns = false;
 };
 
 // Per-row, per-block partials of a recurrent gradient a + b (b may be nullptr), both [M, ld]

@@ -14,6 +14,7 @@
 #include "../checks.h"
 #include "../rnn_params.h"
 #include "buffer_cache.h"
+#include "bwd_engine.h"
 #include "direct_products.h"
 
 namespace fusedrnn {
@@ -184,6 +185,7 @@ inline at::Tensor outer_sum(const at::Tensor& a, const at::Tensor& b) {
     });
     return out;
   }
+  if (engine_outer_sum_applies(a, b)) return engine_outer_sum(a, b);
   const int64_t block = std::max<int64_t>(64, (K + 15) / 16);
   // The result in a cached buffer (Note [CPU buffer cache]): a weight gradient is as large
   // as its weight, and a fresh one is page-faulted on every call.

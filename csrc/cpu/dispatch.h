@@ -49,12 +49,14 @@ enum class EngineRun : int {
   ChunkedProjection = 8,  // a per-step loop's input projection computed in chunks (not an
                           // engine run: Note [Chunked input projection] in cpu_common.h)
   LstmForwardInput = 9,   // forward engine runs that computed the x part themselves
-  GruForwardInput = 10    // (Note [Engine input part] in engine_fwd.cpp)
+  GruForwardInput = 10,   // (Note [Engine input part] in engine_fwd.cpp)
+  WeightGrad = 11         // weight gradients computed on the engine's micro-kernel (one per
+                          // product: Note [Weight gradients on the engine kernel])
 };
 void count_engine_run(EngineRun kind);
 // {lstm_forward, lstm_backward, gru_forward, gru_backward, lstm_forward_rows,
 //  gru_forward_rows, lstm_backward_rows, gru_backward_rows, chunked_projection,
-//  lstm_forward_input, gru_forward_input}
+//  lstm_forward_input, gru_forward_input, weight_grad}
 std::vector<int64_t> engine_runs();
 
 // How the engines' threads share a call, forward and backward (Note [Engine row split] in

@@ -1,0 +1,94 @@
+"""float32 weight gradients on the backward engine's micro-kernel (Note [Weight gradients on
+the engine kernel]) against the BLAS path, torch.nn and float64: every layout that reaches
+outer_sum (padded, packed, reverse, h0, projection), sizes off the kernel's blocks (R not a
+multiple of 16, G not a multiple of the 6-row tile, K off the 128-row k-block), and the
+thread count, which must not change a bit.
+"""
+import pytest
+import torch
+
+from fusedrnn import _C, ops
+from helpers import (FLOOR32, TORCHNN, assert_close_by_reference, cast, forward_backward,
+                     make_tensors)
+
+F32, F64 = torch.float32, torch.float64
+OPS = {"lstm": ops.lstm_layer, "gru": ops.gru_layer}
+WEIGHT_GRAD_RUN = 11  # index into _C._engine_runs()
+
+
+@pytest.fixture
+def backend():
+    old, threads = _C._weight_grad(), torch.get_num_threads()
+    yield _C._set_weight_grad
+    _C._set_weight_grad(old)
+    torch.set_num_threads(threads)
+
+
+def _run(kind, tensors, **kw):
+    before = _C._engine_runs()[WEIGHT_GRAD_RUN]
+    out = forward_backward(OPS[kind], kind, tensors, **kw)
+    return out, _C._engine_runs()[WEIGHT_GRAD_RUN] - before
+
+
+# (T, B, I, H, P): K = T*B rows from 60 (under one k-block) to 1000 (k-blocks of 128 and a
+# tail); H = 23, 33, 129 (R off 16, G = 4H / 3H off 6); I = 1 and 200; projection P.
+SHAPES = [(60, 1, 200, 129, 0), (125, 8, 1, 33, 0), (37, 27, 13, 23, 0), (50, 20, 40, 64, 24),
+          (9, 111, 7, 96, 0)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("layout", ["padded", "packed_reverse_h0"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}B{}I{}H{}P{}".format(*s))
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_engine_and_blas_match_torchnn(backend, kind, shape, layout, threads):
+    T, B, I, H, P = shape
+    if kind == "gru" and P:
+        pytest.skip("GRU has no projection")
+    torch.set_num_threads(threads)
+    tensors = make_tensors(kind, T, B, I, H, P, h0=layout != "padded", dtype=F32)
+    kw = {}
+    if layout != "padded":
+        lengths = torch.tensor([T] + [1 + (5 * b) % T for b in range(1, B)])
+        kw = dict(reverse=True, lengths=lengths)
+    theirs = forward_backward(TORCHNN[kind], kind, tensors, **kw)
+    ref64 = forward_backward(TORCHNN[kind], kind, cast(tensors, F64), **kw)
+    results = {}
+    for name in ("engine", "blas"):
+        backend(name)
+        results[name], runs = _run(kind, tensors, **kw)
+        # LSTM: dW_ih, dW_hh (and dW_hr); GRU: dW_ih, dW_hh. Small products stay off the
+        # engine, so blas never counts and engine counts at least the dW_hh product here.
+        if name == "blas":
+            assert runs == 0
+        else:
+            assert runs >= 1, "no weight gradient ran on the engine"
+        assert_close_by_reference(results[name], theirs, ref64, FLOOR32)
+    for key in results["engine"]:
+        if not key.startswith(("grad_weight", "grad_bias")):
+            assert torch.equal(results["engine"][key], results["blas"][key]), key
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_bitwise_for_any_thread_count(backend, kind):
+    backend("engine")
+    tensors = make_tensors(kind, 64, 9, 30, 129, 0, dtype=F32)
+    first = None
+    for threads in (2, 1, 3, 2):
+        torch.set_num_threads(threads)
+        out, runs = _run(kind, tensors)
+        assert runs >= 2
+        if first is None:
+            first = out
+        for key in first:
+            if key.startswith("grad_weight"):
+                assert torch.equal(out[key], first[key]), (threads, key)
+
+
+def test_float64_and_backend_names(backend):
+    tensors = make_tensors("lstm", 64, 9, 30, 129, 0, dtype=F64)
+    backend("engine")
+    _, runs = _run("lstm", tensors)
+    assert runs == 0  # float64 stays with BLAS
+    assert backend("blas") == "blas" and _C._weight_grad() == "blas"
+    with pytest.raises(ValueError, match="'engine' or 'blas'"):
+        backend("mkl")
