@@ -131,6 +131,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_set_weight_grad", &fusedrnn::cpu::set_weight_grad_backend, py::arg("name"),
         "Run the float32 CPU weight gradients on 'engine' or 'blas'; returns the one in use. "
         "For tests and benchmarks; not for use while ops run in other threads.");
+  m.def("_outer_sum", &fusedrnn::cpu::outer_sum, py::arg("a"), py::arg("b"),
+        py::call_guard<py::gil_scoped_release>(),
+        "a^T b for a [K, G], b [K, R] as the CPU backward computes a weight gradient (on the "
+        "backend _weight_grad names, or the small-product paths); for tests and benchmarks");
   m.def("_empty_cpu_cache", &fusedrnn::cpu::empty_buffer_cache,
         "Return the freed CPU buffers the layer functions keep for reuse to the system "
         "(Note [CPU buffer cache]); returns the bytes released");
