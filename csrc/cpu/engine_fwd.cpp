@@ -58,7 +58,14 @@
 // which a thread with few rows cannot repay. So the driver splits rows when (a) the whole
 // panel fits one thread's L2 budget (kL2Slice), (b) the rows are not packed (a packed batch
 // ends its rows one by one: the threads owning the long sequences would run alone), and
-// (c) each thread gets at least kMinRowsPerThread rows. Both threads still pack half the
+// (c) each thread gets at least kMinRowsPerThread rows. (a) reads the machine: the budget is
+// 3/4 of one core's L2 (1.5 MiB on the 2 MiB-L2 Xeon below); a panel beyond it but within
+// kL2Slice still splits rows from kManyRowsPerThread rows per thread on. On a 2-core AMD
+// EPYC (Zen 5, 1 MiB L2 per core), where the LSTM's H=256 panel (W_hh and the input part's
+// W_ih: 1.25 MiB at I=64) no longer fits, unit split time / row split time, inference,
+// paired in one process: LSTM T=128 H=256 B=8 0.84, B=16 0.88, B=32 1.01, GRU B=8 0.91, B=16
+// 1.00, B=32 0.98; training 1.00, 0.95, 1.04 (LSTM), 1.00, 1.00, 1.03 (GRU)
+// (benchmarks/results/amd-epyc-2026-12-02-row-split-l2-ab.md). Both threads still pack half the
 // panel each, then meet at one barrier before the loop. The arithmetic of every output is
 // the same either way (one chain per output, see "Order of the sums" above), so both splits
 // give bitwise the same results.
@@ -75,7 +82,10 @@
 // loop a float32 call takes is decided in use_forward_engine (the crossover rule is there).
 #include "engine_fwd_run.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 
@@ -172,13 +182,40 @@ EngineInput call_input(const EngineInputArgs* input, const float* panel) {
 
 }  // namespace
 
+// The L2 cache of one core, in bytes (glibc's sysconf, else sysfs, else 2 MiB).
+int64_t l2_bytes_per_core() {
+  static const int64_t bytes = [] {
+    long n = 0;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    n = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    if (n <= 0) {
+      if (std::FILE* f = std::fopen("/sys/devices/system/cpu/cpu0/cache/index2/size", "r")) {
+        long v = 0;
+        char unit = 0;
+        if (std::fscanf(f, "%ld%c", &v, &unit) >= 1) {
+          n = unit == 'K' ? v << 10 : (unit == 'M' ? v << 20 : v);
+        }
+        std::fclose(f);
+      }
+    }
+    return n > 0 ? static_cast<int64_t>(n) : int64_t(2) << 20;
+  }();
+  return bytes;
+}
+
 // Note [Engine row split] (row_split.h).
 bool split_rows(const LayerSizes& s, int64_t panel_bytes, int n) {
-  constexpr int64_t kMinRowsPerThread = 4;
+  constexpr int64_t kMinRowsPerThread = 4, kManyRowsPerThread = 16;
   const EngineSplit mode = engine_split();
   if (n < 2 || mode == EngineSplit::Units) return false;
   if (mode == EngineSplit::Rows) return true;
-  return !s.packed && panel_bytes <= kL2Slice && (s.B + n - 1) / n >= kMinRowsPerThread;
+  const int64_t rows = (s.B + n - 1) / n;
+  if (s.packed || rows < kMinRowsPerThread) return false;
+  // The whole panel within 3/4 of this core's L2; or, up to kL2Slice, enough rows per
+  // thread to repay reading it from L3.
+  return panel_bytes <= l2_bytes_per_core() * 3 / 4 ||
+         (panel_bytes <= kL2Slice && rows >= kManyRowsPerThread);
 }
 
 // Note [Forward engine crossover]
