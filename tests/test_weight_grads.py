@@ -69,9 +69,10 @@ def test_engine_and_blas_match_torchnn(backend, kind, shape, layout, threads):
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_bitwise_for_any_thread_count(backend, kind):
+@pytest.mark.parametrize("I", [30, 3], ids=["I30", "I3_thin"])
+def test_bitwise_for_any_thread_count(backend, kind, I):
     backend("engine")
-    tensors = make_tensors(kind, 64, 9, 30, 129, 0, dtype=F32)
+    tensors = make_tensors(kind, 64, 9, I, 129, 0, dtype=F32)  # I = 3: dW_ih on ThinOuter
     first = None
     for threads in (2, 1, 3, 2):
         torch.set_num_threads(threads)

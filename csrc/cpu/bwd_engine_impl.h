@@ -169,6 +169,90 @@ void gemm(const EngineGemm<typename V::value_type>& g) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Weight gradients with few columns (ThinOuter): each row k of a is read once and added,
+// times b[k, r], into R accumulators per column vector; k in blocks of kKBlock (a fresh
+// chain per block, added onto the result in block order, as gemm sums). A chunk of
+// kThinChunk columns is whole vectors except at the end of G, where the last columns take
+// the width-1 path: the chunks are fixed, so results do not depend on the thread count.
+template <class V, int R>
+inline void thin_chunk(const ThinOuter<typename V::value_type>& p, int64_t g) {
+  using T = typename V::value_type;
+  using Rg = typename V::reg;
+  constexpr int NV = static_cast<int>(kThinChunk) / V::width;
+  for (int64_t k0 = 0; k0 < p.K; k0 += kKBlock) {
+    const int64_t k1 = p.K - k0 < kKBlock ? p.K : k0 + kKBlock;
+    Rg acc[R][NV];
+#pragma GCC unroll 64
+    for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 64
+      for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
+    }
+    for (int64_t k = k0; k < k1; ++k) {
+      const T* ak = p.a + k * p.lda + g;
+      const T* bk = p.b + k * p.ldb;
+      Rg av[NV];
+#pragma GCC unroll 64
+      for (int v = 0; v < NV; ++v) av[v] = V::load(ak + v * V::width);
+#pragma GCC unroll 64
+      for (int r = 0; r < R; ++r) {
+        const Rg bv = V::set1(bk[r]);
+#pragma GCC unroll 64
+        for (int v = 0; v < NV; ++v) acc[r][v] = V::fmadd(bv, av[v], acc[r][v]);
+      }
+    }
+#pragma GCC unroll 64
+    for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 64
+      for (int v = 0; v < NV; ++v) {
+        T* o = p.out + r * p.G + g + v * V::width;
+        V::store(o, k0 == 0 ? acc[r][v] : V::add(V::load(o), acc[r][v]));
+      }
+    }
+  }
+}
+
+template <class V, int R>
+void thin_outer_r(const ThinOuter<typename V::value_type>& p, int64_t c0, int64_t c1) {
+  using S = ScalarVec<typename V::value_type>;
+  for (int64_t c = c0; c < c1; ++c) {
+    const int64_t g = c * kThinChunk;
+    if (g + kThinChunk <= p.G) {
+      thin_chunk<V, R>(p, g);
+    } else {
+      // The last, partial chunk: one column at a time, the same sums.
+      ThinOuter<typename V::value_type> q = p;
+      for (int64_t gg = g; gg < p.G; ++gg) {
+        for (int64_t k0 = 0; k0 < p.K; k0 += kKBlock) {
+          const int64_t k1 = p.K - k0 < kKBlock ? p.K : k0 + kKBlock;
+          for (int r = 0; r < R; ++r) {
+            typename V::value_type acc = 0;
+            for (int64_t k = k0; k < k1; ++k) {
+              acc = S::fmadd(q.b[k * q.ldb + r], q.a[k * q.lda + gg], acc);
+            }
+            auto& o = q.out[r * q.G + gg];
+            o = k0 == 0 ? acc : o + acc;
+          }
+        }
+      }
+    }
+  }
+}
+
+template <class V>
+void thin_outer(const ThinOuter<typename V::value_type>& p, int64_t c0, int64_t c1) {
+  switch (p.R) {
+    case 1: thin_outer_r<V, 1>(p, c0, c1); break;
+    case 2: thin_outer_r<V, 2>(p, c0, c1); break;
+    case 3: thin_outer_r<V, 3>(p, c0, c1); break;
+    case 4: thin_outer_r<V, 4>(p, c0, c1); break;
+    case 5: thin_outer_r<V, 5>(p, c0, c1); break;
+    case 6: thin_outer_r<V, 6>(p, c0, c1); break;
+    case 7: thin_outer_r<V, 7>(p, c0, c1); break;
+    default: thin_outer_r<V, 8>(p, c0, c1); break;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // Partial sums of squares per 16-unit block (norm clip and gradient record).
 
 template <class V>
@@ -400,6 +484,7 @@ struct Entry {
 
   static void fill(BwdEngineTable<T>* table) {
     table->gemm = &bwd::gemm<V>;
+    table->thin_outer = &bwd::thin_outer<V>;
     table->partials = &bwd::partials<V>;
     table->lstm_units = &lstm_units;
     table->proj_units = &proj_units;

@@ -115,9 +115,24 @@ struct GruBwdUnits {
 
 // The engine's kernels for one scalar type and one CPU capability. The *_units kernels take
 // a unit range [k0, k1) of the hidden (or projected) units; partials a block range.
+// out[r * G + g] = sum_k a[k * lda + g] b[k * ldb + r] for r < R <= kThinMaxR: a weight
+// gradient a^T b with few columns R (I = 1 forecasting inputs), stored transposed [R, G].
+// Columns g come in chunks of kThinChunk; a call covers chunks [c0, c1).
+constexpr int64_t kThinMaxR = 8, kThinChunk = 32;
+template <typename T>
+struct ThinOuter {
+  int64_t K, G, R;
+  const T* a;
+  int64_t lda;
+  const T* b;
+  int64_t ldb;
+  T* out;  // [R, G]
+};
+
 template <typename T>
 struct BwdEngineTable {
   void (*gemm)(const EngineGemm<T>&);
+  void (*thin_outer)(const ThinOuter<T>&, int64_t c0, int64_t c1);
   void (*partials)(const EnginePartials<T>&, int64_t blk0, int64_t blk1);
   void (*lstm_units)(const LstmBwdUnits<T>&, int64_t k0, int64_t k1);
   void (*proj_units)(const ProjBwdUnits<T>&, int64_t k0, int64_t k1);
