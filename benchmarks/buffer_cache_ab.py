@@ -12,11 +12,10 @@ step (getrusage), and the median of the per-round ratios off / on. float32, 2 th
 import argparse
 import resource
 import statistics
-import time
 
 import torch
 
-import fusedrnn
+from benchlib.timing import training_loop
 from fusedrnn import _C
 
 SHAPES = [(128, 1, 64, 256), (128, 8, 64, 256), (128, 32, 64, 256), (64, 32, 1, 64),
@@ -27,26 +26,8 @@ def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def measure(cell, shape, rounds, budget_s=0.1):
-    T, B, I, H = shape
-    torch.manual_seed(0)
-    m = getattr(fusedrnn, cell.upper())(I, H)
-    opt = torch.optim.SGD(m.parameters(), lr=1e-3)
-    x, g = torch.randn(T, B, I), torch.randn(T, B, H)
-
-    def step():
-        out, _ = m(x.detach().requires_grad_())
-        out.backward(g)
-        opt.step()
-        opt.zero_grad()
-
-    def timed(k):
-        t0 = time.perf_counter()
-        for _ in range(k):
-            step()
-        return (time.perf_counter() - t0) / k
-
-    k = max(1, int(budget_s / max(timed(1), 1e-4)))
+def measure(cell, shape, rounds):
+    timed, k = training_loop(cell, shape)
     times = {"on": [], "off": []}
     fault_sum = {"on": 0, "off": 0}
     old = _C._set_cpu_cache_limit(512 << 20)
@@ -54,8 +35,7 @@ def measure(cell, shape, rounds, budget_s=0.1):
         for r in range(rounds):
             for mode in ("on", "off") if r % 2 == 0 else ("off", "on"):
                 _C._set_cpu_cache_limit(512 << 20 if mode == "on" else 0)
-                step()
-                step()
+                timed(2)
                 f0 = faults()
                 times[mode].append(timed(k))
                 fault_sum[mode] += faults() - f0

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-import fusedrnn
+from benchlib.timing import training_loop
 from fusedrnn import _C
 
 PRODUCTS = [(1016, 1024, 256), (1024, 1024, 64), (4064, 1024, 256), (6336, 2048, 512),
@@ -53,30 +53,13 @@ def steps(rounds):
     print("\n| cell | T, B, I, H | blas ms/step | engine ms/step | blas / engine, paired |")
     print("|---|---|--:|--:|--:|")
     for cell, (T, B, I, H) in SHAPES:
-        torch.manual_seed(0)
-        m = getattr(fusedrnn, cell.upper())(I, H)
-        opt = torch.optim.SGD(m.parameters(), lr=1e-3)
-        x, g = torch.randn(T, B, I), torch.randn(T, B, H)
-
-        def step():
-            out, _ = m(x.detach().requires_grad_())
-            out.backward(g)
-            opt.step()
-            opt.zero_grad()
-
-        def timed(k):
-            t0 = time.perf_counter()
-            for _ in range(k):
-                step()
-            return (time.perf_counter() - t0) / k
-
-        k = max(1, int(0.1 / max(timed(1), 1e-4)))
+        timed, k = training_loop(cell, (T, B, I, H))
         times = {"engine": [], "blas": []}
         n = rounds if T * B * H < 1 << 20 else max(4, rounds // 3)
         for r in range(n):
             for name in ("engine", "blas") if r % 2 == 0 else ("blas", "engine"):
                 _C._set_weight_grad(name)
-                step()
+                timed(1)
                 times[name].append(timed(k))
         ratio = statistics.median(b / a for a, b in zip(times["engine"], times["blas"]))
         print(f"| {cell} | {T}, {B}, {I}, {H} | {statistics.median(times['blas']) * 1e3:.3f} | "

@@ -100,7 +100,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "weight_grad] (the *_rows: calls whose threads split the batch rows; "
         "chunked_projection: per-step forward loops that computed the input projection in "
         "chunks of steps; *_input: forward engine calls that computed the input part "
-        "themselves; weight_grad: weight gradients computed on the engine's micro-kernel)");
+        "themselves; weight_grad: weight-gradient products computed on the engine's kernels)");
   m.def("_engine_split", &fusedrnn::cpu::engine_split_name,
         "How the engines' threads share a call: 'auto', 'units' or 'rows'");
   m.def("_set_engine_split", &fusedrnn::cpu::set_engine_split, py::arg("name"),

@@ -1,5 +1,6 @@
 """Timing: the clock (perf_counter on CPU, CUDA events on GPU), percentiles and summary
-statistics, the balanced (Williams) run orders of interleaved repeats, and paired ratios."""
+statistics, the balanced (Williams) run orders of interleaved repeats, paired ratios, and a
+fusedrnn-only training loop for the in-process A/B scripts."""
 
 from __future__ import annotations
 
@@ -92,3 +93,31 @@ def paired_ratio(num, den):
         return None
     r = sorted(a / b for a, b in zip(num, den))
     return {"median": percentile(r, 0.5), "iqr": percentile(r, 0.75) - percentile(r, 0.25)}
+
+
+def training_loop(cell: str, shape, budget_s: float = 0.1):
+    """A fusedrnn-only training loop for in-process A/B scripts: (timed, k), where timed(k)
+    runs k steps (forward, backward, SGD step) of a fresh single-layer `cell` ("lstm" or
+    "gru") on fixed random data of `shape` (T, B, I, H) and returns seconds per step, and k
+    is how many steps take about budget_s."""
+    import fusedrnn
+
+    T, B, I, H = shape
+    torch.manual_seed(0)
+    m = getattr(fusedrnn, cell.upper())(I, H)
+    opt = torch.optim.SGD(m.parameters(), lr=1e-3)
+    x, g = torch.randn(T, B, I), torch.randn(T, B, H)
+
+    def step():
+        out, _ = m(x.detach().requires_grad_())
+        out.backward(g)
+        opt.step()
+        opt.zero_grad()
+
+    def timed(k):
+        t0 = time.perf_counter()
+        for _ in range(k):
+            step()
+        return (time.perf_counter() - t0) / k
+
+    return timed, max(1, int(budget_s / max(timed(1), 1e-4)))

@@ -1,9 +1,12 @@
 // The CPU buffer cache: Note [CPU buffer cache] in buffer_cache.h.
 #include "buffer_cache.h"
 
+#include <pthread.h>
+
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <new>
 #include <string>
 
 #include <ATen/EmptyTensor.h>
@@ -89,7 +92,11 @@ class BufferCache final : public c10::Allocator {
   }
 
  private:
-  BufferCache() : limit_(limit_from_env()) {}
+  BufferCache() : limit_(limit_from_env()) {
+    // A fork while another thread held the lock (a DataLoader worker started during a
+    // layer call in another Python thread) would leave the child's copy locked forever.
+    pthread_atfork(nullptr, nullptr, [] { new (&get().mutex_) std::mutex(); });
+  }
 
   // A free block of at least `bytes` and at most 1/8 more, or {nullptr, 0}.
   Block take(size_t bytes) {

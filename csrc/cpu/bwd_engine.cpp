@@ -296,6 +296,7 @@ std::string set_weight_grad_backend(const std::string& name) {
 
 bool engine_outer_sum_applies(const at::Tensor& a, const at::Tensor& b) {
   if (!weight_grads_on_engine() || a.scalar_type() != at::kFloat) return false;
+  if (a.size(0) == 0 || a.size(1) == 0 || b.size(1) == 0) return false;
   if (b.size(1) <= kThinMaxR) return a.stride(1) == 1 && b.stride(1) == 1;
   return a.is_contiguous() && b.is_contiguous() &&
          a.size(0) * a.size(1) * b.size(1) >= kEngineOuterMinMacs;

@@ -50,8 +50,9 @@ enum class EngineRun : int {
                           // engine run: Note [Chunked input projection] in cpu_common.h)
   LstmForwardInput = 9,   // forward engine runs that computed the x part themselves
   GruForwardInput = 10,   // (Note [Engine input part] in engine_fwd.cpp)
-  WeightGrad = 11         // weight gradients computed on the engine's micro-kernel (one per
-                          // product: Note [Weight gradients on the engine kernel])
+  WeightGrad = 11         // weight gradients computed on the engine's kernels (micro-kernel
+                          // or ThinOuter; one per product: Note [Weight gradients on the
+                          // engine kernel])
 };
 void count_engine_run(EngineRun kind);
 // {lstm_forward, lstm_backward, gru_forward, gru_backward, lstm_forward_rows,
