@@ -42,9 +42,7 @@ int64_t bwd_engine_loop_ns();
 
 // a^T b for float32 a [K, G], b [K, R] on the engine's kernels (Note [Weight gradients on
 // the engine kernel] in bwd_engine.cpp), where engine_outer_sum_applies: outer_sum's path
-// for the weight gradients with R <= kThinMaxR columns (any size past the direct loops) and
-// for the others from kEngineOuterMinMacs multiply-adds.
-constexpr int64_t kEngineOuterMinMacs = int64_t(1) << 20;
+// for every float32 weight gradient past its direct loops.
 bool engine_outer_sum_applies(const at::Tensor& a, const at::Tensor& b);
 at::Tensor engine_outer_sum(const at::Tensor& a, const at::Tensor& b);
 // "engine" or "blas" (FUSEDRNN_WEIGHT_GRAD=blas at start, or set_weight_grad_backend, puts

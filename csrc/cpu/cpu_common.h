@@ -172,10 +172,9 @@ inline int64_t previous_time(int64_t t, bool reverse) { return reverse ? t + 1 :
 // H=32 1.03x, T=64 B=8 I=16 H=32 1.04x, GRU T=24 B=16 I=8 H=32 1.08x; above it a batched
 // GEMM was slower in the whole call (LSTM T=64 B=32 I=1 H=64 with dW_hh's 33M: 0.95x; T=128
 // B=8 H=256 with dW_ih's 67M: 0.87x), although alone it was faster up to 67M.
-// float32 products with at most 8 columns or from 1M multiply-adds skip all of this: they run
-// on the backward engine's kernels, with the same k-blocked sums (Note [Weight gradients on
-// the engine kernel] in bwd_engine.cpp); what is left here is float64 and the small float32
-// products.
+// float32 products past the direct loops skip the rest of this: they run on the backward
+// engine's kernels, with k-blocked sums of their own (Note [Weight gradients on the engine
+// kernel] in bwd_engine.cpp); what is left below is float64.
 constexpr int64_t kBatchedOuterMacs = int64_t(8) << 20;
 
 inline at::Tensor outer_sum(const at::Tensor& a, const at::Tensor& b) {
