@@ -2,6 +2,7 @@
 // rnn_params.h) reduced to what the ops return. ATen only, so the CPU and CUDA glue share it.
 #pragma once
 
+#include <cmath>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -16,6 +17,29 @@ namespace fusedrnn {
 // clip changed. Sums run over rows in a fixed order in float64, so the result is
 // deterministic.
 inline at::Tensor finish_grad_record(const at::Tensor& rec, const LayerSizes& s) {
+  if (rec.device().is_cpu() && rec.is_contiguous()) {
+    // The same sums as below in one loop: the dozen ATen calls below cost ~100 us a call,
+    // a few percent of a small training step (GRU T=128 B=8 H=256: 5.4 ms).
+    at::Tensor out = at::empty({2, s.T}, rec.options().dtype(at::kFloat));
+    float* o = out.data_ptr<float>();
+    AT_DISPATCH_FLOATING_TYPES(rec.scalar_type(), "fusedrnn.finish_grad_record", [&] {
+      const scalar_t* r = rec.const_data_ptr<scalar_t>();
+      for (int64_t t = 0; t < s.T; ++t) {
+        const int64_t first = s.packed ? s.offset[t] : t * s.B;
+        const int64_t n = s.packed ? s.rows[t] : s.B;
+        double sq = 0, clipped = 0, counted = 0;
+        for (int64_t b = 0; b < n; ++b) {
+          const scalar_t* row = r + (first + b) * 3;
+          sq += static_cast<double>(row[0]);
+          clipped += static_cast<double>(row[1]);
+          counted += static_cast<double>(row[2]);
+        }
+        o[t] = static_cast<float>(std::sqrt(sq));
+        o[s.T + t] = counted > 0 ? static_cast<float>(clipped / counted) : 0.0f;
+      }
+    });
+    return out;
+  }
   at::Tensor rows = rec.to(at::kDouble);
   if (s.packed) {
     // Gather into the padded [T * B, 3] layout; missing rows read an appended zero row.
