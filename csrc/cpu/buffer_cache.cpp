@@ -120,6 +120,7 @@ class BufferCache final : public c10::Allocator {
   }
 
   void give_back(void* ptr, size_t bytes) {
+    if (!ptr) return;  // a zero-byte allocation (resize to 0 of a fresh storage)
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (cached_ + static_cast<int64_t>(bytes) <= limit_) {
