@@ -127,7 +127,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "region: packing and the loop), for benchmarks that compare a step with its floor");
   m.def("_weight_grad", &fusedrnn::cpu::weight_grad_backend,
         "Where the float32 CPU weight gradients run: 'engine' (the backward engine's "
-        "micro-kernel) or 'blas'");
+        "kernels) or 'blas'");
   m.def("_set_weight_grad", &fusedrnn::cpu::set_weight_grad_backend, py::arg("name"),
         "Run the float32 CPU weight gradients on 'engine' or 'blas'; returns the one in use. "
         "For tests and benchmarks; not for use while ops run in other threads.");

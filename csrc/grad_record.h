@@ -18,8 +18,8 @@ namespace fusedrnn {
 // deterministic.
 inline at::Tensor finish_grad_record(const at::Tensor& rec, const LayerSizes& s) {
   if (rec.device().is_cpu() && rec.is_contiguous()) {
-    // The same sums as below in one loop: the dozen ATen calls below cost ~100 us a call,
-    // a few percent of a small training step (GRU T=128 B=8 H=256: 5.4 ms).
+    // The same sums as below in one loop: the dozen ATen calls below cost ~40 us a call
+    // (timed from Python at T=128 B=8), against a small training step of a few ms.
     at::Tensor out = at::empty({2, s.T}, rec.options().dtype(at::kFloat));
     float* o = out.data_ptr<float>();
     AT_DISPATCH_FLOATING_TYPES(rec.scalar_type(), "fusedrnn.finish_grad_record", [&] {

@@ -304,6 +304,12 @@ bool engine_outer_sum_applies(const at::Tensor& a, const at::Tensor& b) {
 }
 
 namespace {
+// The parallel_for grain, in units of `macs_per_unit` multiply-adds each, that gives a task
+// about 256K of them (at least `min_units`): small products stay on the calling thread.
+int64_t grain_for(int64_t macs_per_unit, int64_t min_units) {
+  return std::max<int64_t>(min_units, (int64_t(1) << 18) / macs_per_unit);
+}
+
 // A weight gradient with at most kThinMaxR columns (the input weights of I = 1..8 inputs):
 // padded to a 16-column panel, the micro-kernel would do 16 / R times the work, and MKL ran
 // it at 2 GFLOP/s (K=2048, G=256, R=1: 300 us); ThinOuter reads each row of a once.
@@ -314,9 +320,7 @@ at::Tensor thin_outer_sum(const at::Tensor& a, const at::Tensor& b) {
                            b.const_data_ptr<float>(), b.stride(0), out.data_ptr<float>()};
   const BwdEngineTable<float>& table = bwd_table();
   const int64_t chunks = (G + kThinChunk - 1) / kThinChunk;
-  // About 256K multiply-adds per task: smaller products stay on the calling thread.
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / (K * kThinChunk * R));
-  at::parallel_for(0, chunks, grain, [&](int64_t c0, int64_t c1) { table.thin_outer(p, c0, c1); });
+  at::parallel_for(0, chunks, grain_for(K * kThinChunk * R, 1), [&](int64_t c0, int64_t c1) { table.thin_outer(p, c0, c1); });
   return R == 1 ? out.view({G, 1}) : out.t().contiguous();
 }
 }  // namespace
@@ -334,9 +338,7 @@ at::Tensor engine_outer_sum(const at::Tensor& a, const at::Tensor& b) {
   const float* ap = a.const_data_ptr<float>();
   float* op = out.data_ptr<float>();
   const BwdEngineTable<float>& table = bwd_table();
-  // About 256K multiply-adds per task: small products stay on the calling thread.
-  const int64_t grain = std::max<int64_t>(kEngineBlock, (int64_t(1) << 18) / (K * Rp));
-  at::parallel_for(0, G, grain, [&](int64_t g0, int64_t g1) {
+  at::parallel_for(0, G, grain_for(K * Rp, kEngineBlock), [&](int64_t g0, int64_t g1) {
     EngineGemm<float> g{g1 - g0, K, ap + g0, G, pp, op + g0 * Rp, Rp, 0, nblk};
     g.a_by_columns = true;
     table.gemm(g);

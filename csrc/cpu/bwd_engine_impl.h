@@ -220,16 +220,15 @@ void thin_outer_r(const ThinOuter<typename V::value_type>& p, int64_t c0, int64_
       thin_chunk<V, R>(p, g);
     } else {
       // The last, partial chunk: one column at a time, the same sums.
-      ThinOuter<typename V::value_type> q = p;
       for (int64_t gg = g; gg < p.G; ++gg) {
         for (int64_t k0 = 0; k0 < p.K; k0 += kKBlock) {
           const int64_t k1 = p.K - k0 < kKBlock ? p.K : k0 + kKBlock;
           for (int r = 0; r < R; ++r) {
             typename V::value_type acc = 0;
             for (int64_t k = k0; k < k1; ++k) {
-              acc = S::fmadd(q.b[k * q.ldb + r], q.a[k * q.lda + gg], acc);
+              acc = S::fmadd(p.b[k * p.ldb + r], p.a[k * p.lda + gg], acc);
             }
-            auto& o = q.out[r * q.G + gg];
+            auto& o = p.out[r * p.G + gg];
             o = k0 == 0 ? acc : o + acc;
           }
         }

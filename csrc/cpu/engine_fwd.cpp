@@ -180,8 +180,6 @@ EngineInput call_input(const EngineInputArgs* input, const float* panel) {
   return in;
 }
 
-}  // namespace
-
 // The L2 cache of one core, in bytes (glibc's sysconf, else sysfs, else 2 MiB).
 int64_t l2_bytes_per_core() {
   static const int64_t bytes = [] {
@@ -203,6 +201,8 @@ int64_t l2_bytes_per_core() {
   }();
   return bytes;
 }
+
+}  // namespace
 
 // Note [Engine row split] (row_split.h).
 bool split_rows(const LayerSizes& s, int64_t panel_bytes, int n) {
