@@ -10,6 +10,7 @@
 #include "cpu/bwd_engine.h"
 #include "cpu/cpu_common.h"
 #include "cpu/dispatch.h"
+#include "cpu/row_split.h"
 #include "rnn_ops.h"
 
 namespace {
@@ -102,11 +103,41 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "chunks of steps; *_input: forward engine calls that computed the input part "
         "themselves; weight_grad: weight-gradient products computed on the engine's kernels)");
   m.def("_engine_split", &fusedrnn::cpu::engine_split_name,
-        "How the engines' threads share a call: 'auto', 'units' or 'rows'");
+        "How the engines' threads share a call: 'auto', 'rule', 'units' or 'rows'");
   m.def("_set_engine_split", &fusedrnn::cpu::set_engine_split, py::arg("name"),
         "Split the engines' work (forward and backward) by 'units', by batch 'rows' (wherever "
-        "there are two threads), or 'auto' (by shape); returns the one in use. For tests and "
-        "benchmarks; not for use while ops run in other threads.");
+        "there are two threads), by shape ('rule'), or by shape and, where the rule is in "
+        "doubt, by timing both on a shape's first calls ('auto', the default); returns the "
+        "one in use. For tests and benchmarks; not for use while ops run in other threads.");
+  m.def("_engine_split_records", [] {
+    static const char* kinds[] = {"lstm_forward", "gru_forward", "lstm_backward",
+                                  "gru_backward"};
+    py::list out;
+    for (const auto& r : fusedrnn::cpu::split_records()) {
+      py::dict d;
+      const int k = r.kind - static_cast<int>(fusedrnn::cpu::EngineRun::LstmForwardRows);
+      d["loop"] = (k >= 0 && k < 4) ? kinds[k] : "?";
+      d["B"] = r.B;
+      d["H"] = r.H;
+      d["R"] = r.R;
+      d["I"] = r.I;
+      d["panel_bytes"] = r.panel_bytes;
+      d["threads"] = r.threads;
+      d["variant"] = r.variant;
+      d["trials_units"] = r.trials_units;
+      d["trials_rows"] = r.trials_rows;
+      d["best_units_ns_per_step"] = r.best_units_ns;
+      d["best_rows_ns_per_step"] = r.best_rows_ns;
+      d["decided"] = r.decided;
+      d["rows"] = r.rows;
+      out.append(d);
+    }
+    return out;
+  }, "The engines' measured split choices so far (Note [Measured row split]): one dict per "
+     "call shape, with the trials of each split, their best times per step and, once "
+     "decided, the split chosen (rows=True: batch rows).");
+  m.def("_clear_engine_split_records", &fusedrnn::cpu::clear_split_records,
+        "Forget the measured split choices (the next calls of each shape measure again).");
   m.def("lstm_layer", &OpEntry<fusedrnn::LstmLayerFn, kLstmLayerName>::call,
         py::call_guard<py::gil_scoped_release>(),
         "torch.ops.fusedrnn.lstm_layer, called directly (positional arguments only)");

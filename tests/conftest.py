@@ -59,8 +59,8 @@ def threads():
 
 @pytest.fixture
 def split():
-    """Set the CPU engines' thread split ('auto', 'units', 'rows'; Note [Engine row split]) for
-    one test; restored afterwards."""
+    """Set the CPU engines' thread split ('auto', 'rule', 'units', 'rows'; Note [Engine row
+    split]) for one test; restored afterwards."""
     from fusedrnn import _C
 
     saved = _C._engine_split()

@@ -482,3 +482,90 @@ def test_row_split_auto_rule(mode, split):
 def test_engine_split_setting_rejects_unknown_names(split):
     with pytest.raises(ValueError, match="engine split"):
         _C._set_engine_split("diagonal")
+
+
+# Note [Measured row split] (csrc/cpu/row_split.cpp): where the rule is in doubt (a panel
+# beyond a quarter of one core's L2, within its budget: W_hh of H = 256 and W_ih, 1.25 MiB, on
+# any L2 from 0.5 to 5 MiB), "auto" times both splits on a shape's first calls.
+WARMUP, TRIALS = 2, 3  # row_split.cpp: kWarmup, kTrials
+
+
+def _records(loop, B):
+    return [r for r in _C._engine_split_records() if r["loop"] == loop and r["B"] == B]
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_measured_split_decides_and_every_call_is_bitwise_the_same(kind, mode, split):
+    mode("engine", 2)
+    split("auto")
+    _C._clear_engine_split_records()
+    T, B, I, H = 6, 8, 64, 256
+    tensors = make_tensors(kind, T, B, I, H, dtype=F32, seed=21)
+    first = forward_backward(OPS[kind], kind, tensors)
+    runs = [forward_backward(OPS[kind], kind, tensors) for _ in range(WARMUP + 2 * TRIALS + 1)]
+    for r in runs:  # trials of either split, and the chosen one, all return the same bits
+        for name, value in first.items():
+            assert torch.equal(r[name], value), name
+    for loop in (f"{kind}_forward", f"{kind}_backward"):
+        (rec,) = _records(loop, B)
+        assert rec["decided"], rec
+        assert rec["trials_units"] == TRIALS and rec["trials_rows"] == TRIALS, rec
+        best_rows, best_units = rec["best_rows_ns_per_step"], rec["best_units_ns_per_step"]
+        assert 0 < best_rows < float("inf") and 0 < best_units < float("inf"), rec
+        assert rec["rows"] == (best_rows < best_units), rec
+    # The chosen split runs from then on: the row-split counter moves with the choice.
+    (fwd,) = _records(f"{kind}_forward", B)
+    before = row_split_runs(kind)
+    forward_backward(OPS[kind], kind, tensors)
+    assert row_split_runs(kind) - before == int(fwd["rows"])
+    # Inference is another variant of the forward (it saves nothing): measured on its own.
+    for _ in range(WARMUP + 2 * TRIALS):
+        forward(kind, tensors)
+    assert len(_records(f"{kind}_forward", B)) == 2
+    # Forgetting the records measures again.
+    _C._clear_engine_split_records()
+    assert _C._engine_split_records() == []
+
+
+def test_measured_split_only_where_the_rule_is_in_doubt(mode, split):
+    """Nothing is measured with 'rule', 'units' or 'rows', on one thread, below four rows per
+    thread, for packed input, or for a panel well within L2 (the rule's rows)."""
+    kind, T, I, H = "lstm", 4, 64, 256
+    big = make_tensors(kind, T, 8, I, H, dtype=F32, seed=22)
+    mode("engine", 2)
+    _C._clear_engine_split_records()
+    for name in ("rule", "units", "rows"):
+        split(name)
+        for _ in range(WARMUP + 2):
+            forward(kind, big)
+    split("auto")
+    forward(kind, make_tensors(kind, T, 6, I, H, dtype=F32, seed=23))  # 3 rows per thread
+    forward(kind, make_tensors(kind, T, 8, 3, 64, dtype=F32, seed=24))  # 68 KiB panel
+    lengths = torch.tensor([4, 4, 3, 3, 2, 2, 1, 1])
+    forward(kind, big, lengths=lengths)  # padded with lengths: still measured
+    with torch.no_grad():
+        x = torch.randn(T, 8, I)
+        fusedrnn.LSTM(I, H)(pack_padded_sequence(x, lengths))  # packed: never
+    mode("engine", 1)
+    forward(kind, big)
+    records = _C._engine_split_records()
+    assert [(r["loop"], r["B"], r["H"]) for r in records] == [("lstm_forward", 8, H)], records
+    _C._clear_engine_split_records()
+
+
+def test_measured_split_under_concurrent_calls(mode, split):
+    """Calls of one shape from several Python threads while it is being measured: no
+    deadlock, every result the same, and the shape decided once."""
+    mode("engine", 2)
+    split("auto")
+    _C._clear_engine_split_records()
+    tensors = make_tensors("lstm", 5, 8, 64, 256, dtype=F32, seed=25)
+    expected = forward("lstm", tensors)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda _: forward("lstm", tensors), range(24)))
+    for r in results:
+        for a, b in zip(r, expected):
+            assert torch.equal(a, b)
+    (rec,) = _records("lstm_forward", 8)
+    assert rec["decided"] and rec["trials_units"] == rec["trials_rows"] == TRIALS, rec
+    _C._clear_engine_split_records()

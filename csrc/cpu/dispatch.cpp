@@ -151,6 +151,7 @@ std::string engine_split_name() {
   switch (engine_split()) {
     case EngineSplit::Units: return "units";
     case EngineSplit::Rows: return "rows";
+    case EngineSplit::Rule: return "rule";
     default: return "auto";
   }
 }
@@ -161,9 +162,11 @@ std::string set_engine_split(const std::string& name) {
     split = EngineSplit::Units;
   } else if (name == "rows") {
     split = EngineSplit::Rows;
+  } else if (name == "rule") {
+    split = EngineSplit::Rule;
   } else {
     TORCH_CHECK_VALUE(name == "auto", "fusedrnn: unknown engine split '", name,
-                      "', expected one of 'auto', 'units', 'rows'");
+                      "', expected one of 'auto', 'rule', 'units', 'rows'");
   }
   engine_split_flag = static_cast<int>(split);
   return engine_split_name();

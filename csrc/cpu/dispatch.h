@@ -61,10 +61,11 @@ void count_engine_run(EngineRun kind);
 std::vector<int64_t> engine_runs();
 
 // How the engines' threads share a call, forward and backward (Note [Engine row split] in
-// engine_fwd.cpp): Auto by the rule there, Units always by hidden units, Rows by batch rows
-// wherever there are two threads (for tests: also where the rule would not, e.g. packed
-// input). Not for use while ops run.
-enum class EngineSplit : int { Auto = 0, Units = 1, Rows = 2 };
+// engine_fwd.cpp): Auto by the rule there, measured where it is in doubt (Note [Measured row
+// split] in row_split.cpp), Rule by the rule alone, Units always by hidden units, Rows by
+// batch rows wherever there are two threads (for tests: also where the rule would not, e.g.
+// packed input). Not for use while ops run.
+enum class EngineSplit : int { Auto = 0, Units = 1, Rows = 2, Rule = 3 };
 EngineSplit engine_split();
 std::string engine_split_name();
 std::string set_engine_split(const std::string& name);

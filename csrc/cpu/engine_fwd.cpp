@@ -65,8 +65,9 @@
 // W_ih: 1.25 MiB at I=64) no longer fits, unit split time / row split time, inference,
 // paired in one process: LSTM T=128 H=256 B=8 0.84, B=16 0.88, B=32 1.01, GRU B=8 0.91, B=16
 // 1.00, B=32 0.98; training 1.00, 0.95, 1.04 (LSTM), 1.00, 1.00, 1.03 (GRU)
-// (benchmarks/results/amd-epyc-2026-12-02-row-split-l2-ab.md). Both threads still pack half the
-// panel each, then meet at one barrier before the loop. The arithmetic of every output is
+// (benchmarks/results/amd-epyc-2026-12-02-row-split-l2-ab.md). Where this rule is in
+// doubt, "auto" measures both splits instead (Note [Measured row split] in row_split.cpp).
+// Both threads still pack half the panel each, then meet at one barrier before the loop. The arithmetic of every output is
 // the same either way (one chain per output, see "Order of the sums" above), so both splits
 // give bitwise the same results.
 // Measured (2-core AVX-512 Xeon, 2 threads, inference, unit split time / row split time,
@@ -85,6 +86,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -204,9 +206,12 @@ int64_t l2_bytes_per_core() {
 
 }  // namespace
 
+namespace {
+constexpr int64_t kMinRowsPerThread = 4, kManyRowsPerThread = 16;
+}  // namespace
+
 // Note [Engine row split] (row_split.h).
 bool split_rows(const LayerSizes& s, int64_t panel_bytes, int n) {
-  constexpr int64_t kMinRowsPerThread = 4, kManyRowsPerThread = 16;
   const EngineSplit mode = engine_split();
   if (n < 2 || mode == EngineSplit::Units) return false;
   if (mode == EngineSplit::Rows) return true;
@@ -216,6 +221,14 @@ bool split_rows(const LayerSizes& s, int64_t panel_bytes, int n) {
   // thread to repay reading it from L3.
   return panel_bytes <= l2_bytes_per_core() * 3 / 4 ||
          (panel_bytes <= kL2Slice && rows >= kManyRowsPerThread);
+}
+
+// Note [Measured row split] (row_split.cpp): a panel beyond a quarter of L2 but within the
+// rule's budget, where what stays in L2 between steps depends on the host, not the shape.
+bool row_split_doubtful(const LayerSizes& s, int64_t panel_bytes, int n) {
+  if (n < 2 || s.packed || (s.B + n - 1) / n < kMinRowsPerThread) return false;
+  const int64_t l2 = l2_bytes_per_core();
+  return panel_bytes > l2 / 4 && panel_bytes <= std::max(l2 * 3 / 4, kL2Slice);
 }
 
 // Note [Forward engine crossover]
@@ -326,7 +339,13 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
   float* hpre_p = P ? ptr(h_pre) : nullptr;
 
   const int64_t panel_bytes = panel_total * int64_t(sizeof(float));
-  run_team(team_size(s, 4, W), [&](int tid, int n, SpinBarrier& barrier) {
+  const int want = team_size(s, 4, W);
+  const SplitPlan plan = plan_split(EngineRun::LstmForwardRows, s, panel_bytes,
+                                    std::min(want, team_capacity()),
+                                    (save ? 2 : 0) + (I ? 1 : 0));
+  bool ran_rows = false;
+  const auto start = std::chrono::steady_clock::now();
+  run_team(want, [&](int tid, int n, SpinBarrier& barrier) {
     int64_t u0, u1, p0 = 0, p1 = 0;
     team_slice(H, W, tid, n, &u0, &u1);
     k.pack(cptr(whh), 4, H, R, u0, u1, const_cast<float*>(base.panel));
@@ -337,8 +356,9 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
     }
     // Note [Engine row split]: rows [b0, b1) with all units, no barrier in the loop.
     RowSlice rs;
-    const bool rows = enter_row_split(s, panel_bytes, tid, n, barrier,
+    const bool rows = enter_row_split(plan, s, tid, n, barrier,
                                       EngineRun::LstmForwardRows, &rs);
+    if (tid == 0) ran_rows = rows;
     if (rows) u0 = 0, u1 = H, p0 = 0, p1 = P;
     const int64_t b0 = rs.b0;
     LstmEngineStep p = base;
@@ -373,6 +393,9 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
       }
     }
   });
+  record_split(plan, ran_rows,
+               std::chrono::duration_cast<std::chrono::nanoseconds>(
+                   std::chrono::steady_clock::now() - start).count(), T);
 }
 
 void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Tensor& w_hh,
@@ -404,15 +427,22 @@ void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Ten
   float* saved_p = saved.defined() ? ptr(saved) : nullptr;
 
   const int64_t panel_bytes = panel_total * int64_t(sizeof(float));
-  run_team(team_size(s, 3, W), [&](int tid, int n, SpinBarrier& barrier) {
+  const int want = team_size(s, 3, W);
+  const SplitPlan plan = plan_split(EngineRun::GruForwardRows, s, panel_bytes,
+                                    std::min(want, team_capacity()),
+                                    (saved_p ? 2 : 0) + (I ? 1 : 0));
+  bool ran_rows = false;
+  const auto start = std::chrono::steady_clock::now();
+  run_team(want, [&](int tid, int n, SpinBarrier& barrier) {
     int64_t u0, u1;
     team_slice(H, W, tid, n, &u0, &u1);
     k.pack(cptr(whh), 3, H, H, u0, u1, const_cast<float*>(base.panel));
     if (I) k.pack(cptr(wih), 3, H, I, u0, u1, ih_panel);
     // Note [Engine row split]: rows [b0, b1) with all units, no barrier in the loop.
     RowSlice rs;
-    const bool rows = enter_row_split(s, panel_bytes, tid, n, barrier,
+    const bool rows = enter_row_split(plan, s, tid, n, barrier,
                                       EngineRun::GruForwardRows, &rs);
+    if (tid == 0) ran_rows = rows;
     if (rows) u0 = 0, u1 = H;
     const int64_t b0 = rs.b0;
     GruEngineStep p = base;
@@ -436,6 +466,9 @@ void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Ten
       if (!rows) barrier.wait();
     }
   });
+  record_split(plan, ran_rows,
+               std::chrono::duration_cast<std::chrono::nanoseconds>(
+                   std::chrono::steady_clock::now() - start).count(), T);
 }
 
 }  // namespace cpu

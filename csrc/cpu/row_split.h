@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "../checks.h"
 #include "dispatch.h"
@@ -16,6 +17,36 @@ namespace cpu {
 // The rule, forward and backward alike (engine_fwd.cpp): n threads, panel_bytes the whole
 // packed weights the loop reads (W_hh, and W_hr with projection).
 bool split_rows(const LayerSizes& s, int64_t panel_bytes, int n);
+// Where the rule may be wrong either way, and the engines measure both splits instead (Note
+// [Measured row split] in row_split.cpp).
+bool row_split_doubtful(const LayerSizes& s, int64_t panel_bytes, int n);
+
+// The split one call runs, chosen once before its team starts (every thread must take the
+// same): by the split mode, the rule, or the measurements of earlier calls of the shape.
+// slot >= 0: the call is a trial whose time goes to record_split.
+struct SplitPlan {
+  bool rows = false;
+  int slot = -1;
+};
+// kind: the loop (its *Rows EngineRun), n: the threads the team is asked for, variant: what
+// else changes the loop's cost (the forward: saving for a backward, computing the input part).
+SplitPlan plan_split(EngineRun kind, const LayerSizes& s, int64_t panel_bytes, int n,
+                     int variant = 0);
+// After a trial call: ran_rows, the split its team ran (a team that got one thread ran the
+// unit split and records nothing), ns the team's wall time over `steps` time steps.
+void record_split(const SplitPlan& plan, bool ran_rows, int64_t ns, int64_t steps);
+
+// The measurements so far, for tests and benchmarks (_C._engine_split_records).
+struct SplitRecord {
+  int kind;
+  int64_t B, H, R, I, panel_bytes;
+  int threads, variant;
+  int trials_units, trials_rows;
+  double best_units_ns, best_rows_ns;  // per step; inf before the first trial
+  bool decided, rows;
+};
+std::vector<SplitRecord> split_records();
+void clear_split_records();
 
 // The batch rows [b0, b1) a thread owns: all of them in the unit split.
 struct RowSlice {
@@ -25,12 +56,13 @@ struct RowSlice {
 };
 
 // For thread tid of a team of n, after it packed its share of the panels: on the row split
-// counts the call as `kind` (once), waits until every share is packed, sets *rows to the
-// thread's rows and returns true; otherwise sets all B rows and returns false.
-inline bool enter_row_split(const LayerSizes& s, int64_t panel_bytes, int tid, int n,
+// (plan.rows and two threads at least) counts the call as `kind` (once), waits until every
+// share is packed, sets *rows to the thread's rows and returns true; otherwise sets all B
+// rows and returns false.
+inline bool enter_row_split(const SplitPlan& plan, const LayerSizes& s, int tid, int n,
                             SpinBarrier& barrier, EngineRun kind, RowSlice* rows) {
   *rows = RowSlice{0, s.B};
-  if (!split_rows(s, panel_bytes, n)) return false;
+  if (!plan.rows || n < 2) return false;
   if (tid == 0) count_engine_run(kind);
   barrier.wait();
   team_slice(s.B, 1, tid, n, &rows->b0, &rows->b1);
