@@ -157,11 +157,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Nanoseconds spent so far inside the backward engine's time loops (the run_team "
         "region: packing and the loop), for benchmarks that compare a step with its floor");
   m.def("_weight_grad", &fusedrnn::cpu::weight_grad_backend,
-        "Where the float32 CPU weight gradients run: 'engine' (the backward engine's "
-        "kernels) or 'blas'");
+        "Where the float32 CPU weight gradients run: 'auto' (the backward engine's kernels, "
+        "but BLAS for large products on Intel CPUs), 'engine' or 'blas'");
   m.def("_set_weight_grad", &fusedrnn::cpu::set_weight_grad_backend, py::arg("name"),
-        "Run the float32 CPU weight gradients on 'engine' or 'blas'; returns the one in use. "
-        "For tests and benchmarks; not for use while ops run in other threads.");
+        "Run the float32 CPU weight gradients by 'auto', on 'engine' or on 'blas'; returns the "
+        "one in use. For tests and benchmarks; not for use while ops run in other threads.");
   m.def("_outer_sum", &fusedrnn::cpu::outer_sum, py::arg("a"), py::arg("b"),
         py::call_guard<py::gil_scoped_release>(),
         "a^T b for a [K, G], b [K, R] as the CPU backward computes a weight gradient (on the "

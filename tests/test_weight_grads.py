@@ -4,6 +4,8 @@ outer_sum (padded, packed, reverse, h0, projection), sizes off the kernel's bloc
 multiple of 16, G not a multiple of the 6-row tile, K off the 128-row k-block), and the
 thread count, which must not change a bit.
 """
+import sys
+
 import pytest
 import torch
 
@@ -91,7 +93,8 @@ def test_float64_and_backend_names(backend):
     _, runs = _run("lstm", tensors)
     assert runs == 0  # float64 stays with BLAS
     assert backend("blas") == "blas" and _C._weight_grad() == "blas"
-    with pytest.raises(ValueError, match="'engine' or 'blas'"):
+    assert backend("auto") == "auto" and _C._weight_grad() == "auto"
+    with pytest.raises(ValueError, match="'auto', 'engine' or 'blas'"):
         backend("mkl")
 
 
@@ -112,3 +115,37 @@ def test_super_blocks_keep_the_bits(backend):
         assert torch.equal(out, first), threads
     exact = a.double().t() @ b.double()
     assert (first.double() - exact).abs().max() < 1e-4 * exact.abs().max()
+
+
+def _intel_cpu():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("vendor_id") and "GenuineIntel" in line for line in f)
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/cpuinfo")
+def test_auto_keeps_large_products_with_blas_on_intel_only(backend):
+    """auto (the default): the engine's kernels, except products of 2^27 multiply-adds or
+    more on Intel CPUs (bwd_engine.cpp, kBlasMacsOnIntel), which BLAS runs; ThinOuter's
+    always run here."""
+    g = torch.Generator().manual_seed(6)
+    big_a, big_b = torch.randn(1024, 1024, generator=g), torch.randn(1024, 160, generator=g)
+    small_a, small_b = torch.randn(512, 256, generator=g), torch.randn(512, 64, generator=g)
+    thin_a, thin_b = torch.randn(4096, 1024, generator=g), torch.randn(4096, 3, generator=g)
+    results = {}
+    for name in ("engine", "blas", "auto"):
+        backend(name)
+        before = _C._engine_runs()[WEIGHT_GRAD_RUN]
+        results[name] = [_C._outer_sum(a, b) for a, b in
+                         ((big_a, big_b), (small_a, small_b), (thin_a, thin_b))]
+        results[name + "_runs"] = _C._engine_runs()[WEIGHT_GRAD_RUN] - before
+    assert results["engine_runs"] == 3 and results["blas_runs"] == 0
+    big, small, thin = results["auto"]
+    assert not torch.equal(results["engine"][0], results["blas"][0])  # tells them apart
+    expect_big = results["blas"][0] if _intel_cpu() else results["engine"][0]
+    assert torch.equal(big, expect_big)
+    assert torch.equal(small, results["engine"][1])
+    assert torch.equal(thin, results["engine"][2])
+    assert results["auto_runs"] == (2 if _intel_cpu() else 3)
