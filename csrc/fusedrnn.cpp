@@ -114,23 +114,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                                   "gru_backward"};
     py::list out;
     for (const auto& r : fusedrnn::cpu::split_records()) {
-      py::dict d;
+      using namespace pybind11::literals;
       const int k = r.kind - static_cast<int>(fusedrnn::cpu::EngineRun::LstmForwardRows);
-      d["loop"] = (k >= 0 && k < 4) ? kinds[k] : "?";
-      d["B"] = r.B;
-      d["H"] = r.H;
-      d["R"] = r.R;
-      d["I"] = r.I;
-      d["panel_bytes"] = r.panel_bytes;
-      d["threads"] = r.threads;
-      d["variant"] = r.variant;
-      d["trials_units"] = r.trials_units;
-      d["trials_rows"] = r.trials_rows;
-      d["best_units_ns_per_step"] = r.best_units_ns;
-      d["best_rows_ns_per_step"] = r.best_rows_ns;
-      d["decided"] = r.decided;
-      d["rows"] = r.rows;
-      out.append(d);
+      out.append(py::dict("loop"_a = (k >= 0 && k < 4) ? kinds[k] : "?", "B"_a = r.B,
+                          "H"_a = r.H, "R"_a = r.R, "I"_a = r.I, "panel_bytes"_a = r.panel_bytes,
+                          "threads"_a = r.threads, "variant"_a = r.variant,
+                          "trials_units"_a = r.trials_units, "trials_rows"_a = r.trials_rows,
+                          "best_units_ns_per_step"_a = r.best_units_ns,
+                          "best_rows_ns_per_step"_a = r.best_rows_ns, "decided"_a = r.decided,
+                          "rows"_a = r.rows));
     }
     return out;
   }, "The engines' measured split choices so far (Note [Measured row split]): one dict per "

@@ -172,15 +172,14 @@ int engine_threads(int64_t B, int64_t K, int64_t units, bool rows) {
 
 std::atomic<int64_t> loop_ns{0};
 
-// run_team(want, body), its wall time added to loop_ns; returns it (ns).
+// run_team(want, body), its wall time added to loop_ns.
 template <class Body>
-int64_t timed_team(int want, const Body& body) {
+void timed_team(int want, const Body& body) {
   const auto start = std::chrono::steady_clock::now();
   run_team(want, body);
-  const int64_t ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                         std::chrono::steady_clock::now() - start).count();
-  loop_ns.fetch_add(ns, std::memory_order_relaxed);
-  return ns;
+  loop_ns.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                        std::chrono::steady_clock::now() - start).count(),
+                    std::memory_order_relaxed);
 }
 
 float* fptr(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
@@ -475,20 +474,19 @@ void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>
 
   const int64_t panel_bytes =
       (rg.panels.numel() + (proj ? wrp.numel() : 0)) * int64_t(sizeof(float));
-  const SplitPlan plan =
-      plan_split(EngineRun::LstmBackwardRows, s, panel_bytes, at::get_num_threads());
-  bool ran_rows = false;
-  const int64_t ns = timed_team(engine_threads(B, K, std::min(H, R), plan.rows),
-                                [&](int tid, int n, SpinBarrier& barrier) {
+  TimedSplit split(
+      plan_split(EngineRun::LstmBackwardRows, s, panel_bytes, at::get_num_threads()));
+  timed_team(engine_threads(B, K, std::min(H, R), split.plan.rows),
+             [&](int tid, int n, SpinBarrier& barrier) {
     int64_t k0, k1, q0, q1;  // hidden units, recurrent (R) units
     team_slice(H, kEngineBlock, tid, n, &k0, &k1);
     team_slice(R, kEngineBlock, tid, n, &q0, &q1);
     if (q1 > q0) pack_panels(w_hh_p, K, R, rg.panels_p, q0 / kEngineBlock, blocks_of(q1));
     if (proj && k1 > k0) pack_panels(w_hr_p, R, H, wrp_p, k0 / kEngineBlock, blocks_of(k1));
     RowSlice rs;
-    const bool rows = enter_row_split(plan, s, tid, n, barrier,
+    const bool rows = enter_row_split(split.plan, s, tid, n, barrier,
                                       EngineRun::LstmBackwardRows, &rs);
-    if (tid == 0) ran_rows = rows;
+    if (tid == 0) split.ran_rows = rows;
     if (rows) k0 = 0, k1 = H, q0 = 0, q1 = R;
     const int64_t hb0 = k0 / kEngineBlock, hb1 = blocks_of(k1);
     const int64_t rb0 = q0 / kEngineBlock, rb1 = blocks_of(q1);
@@ -557,7 +555,7 @@ void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>
       }
     }
   });
-  record_split(plan, ran_rows, ns, T_);
+  split.finish(T_);
 
   dc0.copy_(dc.narrow(1, 0, H));
   if (track) finish_record(s, reverse, opt, rg.sq_p, rg.cnt_p, nblk_r, R, record.data_ptr<float>());
@@ -595,18 +593,17 @@ void gru_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>&
   base.nblk = rg.nblk;
 
   const int64_t panel_bytes = rg.panels.numel() * int64_t(sizeof(float));
-  const SplitPlan plan =
-      plan_split(EngineRun::GruBackwardRows, s, panel_bytes, at::get_num_threads());
-  bool ran_rows = false;
-  const int64_t ns = timed_team(engine_threads(B, K, H, plan.rows),
-                                [&](int tid, int n, SpinBarrier& barrier) {
+  TimedSplit split(
+      plan_split(EngineRun::GruBackwardRows, s, panel_bytes, at::get_num_threads()));
+  timed_team(engine_threads(B, K, H, split.plan.rows),
+             [&](int tid, int n, SpinBarrier& barrier) {
     int64_t k0, k1;
     team_slice(H, kEngineBlock, tid, n, &k0, &k1);
     if (k1 > k0) pack_panels(w_hh_p, K, H, rg.panels_p, k0 / kEngineBlock, blocks_of(k1));
     RowSlice rs;
-    const bool rows = enter_row_split(plan, s, tid, n, barrier,
+    const bool rows = enter_row_split(split.plan, s, tid, n, barrier,
                                       EngineRun::GruBackwardRows, &rs);
-    if (tid == 0) ran_rows = rows;
+    if (tid == 0) split.ran_rows = rows;
     if (rows) k0 = 0, k1 = H;
     const int64_t b0 = rs.b0, Hp = rg.Up;
     // The whole-batch buffers from the thread's first row on.
@@ -642,7 +639,7 @@ void gru_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>&
       }
     }
   });
-  record_split(plan, ran_rows, ns, T_);
+  split.finish(T_);
 
   if (track) finish_record(s, reverse, opt, rg.sq_p, rg.cnt_p, rg.nblk, H, record.data_ptr<float>());
 }

@@ -86,7 +86,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -340,11 +339,8 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
 
   const int64_t panel_bytes = panel_total * int64_t(sizeof(float));
   const int want = team_size(s, 4, W);
-  const SplitPlan plan = plan_split(EngineRun::LstmForwardRows, s, panel_bytes,
-                                    std::min(want, team_capacity()),
-                                    (save ? 2 : 0) + (I ? 1 : 0));
-  bool ran_rows = false;
-  const auto start = std::chrono::steady_clock::now();
+  TimedSplit split(plan_split(EngineRun::LstmForwardRows, s, panel_bytes,
+                              std::min(want, team_capacity()), (save ? 2 : 0) + (I ? 1 : 0)));
   run_team(want, [&](int tid, int n, SpinBarrier& barrier) {
     int64_t u0, u1, p0 = 0, p1 = 0;
     team_slice(H, W, tid, n, &u0, &u1);
@@ -356,9 +352,9 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
     }
     // Note [Engine row split]: rows [b0, b1) with all units, no barrier in the loop.
     RowSlice rs;
-    const bool rows = enter_row_split(plan, s, tid, n, barrier,
+    const bool rows = enter_row_split(split.plan, s, tid, n, barrier,
                                       EngineRun::LstmForwardRows, &rs);
-    if (tid == 0) ran_rows = rows;
+    if (tid == 0) split.ran_rows = rows;
     if (rows) u0 = 0, u1 = H, p0 = 0, p1 = P;
     const int64_t b0 = rs.b0;
     LstmEngineStep p = base;
@@ -393,9 +389,7 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
       }
     }
   });
-  record_split(plan, ran_rows,
-               std::chrono::duration_cast<std::chrono::nanoseconds>(
-                   std::chrono::steady_clock::now() - start).count(), T);
+  split.finish(T);
 }
 
 void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Tensor& w_hh,
@@ -428,11 +422,8 @@ void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Ten
 
   const int64_t panel_bytes = panel_total * int64_t(sizeof(float));
   const int want = team_size(s, 3, W);
-  const SplitPlan plan = plan_split(EngineRun::GruForwardRows, s, panel_bytes,
-                                    std::min(want, team_capacity()),
-                                    (saved_p ? 2 : 0) + (I ? 1 : 0));
-  bool ran_rows = false;
-  const auto start = std::chrono::steady_clock::now();
+  TimedSplit split(plan_split(EngineRun::GruForwardRows, s, panel_bytes,
+                              std::min(want, team_capacity()), (saved_p ? 2 : 0) + (I ? 1 : 0)));
   run_team(want, [&](int tid, int n, SpinBarrier& barrier) {
     int64_t u0, u1;
     team_slice(H, W, tid, n, &u0, &u1);
@@ -440,9 +431,9 @@ void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Ten
     if (I) k.pack(cptr(wih), 3, H, I, u0, u1, ih_panel);
     // Note [Engine row split]: rows [b0, b1) with all units, no barrier in the loop.
     RowSlice rs;
-    const bool rows = enter_row_split(plan, s, tid, n, barrier,
+    const bool rows = enter_row_split(split.plan, s, tid, n, barrier,
                                       EngineRun::GruForwardRows, &rs);
-    if (tid == 0) ran_rows = rows;
+    if (tid == 0) split.ran_rows = rows;
     if (rows) u0 = 0, u1 = H;
     const int64_t b0 = rs.b0;
     GruEngineStep p = base;
@@ -466,9 +457,7 @@ void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Ten
       if (!rows) barrier.wait();
     }
   });
-  record_split(plan, ran_rows,
-               std::chrono::duration_cast<std::chrono::nanoseconds>(
-                   std::chrono::steady_clock::now() - start).count(), T);
+  split.finish(T);
 }
 
 }  // namespace cpu

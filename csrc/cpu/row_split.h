@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <vector>
 
@@ -35,6 +36,21 @@ SplitPlan plan_split(EngineRun kind, const LayerSizes& s, int64_t panel_bytes, i
 // After a trial call: ran_rows, the split its team ran (a team that got one thread ran the
 // unit split and records nothing), ns the team's wall time over `steps` time steps.
 void record_split(const SplitPlan& plan, bool ran_rows, int64_t ns, int64_t steps);
+
+// One call's split and its timing: thread 0 of the team sets ran_rows (what
+// enter_row_split returned), and finish() records the call after the team (a no-op unless
+// the plan is a trial).
+struct TimedSplit {
+  explicit TimedSplit(const SplitPlan& p) : plan(p) {}
+  void finish(int64_t steps) const {
+    record_split(plan, ran_rows,
+                 std::chrono::duration_cast<std::chrono::nanoseconds>(
+                     std::chrono::steady_clock::now() - start).count(), steps);
+  }
+  const SplitPlan plan;
+  bool ran_rows = false;
+  const std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+};
 
 // The measurements so far, for tests and benchmarks (_C._engine_split_records).
 struct SplitRecord {
