@@ -156,7 +156,8 @@ void gemm_impl(const EngineGemm<typename V::value_type>& g) {
   int64_t ks = g.K;
   if constexpr (ACOL) {
     constexpr int64_t kSuperBytes = int64_t(1) << 20;
-    const int64_t per_k = (g.M + (g.blk1 - g.blk0) * kEngineBlock) * int64_t(sizeof(typename V::value_type));
+    const int64_t per_k =  // bytes of one k: a row of a, a row of every panel
+        (g.M + (g.blk1 - g.blk0) * kEngineBlock) * int64_t(sizeof(typename V::value_type));
     const int64_t blocks = kSuperBytes / (per_k * kb);
     ks = kb * (blocks > 1 ? blocks : 1);
   }

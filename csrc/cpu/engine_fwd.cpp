@@ -67,9 +67,9 @@
 // 1.00, B=32 0.98; training 1.00, 0.95, 1.04 (LSTM), 1.00, 1.00, 1.03 (GRU)
 // (benchmarks/results/amd-epyc-2026-12-02-row-split-l2-ab.md). Where this rule is in
 // doubt, "auto" measures both splits instead (Note [Measured row split] in row_split.cpp).
-// Both threads still pack half the panel each, then meet at one barrier before the loop. The arithmetic of every output is
-// the same either way (one chain per output, see "Order of the sums" above), so both splits
-// give bitwise the same results.
+// Both threads still pack half the panel each, then meet at one barrier before the loop.
+// The arithmetic of every output is the same either way (one chain per output, see "Order
+// of the sums" above), so both splits give bitwise the same results.
 // Measured (2-core AVX-512 Xeon, 2 threads, inference, unit split time / row split time,
 // paired in one process): LSTM H=256 I=64 T=128 B=2..4 0.93-0.94, B=8 1.16, B=16 1.06,
 // B=32 1.24, B=64 1.03, B=128 1.03; H=128 B=2 0.93, B=12 1.16; T=64 B=32 I=1 H=64 1.38;
@@ -203,17 +203,14 @@ int64_t l2_bytes_per_core() {
   return bytes;
 }
 
-}  // namespace
-
-namespace {
 constexpr int64_t kMinRowsPerThread = 4, kManyRowsPerThread = 16;
+
 }  // namespace
 
-// Note [Engine row split] (row_split.h).
+// Note [Engine row split] (row_split.h). The split modes other than "auto" and "rule" are
+// plan_split's (row_split.cpp).
 bool split_rows(const LayerSizes& s, int64_t panel_bytes, int n) {
-  const EngineSplit mode = engine_split();
-  if (n < 2 || mode == EngineSplit::Units) return false;
-  if (mode == EngineSplit::Rows) return true;
+  if (n < 2) return false;
   const int64_t rows = (s.B + n - 1) / n;
   if (s.packed || rows < kMinRowsPerThread) return false;
   // The whole panel within 3/4 of this core's L2; or, up to kL2Slice, enough rows per

@@ -25,11 +25,11 @@ namespace cpu {
 // (benchmarks/results/intel-xeon-2026-12-02-measured-split-ab.md). So where the rule of
 // split_rows leaves room for doubt, the engine measures: for each call shape (the loop
 // kind, B, H, R, I, the panel bytes, the thread count and the variant: saving for a
-// backward, computing the input part) the first kTrials calls of each
-// split alternate (after kWarmup untimed calls), each timed per step (the team region's wall time over T), and from then
-// on the split with the lower best time runs. The doubt zone: the rows are not packed, each
-// thread gets at least kMinRowsPerThread rows, and the panel is within max(3/4 L2,
-// kL2Slice). Outside it the unit split runs without measuring.
+// backward, computing the input part), after kWarmup untimed calls, kTrials calls of each
+// split alternate, each timed per step (the team region's wall time over T), and from then
+// on the split with the lower best time runs. The doubt zone (row_split_doubtful): the rows
+// are not packed, each thread gets at least kMinRowsPerThread rows, and the panel is above
+// a quarter of one core's L2 and within max(3/4 L2, kL2Slice). Outside it the rule decides.
 // Results do not depend on the split (every output is the same FMA chain either way, Note
 // [CPU time-loop engine]), so a trial call returns what the chosen split would have. The
 // table holds up to kMaxShapes shapes; beyond that new shapes take the rule. The "rule"
@@ -60,9 +60,11 @@ class SplitTable {
     return *table;
   }
 
-  // -1: no room (take the rule); else the slot of the entry and *entry a copy of it.
-  int find(const Key& key, Entry* entry) {
+  // -1: no room (take the rule); else the slot of the entry and *entry a copy of it, and
+  // *generation the table's (a record of an earlier generation is dropped: see clear).
+  int find(const Key& key, Entry* entry, uint64_t* generation) {
     std::lock_guard<std::mutex> lock(mutex_);
+    *generation = generation_;
     auto it = index_.find(key);
     if (it == index_.end()) {
       if (entries_.size() >= kMaxShapes) return -1;
@@ -75,9 +77,10 @@ class SplitTable {
     return it->second;
   }
 
-  void record(int slot, bool rows, double ns_per_step) {
+  void record(int slot, uint64_t generation, bool rows, double ns_per_step) {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (slot < 0 || slot >= static_cast<int>(entries_.size())) return;  // cleared meanwhile
+    // Cleared since the call was planned: its slot may now hold another shape.
+    if (generation != generation_) return;
     Entry& e = entries_[slot].second;
     if (e.decided || e.calls[rows] >= kTrials) return;  // (concurrent calls: trials to spare)
     e.calls[rows] += 1;
@@ -97,6 +100,7 @@ class SplitTable {
     std::lock_guard<std::mutex> lock(mutex_);
     entries_.clear();
     index_.clear();
+    ++generation_;
   }
 
  private:
@@ -107,6 +111,7 @@ class SplitTable {
   std::mutex mutex_;
   std::map<Key, int> index_;
   std::vector<std::pair<Key, Entry>> entries_;
+  uint64_t generation_ = 0;
 };
 
 }  // namespace
@@ -126,7 +131,7 @@ SplitPlan plan_split(EngineRun kind, const LayerSizes& s, int64_t panel_bytes, i
   }
   const Key key{static_cast<int64_t>(kind), s.B, s.H, s.R, s.I, panel_bytes, n, variant};
   Entry e;
-  const int slot = SplitTable::get().find(key, &e);
+  const int slot = SplitTable::get().find(key, &e, &plan.generation);
   if (slot < 0) {
     plan.rows = split_rows(s, panel_bytes, n);
   } else if (e.decided) {
@@ -142,7 +147,8 @@ SplitPlan plan_split(EngineRun kind, const LayerSizes& s, int64_t panel_bytes, i
 
 void record_split(const SplitPlan& plan, bool ran_rows, int64_t ns, int64_t steps) {
   if (plan.slot < 0 || ran_rows != plan.rows || steps < 1) return;
-  SplitTable::get().record(plan.slot, plan.rows, static_cast<double>(ns) / steps);
+  SplitTable::get().record(plan.slot, plan.generation, plan.rows,
+                           static_cast<double>(ns) / steps);
 }
 
 std::vector<SplitRecord> split_records() {

@@ -24,10 +24,12 @@ bool row_split_doubtful(const LayerSizes& s, int64_t panel_bytes, int n);
 
 // The split one call runs, chosen once before its team starts (every thread must take the
 // same): by the split mode, the rule, or the measurements of earlier calls of the shape.
-// slot >= 0: the call is a trial whose time goes to record_split.
+// slot >= 0: the call is a trial whose time goes to record_split (generation: the
+// measurements' it belongs to).
 struct SplitPlan {
   bool rows = false;
   int slot = -1;
+  uint64_t generation = 0;
 };
 // kind: the loop (its *Rows EngineRun), n: the threads the team is asked for, variant: what
 // else changes the loop's cost (the forward: saving for a backward, computing the input part).
