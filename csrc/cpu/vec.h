@@ -114,6 +114,7 @@ struct ScalarVec<float> : ScalarOps<float> {
     __builtin_memcpy(&out, &bits, sizeof(out));
     return out;
   }
+  static void transpose(reg*) {}  // a 1 x 1 tile
   static reg sigmoid(reg x) { return sigmoid_f32<ScalarVec>(x); }
   static reg tanh(reg x) { return tanh_f32<ScalarVec>(x); }
 };
@@ -165,6 +166,24 @@ struct Avx2Vec {
     const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
     return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
   }
+  // r[0..7] (rows of an 8 x 8 tile) become its columns: r[i][l] <- old r[l][i].
+  static void transpose(reg* r) {
+    reg t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+      t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+      u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+      u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+      u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+      u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; ++i) {
+      r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+      r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+    }
+  }
   static reg sigmoid(reg x) { return sigmoid_f32<Avx2Vec>(x); }
   static reg tanh(reg x) { return tanh_f32<Avx2Vec>(x); }
 };
@@ -211,6 +230,30 @@ struct Avx512Vec {
   static reg pow2i(reg n) {
     const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
     return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
+  }
+  // r[0..15] (rows of a 16 x 16 tile) become its columns: r[i][l] <- old r[l][i].
+  static void transpose(reg* r) {
+    reg t[16];
+    for (int i = 0; i < 16; i += 2) {
+      t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+      r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+      r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+      r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+      r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 16; i += 8) {
+      for (int q = 0; q < 4; ++q) {
+        t[i + q] = _mm512_shuffle_f32x4(r[i + q], r[i + 4 + q], 0x88);
+        t[i + 4 + q] = _mm512_shuffle_f32x4(r[i + q], r[i + 4 + q], 0xDD);
+      }
+    }
+    for (int q = 0; q < 8; ++q) {
+      r[q] = _mm512_shuffle_f32x4(t[q], t[8 + q], 0x88);
+      r[8 + q] = _mm512_shuffle_f32x4(t[q], t[8 + q], 0xDD);
+    }
   }
   static reg sigmoid(reg x) { return sigmoid_f32<Avx512Vec>(x); }
   static reg tanh(reg x) { return tanh_f32<Avx512Vec>(x); }
