@@ -117,7 +117,8 @@ INPUT_PART = {"lstm": 9, "gru": 10}  # *_forward_input in _C._engine_runs()
 
 
 # Note [Engine input part]: the engines compute x W_ih^T + b themselves (the LSTM unless
-# I > R with fewer than 8 rows, the GRU from 8 rows on), otherwise they read the all-steps
+# I > R with 2-7 rows or I > R / 2 with one row, the GRU from 8 rows on), otherwise they
+# read the all-steps
 # projection as before. Shapes on both sides of those rules (with and without projection,
 # bias, initial state), 1 and 2 threads:
 # the float32 rule against torch.nn, the per-step loop's gradients, the no-grad forward
@@ -125,7 +126,9 @@ INPUT_PART = {"lstm": 9, "gru": 10}  # *_forward_input in _C._engine_runs()
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("case", [
     ((7, 3, 40, 17, 0), False), ((7, 9, 40, 17, 0), True), ((6, 2, 5, 33, 0), True),
-    ((7, 3, 12, 17, 9), False), ((7, 8, 12, 17, 9), True), ((5, 4, 3, 17, 9), True)],
+    ((7, 3, 12, 17, 9), False), ((7, 8, 12, 17, 9), True), ((5, 4, 3, 17, 9), True),
+    ((7, 1, 8, 17, 0), True), ((7, 1, 9, 17, 0), False), ((5, 1, 4, 17, 9), True),
+    ((5, 1, 5, 17, 9), False)],
     ids=lambda c: "T{}B{}I{}H{}P{}".format(*c[0]) + ("-input" if c[1] else "-buffer"))
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
 @pytest.mark.parametrize("kind", ["lstm", "gru"])

@@ -282,10 +282,16 @@ bool use_forward_engine(const LayerSizes& s, int64_t G, int64_t P) {
 // (benchmarks/results/amd-epyc-2026-12-02-engine-input-ab.md). GRU, the same way, after the
 // gate_block inlining fix: T=128 I=64 H=256 B=32 1.10x, B=8 1.06x, B=1 0.88x; T=64 B=32 I=1
 // H=64 1.26x; T=24 B=16 I=8 H=32 1.19x; training B=32 1.08x, B=8 1.05x: so the GRU takes
-// it from 8 rows on only.
+// it from 8 rows on only. On the 2-core Xeon (2026-12-03; all-steps GEMM time / engine
+// time, LSTM T=128 no grad, min of 25 interleaved runs): H=256 B=1 I=64 1.10, I=128 1.02,
+// I=192 0.94, I=256 0.87 (training 0.89); H=128 B=1 I=128 1.00, H=64 B=1 I=64 0.95; B=2
+// I=256 1.02, B=4 I=256 1.18, B=8 I=64 1.32
+// (benchmarks/results/intel-xeon-2026-12-03-input-part-ab.md): a single row takes the
+// input part only up to I = R / 2.
 bool engine_input_part(const LayerSizes& s, int64_t G) {
   if (G == 3) return s.B >= 8;
-  return s.I <= s.R || s.B >= 8;
+  if (s.B >= 8) return true;
+  return s.B == 1 ? 2 * s.I <= s.R : s.I <= s.R;
 }
 
 void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tensor& w_hh,
