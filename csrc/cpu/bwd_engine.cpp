@@ -289,12 +289,17 @@ namespace {
 enum class WeightGradMode : int { Auto = 0, Engine = 1, Blas = 2 };
 constexpr int64_t kBlasMacsOnIntel = int64_t(1) << 27;  // above K=G=1024, R=64
 
+// "engine" and "blas" by name; anything else is "auto".
+int weight_grad_mode_named(const std::string& name) {
+  return static_cast<int>(name == "blas"     ? WeightGradMode::Blas
+                          : name == "engine" ? WeightGradMode::Engine
+                                             : WeightGradMode::Auto);
+}
+
 std::atomic<int>& weight_grad_mode() {
   static std::atomic<int> mode([] {
     const char* env = std::getenv("FUSEDRNN_WEIGHT_GRAD");
-    const std::string name = env ? env : "";
-    return static_cast<int>(name == "blas" ? WeightGradMode::Blas
-                            : name == "engine" ? WeightGradMode::Engine : WeightGradMode::Auto);
+    return weight_grad_mode_named(env ? env : "");
   }());
   return mode;
 }
@@ -324,9 +329,7 @@ std::string set_weight_grad_backend(const std::string& name) {
   TORCH_CHECK_VALUE(name == "auto" || name == "engine" || name == "blas",
                     "fusedrnn: weight gradient backend must be 'auto', 'engine' or 'blas', got '",
                     name, "'");
-  weight_grad_mode() = static_cast<int>(name == "engine" ? WeightGradMode::Engine
-                                        : name == "blas" ? WeightGradMode::Blas
-                                                         : WeightGradMode::Auto);
+  weight_grad_mode() = weight_grad_mode_named(name);
   return weight_grad_backend();
 }
 
@@ -484,9 +487,8 @@ void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>
     if (q1 > q0) pack_panels(w_hh_p, K, R, rg.panels_p, q0 / kEngineBlock, blocks_of(q1));
     if (proj && k1 > k0) pack_panels(w_hr_p, R, H, wrp_p, k0 / kEngineBlock, blocks_of(k1));
     RowSlice rs;
-    const bool rows = enter_row_split(split.plan, s, tid, n, barrier,
+    const bool rows = enter_row_split(split, s, tid, n, barrier,
                                       EngineRun::LstmBackwardRows, &rs);
-    if (tid == 0) split.ran_rows = rows;
     if (rows) k0 = 0, k1 = H, q0 = 0, q1 = R;
     const int64_t hb0 = k0 / kEngineBlock, hb1 = blocks_of(k1);
     const int64_t rb0 = q0 / kEngineBlock, rb1 = blocks_of(q1);
@@ -601,9 +603,8 @@ void gru_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>&
     team_slice(H, kEngineBlock, tid, n, &k0, &k1);
     if (k1 > k0) pack_panels(w_hh_p, K, H, rg.panels_p, k0 / kEngineBlock, blocks_of(k1));
     RowSlice rs;
-    const bool rows = enter_row_split(split.plan, s, tid, n, barrier,
+    const bool rows = enter_row_split(split, s, tid, n, barrier,
                                       EngineRun::GruBackwardRows, &rs);
-    if (tid == 0) split.ran_rows = rows;
     if (rows) k0 = 0, k1 = H;
     const int64_t b0 = rs.b0, Hp = rg.Up;
     // The whole-batch buffers from the thread's first row on.

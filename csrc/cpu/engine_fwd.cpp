@@ -205,14 +205,19 @@ int64_t l2_bytes_per_core() {
 
 constexpr int64_t kMinRowsPerThread = 4, kManyRowsPerThread = 16;
 
+// Whether the row split may apply at all: two threads or more, padded rows, and at least
+// kMinRowsPerThread rows per thread.
+bool rows_to_split(const LayerSizes& s, int n) {
+  return n >= 2 && !s.packed && (s.B + n - 1) / n >= kMinRowsPerThread;
+}
+
 }  // namespace
 
 // Note [Engine row split] (row_split.h). The split modes other than "auto" and "rule" are
 // plan_split's (row_split.cpp).
 bool split_rows(const LayerSizes& s, int64_t panel_bytes, int n) {
-  if (n < 2) return false;
+  if (!rows_to_split(s, n)) return false;
   const int64_t rows = (s.B + n - 1) / n;
-  if (s.packed || rows < kMinRowsPerThread) return false;
   // The whole panel within 3/4 of this core's L2; or, up to kL2Slice, enough rows per
   // thread to repay reading it from L3.
   return panel_bytes <= l2_bytes_per_core() * 3 / 4 ||
@@ -222,7 +227,7 @@ bool split_rows(const LayerSizes& s, int64_t panel_bytes, int n) {
 // Note [Measured row split] (row_split.cpp): a panel beyond a quarter of L2 but within the
 // rule's budget, where what stays in L2 between steps depends on the host, not the shape.
 bool row_split_doubtful(const LayerSizes& s, int64_t panel_bytes, int n) {
-  if (n < 2 || s.packed || (s.B + n - 1) / n < kMinRowsPerThread) return false;
+  if (!rows_to_split(s, n)) return false;
   const int64_t l2 = l2_bytes_per_core();
   return panel_bytes > l2 / 4 && panel_bytes <= std::max(l2 * 3 / 4, kL2Slice);
 }
@@ -355,9 +360,8 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
     }
     // Note [Engine row split]: rows [b0, b1) with all units, no barrier in the loop.
     RowSlice rs;
-    const bool rows = enter_row_split(split.plan, s, tid, n, barrier,
+    const bool rows = enter_row_split(split, s, tid, n, barrier,
                                       EngineRun::LstmForwardRows, &rs);
-    if (tid == 0) split.ran_rows = rows;
     if (rows) u0 = 0, u1 = H, p0 = 0, p1 = P;
     const int64_t b0 = rs.b0;
     LstmEngineStep p = base;
@@ -434,9 +438,8 @@ void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Ten
     if (I) k.pack(cptr(wih), 3, H, I, u0, u1, ih_panel);
     // Note [Engine row split]: rows [b0, b1) with all units, no barrier in the loop.
     RowSlice rs;
-    const bool rows = enter_row_split(split.plan, s, tid, n, barrier,
+    const bool rows = enter_row_split(split, s, tid, n, barrier,
                                       EngineRun::GruForwardRows, &rs);
-    if (tid == 0) split.ran_rows = rows;
     if (rows) u0 = 0, u1 = H;
     const int64_t b0 = rs.b0;
     GruEngineStep p = base;

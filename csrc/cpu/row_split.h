@@ -39,9 +39,8 @@ SplitPlan plan_split(EngineRun kind, const LayerSizes& s, int64_t panel_bytes, i
 // unit split and records nothing), ns the team's wall time over `steps` time steps.
 void record_split(const SplitPlan& plan, bool ran_rows, int64_t ns, int64_t steps);
 
-// One call's split and its timing: thread 0 of the team sets ran_rows (what
-// enter_row_split returned), and finish() records the call after the team (a no-op unless
-// the plan is a trial).
+// One call's split and its timing: enter_row_split sets ran_rows (what thread 0 of the team
+// ran), and finish() records the call after the team (a no-op unless the plan is a trial).
 struct TimedSplit {
   explicit TimedSplit(const SplitPlan& p) : plan(p) {}
   void finish(int64_t steps) const {
@@ -74,13 +73,15 @@ struct RowSlice {
 };
 
 // For thread tid of a team of n, after it packed its share of the panels: on the row split
-// (plan.rows and two threads at least) counts the call as `kind` (once), waits until every
-// share is packed, sets *rows to the thread's rows and returns true; otherwise sets all B
-// rows and returns false.
-inline bool enter_row_split(const SplitPlan& plan, const LayerSizes& s, int tid, int n,
+// (split.plan.rows and two threads at least) counts the call as `kind` (once), waits until
+// every share is packed, sets *rows to the thread's rows and returns true; otherwise sets all
+// B rows and returns false. Thread 0 notes the split taken in split.ran_rows.
+inline bool enter_row_split(TimedSplit& split, const LayerSizes& s, int tid, int n,
                             SpinBarrier& barrier, EngineRun kind, RowSlice* rows) {
   *rows = RowSlice{0, s.B};
-  if (!plan.rows || n < 2) return false;
+  const bool take = split.plan.rows && n >= 2;
+  if (tid == 0) split.ran_rows = take;
+  if (!take) return false;
   if (tid == 0) count_engine_run(kind);
   barrier.wait();
   team_slice(s.B, 1, tid, n, &rows->b0, &rows->b1);
