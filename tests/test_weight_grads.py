@@ -98,7 +98,7 @@ def test_float64_and_backend_names(backend):
         backend("mkl")
 
 
-def test_super_blocks_keep_the_bits(backend):
+def test_super_blocks_keep_the_bits(backend, threads):
     """The engine sums a long K in super-blocks sized by the thread's rows (bwd_engine_impl.h,
     gemm_impl): 1, 2 and 3 threads give different super-blocks but each output the same
     k-block order, so the same bits; and the result is a^T b to float32 accuracy."""
@@ -107,12 +107,12 @@ def test_super_blocks_keep_the_bits(backend):
     a = torch.randn(5000, 600, generator=g)
     b = torch.randn(5000, 200, generator=g)
     first = None
-    for threads in (1, 2, 3):
-        torch.set_num_threads(threads)
+    for n in (1, 2, 3):
+        threads(n)
         out = _C._outer_sum(a, b)
         if first is None:
             first = out
-        assert torch.equal(out, first), threads
+        assert torch.equal(out, first), n
     exact = a.double().t() @ b.double()
     assert (first.double() - exact).abs().max() < 1e-4 * exact.abs().max()
 
