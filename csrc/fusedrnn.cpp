@@ -98,10 +98,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Layer calls run by the CPU engine so far: [lstm_forward, lstm_backward, "
         "gru_forward, gru_backward, lstm_forward_rows, gru_forward_rows, lstm_backward_rows, "
         "gru_backward_rows, chunked_projection, lstm_forward_input, gru_forward_input, "
-        "weight_grad] (the *_rows: calls whose threads split the batch rows; "
+        "weight_grad, input_grad] (the *_rows: calls whose threads split the batch rows; "
         "chunked_projection: per-step forward loops that computed the input projection in "
         "chunks of steps; *_input: forward engine calls that computed the input part "
-        "themselves; weight_grad: weight-gradient products computed on the engine's kernels)");
+        "themselves; weight_grad: weight-gradient products computed on the engine's kernels; "
+        "input_grad: input gradients dgates W_ih computed on the engine's kernel)");
   m.def("_engine_split", &fusedrnn::cpu::engine_split_name,
         "How the engines' threads share a call: 'auto', 'rule', 'units' or 'rows'");
   m.def("_set_engine_split", &fusedrnn::cpu::set_engine_split, py::arg("name"),
@@ -149,14 +150,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Nanoseconds spent so far inside the backward engine's time loops (the run_team "
         "region: packing and the loop), for benchmarks that compare a step with its floor");
   m.def("_weight_grad", &fusedrnn::cpu::weight_grad_backend,
-        "Where the float32 CPU weight gradients run: 'auto' (the backward engine's kernels, "
-        "but BLAS for large products on Intel CPUs), 'engine' or 'blas'");
+        "Where the float32 CPU weight and input gradients run: 'auto' (the backward engine's "
+        "kernels, but BLAS for large, wide weight gradients on Intel CPUs and oneDNN / BLAS "
+        "for input gradients elsewhere), 'engine' or 'blas'");
   m.def("_set_weight_grad", &fusedrnn::cpu::set_weight_grad_backend, py::arg("name"),
-        "Run the float32 CPU weight gradients by 'auto', on 'engine' or on 'blas'; returns the "
-        "one in use. For tests and benchmarks; not for use while ops run in other threads.");
+        "Run the float32 CPU weight and input gradients by 'auto', on 'engine' or on 'blas' "
+        "(oneDNN or BLAS, as _step_gemm says); returns the one in use. For tests and "
+        "benchmarks; not for use while ops run in other threads.");
   m.def("_outer_sum", &fusedrnn::cpu::outer_sum, py::arg("a"), py::arg("b"),
         py::call_guard<py::gil_scoped_release>(),
         "a^T b for a [K, G], b [K, R] as the CPU backward computes a weight gradient (on the "
+        "backend _weight_grad names, or the small-product paths); for tests and benchmarks");
+  m.def("_rows_times", &fusedrnn::cpu::rows_times, py::arg("a"), py::arg("w"),
+        py::call_guard<py::gil_scoped_release>(),
+        "a w for a [M, K], w [K, N] as the CPU backward computes an input gradient (on the "
         "backend _weight_grad names, or the small-product paths); for tests and benchmarks");
   m.def("_empty_cpu_cache", &fusedrnn::cpu::empty_buffer_cache,
         "Return the freed CPU buffers the layer functions keep for reuse to the system "

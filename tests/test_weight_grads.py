@@ -16,6 +16,7 @@ from helpers import (FLOOR32, TORCHNN, assert_close_by_reference, cast, forward_
 F32, F64 = torch.float32, torch.float64
 OPS = {"lstm": ops.lstm_layer, "gru": ops.gru_layer}
 WEIGHT_GRAD_RUN = 11  # index into _C._engine_runs()
+INPUT_GRAD_RUN = 12
 
 
 @pytest.fixture
@@ -65,8 +66,11 @@ def test_engine_and_blas_match_torchnn(backend, kind, shape, layout, threads):
         else:
             assert runs >= 1, "no weight gradient ran on the engine"
         assert_close_by_reference(results[name], theirs, ref64, FLOOR32)
+    # The input gradient runs on the engine too where I > 8 (Note [Input gradients on the
+    # engine kernel]); everything else must not notice the switch.
+    changed = ("grad_weight", "grad_bias") + (("grad_input",) if I > 8 else ())
     for key in results["engine"]:
-        if not key.startswith(("grad_weight", "grad_bias")):
+        if not key.startswith(changed):
             assert torch.equal(results["engine"][key], results["blas"][key]), key
 
 
@@ -78,12 +82,14 @@ def test_bitwise_for_any_thread_count(backend, kind, I):
     first = None
     for threads in (2, 1, 3, 2):
         torch.set_num_threads(threads)
+        before = _C._engine_runs()[INPUT_GRAD_RUN]
         out, runs = _run(kind, tensors)
         assert runs >= 2
+        assert _C._engine_runs()[INPUT_GRAD_RUN] - before == (I > 8)
         if first is None:
             first = out
         for key in first:
-            if key.startswith("grad_weight"):
+            if key.startswith(("grad_weight", "grad_input")):
                 assert torch.equal(out[key], first[key]), (threads, key)
 
 
@@ -104,17 +110,46 @@ def test_super_blocks_keep_the_bits(backend, threads):
     k-block order, so the same bits; and the result is a^T b to float32 accuracy."""
     backend("engine")
     g = torch.Generator().manual_seed(5)
-    a = torch.randn(5000, 600, generator=g)
-    b = torch.randn(5000, 200, generator=g)
-    first = None
-    for n in (1, 2, 3):
-        threads(n)
-        out = _C._outer_sum(a, b)
-        if first is None:
-            first = out
-        assert torch.equal(out, first), n
-    exact = a.double().t() @ b.double()
-    assert (first.double() - exact).abs().max() < 1e-4 * exact.abs().max()
+    # The second: at 2 threads the 244-row task would get a longer super-block than the
+    # 272-row one its copy of a was sized for (gemm_impl shortens it).
+    for K, G, R in ((5000, 600, 200), (597, 516, 129)):
+        a = torch.randn(K, G, generator=g)
+        b = torch.randn(K, R, generator=g)
+        first = None
+        for n in (1, 2, 3):
+            threads(n)
+            out = _C._outer_sum(a, b)
+            if first is None:
+                first = out
+            assert torch.equal(out, first), n
+        exact = a.double().t() @ b.double()
+        assert (first.double() - exact).abs().max() < 1e-4 * exact.abs().max()
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
+def test_packing_a_keeps_the_bits(backend, threads, capability):
+    """The engine copies a tile by tile where several panel groups read it (bwd_engine_impl.h,
+    pack_by_columns) and reads it in place where one group does: both sum each output the
+    same way, so the 16 columns of a narrow product (one panel: in place) are bitwise the
+    first 16 of a wide one (several groups: copied), on every capability and with tiles
+    cut at 1 and 2 threads."""
+    old = _C._cpu_capability()
+    try:
+        if _C._set_cpu_capability(capability) != capability:
+            pytest.skip(f"this CPU does not support {capability}")
+        backend("engine")
+        g = torch.Generator().manual_seed(8)
+        a = torch.randn(700, 301, generator=g)  # K off the k-block, G off the 6-row tile
+        b = torch.randn(700, 160, generator=g)
+        for n in (1, 2):
+            threads(n)
+            narrow = _C._outer_sum(a, b[:, :16].contiguous())
+            wide = _C._outer_sum(a, b)
+            assert torch.equal(wide[:, :16], narrow), n
+            exact = a.double().t() @ b.double()
+            assert (wide.double() - exact).abs().max() < 1e-4 * exact.abs().max()
+    finally:
+        _C._set_cpu_capability(old)
 
 
 def _intel_cpu():
@@ -128,9 +163,11 @@ def _intel_cpu():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/cpuinfo")
 def test_auto_keeps_large_products_with_blas_on_intel_only(backend):
     """auto (the default): the engine's kernels, except products of 2^27 multiply-adds or
-    more on Intel CPUs (bwd_engine.cpp, kBlasMacsOnIntel), which BLAS runs; ThinOuter's
-    always run here."""
+    more with at least 512 columns on Intel CPUs (bwd_engine.cpp, kBlasMacsOnIntel and
+    kBlasMinROnIntel), which BLAS runs; narrower large products and ThinOuter's always run
+    here."""
     g = torch.Generator().manual_seed(6)
+    wide_a, wide_b = torch.randn(512, 512, generator=g), torch.randn(512, 512, generator=g)
     big_a, big_b = torch.randn(1024, 1024, generator=g), torch.randn(1024, 160, generator=g)
     small_a, small_b = torch.randn(512, 256, generator=g), torch.randn(512, 64, generator=g)
     thin_a, thin_b = torch.randn(4096, 1024, generator=g), torch.randn(4096, 3, generator=g)
@@ -139,13 +176,71 @@ def test_auto_keeps_large_products_with_blas_on_intel_only(backend):
         backend(name)
         before = _C._engine_runs()[WEIGHT_GRAD_RUN]
         results[name] = [_C._outer_sum(a, b) for a, b in
-                         ((big_a, big_b), (small_a, small_b), (thin_a, thin_b))]
+                         ((wide_a, wide_b), (big_a, big_b), (small_a, small_b),
+                          (thin_a, thin_b))]
         results[name + "_runs"] = _C._engine_runs()[WEIGHT_GRAD_RUN] - before
-    assert results["engine_runs"] == 3 and results["blas_runs"] == 0
-    big, small, thin = results["auto"]
+    assert results["engine_runs"] == 4 and results["blas_runs"] == 0
+    wide, big, small, thin = results["auto"]
     assert not torch.equal(results["engine"][0], results["blas"][0])  # tells them apart
-    expect_big = results["blas"][0] if _intel_cpu() else results["engine"][0]
-    assert torch.equal(big, expect_big)
-    assert torch.equal(small, results["engine"][1])
-    assert torch.equal(thin, results["engine"][2])
-    assert results["auto_runs"] == (2 if _intel_cpu() else 3)
+    expect_wide = results["blas"][0] if _intel_cpu() else results["engine"][0]
+    assert torch.equal(wide, expect_wide)
+    assert torch.equal(big, results["engine"][1])
+    assert torch.equal(small, results["engine"][2])
+    assert torch.equal(thin, results["engine"][3])
+    assert results["auto_runs"] == (3 if _intel_cpu() else 4)
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
+@pytest.mark.parametrize("M,K,N", [(1, 520, 9), (131, 260, 33), (700, 1024, 64), (97, 53, 130)])
+def test_input_gradient_on_the_engine(backend, threads, capability, M, K, N):
+    """_C._rows_times (the input gradient dgates W_ih) on the engine's micro-kernel, past the
+    direct loops (over 4096 multiply-adds): a w to float32 accuracy with M off the row tile,
+    K off the k-block and N off the 16-column panel, bitwise the same at 1, 2 and 3 threads,
+    on every capability."""
+    old = _C._cpu_capability()
+    try:
+        if _C._set_cpu_capability(capability) != capability:
+            pytest.skip(f"this CPU does not support {capability}")
+        backend("engine")
+        g = torch.Generator().manual_seed(M + K + N)
+        a, w = torch.randn(M, K, generator=g), torch.randn(K, N, generator=g)
+        exact = a.double() @ w.double()
+        first = None
+        for n in (1, 2, 3):
+            threads(n)
+            before = _C._engine_runs()[INPUT_GRAD_RUN]
+            out = _C._rows_times(a, w)
+            assert _C._engine_runs()[INPUT_GRAD_RUN] - before == 1
+            assert out.shape == (M, N) and out.is_contiguous()
+            first = out if first is None else first
+            assert torch.equal(out, first), n
+        bound = 4 * K * torch.finfo(torch.float32).eps * (a.double().abs() @ w.double().abs())
+        assert ((first.double() - exact).abs() <= bound).all()
+    finally:
+        _C._set_cpu_capability(old)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/cpuinfo")
+def test_auto_input_gradient_path(backend, threads):
+    """auto: on Intel CPUs the engine for products with at most 64 columns whose rows of a
+    fit 2 MiB per thread, at::mm past that; elsewhere rows_times' oneDNN / at::mm. Thin ones
+    (at most 8 columns) and float64 never take the engine; "blas" never does."""
+    threads(2)
+    g = torch.Generator().manual_seed(9)
+    cases = {"small": (torch.randn(1024, 1024, generator=g), torch.randn(1024, 64, generator=g)),
+             "tall": (torch.randn(4096, 1024, generator=g), torch.randn(1024, 64, generator=g)),
+             "wide": (torch.randn(512, 256, generator=g), torch.randn(256, 96, generator=g)),
+             "thin": (torch.randn(1024, 1024, generator=g), torch.randn(1024, 8, generator=g))}
+    expect = {"small": _intel_cpu(), "tall": False, "wide": False, "thin": False}
+    for name, (a, w) in cases.items():
+        for mode, want in (("auto", expect[name]), ("blas", False)):
+            backend(mode)
+            before = _C._engine_runs()[INPUT_GRAD_RUN]
+            out = _C._rows_times(a, w)
+            assert (_C._engine_runs()[INPUT_GRAD_RUN] - before == 1) == want, (name, mode)
+            exact = a.double() @ w.double()
+            assert (out.double() - exact).abs().max() < 1e-4 * exact.abs().max()
+    backend("engine")
+    before = _C._engine_runs()[INPUT_GRAD_RUN]
+    _C._rows_times(cases["small"][0].double(), cases["small"][1].double())
+    assert _C._engine_runs()[INPUT_GRAD_RUN] == before

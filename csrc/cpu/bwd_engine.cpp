@@ -277,17 +277,31 @@ int64_t bwd_engine_loop_ns() { return loop_ns.load(std::memory_order_relaxed); }
 // take ThinOuter instead, which reads each row of a once and sums alike. float32 only; the
 // rest stays with outer_sum's paths.
 //
-// Intel CPUs are the exception: there MKL takes its own tuned path, and on a 2-core Xeon
-// (Sapphire Rapids class, AVX-512) it ran the large products 1.1-1.6x faster than this
-// kernel (K=1024..6400, G=1024..2048, R=256..1024: 123-207 against 105-161 GFLOP/s, best of
-// 5), whole training calls 1.03-1.15x faster (LSTM and GRU T=128 B=8..32 H=256, T=100 B=64
-// H=512, paired), while smaller ones stayed faster here (K=G=1024 R=64: 138 against 112-121
-// GFLOP/s; T=64 B=32 I=1 H=64 and T=24 B=16 I=8 H=32 training 1.08x). So
-// "auto" (the default) keeps products of at least kBlasMacsOnIntel multiply-adds with BLAS
-// on Intel CPUs, except ThinOuter's; "engine" and "blas" force one everywhere.
+// Packing (EngineGemm::a_pack). Reading a by columns in place costs little while the
+// thread's slice of it sits in L2 and one panel group reads it; past that every panel group
+// re-read it from L3, with a 4 KiB row stride that put all of a register tile's reads in
+// one L1 set. So each super-block of a is first copied tile by tile ([k][MR] per tile of MR
+// rows) where there is more than one panel group or the slice is over kWeightGradPackAbove
+// (2 MiB); the products then read it contiguously. The sums are unchanged (bitwise).
+// Measured (_C._outer_sum, 2 threads, a 2-core Xeon, Sapphire Rapids class, GFLOP/s
+// without -> with the copy, min of 15 interleaved): K=1016 G=1024 R=256 128 -> 148,
+// K=4064 G=1024 R=256 129 -> 156, K=6400 G=2048 R=512 111 -> 161, K=4096 G=1024 R=64
+// 84 -> 110, K=2048 G=2048 R=64 74 -> 119; with one panel group and a slice in L2 the copy
+// lost (K=1024 G=1024 R=64 125 -> 107), so there it is left out.
+//
+// Intel CPUs are the exception for wide products: there MKL takes its own tuned path, and
+// on the same Xeon it ran products of at least kBlasMacsOnIntel multiply-adds with
+// R >= kBlasMinROnIntel as fast or faster (blas / engine time, paired medians: K=6336
+// G=2048 R=512 1.01, K=6336 G=1536 R=512 0.98, K=2048 G=1024 R=1024 0.92) while the
+// narrower ones ran faster here (R=256: 0.94-1.08; R=128: K=4096 G=1024 1.19, K=6400
+// G=2048 1.23; R=64: K=4096 G=1024 1.24, K=6400 G=2048 1.48). (Before the copy existed,
+// MKL won every product of 2^27 or more here, and took them all.) So "auto" (the default)
+// keeps those wide, large products with BLAS on Intel CPUs; "engine" and "blas" force one
+// everywhere.
 namespace {
 enum class WeightGradMode : int { Auto = 0, Engine = 1, Blas = 2 };
 constexpr int64_t kBlasMacsOnIntel = int64_t(1) << 27;  // above K=G=1024, R=64
+constexpr int64_t kBlasMinROnIntel = 512;
 
 // "engine" and "blas" by name; anything else is "auto".
 int weight_grad_mode_named(const std::string& name) {
@@ -338,7 +352,7 @@ bool engine_outer_sum_applies(const at::Tensor& a, const at::Tensor& b) {
   if (mode == WeightGradMode::Blas || a.scalar_type() != at::kFloat) return false;
   if (a.size(0) == 0 || a.size(1) == 0 || b.size(1) == 0) return false;
   if (b.size(1) <= kThinMaxR) return a.stride(1) == 1 && b.stride(1) == 1;
-  if (mode == WeightGradMode::Auto && intel_cpu() &&
+  if (mode == WeightGradMode::Auto && intel_cpu() && b.size(1) >= kBlasMinROnIntel &&
       a.size(0) * a.size(1) * b.size(1) >= kBlasMacsOnIntel) {
     return false;
   }
@@ -380,12 +394,86 @@ at::Tensor engine_outer_sum(const at::Tensor& a, const at::Tensor& b) {
   const float* ap = a.const_data_ptr<float>();
   float* op = out.data_ptr<float>();
   const BwdEngineTable<float>& table = bwd_table();
-  at::parallel_for(0, G, grain_for(K * Rp, kEngineBlock), [&](int64_t g0, int64_t g1) {
-    EngineGemm<float> g{g1 - g0, K, ap + g0, G, pp, op + g0 * Rp, Rp, 0, nblk};
-    g.a_by_columns = true;
-    table.gemm(g);
+  // Tasks of whole 16-row groups of dW, each with its own room to pack a in.
+  const int64_t groups = blocks_of(G);
+  const int64_t tasks = std::max<int64_t>(
+      1, std::min<int64_t>(at::get_num_threads(), groups / grain_for(K * Rp * kEngineBlock, 1)));
+  const int64_t rows = (groups + tasks - 1) / tasks * kEngineBlock;
+  const int64_t room = weight_grad_pack_elems(rows, K, nblk, sizeof(float));
+  at::Tensor pack = empty_buffer({tasks * room}, a.options());
+  float* pk = pack.data_ptr<float>();
+  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t g0 = t * rows, g1 = std::min(G, g0 + rows);
+      if (g0 >= g1) continue;
+      EngineGemm<float> g{g1 - g0, K, ap + g0, G, pp, op + g0 * Rp, Rp, 0, nblk};
+      g.a_by_columns = true;
+      g.a_pack = pk + t * room;
+      g.a_pack_elems = room;
+      table.gemm(g);
+    }
   });
   return Rp == R ? out : out.narrow(1, 0, R).contiguous();
+}
+
+// Note [Input gradients on the engine kernel]
+// The input gradient dx = dgates W_ih ([N, K] x [K, I], K = 4H or 3H) is one product over
+// all T*B rows after the time loop. rows_times gave it to oneDNN, which on a 2-core AMD EPYC
+// ran it 1.5-2.2x faster than MKL; but every call packs W_ih first
+// (mkldnn::_reorder_linear_weight), and on a 2-core Xeon (Sapphire Rapids class, a VM) that
+// packing alone took 0.45-0.6 ms whatever the weight's size: more than the whole product at
+// T=128 B=8 H=256. The engine's micro-kernel needs no such step: W_ih is copied into
+// 16-column panels [blk][K][16] (as W_hh for the time loop; 256 KiB at H=256, I=64), the
+// rows of dgates are read in place, MR rows per register tile, and threads split the rows.
+// Each element is summed as the time loop's products are: a fresh FMA chain per k-block of
+// kKBlock terms, added in block order, so the result does not depend on the thread count.
+// Its loops are the time loop's, made for few rows: every panel group streams all of a's
+// rows again in 512-byte pieces, so it only wins while a thread's rows of a stay in L2
+// (kRowsTimesSliceBytes) and one group (I <= 64) covers the output. Measured on that Xeon
+// (_C._rows_times, 2 threads, min of 15 interleaved, ms; engine / at::mm / oneDNN with its
+// packing): M=1024 K=1024 N=64 0.90 / 1.16 / 1.56, M=1024 K=768 N=64 0.65 / 0.84 / 1.38,
+// M=512 K=1024 N=64 0.46 / 0.53 / 1.24; past the rule M=4096 K=1024 N=64 4.74 / 4.62 /
+// 4.78, M=4096 K=768 N=64 3.74 / 2.95 / 3.38, M=6400 K=2048 N=512 133 / 63 / 74. So on
+// Intel CPUs "auto" (the default) takes the engine inside the rule and at::mm outside it,
+// never oneDNN. Elsewhere rows_times keeps its oneDNN / at::mm paths: on a 2-core AMD EPYC
+// (Zen 5) this kernel for every float32 input gradient was within noise of them in whole
+// training steps, and 0.93x at T=100 B=64 H=512 (amd-epyc-2026-12-02-dx-engine-ab.md).
+// "engine" (every float32 product with more than kThinMaxR columns) and "blas" (oneDNN /
+// at::mm) force one: the weight-gradient switch, set_weight_grad_backend.
+namespace {
+constexpr int64_t kRowsTimesMaxN = 64;
+constexpr int64_t kRowsTimesSliceBytes = int64_t(2) << 20;
+}  // namespace
+
+InputGradPath input_grad_path(const at::Tensor& a, const at::Tensor& w) {
+  const auto mode = static_cast<WeightGradMode>(weight_grad_mode().load());
+  if (mode == WeightGradMode::Blas || a.scalar_type() != at::kFloat) return InputGradPath::Default;
+  if (mode == WeightGradMode::Auto && !intel_cpu()) return InputGradPath::Default;
+  const int64_t M = a.size(0), K = a.size(1), N = w.size(1);
+  const bool fits = M > 0 && K > 0 && N > kThinMaxR && a.is_contiguous() && w.is_contiguous();
+  if (mode == WeightGradMode::Engine) return fits ? InputGradPath::Engine : InputGradPath::Default;
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const bool wins = N <= kRowsTimesMaxN &&
+                    M * K * int64_t(sizeof(float)) <= threads * kRowsTimesSliceBytes;
+  return fits && wins ? InputGradPath::Engine : InputGradPath::Mm;
+}
+
+at::Tensor engine_rows_times(const at::Tensor& a, const at::Tensor& w) {
+  count_engine_run(EngineRun::InputGrad);
+  const int64_t M = a.size(0), K = a.size(1), N = w.size(1);
+  const int64_t nblk = blocks_of(N), Np = nblk * kEngineBlock;
+  at::Tensor panels = empty_buffer({nblk * K * kEngineBlock}, w.options());
+  const float* wp = w.const_data_ptr<float>();
+  float* pp = panels.data_ptr<float>();
+  at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) { pack_panels(wp, K, N, pp, b0, b1); });
+  at::Tensor out = at::empty({M, Np}, a.options());
+  const float* ap = a.const_data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const BwdEngineTable<float>& table = bwd_table();
+  at::parallel_for(0, M, grain_for(K * Np, 1), [&](int64_t m0, int64_t m1) {
+    table.gemm(EngineGemm<float>{m1 - m0, K, ap + m0 * K, K, pp, op + m0 * Np, Np, 0, nblk});
+  });
+  return Np == N ? out : out.narrow(1, 0, N).contiguous();
 }
 
 bool bwd_engine_selected(const LayerSizes& s, int gates) {

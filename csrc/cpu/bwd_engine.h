@@ -45,6 +45,12 @@ int64_t bwd_engine_loop_ns();
 // for every float32 weight gradient past its direct loops.
 bool engine_outer_sum_applies(const at::Tensor& a, const at::Tensor& b);
 at::Tensor engine_outer_sum(const at::Tensor& a, const at::Tensor& b);
+// Where rows_times computes an input gradient a w (dgates W_ih) past its direct loops (Note
+// [Input gradients on the engine kernel] in bwd_engine.cpp): engine_rows_times (float32
+// a [M, K], w [K, N] contiguous), at::mm, or rows_times' own choice (oneDNN / at::mm).
+enum class InputGradPath { Engine, Mm, Default };
+InputGradPath input_grad_path(const at::Tensor& a, const at::Tensor& w);
+at::Tensor engine_rows_times(const at::Tensor& a, const at::Tensor& w);
 // "engine" or "blas" (FUSEDRNN_WEIGHT_GRAD=blas at start, or set_weight_grad_backend, puts
 // them back on outer_sum's BLAS paths: for tests and benchmarks).
 std::string weight_grad_backend();

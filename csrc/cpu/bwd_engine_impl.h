@@ -44,8 +44,9 @@ struct Blocking<1> {  // portable
 };
 
 // The terms k0 <= k < k1 of the product, summed in a fresh FMA chain and then added onto C
-// (stored when k0 == 0). See kKBlock for why k comes in blocks. ACOL: A(i, k) is at
-// A[k * lda + i] instead of A[i * lda + k] (EngineGemm::a_by_columns).
+// (stored when k0 == 0). See kKBlock for why k comes in blocks. A points at term k0: A(i, k)
+// is at A[i * lda + (k - k0)], or with ACOL at A[(k - k0) * lda + i]
+// (EngineGemm::a_by_columns, and the packed copy gemm_impl makes of such an A).
 template <class V, int MR, int NB, bool ACOL>
 inline void micro_kernel(const typename V::value_type* A, int64_t lda,
                          const typename V::value_type* Bp, int64_t K, int64_t k0, int64_t k1,
@@ -76,7 +77,7 @@ inline void micro_kernel(const typename V::value_type* A, int64_t lda,
     }
 #pragma GCC unroll 64
     for (int i = 0; i < MR; ++i) {
-      const Rg a = V::set1(ACOL ? A[k * lda + i] : A[i * lda + k]);
+      const Rg a = V::set1(ACOL ? A[(k - k0) * lda + i] : A[i * lda + (k - k0)]);
 #pragma GCC unroll 64
       for (int q = 0; q < NV; ++q) acc[i][q] = V::fmadd(a, b[q], acc[i][q]);
     }
@@ -128,49 +129,77 @@ inline void micro(int mr, int nb, const typename V::value_type* A, int64_t lda,
   }
 }
 
-// k comes in blocks of 128 terms, each summed in its own FMA chain and then added to the
-// running result in block order. Accuracy: one float32 chain over all K = 4H terms (1024 at
-// H = 256) gave gradients into h0 with 1.9x torch.nn's error against float64, at the edge of
-// the project's 2x rule; chains of 128 plus K / 128 block sums keep the rounding growth
-// near BLAS's. Speed: with more rows than one register tile, a panel group's k-block
-// (4 panels x 128 x 64 bytes = 32 KiB) stays in L1 while every row tile reads it, instead of
-// streaming the whole group from L2 once per tile. The block boundaries are fixed (not
-// chosen by M or by the thread's slice), so results stay independent of the thread count.
-constexpr int64_t kKBlock = 128;
+// k comes in blocks of kKBlock terms (bwd_engine_params.h).
+
+// Rows s0 <= k < s1 of an A stored by columns (A(i, k) at A[k * lda + i], M rows), copied
+// for the register tiles: the rows i0 .. i0+MR-1 of tile c as [s1 - s0][MR] at
+// out + c * (s1 - s0) * MR (the last tile's rows past M are left as they are). k goes in
+// groups of 8 with the tiles inside: a group reads 8 rows of A (8 lines per tile, which
+// the next tile reads on from L1) and writes 8 * MR contiguous floats per tile. Tile by tile
+// over every k (with lda a multiple of 4 KiB all of a tile's reads fall in one L1 set), or
+// k by k over every tile (all the tiles' write streams fell into 4 sets at M = 512), the
+// copy cost as much as the products at R = 64.
+template <typename T, int MR>
+void pack_by_columns(const T* A, int64_t lda, int64_t M, int64_t s0, int64_t s1, T* out) {
+  constexpr int64_t kGroup = 8;
+  const int64_t kn = s1 - s0;
+  for (int64_t k0 = s0; k0 < s1; k0 += kGroup) {
+    const int64_t k1 = s1 - k0 < kGroup ? s1 : k0 + kGroup;
+    T* o = out + (k0 - s0) * MR;
+    for (int64_t i = 0; i < M; i += MR, o += kn * MR) {
+      const int mr = M - i < MR ? static_cast<int>(M - i) : MR;
+      for (int64_t k = k0; k < k1; ++k) {
+        const T* a = A + k * lda + i;
+        T* d = o + (k - k0) * MR;
+        if (mr == MR) {
+#pragma GCC unroll 8
+          for (int r = 0; r < MR; ++r) d[r] = a[r];
+        } else {
+          for (int r = 0; r < mr; ++r) d[r] = a[r];
+        }
+      }
+    }
+  }
+}
 
 template <class V, bool ACOL>
 void gemm_impl(const EngineGemm<typename V::value_type>& g) {
+  using T = typename V::value_type;
   using Bl = Blocking<V::width>;
+  constexpr int MR = Bl::MR;
+  static_assert(MR <= 8, "weight_grad_pack_elems counts tiles of at most 8 rows");
   // Row chunks of MR (the last one shorter); the panel group width follows the chunk height.
   const int nbmax = g.M == 1 ? Bl::NB1 : (g.M == 2 ? Bl::NB2 : Bl::NB);
   const int64_t kb = kKBlock;
-  // The weight gradients (ACOL) sum over all T*B rows: K runs to thousands, and with the panel
-  // groups outermost every group streamed the thread's whole slice of a (K x M floats, 8 MiB
-  // at K = 4096, M = 512) from L3 again. So k comes in super-blocks of whole k-blocks whose
-  // rows of a and panels of b fit kSuperBytes together, and every panel group runs inside
-  // one: a is read from L3 once. Each output still gets its k-blocks in ascending order, so
-  // the sums (and bits) are the same. Measured (_C._outer_sum, 2 threads, a 2-core Xeon
-  // whose L3 reads ~18 GB/s per core; GFLOP/s before -> after, best of 5): K=4096 G=1024
-  // R=256 78 -> 130, K=4096 G=1536 R=256 71 -> 105, K=6400 G=2048 R=512 68 -> 109-161,
-  // K=2048 G=1024 R=1024 84 -> 137; K=1024 (one super-block) unchanged.
-  int64_t ks = g.K;
-  if constexpr (ACOL) {
-    constexpr int64_t kSuperBytes = int64_t(1) << 20;
-    const int64_t per_k =  // bytes of one k: a row of a, a row of every panel
-        (g.M + (g.blk1 - g.blk0) * kEngineBlock) * int64_t(sizeof(typename V::value_type));
-    const int64_t blocks = kSuperBytes / (per_k * kb);
-    ks = kb * (blocks > 1 ? blocks : 1);
+  // The weight gradients (ACOL): k in super-blocks (weight_grad_super_k), and with a_pack
+  // each super-block's rows of a copied tile by tile first (Note [Weight gradients on the
+  // engine kernel] in bwd_engine.cpp).
+  int64_t ks = ACOL ? weight_grad_super_k(g.M, g.K, g.blk1 - g.blk0, sizeof(T)) : g.K;
+  bool packed = ACOL && g.a_pack != nullptr &&
+                (g.blk1 - g.blk0 > nbmax || g.K * g.M * int64_t(sizeof(T)) > kWeightGradPackAbove);
+  if (packed) {
+    // The copy of a super-block must fit a_pack: fewer k-blocks per super-block if need be
+    // (the sums do not depend on the super-blocks), none if not even one fits.
+    const int64_t tile_rows = (g.M + MR - 1) / MR * MR;
+    if (ks * tile_rows > g.a_pack_elems) {
+      ks = g.a_pack_elems / (tile_rows * kb) * kb;
+      packed = ks > 0;
+      if (!packed) ks = weight_grad_super_k(g.M, g.K, g.blk1 - g.blk0, sizeof(T));
+    }
   }
   for (int64_t s0 = 0; s0 < g.K; s0 += ks) {
     const int64_t s1 = g.K - s0 < ks ? g.K : s0 + ks;
+    if (packed) pack_by_columns<T, MR>(g.A, g.lda, g.M, s0, s1, g.a_pack);
     for (int64_t blk = g.blk0; blk < g.blk1; blk += nbmax) {
       const int nb = static_cast<int>(g.blk1 - blk < nbmax ? g.blk1 - blk : nbmax);
       const auto* bp = g.Bp + blk * g.K * kEngineBlock;
       for (int64_t k0 = s0; k0 < s1; k0 += kb) {
         const int64_t k1 = g.K - k0 < kb ? g.K : k0 + kb;
-        for (int64_t i = 0; i < g.M; i += Bl::MR) {
-          const int mr = static_cast<int>(g.M - i < Bl::MR ? g.M - i : Bl::MR);
-          micro<V, ACOL>(mr, nb, g.A + (ACOL ? i : i * g.lda), g.lda, bp, g.K, k0, k1,
+        for (int64_t i = 0; i < g.M; i += MR) {
+          const int mr = static_cast<int>(g.M - i < MR ? g.M - i : MR);
+          const T* a = packed ? g.a_pack + (i / MR) * (s1 - s0) * MR + (k0 - s0) * MR
+                              : (ACOL ? g.A + k0 * g.lda + i : g.A + i * g.lda + k0);
+          micro<V, ACOL>(mr, nb, a, packed ? MR : g.lda, bp, g.K, k0, k1,
                          g.C + i * g.ldc + blk * kEngineBlock, g.ldc);
         }
       }

@@ -20,6 +20,49 @@ namespace cpu {
 // do not depend on the capability's width or on the thread count).
 constexpr int64_t kEngineBlock = 16;
 
+// k comes in blocks of 128 terms, each summed in its own FMA chain and then added to the
+// running result in block order. Accuracy: one float32 chain over all K = 4H terms (1024 at
+// H = 256) gave gradients into h0 with 1.9x torch.nn's error against float64, at the edge of
+// the project's 2x rule; chains of 128 plus K / 128 block sums keep the rounding growth
+// near BLAS's. Speed: with more rows than one register tile, a panel group's k-block
+// (4 panels x 128 x 64 bytes = 32 KiB) stays in L1 while every row tile reads it, instead of
+// streaming the whole group from L2 once per tile. The block boundaries are fixed (not
+// chosen by M or by the thread's slice), so results stay independent of the thread count.
+constexpr int64_t kKBlock = 128;
+
+// The weight gradients (EngineGemm::a_by_columns) sum over all T*B rows: K runs to
+// thousands, and with the panel groups outermost every group streamed the thread's whole
+// slice of a (K x M floats, 8 MiB at K = 4096, M = 512) from L3 again. So k comes in
+// super-blocks of whole k-blocks whose rows of a and panels of b fit kSuperBytes together,
+// and every panel group runs inside one: a is read from L3 once. Each output still gets its
+// k-blocks in ascending order, so the sums (and bits) are the same. Measured
+// (_C._outer_sum, 2 threads, a 2-core Xeon whose L3 reads ~18 GB/s per core; GFLOP/s before
+// -> after, best of 5): K=4096 G=1024 R=256 78 -> 130, K=4096 G=1536 R=256 71 -> 105,
+// K=6400 G=2048 R=512 68 -> 109-161, K=2048 G=1024 R=1024 84 -> 137; K=1024 (one
+// super-block) unchanged.
+constexpr int64_t kSuperBytes = int64_t(1) << 20;
+
+// Terms per super-block for M rows of a and nblk panels of elements of `elem` bytes.
+inline int64_t weight_grad_super_k(int64_t M, int64_t K, int64_t nblk, int64_t elem) {
+  const int64_t per_k = (M + nblk * kEngineBlock) * elem;  // a row of a, a row of every panel
+  const int64_t blocks = kSuperBytes / (per_k * kKBlock);
+  const int64_t ks = kKBlock * (blocks > 1 ? blocks : 1);
+  return ks < K ? ks : K;
+}
+
+// A weight gradient's a is copied tile by tile (EngineGemm::a_pack) where the products read
+// it more than once (more than one panel group) or where the thread's slice of it is larger
+// than this; see Note [Weight gradients on the engine kernel] in bwd_engine.cpp.
+constexpr int64_t kWeightGradPackAbove = int64_t(2) << 20;
+
+// Elements of EngineGemm::a_pack for a weight gradient of M rows, K terms and nblk panels:
+// a super-block of a, rows rounded up to whole register tiles (at most 8 rows). A smaller M
+// may get a longer super-block (weight_grad_super_k rounds to whole k-blocks), which
+// gemm_impl then shortens to fit.
+inline int64_t weight_grad_pack_elems(int64_t M, int64_t K, int64_t nblk, int64_t elem) {
+  return weight_grad_super_k(M, K, nblk, elem) * (M + 7);
+}
+
 // C[i, blk*16 .. blk*16+15] = sum_k A[i, k] Bp[blk][k][0..15] for rows i < M and blocks
 // blk0 <= blk < blk1. Every output element is one float32 FMA chain over k = 0..K-1 in
 // order, whatever the register blocking, so the result does not depend on how blocks are
@@ -36,6 +79,11 @@ struct EngineGemm {
   // A stored by columns: element (i, k) at A[k * lda + i] (the weight gradients' a^T b, with
   // a [K, M] row-major: Note [Weight gradients on the engine kernel] in bwd_engine.cpp).
   bool a_by_columns = false;
+  // With a_by_columns: nullptr, or room for a_pack_elems elements (weight_grad_pack_elems
+  // of the largest M it serves), where each super-block of A is copied tile by tile before
+  // the products read it (Note [Weight gradients on the engine kernel] in bwd_engine.cpp).
+  T* a_pack = nullptr;
+  int64_t a_pack_elems = 0;
 };
 
 // Per-row, per-block partials of a recurrent gradient a + b (b may be nullptr), both [M, ld]

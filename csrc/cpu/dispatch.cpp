@@ -141,7 +141,7 @@ std::string cpu_engine() {
 }
 
 namespace {
-std::atomic<int64_t> engine_run_counts[12];
+std::atomic<int64_t> engine_run_counts[13];
 std::atomic<int> engine_split_flag{static_cast<int>(EngineSplit::Auto)};
 }  // namespace
 

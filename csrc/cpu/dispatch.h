@@ -50,14 +50,16 @@ enum class EngineRun : int {
                           // engine run: Note [Chunked input projection] in cpu_common.h)
   LstmForwardInput = 9,   // forward engine runs that computed the x part themselves
   GruForwardInput = 10,   // (Note [Engine input part] in engine_fwd.cpp)
-  WeightGrad = 11         // weight gradients computed on the engine's kernels (micro-kernel
+  WeightGrad = 11,        // weight gradients computed on the engine's kernels (micro-kernel
                           // or ThinOuter; one per product: Note [Weight gradients on the
                           // engine kernel])
+  InputGrad = 12          // input gradients dgates W_ih computed on the engine's micro-kernel
+                          // (Note [Input gradients on the engine kernel])
 };
 void count_engine_run(EngineRun kind);
 // {lstm_forward, lstm_backward, gru_forward, gru_backward, lstm_forward_rows,
 //  gru_forward_rows, lstm_backward_rows, gru_backward_rows, chunked_projection,
-//  lstm_forward_input, gru_forward_input, weight_grad}
+//  lstm_forward_input, gru_forward_input, weight_grad, input_grad}
 std::vector<int64_t> engine_runs();
 
 // How the engines' threads share a call, forward and backward (Note [Engine row split] in

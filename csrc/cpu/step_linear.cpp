@@ -165,7 +165,10 @@ at::Tensor rows_times(const at::Tensor& a, const at::Tensor& w) {
     });
     return out;
   }
-  if (a.scalar_type() == at::kFloat && use_onednn() && M >= kOneDnnMinRows &&
+  const InputGradPath path = input_grad_path(a, w);
+  if (path == InputGradPath::Engine) return engine_rows_times(a, w);
+  if (path == InputGradPath::Default && a.scalar_type() == at::kFloat && use_onednn() &&
+      M >= kOneDnnMinRows &&
       M * K * N >= kOneDnnMinMacs) {
     return RowsLinear(w.t().contiguous(), std::nullopt, M, a.is_contiguous())(a);
   }
