@@ -222,16 +222,19 @@ def test_input_gradient_on_the_engine(backend, threads, capability, M, K, N):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/cpuinfo")
 def test_auto_input_gradient_path(backend, threads):
-    """auto: on Intel CPUs the engine for products with at most 64 columns whose rows of a
-    fit 2 MiB per thread, at::mm past that; elsewhere rows_times' oneDNN / at::mm. Thin ones
-    (at most 8 columns) and float64 never take the engine; "blas" never does."""
+    """auto: on Intel CPUs the engine for products of at least 512 rows and at most 64
+    columns whose rows of a fit 2 MiB per thread, at::mm outside that; elsewhere
+    rows_times' oneDNN / at::mm. Thin ones (at most 8 columns) and float64 never take the
+    engine; "blas" never does."""
     threads(2)
     g = torch.Generator().manual_seed(9)
     cases = {"small": (torch.randn(1024, 1024, generator=g), torch.randn(1024, 64, generator=g)),
              "tall": (torch.randn(4096, 1024, generator=g), torch.randn(1024, 64, generator=g)),
              "wide": (torch.randn(512, 256, generator=g), torch.randn(256, 96, generator=g)),
+             "short": (torch.randn(97, 256, generator=g), torch.randn(256, 64, generator=g)),
              "thin": (torch.randn(1024, 1024, generator=g), torch.randn(1024, 8, generator=g))}
-    expect = {"small": _intel_cpu(), "tall": False, "wide": False, "thin": False}
+    expect = {"small": _intel_cpu(), "tall": False, "wide": False, "short": False,
+              "thin": False}
     for name, (a, w) in cases.items():
         for mode, want in (("auto", expect[name]), ("blas", False)):
             backend(mode)

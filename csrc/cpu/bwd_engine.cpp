@@ -429,11 +429,14 @@ at::Tensor engine_outer_sum(const at::Tensor& a, const at::Tensor& b) {
 // kKBlock terms, added in block order, so the result does not depend on the thread count.
 // Its loops are the time loop's, made for few rows: every panel group streams all of a's
 // rows again in 512-byte pieces, so it only wins while a thread's rows of a stay in L2
-// (kRowsTimesSliceBytes) and one group (I <= 64) covers the output. Measured on that Xeon
-// (_C._rows_times, 2 threads, min of 15 interleaved, ms; engine / at::mm / oneDNN with its
-// packing): M=1024 K=1024 N=64 0.90 / 1.16 / 1.56, M=1024 K=768 N=64 0.65 / 0.84 / 1.38,
-// M=512 K=1024 N=64 0.46 / 0.53 / 1.24; past the rule M=4096 K=1024 N=64 4.74 / 4.62 /
-// 4.78, M=4096 K=768 N=64 3.74 / 2.95 / 3.38, M=6400 K=2048 N=512 133 / 63 / 74. So on
+// (kRowsTimesSliceBytes) and one group (I <= 64) covers the output; and copying W_ih only
+// pays from kRowsTimesMinRows rows. Measured on that Xeon (_C._rows_times, 2 threads, min
+// of 15 interleaved, ms; engine / at::mm / oneDNN with its packing): M=1024 K=1024 N=64
+// 0.90 / 1.16 / 1.56, M=1024 K=768 N=64 0.65 / 0.84 / 1.38, M=512 K=1024 N=64 0.46 / 0.53
+// / 1.05; outside the rule M=256 K=1024 N=64 0.248 / 0.233 / 0.244, M=97 K=256 N=64
+// 0.038 / 0.028 / 0.028 (the LSTMCell's: 1.20-1.24x of torch.nn's training speed with
+// the engine here against 1.27-1.39x), M=4096 K=1024 N=64 4.74 / 4.62 / 4.78, M=4096
+// K=768 N=64 3.74 / 2.95 / 3.38, M=6400 K=2048 N=512 133 / 63 / 74. So on
 // Intel CPUs "auto" (the default) takes the engine inside the rule and at::mm outside it,
 // never oneDNN. Elsewhere rows_times keeps its oneDNN / at::mm paths: on a 2-core AMD EPYC
 // (Zen 5) this kernel for every float32 input gradient was within noise of them in whole
@@ -441,7 +444,7 @@ at::Tensor engine_outer_sum(const at::Tensor& a, const at::Tensor& b) {
 // "engine" (every float32 product with more than kThinMaxR columns) and "blas" (oneDNN /
 // at::mm) force one: the weight-gradient switch, set_weight_grad_backend.
 namespace {
-constexpr int64_t kRowsTimesMaxN = 64;
+constexpr int64_t kRowsTimesMaxN = 64, kRowsTimesMinRows = 512;
 constexpr int64_t kRowsTimesSliceBytes = int64_t(2) << 20;
 }  // namespace
 
@@ -453,7 +456,7 @@ InputGradPath input_grad_path(const at::Tensor& a, const at::Tensor& w) {
   const bool fits = M > 0 && K > 0 && N > kThinMaxR && a.is_contiguous() && w.is_contiguous();
   if (mode == WeightGradMode::Engine) return fits ? InputGradPath::Engine : InputGradPath::Default;
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const bool wins = N <= kRowsTimesMaxN &&
+  const bool wins = M >= kRowsTimesMinRows && N <= kRowsTimesMaxN &&
                     M * K * int64_t(sizeof(float)) <= threads * kRowsTimesSliceBytes;
   return fits && wins ? InputGradPath::Engine : InputGradPath::Mm;
 }
