@@ -38,7 +38,10 @@ def _run(module, x, gy):
 # (T, B, I, H): H = 37 gives a SIMD body and a scalar tail at every width; the large shape
 # makes the step GEMMs big enough (B*4H*H >= 4M multiply-adds) for the oneDNN backend to be
 # used at all (Note [oneDNN for the step GEMMs]); "rows" has T*B >= 512 rows, so that the
-# all-steps products (input projection, the input gradient of rows_times) take oneDNN too.
+# all-steps products (input projection, the input gradient of rows_times) take oneDNN too
+# where they would (not on Intel CPUs, where products this small take at::addmm and the
+# input gradient the engine's kernel: step_linear.cpp, Note [Input gradients on the engine
+# kernel]).
 SHAPES = {"small": (9, 5, 6, 37), "large": (3, 32, 16, 256), "rows": (20, 32, 16, 256)}
 
 

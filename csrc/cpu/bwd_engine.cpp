@@ -318,17 +318,6 @@ std::atomic<int>& weight_grad_mode() {
   return mode;
 }
 
-bool intel_cpu() {
-  static const bool intel = [] {
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-    __builtin_cpu_init();
-    return __builtin_cpu_is("intel") != 0;
-#else
-    return false;
-#endif
-  }();
-  return intel;
-}
 }  // namespace
 
 std::string weight_grad_backend() {

@@ -102,6 +102,18 @@ const CpuKernelTable<double>& double_kernels() { return state().double_table; }
 
 std::string capability() { return name_of(state().in_use.load()); }
 
+bool intel_cpu() {
+  static const bool intel = [] {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    __builtin_cpu_init();
+    return __builtin_cpu_is("intel") != 0;
+#else
+    return false;
+#endif
+  }();
+  return intel;
+}
+
 std::string set_capability(const std::string& name) {
   State& s = state();
   const Capability c = parse(name);

@@ -29,6 +29,12 @@ std::string capability();
 // Use `name` if this CPU supports it ("default" always works). Returns the one in use.
 std::string set_capability(const std::string& name);
 
+// Whether this is an Intel CPU: some all-steps products pick their library by vendor, where
+// MKL's own Intel path or oneDNN's per-call costs were measured to differ (Note [Weight
+// gradients on the engine kernel], Note [Input gradients on the engine kernel], Note
+// [oneDNN for the step GEMMs]).
+bool intel_cpu();
+
 // Which CPU time loop runs a layer (Note [CPU time-loop engine]): Auto picks by shape, Engine
 // forces the persistent engine wherever it supports the call, Steps forces the per-step GEMM
 // loop. FUSEDRNN_CPU_ENGINE=auto|engine|steps in the environment sets the start value.

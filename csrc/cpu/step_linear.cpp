@@ -21,6 +21,22 @@ namespace {
 // (the headline 32x256x1024 step has 8.4M).
 constexpr int64_t kOneDnnMinMacs = 4 << 20;
 
+// RowsLinear's one product over all rows (the input projection x W_ih^T + b) packs the weight
+// for that one call. On a 2-core Xeon (Sapphire Rapids class, a VM) the packing alone took
+// 0.45-0.6 ms whatever the weight's size, and at::addmm (MKL) ran the product faster than
+// oneDNN with its packing except for many rows of few inputs (ms, min of 15 interleaved,
+// addmm / oneDNN: M=512 I=64 G=1024 0.49 / 0.86, M=1024 I=64 G=256 0.27 / 0.63, M=1024
+// I=256 G=1024 2.90 / 3.76, M=512 I=512 G=1024 2.98 / 3.62, M=2048 I=256 G=1024 5.84 /
+// 6.84, M=4096 I=128 G=1024 7.09 / 7.28, M=6400 I=512 G=2048 88.7 / 94.4; but M=2048 I=64
+// G=1024 3.40 / 2.67, M=4096 I=64 G=1024 5.09 / 3.56, M=4096 I=64 G=768 5.39 / 4.23, M=6400
+// I=64 G=2048 34.5 / 31.1). Whole calls with the projection on at::addmm instead, paired
+// medians: GRU T=128 B=4 I=64 H=256 1.15x (inference) / 1.04x (training), B=6 I=128 1.14x /
+// 1.04x, LSTM T=128 B=4 I=512 H=256 1.18x / 1.06x. So on Intel CPUs only products of at
+// most 64 inputs and at least 2^27 multiply-adds keep oneDNN. (The step GEMMs pack once per
+// call for T steps and keep it.)
+constexpr int64_t kOneDnnRowsMaxKOnIntel = 64;
+constexpr int64_t kOneDnnRowsMinMacsOnIntel = int64_t(1) << 27;
+
 struct OneDnnOps {
   std::optional<c10::OperatorHandle> reorder, linear;
 };
@@ -112,7 +128,9 @@ RowsLinear::RowsLinear(const at::Tensor& weight, const std::optional<at::Tensor>
       (!bias || bias->is_contiguous())) {  // Note [Direct products for small calls]
     backend_ = Backend::Direct;
   } else if (weight.scalar_type() == at::kFloat && use_onednn() && rows >= kOneDnnMinRows &&
-             rows * N * K >= kOneDnnMinMacs) {
+             rows * N * K >= kOneDnnMinMacs &&
+             (!intel_cpu() || (K <= kOneDnnRowsMaxKOnIntel &&
+                               rows * N * K >= kOneDnnRowsMinMacsOnIntel))) {
     backend_ = Backend::OneDnn;
     torch::jit::Stack pack{weight.contiguous(), c10::IValue(rows)};
     onednn_ops().reorder->callBoxed(&pack);
