@@ -31,7 +31,8 @@ constexpr int64_t kOneDnnMinMacs = 4 << 20;
 // G=1024 3.40 / 2.67, M=4096 I=64 G=1024 5.09 / 3.56, M=4096 I=64 G=768 5.39 / 4.23, M=6400
 // I=64 G=2048 34.5 / 31.1). Whole calls with the projection on at::addmm instead, paired
 // medians: GRU T=128 B=4 I=64 H=256 1.15x (inference) / 1.04x (training), B=6 I=128 1.14x /
-// 1.04x, LSTM T=128 B=4 I=512 H=256 1.18x / 1.06x. So on Intel CPUs only products of at
+// 1.04x, LSTM T=128 B=4 I=512 H=256 1.18x / 1.06x, LSTM T=100 B=64 I=512 H=512 inference
+// (chunked, the packing shared by 12 chunks) 1.07x. So on Intel CPUs only products of at
 // most 64 inputs and at least 2^27 multiply-adds keep oneDNN. (The step GEMMs pack once per
 // call for T steps and keep it.)
 constexpr int64_t kOneDnnRowsMaxKOnIntel = 64;
