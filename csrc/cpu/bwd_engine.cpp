@@ -368,6 +368,17 @@ at::Tensor thin_outer_sum(const at::Tensor& a, const at::Tensor& b) {
   at::parallel_for(0, chunks, grain_for(K * kThinChunk * R, 1), [&](int64_t c0, int64_t c1) { table.thin_outer(p, c0, c1); });
   return R == 1 ? out.view({G, 1}) : out.t().contiguous();
 }
+
+// b [K, C] (float32, contiguous) as 16-column panels [blk][K][16], zero beyond C: the B
+// operand of the engine's products.
+at::Tensor packed_panels(const at::Tensor& b) {
+  const int64_t K = b.size(0), C = b.size(1), nblk = blocks_of(C);
+  at::Tensor panels = empty_buffer({nblk * K * kEngineBlock}, b.options());
+  const float* bp = b.const_data_ptr<float>();
+  float* pp = panels.data_ptr<float>();
+  at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) { pack_panels(bp, K, C, pp, b0, b1); });
+  return panels;
+}
 }  // namespace
 
 at::Tensor engine_outer_sum(const at::Tensor& a, const at::Tensor& b) {
@@ -375,10 +386,8 @@ at::Tensor engine_outer_sum(const at::Tensor& a, const at::Tensor& b) {
   if (b.size(1) <= kThinMaxR) return thin_outer_sum(a, b);
   const int64_t K = a.size(0), G = a.size(1), R = b.size(1);
   const int64_t nblk = blocks_of(R), Rp = nblk * kEngineBlock;
-  at::Tensor panels = empty_buffer({nblk * K * kEngineBlock}, b.options());
-  const float* bp = b.const_data_ptr<float>();
-  float* pp = panels.data_ptr<float>();
-  at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) { pack_panels(bp, K, R, pp, b0, b1); });
+  const at::Tensor panels = packed_panels(b);
+  const float* pp = panels.const_data_ptr<float>();
   at::Tensor out = empty_buffer({G, Rp}, a.options());
   const float* ap = a.const_data_ptr<float>();
   float* op = out.data_ptr<float>();
@@ -454,10 +463,8 @@ at::Tensor engine_rows_times(const at::Tensor& a, const at::Tensor& w) {
   count_engine_run(EngineRun::InputGrad);
   const int64_t M = a.size(0), K = a.size(1), N = w.size(1);
   const int64_t nblk = blocks_of(N), Np = nblk * kEngineBlock;
-  at::Tensor panels = empty_buffer({nblk * K * kEngineBlock}, w.options());
-  const float* wp = w.const_data_ptr<float>();
-  float* pp = panels.data_ptr<float>();
-  at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) { pack_panels(wp, K, N, pp, b0, b1); });
+  const at::Tensor panels = packed_panels(w);
+  const float* pp = panels.const_data_ptr<float>();
   at::Tensor out = at::empty({M, Np}, a.options());
   const float* ap = a.const_data_ptr<float>();
   float* op = out.data_ptr<float>();
