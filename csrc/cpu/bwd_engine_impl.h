@@ -182,9 +182,12 @@ void gemm_impl(const EngineGemm<typename V::value_type>& g) {
     // (the sums do not depend on the super-blocks), none if not even one fits.
     const int64_t tile_rows = (g.M + MR - 1) / MR * MR;
     if (ks * tile_rows > g.a_pack_elems) {
-      ks = g.a_pack_elems / (tile_rows * kb) * kb;
-      packed = ks > 0;
-      if (!packed) ks = weight_grad_super_k(g.M, g.K, g.blk1 - g.blk0, sizeof(T));
+      const int64_t fit = g.a_pack_elems / (tile_rows * kb) * kb;
+      if (fit > 0) {
+        ks = fit;
+      } else {
+        packed = false;
+      }
     }
   }
   for (int64_t s0 = 0; s0 < g.K; s0 += ks) {

@@ -251,9 +251,10 @@ inline at::Tensor column_sum(const at::Tensor& a) {
 // a w for a [M, K] contiguous, w [K, N] contiguous: the input gradient dgates W_ih. Small
 // products are plain loops (Note [Direct products for small calls]); on Intel CPUs float32
 // takes the backward engine's micro-kernel or at::mm (Note [Input gradients on the engine
-// kernel] in bwd_engine.cpp); elsewhere float32 with many rows goes to oneDNN (as linear_rows, with the
-// weight w^T packed), which on a 2-core AMD EPYC (Zen 5) ran 1.5x (M=1024, K=1024, N=64) to
-// 2.2x (M=6400, K=2048, N=512) faster than at::mm's MKL there; the rest at::mm.
+// kernel] in bwd_engine.cpp); elsewhere float32 with many rows goes to oneDNN (as
+// linear_rows, with the weight w^T packed), which on a 2-core AMD EPYC (Zen 5) ran 1.5x
+// (M=1024, K=1024, N=64) to 2.2x (M=6400, K=2048, N=512) faster than at::mm's MKL there;
+// the rest at::mm.
 at::Tensor rows_times(const at::Tensor& a, const at::Tensor& w);
 
 // The state entering each step, row by row, in the layout of `y` (packed layout only: the
