@@ -81,6 +81,8 @@ CELL_BATCHES = (1, 8, 32, 97)
 CELL_SIZE = 64          # I = H for the cells section
 CELL_TARGET = 1.25      # both cells, inference and train
 FIXED_SIZE = 8          # T=1, B=1, I=H=8 for the fixed-cost section
+# The fixed-cost section's floor: one torch op (torch.cat) over the op's own tensors.
+FLOOR_IMPL = "torch.cat (same tensors)"
 FIXED_TARGET_US = {"infer": 20.0, "train": 60.0}
 OVERHEAD_SHAPE = (128, 8, 64, 256)
 OVERHEAD_TARGET_PCT = 3.0
@@ -542,6 +544,26 @@ def run_fixed(args, fusedrnn, engine, errors, progress, lock) -> list:
                 return looped(one, inner)
             return prepare
 
+        def floor_prepare(mode, inner, cell=cell):
+            # The floor torch itself sets: one torch.cat over the op's tensors (the same
+            # autograd leaves), forward and backward. Any op taking these leaves pays at least
+            # this much dispatch and autograd (one AccumulateGrad per leaf).
+            def prepare(data):
+                x, h, c, _ = data
+                tensors = (x, *weights, h) + ((c,) if cell == "lstm" else ())
+                if mode == "infer":
+                    def one():
+                        with torch.no_grad():
+                            return torch.cat([t.view(-1) for t in tensors])
+                    return looped(one, inner)
+                leaves = _leaves(*tensors)
+                grad = torch.randn(sum(t.numel() for t in tensors))
+
+                def one():
+                    torch.autograd.backward(torch.cat([t.view(-1) for t in leaves]), grad)
+                return looped(one, inner)
+            return prepare
+
         for mode in MODES:
             if mode not in args.modes:
                 continue
@@ -555,7 +577,8 @@ def run_fixed(args, fusedrnn, engine, errors, progress, lock) -> list:
             impls = [Impl(f"ops.{cell}_layer", op_prepare(mode, inner)),
                      Impl(f"torch.nn.{cell.upper()}Cell",
                           lambda data, p=cell_prep_n: p((data[0][0], data[1], data[2],
-                                                         data[3][0])))]
+                                                         data[3][0]))),
+                     Impl(FLOOR_IMPL, floor_prepare(mode, inner))]
             label = f"fixed {cell} T=1 B=1 I=H={n} {mode}"
             progress.describe(label)
             with lock:
@@ -787,6 +810,8 @@ def fixed_table(rows) -> str:
         ("op us/call", "--:", lambda r: _us(r["impls"].get(f"ops.{r['cell']}_layer"))),
         ("torch.nn cell us/call", "--:",
          lambda r: _us(r["impls"].get(f"torch.nn.{r['cell'].upper()}Cell"))),
+        ("floor: torch.cat of the same tensors us/call", "--:",
+         lambda r: _us(r["impls"].get(FLOOR_IMPL))),
         ("preempted % op / nn", "--:",
          lambda r: _preempted(f"ops.{r['cell']}_layer", f"torch.nn.{r['cell'].upper()}Cell")(r)),
         ("target", "--:", lambda r: f"<= {r['target_us']:g} us"),

@@ -446,10 +446,15 @@ def cpu_engine_fixed_table(rows: list) -> str:
             return "–"
         nn_name = f"torch.nn.{r['cell'].upper()}Cell"
         nn = (r.get("impls") or {}).get(nn_name) or {}
+        floor = (r.get("impls") or {}).get("torch.cat (same tensors)") or {}
         text = f"{_num(r['op_us'])} us"
+        extra = []
         if nn.get("median_ms") is not None:
-            text += f" ({r['cell'].upper()}Cell {_num(nn['median_ms'] * 1e3)} us)"
-        return text
+            extra.append(f"{r['cell'].upper()}Cell {_num(nn['median_ms'] * 1e3)} us")
+        if floor.get("median_ms") is not None:
+            # One torch.cat over the same tensors: what torch's dispatch and autograd alone cost.
+            extra.append(f"torch.cat floor {_num(floor['median_ms'] * 1e3)} us")
+        return text + (f" ({', '.join(extra)})" if extra else "")
 
     def target(r):
         if not r or r.get("target_us") is None:
