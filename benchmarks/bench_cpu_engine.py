@@ -545,16 +545,19 @@ def run_fixed(args, fusedrnn, engine, errors, progress, lock) -> list:
             return prepare
 
         def floor_prepare(mode, inner, cell=cell):
-            # The floor torch itself sets: one torch.cat over the op's tensors (the same
-            # autograd leaves), forward and backward. Any op taking these leaves pays at least
-            # this much dispatch and autograd (one AccumulateGrad per leaf).
+            # What torch itself charges for touching the op's tensors in one op: no grad, one
+            # torch.cat of their flat views (made once: a single dispatch per call); with
+            # grad, one torch.cat of the flat views of the same autograd leaves and its
+            # backward (a view per leaf, one cat, and one AccumulateGrad per leaf).
             def prepare(data):
                 x, h, c, _ = data
                 tensors = (x, *weights, h) + ((c,) if cell == "lstm" else ())
                 if mode == "infer":
+                    flat = [t.view(-1) for t in tensors]
+
                     def one():
                         with torch.no_grad():
-                            return torch.cat([t.view(-1) for t in tensors])
+                            return torch.cat(flat)
                     return looped(one, inner)
                 leaves = _leaves(*tensors)
                 grad = torch.randn(sum(t.numel() for t in tensors))

@@ -372,6 +372,39 @@ def test_auto_picks_by_shape(mode):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_input_part_off_for_panels_beyond_l2(mode, threads):
+    """Note [Engine input part]: where a thread's slices of W_hh and W_ih together exceed 1.5x
+    its L2 (here 16-32 MiB, beyond any L2), the engine reads the all-steps projection instead
+    of streaming W_ih every step; results agree with the per-step loop either way."""
+    if _C._cpu_capability() == "default":
+        pytest.skip("the portable build always takes the per-step loop")
+    for kind, H in (("lstm", 1024), ("gru", 1024)):
+        tensors = make_tensors(kind, 2, 8, 1024, H, dtype=F32, seed=3)
+        mode("engine", threads)
+        before_engine, before_input = engine_runs(kind), _C._engine_runs()[INPUT_PART[kind]]
+        ours = forward(kind, tensors)
+        assert engine_runs(kind) == before_engine + 1
+        assert _C._engine_runs()[INPUT_PART[kind]] == before_input
+        mode("steps")
+        for a, b in zip(ours, forward(kind, tensors)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_engine_for_medium_slices_without_grad_only(mode):
+    """Note [Forward engine crossover]: a W_hh slice of 1.5-4 MiB per thread (H = 512: 4 MiB
+    in all) takes the engine up to 64 rows without a backward, up to 16 rows with one."""
+    if _C._cpu_capability() == "default":
+        pytest.skip("the portable build always takes the per-step loop")
+    mode("auto", 2)
+    tensors = make_tensors("lstm", 2, 32, 8, 512, dtype=F32, seed=4)
+    before = engine_runs("lstm")
+    forward("lstm", tensors)
+    assert engine_runs("lstm") == before + 1
+    run("lstm", tensors, False)
+    run("lstm", make_tensors("lstm", 2, 16, 8, 512, dtype=F32, seed=5), True)
+
+
 # ---------------------------------------------------------------------------------------
 # Note [Engine row split]: with two threads the engine may give each thread some batch rows
 # with all units (no barrier in the time loop) instead of some units of all rows.

@@ -211,6 +211,11 @@ bool rows_to_split(const LayerSizes& s, int n) {
   return n >= 2 && !s.packed && (s.B + n - 1) / n >= kMinRowsPerThread;
 }
 
+// The threads an engine call of this shape starts (run_team caps the request at the pool).
+int64_t engine_threads(const LayerSizes& s, int64_t G) {
+  return std::min<int64_t>(team_size(s, G, engine_kernels().width), team_capacity());
+}
+
 }  // namespace
 
 // Note [Engine row split] (row_split.h). The split modes other than "auto" and "rule" are
@@ -243,25 +248,31 @@ bool row_split_doubtful(const LayerSizes& s, int64_t panel_bytes, int n) {
 //     slice streams from L3 every step; the engine still wins at B <= 8-16 (LSTM 2 threads
 //     B=8 1.62x, 1 thread 1.28x) and loses from B = 32-64 on (0.86-0.93x).
 //   H = 1024 (slices 6-8 MiB): even within noise at B <= 32 (0.8x-1.2x).
+//   Measured again on 2026-12-03 (the same Xeon host class, after the input part, the row
+//   split and the row prefetch; paired medians of 9 interleaved rounds, T=100 H=512, old
+//   rule time / new rule time): without a backward the engine now wins at B = 32-64 as well
+//   (LSTM I=512 B=32 1.07, B=64 1.05, I=64 B=32 1.19, B=64 1.12; GRU 0.98-1.02, even), and
+//   is even at B = 128 (LSTM I=512 1.00); with a backward it lost at B = 64 (LSTM 0.96, GRU
+//   0.88: the saved activations add to what streams every step)
+//   (benchmarks/results/intel-xeon-2026-12-03-medium-slices-ab.md).
 // Hence: the engine when a thread's share of the weights (W_hh, and W_hr with projection)
-// fits in L2 with room to spare, up to B = 128; beyond that only small batches with slices
-// up to 4 MiB. The portable build (one lane per vector) always takes the per-step loop.
+// fits in L2 with room to spare, up to B = 128; beyond that, with slices up to 4 MiB, up to
+// B = 16 with a backward to follow and B = 64 without. The portable build (one lane per
+// vector) always takes the per-step loop.
 // One step (T = 1: the cells) never repays packing W_hh: the per-step loop's one GEMM reads
 // it in place. LSTMCell / GRUCell, no grad, 2 threads, per-step loop vs engine (torch.nn
 // time / ours): B=8 H=256 I=128 LSTM 1.41x vs 0.71x, GRU 1.14x vs 0.80x; B=32 1.28x vs
 // 0.97x; B=97 1.25x vs 1.04x; B=1..97 H=64 I=32 1.36-1.48x vs 1.20-1.40x.
-bool use_forward_engine(const LayerSizes& s, int64_t G, int64_t P) {
+bool use_forward_engine(const LayerSizes& s, int64_t G, int64_t P, bool save) {
   const EngineMode mode = engine_mode();
   if (mode == EngineMode::Steps || s.B == 0) return false;
   if (mode == EngineMode::Engine) return true;
   if (s.T == 1) return false;
-  const EngineFwdKernels& k = engine_kernels();
-  if (k.width == 1) return false;
+  if (engine_kernels().width == 1) return false;
   constexpr int64_t kMaxSlice = 4 << 20;   // 4 MiB
-  const int64_t threads = std::min<int64_t>(team_size(s, G, k.width), team_capacity());
-  const int64_t slice = (G * s.H * s.R + P * s.H) * int64_t(sizeof(float)) / threads;
+  const int64_t slice = (G * s.H * s.R + P * s.H) * int64_t(sizeof(float)) / engine_threads(s, G);
   if (slice <= kL2Slice) return s.B <= 128;
-  return slice <= kMaxSlice && s.B <= 16;
+  return slice <= kMaxSlice && (s.B <= 16 || (!save && s.B <= 64));
 }
 
 // Note [Engine input part]
@@ -293,7 +304,18 @@ bool use_forward_engine(const LayerSizes& s, int64_t G, int64_t P) {
 // I=256 1.02, B=4 I=256 1.18, B=8 I=64 1.32
 // (benchmarks/results/intel-xeon-2026-12-03-input-part-ab.md): a single row takes the
 // input part only up to I = R / 2.
-bool engine_input_part(const LayerSizes& s, int64_t G) {
+// The input part streams the thread's slice of W_ih every step beside its W_hh: where the
+// two together (and W_hr) exceed 1.5x the core's L2, both come from L3 every step, and
+// reading the x part from the all-steps buffer costs less. Xeon, T=100 H=512, no grad,
+// all-steps buffer time / input part time (paired medians, 9-11 rounds): LSTM I=512 (4 MiB
+// per thread at 2 threads) B=8 0.68, B=16 0.97, B=64 0.95; GRU I=512 (3 MiB, kept) B=8 0.81,
+// B=64 1.00; LSTM I=64 (2.25 MiB) B=8 1.10, B=64 1.41; GRU I=64 B=64 1.33; LSTM H=384 I=256
+// (1.9 MiB) B=32 1.09, B=64 1.16 (benchmarks/results/intel-xeon-2026-12-03-medium-slices-ab.md).
+// The AMD EPYC figures above (1 MiB L2; H=256 I=512: 1.5 MiB) stay on the input part too.
+bool engine_input_part(const LayerSizes& s, int64_t G, int64_t P) {
+  const int64_t panels = (G * s.H * (s.R + s.I) + P * s.H) * int64_t(sizeof(float)) /
+                         engine_threads(s, G);
+  if (panels > l2_bytes_per_core() * 3 / 2) return false;
   if (G == 3) return s.B >= 8;
   if (s.B >= 8) return true;
   return s.B == 1 ? 2 * s.I <= s.R : s.I <= s.R;

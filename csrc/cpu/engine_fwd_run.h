@@ -13,8 +13,8 @@ namespace cpu {
 
 // Whether the float32 forward of this layer call runs on the engine: the mode
 // (dispatch.h: Engine / Steps / Auto) and, for Auto, the measured crossover rule.
-// G: 4 (LSTM) or 3 (GRU); P: projection size, 0 without.
-bool use_forward_engine(const LayerSizes& s, int64_t G, int64_t P);
+// G: 4 (LSTM) or 3 (GRU); P: projection size, 0 without; save: a backward will follow.
+bool use_forward_engine(const LayerSizes& s, int64_t G, int64_t P, bool save);
 
 // The whole LSTM time loop of one layer call (float32). In: gates [N, 4H] = x W_ih^T + b,
 // h [B, R] and c [B, H] the initial state. Out: gates hold the activations (act), y [N, R],
@@ -34,7 +34,7 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
                          const EngineInputArgs* input = nullptr);
 
 // Whether an engine call computes the x part itself (Note [Engine input part]).
-bool engine_input_part(const LayerSizes& s, int64_t G);
+bool engine_input_part(const LayerSizes& s, int64_t G, int64_t P);
 
 // The whole GRU time loop (float32). In: xg [N, 3H], b_hn [H] (undefined without bias),
 // h [B, H] the initial state. Out: y [N, H], h the final state, saved [N, 4H] when defined.

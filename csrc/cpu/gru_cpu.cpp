@@ -38,8 +38,8 @@ std::vector<at::Tensor> gru_forward_impl(const LayerSizes& s, const GruForwardAr
   const std::optional<at::Tensor> bias = input_bias(a.b_ih, a.b_hh, 3 * H, 2 * H);
   bool engine = false, engine_input = false;
   if constexpr (std::is_same_v<T, float>) {
-    engine = use_forward_engine(s, 3, 0);
-    engine_input = engine && engine_input_part(s, 3);
+    engine = use_forward_engine(s, 3, 0, a.save);
+    engine_input = engine && engine_input_part(s, 3, 0);
   }
   // The engine computing the x part itself (Note [Engine input part] in engine_fwd.cpp)
   // needs no projection.

@@ -43,8 +43,8 @@ std::vector<at::Tensor> lstm_forward_impl(const LayerSizes& s, const LstmForward
   const std::optional<at::Tensor> bias = input_bias(a.b_ih, a.b_hh, 4 * H, 4 * H);
   bool engine = false, engine_input = false;
   if constexpr (std::is_same_v<T, float>) {
-    engine = use_forward_engine(s, 4, a.w_hr ? R : 0);
-    engine_input = engine && engine_input_part(s, 4);
+    engine = use_forward_engine(s, 4, a.w_hr ? R : 0, a.save);
+    engine_input = engine && engine_input_part(s, 4, a.w_hr ? R : 0);
   }
   // The engine computing the x part itself (Note [Engine input part] in engine_fwd.cpp)
   // needs no projection: then `gates` only receives the activations, when saving.
