@@ -287,10 +287,7 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
     out[kLWih] = if_needed(dw_ih, needs(ctx, edges, kLWih));
     out[kLWhh] = if_needed(dw_hh, needs(ctx, edges, kLWhh));
     out[kLBih] = if_needed(db, needs(ctx, edges, kLBih));
-    // The two biases have the same gradient: one tensor for both edges, as torch's own
-    // AddBackward does. AccumulateGrad copies a gradient it cannot own alone (use count), so
-    // neither .grad aliases the other.
-    out[kLBhh] = if_needed(db, needs(ctx, edges, kLBhh));
+    out[kLBhh] = needs(ctx, edges, kLBhh) ? (out[kLBih].defined() ? db.clone() : db) : at::Tensor();
     out[kLH0] = if_needed(dh0, needs(ctx, edges, kLH0));
     out[kLC0] = if_needed(dc0, needs(ctx, edges, kLC0));
     out[kLWhr] = if_needed(dw_hr, needs(ctx, edges, kLWhr));
