@@ -287,6 +287,9 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
     out[kLWih] = if_needed(dw_ih, needs(ctx, edges, kLWih));
     out[kLWhh] = if_needed(dw_hh, needs(ctx, edges, kLWhh));
     out[kLBih] = if_needed(db, needs(ctx, edges, kLBih));
+    // Its own tensor for the second bias: torch.autograd.grad hands gradients back as they
+    // are, and in-place post-processing of that list must not scale one tensor twice
+    // (tests/test_interop.py, test_parameter_gradients_are_distinct_tensors).
     out[kLBhh] = needs(ctx, edges, kLBhh) ? (out[kLBih].defined() ? db.clone() : db) : at::Tensor();
     out[kLH0] = if_needed(dh0, needs(ctx, edges, kLH0));
     out[kLC0] = if_needed(dc0, needs(ctx, edges, kLC0));
