@@ -47,9 +47,10 @@ struct LayerSizes {
 
   // The drivers (CPU and CUDA) write per-step tensors as [N, width] rows, step after step;
   // a padded call returns them as [T, B, width] views, a packed one as they are. A 1-D
-  // placeholder (a saved tensor the call did not save) is returned unchanged.
+  // placeholder or an undefined tensor (a saved tensor the call did not save) is returned
+  // unchanged.
   at::Tensor step_major(const at::Tensor& rows) const {
-    return packed || rows.dim() != 2 ? rows : rows.view({T, B, rows.size(1)});
+    return packed || !rows.defined() || rows.dim() != 2 ? rows : rows.view({T, B, rows.size(1)});
   }
 };
 

@@ -362,7 +362,7 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
   base.input = call_input(input, ih_panel);
   const float* x_p = input ? cptr(input->x) : nullptr;
   // Without a saved copy (input given, no backward) the gates are never read or written.
-  float* g_p = gates.numel() ? ptr(gates) : nullptr;
+  float* g_p = gates.defined() && gates.numel() ? ptr(gates) : nullptr;
   float* y_p = ptr(y);
   float* craw_p = save ? ptr(c_raw) : nullptr;
   float* hpre_p = P ? ptr(h_pre) : nullptr;

@@ -52,7 +52,8 @@ std::vector<at::Tensor> gru_forward_impl(const LayerSizes& s, const GruForwardAr
   at::Tensor y = empty_buffer({N, H}, opts);
   at::Tensor h = a.h0 ? a.h0->contiguous().clone() : at::zeros({B, H}, opts);
   // r, z, n, hn of every step, for the backward (nothing without it).
-  at::Tensor saved = a.save ? empty_buffer({N, 4 * H}, opts) : at::empty({0}, opts);
+  // Without save (the no-grad op returns y, h_n only) nothing is allocated for `saved`.
+  at::Tensor saved = a.save ? empty_buffer({N, 4 * H}, opts) : at::Tensor();
   if (engine) {
     // The engine writes r, z, n, hn only where they are saved (Note [CPU time-loop engine]).
     at::Tensor saved_out = a.save ? saved : at::Tensor();

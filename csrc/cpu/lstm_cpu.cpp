@@ -56,12 +56,15 @@ std::vector<at::Tensor> lstm_forward_impl(const LayerSizes& s, const LstmForward
   at::Tensor y = empty_buffer({N, R}, opts);
   at::Tensor h = a.h0 ? a.h0->contiguous().clone() : at::zeros({B, R}, opts);
   at::Tensor c = a.c0 ? a.c0->contiguous().clone() : at::zeros({B, H}, opts);
-  at::Tensor c_raw = a.save ? empty_buffer({N, H}, opts) : at::empty({0}, opts);
-  at::Tensor h_pre = a.w_hr ? empty_buffer({N, H}, opts) : at::empty({0}, opts);
+  // Without save (the no-grad op returns y, h_n, c_n only) the saved tensors a backward
+  // would read are left undefined: no allocation for a placeholder nobody sees.
+  const auto placeholder = [&] { return a.save ? at::empty({0}, opts) : at::Tensor(); };
+  at::Tensor c_raw = a.save ? empty_buffer({N, H}, opts) : at::Tensor();
+  at::Tensor h_pre = a.w_hr ? empty_buffer({N, H}, opts) : placeholder();
   // float32 calls the engine takes (Note [CPU time-loop engine] in engine_fwd.cpp) run the
   // whole time loop there.
   at::Tensor gates = projected ? projected->whole()
-                              : (a.save ? empty_buffer({N, 4 * H}, opts) : at::empty({0}, opts));
+                              : (a.save ? empty_buffer({N, 4 * H}, opts) : at::Tensor());
   if (engine) {
     const EngineInputArgs input{x.reshape({N, I}), a.w_ih, bias};
     lstm_forward_engine(s, gates, a.w_hh, a.w_hr, y, h, c, c_raw, h_pre, a.reverse, a.cell_clip,
