@@ -253,12 +253,15 @@ bool row_split_doubtful(const LayerSizes& s, int64_t panel_bytes, int n) {
 //   rule time / new rule time): without a backward the engine now wins at B = 32-64 as well
 //   (LSTM I=512 B=32 1.07, B=64 1.05, I=64 B=32 1.19, B=64 1.12; GRU 0.98-1.02, even), and
 //   is even at B = 128 (LSTM I=512 1.00); with a backward it lost at B = 64 (LSTM 0.96, GRU
-//   0.88: the saved activations add to what streams every step)
-//   (benchmarks/results/intel-xeon-2026-12-03-medium-slices-ab.md).
+//   0.88: the saved activations add to what streams every step); on one thread (the whole
+//   W_hh, 4 MiB, per thread) the engine won at I=512 (LSTM B=32 1.03, B=64 1.04, GRU B=64
+//   1.10) but lost at I=64 B=64 without the input part (0.88): there the x part comes from
+//   the all-steps buffer, which the per-step loop instead projects in chunks that stay in
+//   cache (benchmarks/results/intel-xeon-2026-12-03-medium-slices-ab.md).
 // Hence: the engine when a thread's share of the weights (W_hh, and W_hr with projection)
 // fits in L2 with room to spare, up to B = 128; beyond that, with slices up to 4 MiB, up to
-// B = 16 with a backward to follow and B = 64 without. The portable build (one lane per
-// vector) always takes the per-step loop.
+// B = 16, and up to B = 64 without a backward where the engine computes the input part or
+// I >= H / 2. The portable build (one lane per vector) always takes the per-step loop.
 // One step (T = 1: the cells) never repays packing W_hh: the per-step loop's one GEMM reads
 // it in place. LSTMCell / GRUCell, no grad, 2 threads, per-step loop vs engine (torch.nn
 // time / ours): B=8 H=256 I=128 LSTM 1.41x vs 0.71x, GRU 1.14x vs 0.80x; B=32 1.28x vs
@@ -272,7 +275,12 @@ bool use_forward_engine(const LayerSizes& s, int64_t G, int64_t P, bool save) {
   constexpr int64_t kMaxSlice = 4 << 20;   // 4 MiB
   const int64_t slice = (G * s.H * s.R + P * s.H) * int64_t(sizeof(float)) / engine_threads(s, G);
   if (slice <= kL2Slice) return s.B <= 128;
-  return slice <= kMaxSlice && (s.B <= 16 || (!save && s.B <= 64));
+  if (slice > kMaxSlice) return false;
+  if (s.B <= 16) return true;
+  // 17-64 rows, without a backward only: where the engine computes the x part itself, or
+  // where I >= H / 2 (reading the x part from the all-steps buffer, in memory at these
+  // sizes, while the per-step loop projects chunks of steps that stay in cache).
+  return !save && s.B <= 64 && (engine_input_part(s, G, P) || 2 * s.I >= s.H);
 }
 
 // Note [Engine input part]
