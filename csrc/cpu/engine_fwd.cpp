@@ -312,18 +312,25 @@ bool use_forward_engine(const LayerSizes& s, int64_t G, int64_t P, bool save) {
 // I=256 1.02, B=4 I=256 1.18, B=8 I=64 1.32
 // (benchmarks/results/intel-xeon-2026-12-03-input-part-ab.md): a single row takes the
 // input part only up to I = R / 2.
-// The input part streams the thread's slice of W_ih every step beside its W_hh: where the
-// two together (and W_hr) exceed 1.5x the core's L2, both come from L3 every step, and
-// reading the x part from the all-steps buffer costs less. Xeon, T=100 H=512, no grad,
-// all-steps buffer time / input part time (paired medians, 9-11 rounds): LSTM I=512 (4 MiB
-// per thread at 2 threads) B=8 0.68, B=16 0.97, B=64 0.95; GRU I=512 (3 MiB, kept) B=8 0.81,
-// B=64 1.00; LSTM I=64 (2.25 MiB) B=8 1.10, B=64 1.41; GRU I=64 B=64 1.33; LSTM H=384 I=256
-// (1.9 MiB) B=32 1.09, B=64 1.16 (benchmarks/results/intel-xeon-2026-12-03-medium-slices-ab.md).
-// The AMD EPYC figures above (1 MiB L2; H=256 I=512: 1.5 MiB) stay on the input part too.
+// The input part streams the thread's slice of W_ih every step beside its W_hh. Where the
+// two together (and W_hr) exceed 1.5x the core's L2 they come from L3 every step, and where
+// W_ih is a large share of that stream (I >= R / 2) on a small step (B <= 16), or at least
+// as large as W_hh (I >= R) whatever the step, reading the x part from the all-steps buffer
+// costs less. Xeon, no grad, all-steps buffer time / input part time (paired medians, 9-11
+// rounds; MiB = a thread's W_hh + W_ih): 2 threads, H=512: LSTM I=512 (4 MiB) B=8 0.68-0.75,
+// B=16 0.97, B=64 0.95; I=384 (3.5 MiB) B=8 0.79, B=32 1.00; GRU I=512 (3 MiB, kept) B=8
+// 0.81, B=64 1.00; LSTM I=64 (2.25 MiB) B=8 1.10, B=64 1.41; GRU I=64 B=64 1.33; H=384 I=256
+// (1.9 MiB) B=32 1.09, B=64 1.16. One thread: LSTM H=512 I=512 (8 MiB) B=8 0.84; I=64 (4.5
+// MiB) B=8 1.10, B=16 1.17, B=32 1.20, B=64 1.29; H=384 I=256 (3.75 MiB) B=32 1.09, B=64
+// 1.05; I=128 B=8 0.98; GRU H=512 I=64 B=8 1.07, H=384 I=256 B=32 1.03
+// (benchmarks/results/intel-xeon-2026-12-03-medium-slices-ab.md). The AMD EPYC figures
+// above (1 MiB L2; H=256 I=512: 1.5 MiB at 2 threads) stay on the input part too.
 bool engine_input_part(const LayerSizes& s, int64_t G, int64_t P) {
   const int64_t panels = (G * s.H * (s.R + s.I) + P * s.H) * int64_t(sizeof(float)) /
                          engine_threads(s, G);
-  if (panels > l2_bytes_per_core() * 3 / 2) return false;
+  if (panels > l2_bytes_per_core() * 3 / 2 && 2 * s.I >= s.R && (s.B <= 16 || s.I >= s.R)) {
+    return false;
+  }
   if (G == 3) return s.B >= 8;
   if (s.B >= 8) return true;
   return s.B == 1 ? 2 * s.I <= s.R : s.I <= s.R;
