@@ -373,19 +373,24 @@ def test_auto_picks_by_shape(mode):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_input_part_off_for_panels_beyond_l2(mode, threads):
+@pytest.mark.parametrize("case", [((8, 1024), False), ((8, 64), True), ((32, 512), True)],
+                         ids=["B8-I1024-buffer", "B8-I64-input", "B32-I512-input"])
+def test_input_part_beyond_l2(mode, threads, case):
     """Note [Engine input part]: where a thread's slices of W_hh and W_ih together exceed 1.5x
-    its L2 (here 16-32 MiB, beyond any L2), the engine reads the all-steps projection instead
-    of streaming W_ih every step; results agree with the per-step loop either way."""
+    its L2 (here H = 1024: 9-32 MiB, beyond any L2), the engine reads the all-steps
+    projection instead of streaming W_ih every step if W_ih is a large share of them
+    (I >= H / 2) on a small step (B <= 16) or I >= H; otherwise it keeps the input part.
+    Results agree with the per-step loop either way."""
     if _C._cpu_capability() == "default":
         pytest.skip("the portable build always takes the per-step loop")
-    for kind, H in (("lstm", 1024), ("gru", 1024)):
-        tensors = make_tensors(kind, 2, 8, 1024, H, dtype=F32, seed=3)
+    (B, I), input_part = case
+    for kind in ("lstm", "gru"):
+        tensors = make_tensors(kind, 2, B, I, 1024, dtype=F32, seed=3)
         mode("engine", threads)
         before_engine, before_input = engine_runs(kind), _C._engine_runs()[INPUT_PART[kind]]
         ours = forward(kind, tensors)
         assert engine_runs(kind) == before_engine + 1
-        assert _C._engine_runs()[INPUT_PART[kind]] == before_input
+        assert (_C._engine_runs()[INPUT_PART[kind]] > before_input) == input_part
         mode("steps")
         for a, b in zip(ours, forward(kind, tensors)):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
