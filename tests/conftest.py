@@ -6,7 +6,8 @@
   overrides; test_determinism.py::test_multithreaded_matches_single_threaded covers parallel paths;
 * hypothesis: no deadline (first calls pay one-off start-up costs);
 * fixtures: ``threads`` (set torch's thread count for one test), ``split`` (the CPU engines'
-  thread split for one test: 'auto', 'units' or 'rows') and ``device`` (every test
+  thread split for one test: 'auto', 'units' or 'rows'), ``cpu_capability`` (the CPU
+  kernels' SIMD capability for one test, skipped where the CPU lacks it) and ``device`` (every test
   that takes it runs on "cpu" and on "cuda"; the cuda cases skip without a GPU unless
   FUSEDRNN_REQUIRE_CUDA=1, as tools/gpu/gpu_check.sh sets, where a GPU that torch cannot see
   fails them instead). TF32 is off for the cuda cases (cuDNN would use it for float32, and
@@ -70,3 +71,19 @@ def split():
 
     yield set_split
     _C._set_engine_split(saved)
+
+
+@pytest.fixture
+def cpu_capability():
+    """Set the CPU kernels' capability ('default', 'avx2', 'avx512') for one test; the test
+    is skipped where this CPU lacks it. Restored afterwards."""
+    from fusedrnn import _C
+
+    saved = _C._cpu_capability()
+
+    def use(name):
+        if _C._set_cpu_capability(name) != name:
+            pytest.skip(f"this CPU does not support {name}")
+
+    yield use
+    _C._set_cpu_capability(saved)

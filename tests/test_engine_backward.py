@@ -370,25 +370,20 @@ def test_steps_mode_and_float64_do_not_use_the_engine(engine):
 
 @pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
 @pytest.mark.parametrize("kind,P", VARIANTS, ids=["lstm", "lstm_proj", "gru"])
-def test_every_capability(engine, kind, P, capability):
+def test_every_capability(engine, kind, P, capability, cpu_capability):
     """The engine's kernels of each SIMD capability (portable, AVX2, AVX-512: different
     register tiles and partial-sum code) against the reference, with norm clip, truncation,
     lengths and the record, on 2 threads."""
-    old = _C._cpu_capability()
-    try:
-        if _C._set_cpu_capability(capability) != capability:
-            pytest.skip(f"this CPU does not support {capability}")
-        torch.set_num_threads(2)
-        T, B, I, H = 9, 7, 3, 37
-        tensors = make_tensors(kind, T, B, I, H, proj_size(P, 20), dtype=F32, weight_scale=3.0)
-        kw = dict(grad_clip=0.1, grad_clip_mode="norm", truncate=4,
-                  lengths=torch.tensor([9, 2, 9, 5, 1, 7, 9]))
-        ours = run(kind, tensors, **kw)
-        theirs = forward_backward(REFERENCE[kind], kind, tensors, **kw)
-        ref64 = forward_backward(REFERENCE[kind], kind, cast(tensors, F64), **kw)
-        assert_close_by_reference(ours, theirs, ref64, FLOOR32)
-    finally:
-        _C._set_cpu_capability(old)
+    cpu_capability(capability)
+    torch.set_num_threads(2)
+    T, B, I, H = 9, 7, 3, 37
+    tensors = make_tensors(kind, T, B, I, H, proj_size(P, 20), dtype=F32, weight_scale=3.0)
+    kw = dict(grad_clip=0.1, grad_clip_mode="norm", truncate=4,
+              lengths=torch.tensor([9, 2, 9, 5, 1, 7, 9]))
+    ours = run(kind, tensors, **kw)
+    theirs = forward_backward(REFERENCE[kind], kind, tensors, **kw)
+    ref64 = forward_backward(REFERENCE[kind], kind, cast(tensors, F64), **kw)
+    assert_close_by_reference(ours, theirs, ref64, FLOOR32)
 
 
 # ---------------------------------------------------------------------------------------

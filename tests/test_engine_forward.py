@@ -332,25 +332,20 @@ def test_steps_mode_and_float64_skip_the_engine(mode):
 
 @pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
 @pytest.mark.parametrize("variant", ["lstm", "lstm_proj", "gru"])
-def test_every_capability(variant, capability, mode):
+def test_every_capability(variant, capability, mode, cpu_capability):
     """The micro-kernels of every capability this CPU runs (1, 8 and 16 lanes), with a
     partial unit block (H = 37) and two threads."""
-    saved = _C._cpu_capability()
-    try:
-        if _C._set_cpu_capability(capability) != capability:
-            pytest.skip(f"this CPU does not support {capability}")
-        kind = variant.split("_")[0]
-        T, B, I, H = 7, 9, 4, 37
-        P = 13 if variant == "lstm_proj" else 0
-        tensors = make_tensors(kind, T, B, I, H, P, dtype=F32, seed=2)
-        kw = dict(lengths=torch.tensor([7, 2, 5, 7, 1, 6, 7, 3, 4]), reverse=True)
-        mode("engine", 2)
-        ours = run(kind, tensors, True, **kw)
-        theirs = forward_backward(TORCHNN[kind], kind, tensors, **kw)
-        ref64 = forward_backward(TORCHNN[kind], kind, cast(tensors, F64), **kw)
-        assert_close_by_reference(ours, theirs, ref64, FLOOR32)
-    finally:
-        _C._set_cpu_capability(saved)
+    cpu_capability(capability)
+    kind = variant.split("_")[0]
+    T, B, I, H = 7, 9, 4, 37
+    P = 13 if variant == "lstm_proj" else 0
+    tensors = make_tensors(kind, T, B, I, H, P, dtype=F32, seed=2)
+    kw = dict(lengths=torch.tensor([7, 2, 5, 7, 1, 6, 7, 3, 4]), reverse=True)
+    mode("engine", 2)
+    ours = run(kind, tensors, True, **kw)
+    theirs = forward_backward(TORCHNN[kind], kind, tensors, **kw)
+    ref64 = forward_backward(TORCHNN[kind], kind, cast(tensors, F64), **kw)
+    assert_close_by_reference(ours, theirs, ref64, FLOOR32)
 
 
 def test_auto_picks_by_shape(mode):

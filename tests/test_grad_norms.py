@@ -14,7 +14,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusedrnn
-from fusedrnn import _C, ops, reference
+from fusedrnn import ops, reference
 
 from helpers import ReferenceRNN, make_tensors
 
@@ -235,23 +235,18 @@ def test_recording_changes_nothing(kind, clip, mode):
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("clip,mode", CLIPS)
 @pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
-def test_float32_record_on_every_cpu_path(kind, clip, mode, capability):
+def test_float32_record_on_every_cpu_path(kind, clip, mode, capability, cpu_capability):
     """float32 records (SIMD body and scalar tail: H = 37) match the float64 record."""
-    old = _C._cpu_capability()
-    try:
-        if _C._set_cpu_capability(capability) != capability:
-            pytest.skip(f"this CPU does not support {capability}")
-        T, B, I, H = 6, 5, 4, 37
-        t = make_tensors(kind, T, B, I, H, weight_scale=2.0)
-        fused = getattr(ops, kind + "_layer")
-        records = {}
-        for dtype in (torch.float64, torch.float32):
-            record = ops.new_grad_record(T)
-            _run_op(fused, kind, {n: v.to(dtype) for n, v in t.items()}, grad_record=record,
-                    grad_clip=clip, grad_clip_mode=mode)
-            records[dtype] = record.grad
-    finally:
-        _C._set_cpu_capability(old)
+    cpu_capability(capability)
+    T, B, I, H = 6, 5, 4, 37
+    t = make_tensors(kind, T, B, I, H, weight_scale=2.0)
+    fused = getattr(ops, kind + "_layer")
+    records = {}
+    for dtype in (torch.float64, torch.float32):
+        record = ops.new_grad_record(T)
+        _run_op(fused, kind, {n: v.to(dtype) for n, v in t.items()}, grad_record=record,
+                grad_clip=clip, grad_clip_mode=mode)
+        records[dtype] = record.grad
     torch.testing.assert_close(records[torch.float32][0], records[torch.float64][0],
                                rtol=1e-4, atol=1e-6)
     # A float32 element may sit on the clip boundary; allow one element's worth.

@@ -20,18 +20,6 @@ INPUT_GRAD_RUN = 12
 
 
 @pytest.fixture
-def capability():
-    """Set the CPU capability for one test (skipped where this CPU lacks it); restored after."""
-    old = _C._cpu_capability()
-
-    def use(name):
-        if _C._set_cpu_capability(name) != name:
-            pytest.skip(f"this CPU does not support {name}")
-    yield use
-    _C._set_cpu_capability(old)
-
-
-@pytest.fixture
 def backend():
     old, threads = _C._weight_grad(), torch.get_num_threads()
     yield _C._set_weight_grad
@@ -139,13 +127,13 @@ def test_super_blocks_keep_the_bits(backend, threads):
 
 
 @pytest.mark.parametrize("cap", ["default", "avx2", "avx512"])
-def test_packing_a_keeps_the_bits(backend, threads, capability, cap):
+def test_packing_a_keeps_the_bits(backend, threads, cpu_capability, cap):
     """The engine copies a tile by tile where several panel groups read it (bwd_engine_impl.h,
     pack_by_columns) and reads it in place where one group does: both sum each output the
     same way, so the 16 columns of a narrow product (one panel: in place) are bitwise the
     first 16 of a wide one (several groups: copied), on every capability and with tiles
     cut at 1 and 2 threads."""
-    capability(cap)
+    cpu_capability(cap)
     backend("engine")
     g = torch.Generator().manual_seed(8)
     a = torch.randn(700, 301, generator=g)  # K off the k-block, G off the 6-row tile
@@ -199,12 +187,12 @@ def test_auto_keeps_large_products_with_blas_on_intel_only(backend):
 
 @pytest.mark.parametrize("cap", ["default", "avx2", "avx512"])
 @pytest.mark.parametrize("M,K,N", [(1, 520, 9), (131, 260, 33), (700, 1024, 64), (97, 53, 130)])
-def test_input_gradient_on_the_engine(backend, threads, capability, cap, M, K, N):
+def test_input_gradient_on_the_engine(backend, threads, cpu_capability, cap, M, K, N):
     """_C._rows_times (the input gradient dgates W_ih) on the engine's micro-kernel, past the
     direct loops (over 4096 multiply-adds): a w to float32 accuracy with M off the row tile,
     K off the k-block and N off the 16-column panel, bitwise the same at 1, 2 and 3 threads,
     on every capability."""
-    capability(cap)
+    cpu_capability(cap)
     backend("engine")
     g = torch.Generator().manual_seed(M + K + N)
     a, w = torch.randn(M, K, generator=g), torch.randn(K, N, generator=g)
