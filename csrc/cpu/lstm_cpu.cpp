@@ -58,9 +58,9 @@ std::vector<at::Tensor> lstm_forward_impl(const LayerSizes& s, const LstmForward
   at::Tensor c = a.c0 ? a.c0->contiguous().clone() : at::zeros({B, H}, opts);
   // Without save (the no-grad op returns y, h_n, c_n only) the saved tensors a backward
   // would read are left undefined: no allocation for a placeholder nobody sees.
-  const auto placeholder = [&] { return a.save ? at::empty({0}, opts) : at::Tensor(); };
   at::Tensor c_raw = a.save ? empty_buffer({N, H}, opts) : at::Tensor();
-  at::Tensor h_pre = a.w_hr ? empty_buffer({N, H}, opts) : placeholder();
+  at::Tensor h_pre = a.w_hr ? empty_buffer({N, H}, opts)
+                            : (a.save ? at::empty({0}, opts) : at::Tensor());
   // float32 calls the engine takes (Note [CPU time-loop engine] in engine_fwd.cpp) run the
   // whole time loop there.
   at::Tensor gates = projected ? projected->whole()
