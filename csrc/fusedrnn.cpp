@@ -155,7 +155,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "for input gradients elsewhere), 'engine' or 'blas'");
   m.def("_set_weight_grad", &fusedrnn::cpu::set_weight_grad_backend, py::arg("name"),
         "Run the float32 CPU weight and input gradients by 'auto', on 'engine' or on 'blas' "
-        "(oneDNN or BLAS, as _step_gemm says); returns the one in use. For tests and "
+        "(weight gradients on at::mm; input gradients on oneDNN or at::mm, as _step_gemm "
+        "says); returns the one in use. For tests and "
         "benchmarks; not for use while ops run in other threads.");
   m.def("_outer_sum", &fusedrnn::cpu::outer_sum, py::arg("a"), py::arg("b"),
         py::call_guard<py::gil_scoped_release>(),

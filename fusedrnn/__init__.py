@@ -23,7 +23,8 @@ def empty_cpu_cache() -> int:
     The CPU layers take their large buffers (outputs, saved activations, gradients) from a
     cache of freed blocks, so that a training loop does not page-fault fresh memory on every
     call. At most ``FUSEDRNN_CPU_CACHE_MB`` MiB of freed blocks are held (default 512; 0
-    turns the cache off). See docs/design.md, "CPU buffer cache".
+    turns the cache off). See docs/design.md, section 5 ("CPU memory"), and Note [CPU
+    buffer cache] in csrc/cpu/buffer_cache.h.
     """
     from . import _C
     return _C._empty_cpu_cache()

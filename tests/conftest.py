@@ -6,7 +6,7 @@
   overrides; test_determinism.py::test_multithreaded_matches_single_threaded covers parallel paths;
 * hypothesis: no deadline (first calls pay one-off start-up costs);
 * fixtures: ``threads`` (set torch's thread count for one test), ``split`` (the CPU engines'
-  thread split for one test: 'auto', 'units' or 'rows'), ``cpu_capability`` (the CPU
+  thread split for one test: 'auto', 'rule', 'units' or 'rows'), ``cpu_capability`` (the CPU
   kernels' SIMD capability for one test, skipped where the CPU lacks it) and ``device`` (every test
   that takes it runs on "cpu" and on "cuda"; the cuda cases skip without a GPU unless
   FUSEDRNN_REQUIRE_CUDA=1, as tools/gpu/gpu_check.sh sets, where a GPU that torch cannot see

@@ -46,8 +46,10 @@
 // very sum the clip decided with. No barrier is added for the record.
 //
 // Everything after the loop (clip of the h0 / c0 gradients, dx, dW_ih, dW_hh, dW_hr, db)
-// stays in lstm_cpu.cpp / gru_cpu.cpp as all-steps oneDNN / MKL GEMMs. float64 stays on the
-// per-step loop.
+// stays in lstm_cpu.cpp / gru_cpu.cpp as products over all steps, most of them on this
+// engine's micro-kernel (Note [Weight gradients on the engine kernel], Note [Input gradients
+// on the engine kernel] below), the rest on oneDNN / MKL. float64 stays on the per-step
+// loop.
 //
 // Two row drivers, one math. The per-step loop's kernels (kernels_impl.h: lstm_bwd_rows,
 // gru_bwd_rows) walk a range of rows over all units of each row, and a row's clip norm is

@@ -83,7 +83,7 @@ class RowsLinear {
 
 // Note [Chunked input projection]
 // The per-step loop reads the input projection x W_ih^T + bias of step t once, at step t.
-// Computed for all steps before the loop (one GEMM), it is a buffer of N * G floats: 52 MiB
+// Computed for all steps before the loop (one GEMM), it is a buffer of N * G floats: 50 MiB
 // for an LSTM at T=100, B=64, H=512. A fresh buffer of that size is mmap'ed by the allocator
 // and returned to the system when freed, so every call pays a page fault per 4 KiB and
 // writes, then later reads back, the whole buffer through memory. Where nothing needs the

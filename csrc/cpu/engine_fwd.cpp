@@ -22,8 +22,9 @@
 //    FMAs.
 //  - Steps. Per step a thread runs register blocks (engine_fwd_impl.h): a few rows x G gates
 //    x one to four unit blocks of accumulators, k = 0..R-1 with one FMA chain per output;
-//    then, while the gate sums are in registers, adds the x part (the all-steps GEMM
-//    x W_ih^T + b, done before by oneDNN/MKL), applies the activations, the cell update and
+//    then, while the gate sums are in registers, adds the x part (computed in the same
+//    register blocks just before, Note [Engine input part] below, or read from the
+//    all-steps GEMM x W_ih^T + b done before by oneDNN/MKL), applies the activations, the cell update and
 //    clip and h, and writes h_out and its units of h_t (act and c_raw when saving for a
 //    backward). Then one barrier per step. The state lives in two buffers (h_{t-1} is read
 //    by all threads while each writes its units of h_t) that swap every step; the barrier
@@ -56,7 +57,7 @@
 // its own core's cache) rather than the other threads' halves. The price: every thread
 // streams the whole W_hh panel once per register block of its rows, not its share of it,
 // which a thread with few rows cannot repay. So the driver splits rows when (a) the whole
-// panel fits one thread's L2 budget (kL2Slice), (b) the rows are not packed (a packed batch
+// panel fits one thread's L2 budget, (b) the rows are not packed (a packed batch
 // ends its rows one by one: the threads owning the long sequences would run alone), and
 // (c) each thread gets at least kMinRowsPerThread rows. (a) reads the machine: the budget is
 // 3/4 of one core's L2 (1.5 MiB on the 2 MiB-L2 Xeon below); a panel beyond it but within

@@ -16,7 +16,8 @@ namespace fusedrnn {
 namespace cpu {
 
 // The rule, forward and backward alike (engine_fwd.cpp): n threads, panel_bytes the whole
-// packed weights the loop reads (W_hh, and W_hr with projection).
+// packed weights the loop reads (W_hh; W_ih where the forward computes the input part; W_hr
+// with projection).
 bool split_rows(const LayerSizes& s, int64_t panel_bytes, int n);
 // Where the rule may be wrong either way, and the engines measure both splits instead (Note
 // [Measured row split] in row_split.cpp).
