@@ -467,7 +467,7 @@ at::Tensor engine_rows_times(const at::Tensor& a, const at::Tensor& w) {
   const int64_t nblk = blocks_of(N), Np = nblk * kEngineBlock;
   const at::Tensor panels = packed_panels(w);
   const float* pp = panels.const_data_ptr<float>();
-  at::Tensor out = at::empty({M, Np}, a.options());
+  at::Tensor out = empty_buffer({M, Np}, a.options());  // Note [CPU buffer cache]
   const float* ap = a.const_data_ptr<float>();
   float* op = out.data_ptr<float>();
   const BwdEngineTable<float>& table = bwd_table();
