@@ -50,8 +50,8 @@ if str(_HERE) not in sys.path:  # so that the test (and `python -m`) find benchl
 import floor  # noqa: E402
 from benchlib.console import Progress, describe, log  # noqa: E402
 from benchlib.impls import import_fusedrnn  # noqa: E402
-from benchlib.machine import (DEFAULT_OUT, dated_stem, load_average,  # noqa: E402
-                              machine_info, slug)
+from benchlib.machine import (DEFAULT_OUT, dated_stem, host_probe_us,  # noqa: E402
+                              load_average, machine_info, slug)
 from benchlib.markdown import table as md_table  # noqa: E402
 from benchlib.timing import (balanced_orders, in_order, paired_ratio,  # noqa: E402
                              summarize)
@@ -866,6 +866,9 @@ def report(result: dict) -> str:
              f"{info['torch_num_threads']}); float32; fresh torch.randn inputs every repeat",
              f"- load average at start {info['loadavg_start']}, at end "
              f"{info.get('loadavg_end')}",
+             f"- host speed probe (`torch.add` of two 8-float tensors, us per call): "
+             f"{info.get('host_probe_us_start')} at start, {info.get('host_probe_us_end')} "
+             f"at end",
              f"- command: `{info['command']}`; took {result['seconds']:.0f} s"]
     lines += [f"- note: {n}" for n in result["notes"]]
     lines.append("")
@@ -1057,6 +1060,7 @@ def run(args) -> dict:
         engine.restore()
     config["engine_runs_at_end"] = list(engine.runs()) if engine.runs else None
     info["loadavg_end"] = load_average()
+    info["host_probe_us_end"] = host_probe_us()
     result["seconds"] = time.perf_counter() - t0
     result["targets"] = targets_summary(result)
     return result

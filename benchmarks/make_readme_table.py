@@ -304,11 +304,14 @@ def cpu_engine_machine_line(data: dict) -> str:
     load_txt = f"load average {load[0]}" if load else ""
     if load and m.get("loadavg_end"):
         load_txt += f" at start, {m['loadavg_end'][0]} at end"
+    probe = m.get("host_probe_us_start")
+    probe_txt = (f"host probe (8-float torch.add) {probe} us at start, "
+                 f"{m.get('host_probe_us_end')} at end" if probe is not None else "")
     commit = str(m.get("fusedrnn_commit", "?"))
     parts = [hw, f"{cores} cores" if cores else "",
              f"torch {m.get('torch_version', '?')}",
              f"{c.get('threads', m.get('torch_num_threads'))} threads", "float32",
-             str(m.get("date", "?")).replace("T", " ")[:16], load_txt,
+             str(m.get("date", "?")).replace("T", " ")[:16], load_txt, probe_txt,
              f"engine default {c['engine_default']}" if c.get("engine_default") else "",
              f"step GEMM {c['step_gemm']}" if c.get("step_gemm") else "",
              f"fusedrnn {commit[:12]}" + ("-dirty" if commit.endswith("-dirty") else "")]

@@ -60,7 +60,11 @@ def test_all_sections_run_at_a_trivial_size(tmp_path):
                for r in result["overheads"])
     import fusedrnn
     assert result["machine"]["cpu_capability"] == fusedrnn._C._cpu_capability()
+    # the host speed probe, at both ends of the run, in the report's header
+    probes = [result["machine"][k] for k in ("host_probe_us_start", "host_probe_us_end")]
+    assert all(isinstance(p, float) and p > 0 for p in probes), probes
     text = bce.report(result)
+    assert f"{probes[0]} at start, {probes[1]} at end" in text
     for heading in ("## Layers", "## Cells", "## Fixed cost", "## Overheads"):
         assert heading in text
     json.dumps(result, default=str)  # what main() writes must serialise

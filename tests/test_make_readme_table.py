@@ -40,6 +40,7 @@ def _result(date="2030-01-02T03:04:05+00:00", model="Test CPU 9000", engine=True
             "torch_version": "9.9.9+cpu", "torch_num_threads": 2,
             "fusedrnn_commit": "0123456789abcdef0123", "command": "bench_cpu_engine.py",
             "loadavg_start": [0.5, 0.4, 0.3], "loadavg_end": [1.5, 1.0, 0.8],
+            "host_probe_us_start": 1.31, "host_probe_us_end": 3.4,
             "cpu_capability": "avx2",
             "floor_machine": {"cpu_model": model, "cpus_allowed": 2,
                               "flags": ["avx", "avx2", "fma"],
@@ -111,6 +112,7 @@ def test_cpu_engine_section_renders_marks_and_figures(tmp_path):
     # machine line: capability, flags, cores, torch, threads, date, load, command
     for text in ("`_cpu_capability` avx2", "flags: avx avx2 fma", "2 cores", "torch 9.9.9+cpu",
                  "2 threads", "2030-01-02 03:04", "load average 0.5 at start, 1.5 at end",
+                 "host probe (8-float torch.add) 1.31 us at start, 3.4 at end",
                  "fusedrnn 0123456789ab", "`bench_cpu_engine.py`"):
         assert text in sec, text
     # floors at the run's thread count (2), one line

@@ -63,6 +63,24 @@ def load_average() -> Optional[list]:
         return None
 
 
+def host_probe_us(calls: int = 2000, blocks: int = 5) -> float:
+    """Microseconds per call of torch.add on two 8-float tensors (median of `blocks` loops):
+    nearly all of it is the dispatcher and the interpreter, whose speed on a shared VM moves
+    with what the neighbours do to the caches and the clock (the 2-core Xeon VM of the
+    results: ~1.3 us in its fast minutes, 3-5 us in its slow ones). Recorded at the start
+    and the end of a run, it tells which kind of minutes the run had."""
+    a, b = torch.randn(8), torch.randn(8)
+    for _ in range(calls // 10):
+        torch.add(a, b)
+    times = []
+    for _ in range(blocks):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            torch.add(a, b)
+        times.append((time.perf_counter() - t0) / calls * 1e6)
+    return round(sorted(times)[len(times) // 2], 2)
+
+
 def _busy_cpu_seconds() -> Optional[float]:
     """CPU seconds all processes have spent busy since boot (/proc/stat), or None."""
     try:
@@ -118,6 +136,7 @@ def machine_info(device: torch.device, fusedrnn) -> dict:
         "fusedrnn_version": getattr(fusedrnn, "__version__", None) if fusedrnn else None,
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
         "loadavg_start": load_average(),
+        "host_probe_us_start": host_probe_us(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
