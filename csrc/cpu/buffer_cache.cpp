@@ -4,6 +4,7 @@
 #include <pthread.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <new>
@@ -158,7 +159,13 @@ at::Tensor empty_buffer(at::IntArrayRef sizes, const at::TensorOptions& opts) {
 }
 
 at::Tensor zeros_buffer(at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  return cached_size(sizes, opts) ? empty_from_cache(sizes, opts).zero_() : at::zeros(sizes, opts);
+  if (cached_size(sizes, opts)) return empty_from_cache(sizes, opts).zero_();
+  // Below the cache's size: at::empty and a memset. at::zeros would add a zero_ (a
+  // TensorIterator set up for a few floats), which costs more than the fill in a tiny call
+  // (Note [Direct products for small calls]).
+  at::Tensor out = at::empty(sizes, opts);
+  if (out.nbytes() > 0) std::memset(out.data_ptr(), 0, out.nbytes());
+  return out;
 }
 
 BufferCacheStats buffer_cache_stats() { return BufferCache::get().stats(); }

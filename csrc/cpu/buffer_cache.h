@@ -32,7 +32,7 @@ constexpr int64_t kBufferCacheMinBytes = 256 << 10;
 
 // at::empty(sizes, opts) for a CPU tensor; from the cache when it is large.
 at::Tensor empty_buffer(at::IntArrayRef sizes, const at::TensorOptions& opts);
-// at::zeros(sizes, opts), likewise.
+// at::zeros(sizes, opts), likewise (a contiguous CPU tensor).
 at::Tensor zeros_buffer(at::IntArrayRef sizes, const at::TensorOptions& opts);
 
 struct BufferCacheStats {

@@ -50,7 +50,7 @@ std::vector<at::Tensor> gru_forward_impl(const LayerSizes& s, const GruForwardAr
   const at::Tensor b_hn = a.b_hh ? a.b_hh->narrow(0, 2 * H, H).contiguous() : at::Tensor();
 
   at::Tensor y = empty_buffer({N, H}, opts);
-  at::Tensor h = a.h0 ? a.h0->contiguous().clone() : at::zeros({B, H}, opts);
+  at::Tensor h = initial_state(a.h0, B, H, opts);
   // r, z, n, hn of every step, for the backward (nothing without it).
   // Without save (the no-grad op returns y, h_n only) nothing is allocated for `saved`.
   at::Tensor saved = a.save ? empty_buffer({N, 4 * H}, opts) : at::Tensor();
@@ -105,8 +105,8 @@ std::vector<at::Tensor> gru_backward_impl(const LayerSizes& s, const GruBackward
   if constexpr (std::is_same<T, float>::value) engine = bwd_engine_selected(s, 3);
   // Gradient into the state entering step t: dh_gemm + dh_carry, see
   // Note [Recurrent gradient buffers] in rnn_params.h (the engine keeps its own).
-  const at::Tensor zero_gemm = engine ? at::Tensor() : at::zeros({B, H}, opts);
-  at::Tensor dh_carry = engine ? at::Tensor() : at::zeros({B, H}, opts);
+  const at::Tensor zero_gemm = engine ? at::Tensor() : zeros_buffer({B, H}, opts);
+  at::Tensor dh_carry = engine ? at::Tensor() : zeros_buffer({B, H}, opts);
   at::Tensor dh0 = at::empty({B, H}, opts);
   at::Tensor record = new_grad_record(s, opts, track);
   T* rec_p = track ? record.data_ptr<T>() : nullptr;

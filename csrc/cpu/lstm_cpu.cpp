@@ -54,8 +54,8 @@ std::vector<at::Tensor> lstm_forward_impl(const LayerSizes& s, const LstmForward
   }
 
   at::Tensor y = empty_buffer({N, R}, opts);
-  at::Tensor h = a.h0 ? a.h0->contiguous().clone() : at::zeros({B, R}, opts);
-  at::Tensor c = a.c0 ? a.c0->contiguous().clone() : at::zeros({B, H}, opts);
+  at::Tensor h = initial_state(a.h0, B, R, opts);
+  at::Tensor c = initial_state(a.c0, B, H, opts);
   // Without save (the no-grad op returns y, h_n, c_n only) the saved tensors a backward
   // would read are left undefined: no allocation for a placeholder nobody sees.
   at::Tensor c_raw = a.save ? empty_buffer({N, H}, opts) : at::Tensor();
@@ -136,9 +136,9 @@ std::vector<at::Tensor> lstm_backward_impl(const LayerSizes& s, const LstmBackwa
   // Gradient into the state entering step t: dh_gemm + dh_carry, see
   // Note [Recurrent gradient buffers] in rnn_params.h. The engine keeps its own buffers and
   // writes dc_rec at the end; the per-step loop needs them zeroed.
-  const at::Tensor zero_gemm = engine ? at::Tensor() : at::zeros({B, R}, opts);
-  at::Tensor dh_carry = engine ? at::Tensor() : at::zeros({B, R}, opts);
-  at::Tensor dc_rec = engine ? at::empty({B, H}, opts) : at::zeros({B, H}, opts);
+  const at::Tensor zero_gemm = engine ? at::Tensor() : zeros_buffer({B, R}, opts);
+  at::Tensor dh_carry = engine ? at::Tensor() : zeros_buffer({B, R}, opts);
+  at::Tensor dc_rec = engine ? at::empty({B, H}, opts) : zeros_buffer({B, H}, opts);
   at::Tensor dh0 = at::empty({B, R}, opts);
   at::Tensor dr = a.w_hr ? empty_buffer({N, R}, opts) : at::Tensor();
   at::Tensor record = new_grad_record(s, opts, track);
