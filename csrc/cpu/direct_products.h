@@ -20,10 +20,16 @@ namespace cpu {
 
 constexpr int64_t kDirectMacs = 4096;
 constexpr int64_t kDirectRows = 64;
+// A column sum (a bias gradient) adds each element once: up to this many elements (and
+// kDirectRows rows) its plain loop costs less than at::sum's reduction set-up.
+constexpr int64_t kDirectSumElements = 16 << 10;
 
 inline bool direct_product(int64_t macs) { return macs <= kDirectMacs; }
 inline bool direct_row_sum(int64_t rows, int64_t macs) {
   return rows <= kDirectRows && macs <= kDirectMacs;
+}
+inline bool direct_column_sum_applies(int64_t rows, int64_t cols) {
+  return rows <= kDirectRows && rows * cols <= kDirectSumElements;
 }
 
 // out[m, n] = sum_k a[m, k] w[n, k] (+ bias[n] after the sum), m < M, n < N; a row-major
