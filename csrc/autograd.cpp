@@ -35,6 +35,7 @@
 // does not make, comes from the fused backward op called below autograd for it alone.
 // Without create_graph none of this runs: the first-order path is as before.
 #include <array>
+#include <cstring>
 #include <utility>
 
 #include <torch/autograd.h>
@@ -119,10 +120,32 @@ bool needs(AutogradContext* ctx, const std::vector<int64_t>& edges, size_t arg) 
   return edges[arg] >= 0 && ctx->needs_input_grad(static_cast<size_t>(edges[arg]));
 }
 
-// Shapes go through SymInts (sym_size, zeros_symint): under torch.compile with dynamic
-// shapes a plain size() would specialise the graph to this call's B and T.
+// Whether t is an ordinary contiguous CPU tensor whose memory this code may fill directly:
+// not a fake tensor or other tensor subclass (the Python key), not a functorch wrapper.
+bool plain_cpu(const at::Tensor& t) {
+  const c10::DispatchKeySet keys = t.key_set();
+  return t.device().is_cpu() && !keys.has(c10::DispatchKey::Python) &&
+         !keys.has_any(c10::functorch_transforms_ks) && t.has_storage() && t.is_contiguous();
+}
+
+// Shapes go through SymInts (sym_size, empty_symint): under torch.compile with dynamic
+// shapes a plain size() would specialise the graph to this call's B and T. On a plain CPU
+// tensor the zeros are a memset: at::zeros' zero_ (a TensorIterator for a few floats) costs
+// more than that in a tiny call (Note [Direct products for small calls]).
 at::Tensor or_zeros(const at::Tensor& g, c10::SymIntArrayRef shape, const at::Tensor& like) {
-  return g.defined() ? g : at::zeros_symint(shape, like.options());
+  if (g.defined()) return g;
+  at::Tensor z = at::empty_symint(shape, like.options());
+  if (!plain_cpu(z)) return z.zero_();
+  if (z.nbytes() > 0) std::memset(z.data_ptr(), 0, z.nbytes());
+  return z;
+}
+
+// t.clone() for a contiguous result; a memcpy on a plain CPU tensor (as or_zeros).
+at::Tensor copy_of(const at::Tensor& t) {
+  if (!plain_cpu(t)) return t.clone();
+  at::Tensor out = at::empty_like(t, at::MemoryFormat::Contiguous);
+  if (t.nbytes() > 0) std::memcpy(out.data_ptr(), t.const_data_ptr(), t.nbytes());
+  return out;
 }
 
 c10::SymInt saved_size(AutogradContext* ctx, const char* key) {
@@ -290,7 +313,7 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
     // Its own tensor for the second bias: torch.autograd.grad hands gradients back as they
     // are, and in-place post-processing of that list must not scale one tensor twice
     // (tests/test_interop.py, test_parameter_gradients_are_distinct_tensors).
-    out[kLBhh] = needs(ctx, edges, kLBhh) ? (out[kLBih].defined() ? db.clone() : db) : at::Tensor();
+    out[kLBhh] = needs(ctx, edges, kLBhh) ? (out[kLBih].defined() ? copy_of(db) : db) : at::Tensor();
     out[kLH0] = if_needed(dh0, needs(ctx, edges, kLH0));
     out[kLC0] = if_needed(dc0, needs(ctx, edges, kLC0));
     out[kLWhr] = if_needed(dw_hr, needs(ctx, edges, kLWhr));
