@@ -52,6 +52,11 @@ struct LayerSizes {
   at::Tensor step_major(const at::Tensor& rows) const {
     return packed || !rows.defined() || rows.dim() != 2 ? rows : rows.view({T, B, rows.size(1)});
   }
+  // The shape of a per-step tensor of `width` columns as the op returns it: [T, B, width]
+  // padded, [N, width] packed (what step_major gives, allocated so without a view op).
+  std::vector<int64_t> step_shape(int64_t width) const {
+    return packed ? std::vector<int64_t>{N, width} : std::vector<int64_t>{T, B, width};
+  }
 };
 
 inline std::string shape_str(at::IntArrayRef s) {

@@ -45,11 +45,11 @@ std::vector<at::Tensor> gru_forward_impl(const LayerSizes& s, const GruForwardAr
   // needs no projection.
   std::optional<InputProjection<T>> projected;
   if (!engine_input) {
-    projected.emplace(s, x.reshape({N, I}), a.w_ih, bias, a.reverse, a.save || engine);
+    projected.emplace(s, x.view({N, I}), a.w_ih, bias, a.reverse, a.save || engine);
   }
   const at::Tensor b_hn = a.b_hh ? a.b_hh->narrow(0, 2 * H, H).contiguous() : at::Tensor();
 
-  at::Tensor y = empty_buffer({N, H}, opts);
+  at::Tensor y = empty_buffer(s.step_shape(H), opts);
   at::Tensor h = initial_state(a.h0, B, H, opts);
   // r, z, n, hn of every step, for the backward (nothing without it).
   // Without save (the no-grad op returns y, h_n only) nothing is allocated for `saved`.
@@ -57,7 +57,7 @@ std::vector<at::Tensor> gru_forward_impl(const LayerSizes& s, const GruForwardAr
   if (engine) {
     // The engine writes r, z, n, hn only where they are saved (Note [CPU time-loop engine]).
     at::Tensor saved_out = a.save ? saved : at::Tensor();
-    const EngineInputArgs input{x.reshape({N, I}), a.w_ih, bias};
+    const EngineInputArgs input{x.view({N, I}), a.w_ih, bias};
     gru_forward_engine(s, projected ? projected->whole() : at::Tensor(), a.w_hh, b_hn, y, h,
                        saved_out, a.reverse, engine_input ? &input : nullptr);
   } else {

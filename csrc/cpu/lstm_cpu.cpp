@@ -50,10 +50,10 @@ std::vector<at::Tensor> lstm_forward_impl(const LayerSizes& s, const LstmForward
   // needs no projection: then `gates` only receives the activations, when saving.
   std::optional<InputProjection<T>> projected;
   if (!engine_input) {
-    projected.emplace(s, x.reshape({N, I}), a.w_ih, bias, a.reverse, a.save || engine);
+    projected.emplace(s, x.view({N, I}), a.w_ih, bias, a.reverse, a.save || engine);
   }
 
-  at::Tensor y = empty_buffer({N, R}, opts);
+  at::Tensor y = empty_buffer(s.step_shape(R), opts);
   at::Tensor h = initial_state(a.h0, B, R, opts);
   at::Tensor c = initial_state(a.c0, B, H, opts);
   // Without save (the no-grad op returns y, h_n, c_n only) the saved tensors a backward
@@ -66,7 +66,7 @@ std::vector<at::Tensor> lstm_forward_impl(const LayerSizes& s, const LstmForward
   at::Tensor gates = projected ? projected->whole()
                               : (a.save ? empty_buffer({N, 4 * H}, opts) : at::Tensor());
   if (engine) {
-    const EngineInputArgs input{x.reshape({N, I}), a.w_ih, bias};
+    const EngineInputArgs input{x.view({N, I}), a.w_ih, bias};
     lstm_forward_engine(s, gates, a.w_hh, a.w_hr, y, h, c, c_raw, h_pre, a.reverse, a.cell_clip,
                         a.save, engine_input ? &input : nullptr);
   } else {
