@@ -193,3 +193,33 @@ def test_chunked_input_projection(cell, dtype, packed, steps_loop):
         want = [out.data if packed else out, *(state if isinstance(state, tuple) else (state,))]
         for a, b in zip(chunked, want):
             assert_tight(a, b)
+
+
+# The environment variables that set the CPU paths' start values: a valid value takes
+# effect, an unknown one raises a ValueError naming the variable at the first call that
+# reads it (a typo must not silently run the default). Each case runs in a fresh process:
+# the variables are read once per process.
+ENV_SETTINGS = [
+    ("FUSEDRNN_CPU_ENGINE", "steps", "_cpu_engine"),
+    ("FUSEDRNN_CPU_STEP_GEMM", "blas", "_step_gemm"),
+    ("FUSEDRNN_WEIGHT_GRAD", "engine", "_weight_grad"),
+]
+
+
+@pytest.mark.parametrize("var,valid,getter", ENV_SETTINGS)
+def test_environment_settings(var, valid, getter):
+    import os
+    import subprocess
+    import sys
+    code = ("import fusedrnn\n"
+            f"try:\n    print(fusedrnn._C.{getter}())\n"
+            "except ValueError as e:\n    print('ValueError:', e)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FUSEDRNN_")}
+    good = subprocess.run([sys.executable, "-c", code], env={**env, var: valid},
+                          capture_output=True, text=True, timeout=120)
+    assert good.stdout.strip() == valid, good.stdout + good.stderr
+    bad = subprocess.run([sys.executable, "-c", code], env={**env, var: "typo"},
+                         capture_output=True, text=True, timeout=120)
+    out = bad.stdout.strip()
+    assert out.startswith(f"ValueError: fusedrnn: {var} must be ") and "got 'typo'" in out, \
+        out + bad.stderr

@@ -305,7 +305,7 @@ enum class WeightGradMode : int { Auto = 0, Engine = 1, Blas = 2 };
 constexpr int64_t kBlasMacsOnIntel = int64_t(1) << 27;  // above K=G=1024, R=64
 constexpr int64_t kBlasMinROnIntel = 512;
 
-// "engine" and "blas" by name; anything else is "auto".
+// "engine" and "blas" by name; anything else ("auto", or nothing set) is "auto".
 int weight_grad_mode_named(const std::string& name) {
   return static_cast<int>(name == "blas"     ? WeightGradMode::Blas
                           : name == "engine" ? WeightGradMode::Engine
@@ -315,7 +315,11 @@ int weight_grad_mode_named(const std::string& name) {
 std::atomic<int>& weight_grad_mode() {
   static std::atomic<int> mode([] {
     const char* env = std::getenv("FUSEDRNN_WEIGHT_GRAD");
-    return weight_grad_mode_named(env ? env : "");
+    const std::string name = env ? env : "";
+    TORCH_CHECK_VALUE(name.empty() || name == "auto" || name == "engine" || name == "blas",
+                      "fusedrnn: FUSEDRNN_WEIGHT_GRAD must be 'auto', 'engine' or 'blas', got '",
+                      name, "'");
+    return weight_grad_mode_named(name);
   }());
   return mode;
 }

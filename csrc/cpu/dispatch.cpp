@@ -135,7 +135,11 @@ EngineMode parse_engine(const std::string& name) {
 std::atomic<int>& engine_flag() {
   static std::atomic<int> flag([] {
     const char* env = std::getenv("FUSEDRNN_CPU_ENGINE");
-    return static_cast<int>(env && *env ? parse_engine(env) : EngineMode::Auto);
+    const std::string name = env ? env : "";
+    TORCH_CHECK_VALUE(name.empty() || name == "auto" || name == "engine" || name == "steps",
+                      "fusedrnn: FUSEDRNN_CPU_ENGINE must be 'auto', 'engine' or 'steps', got '",
+                      name, "'");
+    return static_cast<int>(name.empty() ? EngineMode::Auto : parse_engine(name));
   }());
   return flag;
 }

@@ -63,7 +63,11 @@ bool onednn_available() {
 std::atomic<bool>& use_onednn() {
   static std::atomic<bool> flag([] {
     const char* env = std::getenv("FUSEDRNN_CPU_STEP_GEMM");
-    return onednn_available() && !(env && std::string(env) == "blas");
+    const std::string name = env ? env : "";
+    TORCH_CHECK_VALUE(name.empty() || name == "onednn" || name == "blas",
+                      "fusedrnn: FUSEDRNN_CPU_STEP_GEMM must be 'onednn' or 'blas', got '", name,
+                      "'");
+    return onednn_available() && name != "blas";
   }());
   return flag;
 }
