@@ -305,8 +305,10 @@ enum class WeightGradMode : int { Auto = 0, Engine = 1, Blas = 2 };
 constexpr int64_t kBlasMacsOnIntel = int64_t(1) << 27;  // above K=G=1024, R=64
 constexpr int64_t kBlasMinROnIntel = 512;
 
-// "engine" and "blas" by name; anything else ("auto", or nothing set) is "auto".
-int weight_grad_mode_named(const std::string& name) {
+// "auto", "engine" or "blas"; `what` names where the value came from, for the error message.
+int weight_grad_mode_named(const std::string& name, const char* what) {
+  TORCH_CHECK_VALUE(name == "auto" || name == "engine" || name == "blas", "fusedrnn: ", what,
+                    " must be 'auto', 'engine' or 'blas', got '", name, "'");
   return static_cast<int>(name == "blas"     ? WeightGradMode::Blas
                           : name == "engine" ? WeightGradMode::Engine
                                              : WeightGradMode::Auto);
@@ -315,11 +317,7 @@ int weight_grad_mode_named(const std::string& name) {
 std::atomic<int>& weight_grad_mode() {
   static std::atomic<int> mode([] {
     const char* env = std::getenv("FUSEDRNN_WEIGHT_GRAD");
-    const std::string name = env ? env : "";
-    TORCH_CHECK_VALUE(name.empty() || name == "auto" || name == "engine" || name == "blas",
-                      "fusedrnn: FUSEDRNN_WEIGHT_GRAD must be 'auto', 'engine' or 'blas', got '",
-                      name, "'");
-    return weight_grad_mode_named(name);
+    return weight_grad_mode_named(env && *env ? env : "auto", "FUSEDRNN_WEIGHT_GRAD");
   }());
   return mode;
 }
@@ -335,10 +333,7 @@ std::string weight_grad_backend() {
 }
 
 std::string set_weight_grad_backend(const std::string& name) {
-  TORCH_CHECK_VALUE(name == "auto" || name == "engine" || name == "blas",
-                    "fusedrnn: weight gradient backend must be 'auto', 'engine' or 'blas', got '",
-                    name, "'");
-  weight_grad_mode() = weight_grad_mode_named(name);
+  weight_grad_mode() = weight_grad_mode_named(name, "weight gradient backend");
   return weight_grad_backend();
 }
 

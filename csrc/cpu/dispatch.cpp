@@ -124,22 +124,20 @@ std::string set_capability(const std::string& name) {
 
 namespace {
 
-EngineMode parse_engine(const std::string& name) {
+// `what` names where the value came from, for the error message.
+EngineMode parse_engine(const std::string& name, const char* what) {
   if (name == "engine") return EngineMode::Engine;
   if (name == "steps") return EngineMode::Steps;
-  TORCH_CHECK_VALUE(name == "auto", "fusedrnn: unknown CPU engine mode '", name,
-                    "', expected one of 'auto', 'engine', 'steps'");
+  TORCH_CHECK_VALUE(name == "auto", "fusedrnn: ", what,
+                    " must be 'auto', 'engine' or 'steps', got '", name, "'");
   return EngineMode::Auto;
 }
 
 std::atomic<int>& engine_flag() {
   static std::atomic<int> flag([] {
     const char* env = std::getenv("FUSEDRNN_CPU_ENGINE");
-    const std::string name = env ? env : "";
-    TORCH_CHECK_VALUE(name.empty() || name == "auto" || name == "engine" || name == "steps",
-                      "fusedrnn: FUSEDRNN_CPU_ENGINE must be 'auto', 'engine' or 'steps', got '",
-                      name, "'");
-    return static_cast<int>(name.empty() ? EngineMode::Auto : parse_engine(name));
+    return static_cast<int>(env && *env ? parse_engine(env, "FUSEDRNN_CPU_ENGINE")
+                                        : EngineMode::Auto);
   }());
   return flag;
 }
@@ -199,7 +197,7 @@ std::vector<int64_t> engine_runs() {
 }
 
 std::string set_cpu_engine(const std::string& name) {
-  engine_flag() = static_cast<int>(parse_engine(name));
+  engine_flag() = static_cast<int>(parse_engine(name, "CPU engine mode"));
   return cpu_engine();
 }
 

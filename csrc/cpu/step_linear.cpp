@@ -60,14 +60,19 @@ bool onednn_available() {
   return o.reorder.has_value() && o.linear.has_value();
 }
 
+// Whether `name` ("onednn" or "blas") asks for oneDNN; `what` names where the value came
+// from, for the error message.
+bool onednn_named(const std::string& name, const char* what) {
+  TORCH_CHECK_VALUE(name == "onednn" || name == "blas", "fusedrnn: ", what,
+                    " must be 'onednn' or 'blas', got '", name, "'");
+  return name == "onednn";
+}
+
 std::atomic<bool>& use_onednn() {
   static std::atomic<bool> flag([] {
     const char* env = std::getenv("FUSEDRNN_CPU_STEP_GEMM");
-    const std::string name = env ? env : "";
-    TORCH_CHECK_VALUE(name.empty() || name == "onednn" || name == "blas",
-                      "fusedrnn: FUSEDRNN_CPU_STEP_GEMM must be 'onednn' or 'blas', got '", name,
-                      "'");
-    return onednn_available() && name != "blas";
+    const bool want = onednn_named(env && *env ? env : "onednn", "FUSEDRNN_CPU_STEP_GEMM");
+    return want && onednn_available();
   }());
   return flag;
 }
@@ -77,9 +82,7 @@ std::atomic<bool>& use_onednn() {
 std::string step_gemm() { return use_onednn() ? "onednn" : "blas"; }
 
 std::string set_step_gemm(const std::string& name) {
-  TORCH_CHECK_VALUE(name == "onednn" || name == "blas",
-                    "fusedrnn: step GEMM backend must be 'onednn' or 'blas', got '", name, "'");
-  use_onednn() = name == "onednn" && onednn_available();
+  use_onednn() = onednn_named(name, "step GEMM backend") && onednn_available();
   return step_gemm();
 }
 
