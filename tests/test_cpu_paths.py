@@ -5,13 +5,17 @@ both backends of the step GEMMs (oneDNN, BLAS; Note [oneDNN for the step GEMMs])
 Each path is held to the float32 precision rule against a float64 reference (docs/design.md §4),
 and the paths must agree with each other to float32 rounding.
 """
+import subprocess
+import sys
+
 import pytest
 import torch
 
 import fusedrnn
 from fusedrnn import _C
 
-from helpers import OPS, REFERENCE, TORCHNN, Case, assert_close_by_reference, assert_tight
+from helpers import (OPS, REFERENCE, REPO, SUBPROCESS_TIMEOUT_S, TORCHNN, Case, _child_env,
+                     assert_close_by_reference, assert_tight)
 
 CAPABILITIES = ["default", "avx2", "avx512"]
 BACKENDS = ["onednn", "blas"]
@@ -208,18 +212,17 @@ ENV_SETTINGS = [
 
 @pytest.mark.parametrize("var,valid,getter", ENV_SETTINGS)
 def test_environment_settings(var, valid, getter):
-    import os
-    import subprocess
-    import sys
     code = ("import fusedrnn\n"
             f"try:\n    print(fusedrnn._C.{getter}())\n"
             "except ValueError as e:\n    print('ValueError:', e)\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FUSEDRNN_")}
-    good = subprocess.run([sys.executable, "-c", code], env={**env, var: valid},
-                          capture_output=True, text=True, timeout=120)
+    env = {k: v for k, v in _child_env().items() if not k.startswith("FUSEDRNN_")}
+
+    def child(value):
+        return subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, var: value},
+                              capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
+    good = child(valid)
     assert good.stdout.strip() == valid, good.stdout + good.stderr
-    bad = subprocess.run([sys.executable, "-c", code], env={**env, var: "typo"},
-                         capture_output=True, text=True, timeout=120)
+    bad = child("typo")
     out = bad.stdout.strip()
     assert out.startswith(f"ValueError: fusedrnn: {var} must be ") and "got 'typo'" in out, \
         out + bad.stderr
