@@ -314,6 +314,11 @@ def _lstm_op(input, *args):
         out = _in_float32(_lstm_op, "lstm_layer", _LSTM_TENSORS, input, args)
         if out is not None:
             return out
+    return _lstm_direct(input, *args)
+
+
+def _lstm_direct(input, *args):
+    """_lstm_op past its half-precision / autocast check (lstm_layer has made it)."""
     if type(input) is Tensor and not _is_compiling():
         if _is_tracing():  # torch.jit.trace, torch.onnx.export(dynamo=False): ATen ops
             return _export.lstm_op(input, *args)
@@ -333,6 +338,11 @@ def _gru_op(input, *args):
         out = _in_float32(_gru_op, "gru_layer", _GRU_TENSORS, input, args)
         if out is not None:
             return out
+    return _gru_direct(input, *args)
+
+
+def _gru_direct(input, *args):
+    """_gru_op past its half-precision / autocast check (gru_layer has made it)."""
     if type(input) is Tensor and not _is_compiling():
         if _is_tracing():
             return _export.gru_op(input, *args)
@@ -417,11 +427,6 @@ def _in_float32(op, name: str, names, input: Tensor, args, out_dtypes=None):
         with torch.autocast("cpu", enabled=False):
             outputs = op(x, *cast, *args[count:])
     return tuple(o if o.dtype == d else o.to(d) for o, d in zip(outputs, out_dtypes))
-
-
-def _has_options(grad_clip, grad_clip_mode, truncate, cell_clip) -> bool:
-    return not (grad_clip is None and truncate is None and cell_clip is None
-                and grad_clip_mode == "value")
 
 
 def _autocast_cuda(input: Tensor, *tensors: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
@@ -512,16 +517,20 @@ def lstm_layer(
     Returns:
         (output [T, B, R], h_n [B, R], c_n [B, H]).
     """
-    if _has_options(grad_clip, grad_clip_mode, truncate, cell_clip):
+    # (The per-call checks are written out inline, and autocast is looked up once: each
+    # Python call here costs about as much as a small kernel.)
+    if (grad_clip is not None or truncate is not None or cell_clip is not None
+            or grad_clip_mode != "value"):
         grad_clip, truncate, cell_clip = _normalized_options(grad_clip, grad_clip_mode,
                                                              truncate, cell_clip)
     autocast_cpu = None
-    if input.is_cuda:
-        input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr = _autocast_cuda(
-            input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr)
-    elif _any_autocast():
-        autocast_cpu = _autocast_cpu(input, c0, weight_hr is None and batch_sizes is None,
-                                     weight_hr is not None)
+    if _any_autocast():
+        if input.is_cuda:
+            input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr = _autocast_cuda(
+                input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr)
+        else:
+            autocast_cpu = _autocast_cpu(input, c0, weight_hr is None and batch_sizes is None,
+                                         weight_hr is not None)
     if lengths is not None:
         lengths = _lengths_tensor(lengths)
     if batch_sizes is not None:
@@ -534,11 +543,11 @@ def lstm_layer(
     # Positional: keyword arguments cost more per call (csrc/ops.cpp).
     args = (weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths, batch_sizes,
             bool(reverse), grad_clip, grad_clip_mode, truncate, cell_clip, grad_record)
-    if autocast_cpu is not None:
+    if autocast_cpu is not None or input.dtype in _HALF:
         out = _in_float32(_lstm_op, "lstm_layer", _LSTM_TENSORS, input, args, autocast_cpu)
         if out is not None:
             return out
-    return _lstm_op(input, *args)
+    return _lstm_direct(input, *args)
 
 
 def gru_layer(
@@ -570,14 +579,15 @@ def gru_layer(
     Returns:
         (output [T, B, H], h_n [B, H]).
     """
-    if _has_options(grad_clip, grad_clip_mode, truncate, None):
+    if grad_clip is not None or truncate is not None or grad_clip_mode != "value":
         grad_clip, truncate, _ = _normalized_options(grad_clip, grad_clip_mode, truncate)
     autocast_cpu = None
-    if input.is_cuda:
-        input, weight_ih, weight_hh, bias_ih, bias_hh, h0 = _autocast_cuda(
-            input, weight_ih, weight_hh, bias_ih, bias_hh, h0)
-    elif _any_autocast():
-        autocast_cpu = _autocast_cpu(input, h0, False)
+    if _any_autocast():  # (as in lstm_layer)
+        if input.is_cuda:
+            input, weight_ih, weight_hh, bias_ih, bias_hh, h0 = _autocast_cuda(
+                input, weight_ih, weight_hh, bias_ih, bias_hh, h0)
+        else:
+            autocast_cpu = _autocast_cpu(input, h0, False)
     if lengths is not None:
         lengths = _lengths_tensor(lengths)
     if batch_sizes is not None:
@@ -587,11 +597,11 @@ def gru_layer(
         _check_grad_record("gru_layer", grad_record, input, batch_sizes)
     args = (weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, batch_sizes, bool(reverse),
             grad_clip, grad_clip_mode, truncate, grad_record)
-    if autocast_cpu is not None:
+    if autocast_cpu is not None or input.dtype in _HALF:
         out = _in_float32(_gru_op, "gru_layer", _GRU_TENSORS, input, args, autocast_cpu)
         if out is not None:
             return out
-    return _gru_op(input, *args)
+    return _gru_direct(input, *args)
 
 
 from . import _double_backward  # noqa: E402,F401  (kernels of the *_layer_grad ops)
