@@ -1,5 +1,6 @@
 """The CPU buffer cache (Note [CPU buffer cache], docs/design.md): large buffers of the CPU
-layer functions come from freed blocks of earlier calls. Reuse must never change a result
+layer functions come from freed blocks of earlier calls, and so do small ones (Note [Small
+CPU buffers]). Reuse must never change a result
 (a reused block holds whatever its last tensor left in it), never hand one block to two
 live tensors, and stay within its limit.
 """
@@ -24,10 +25,11 @@ def _restore_limit():
     _C._set_cpu_cache_limit(old)
 
 
-def _train(cell, seed=0):
+def _train(cell, seed=0, shape=(T, B, I, H)):
+    t, b, i, h = shape
     torch.manual_seed(seed)
-    m = getattr(fusedrnn, cell)(I, H)
-    x = torch.randn(T, B, I, requires_grad=True)
+    m = getattr(fusedrnn, cell)(i, h)
+    x = torch.randn(t, b, i, requires_grad=True)
     out, h = m(x)
     hs = h if isinstance(h, tuple) else (h,)
     (out.square().sum() + sum(t.sum() for t in hs)).backward()
@@ -78,6 +80,47 @@ def test_live_outputs_are_not_reused(cell):
     assert freed[1] == freed[0], "a freed output's block was not reused by the next call"
 
 
+# Every buffer of these calls is below 128 KiB: they come from the small classes.
+SMALL_SHAPES = [(1, 1, 5, 8), (3, 5, 7, 33)]
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("shape", SMALL_SHAPES)
+def test_reused_small_blocks_give_the_same_results(cell, shape):
+    _C._set_cpu_cache_limit(0)
+    expected = _train(cell, shape=shape)
+    _C._set_cpu_cache_limit(512 << 20)
+    for b in _train(cell, seed=1, shape=shape):  # freed holding NaN: the next call's sizes
+        b.fill_(float("nan"))
+    hits = _C._cpu_cache_stats()["hits"]
+    got = _train(cell, shape=shape)
+    assert _C._cpu_cache_stats()["hits"] > hits, "the training call reused no small block"
+    for e, g in zip(expected, got):
+        assert torch.equal(e, g)
+
+
+def test_live_small_outputs_are_not_reused_and_the_held_blocks_are_bounded():
+    fusedrnn.empty_cpu_cache()
+    w_ih, w_hh = torch.randn(32, 8), torch.randn(32, 8)
+    with torch.no_grad():
+        outs = [fusedrnn.ops.lstm_layer(torch.full((1, 1, 8), float(i)), w_ih, w_hh)
+                for i in range(300)]
+        expected = [fusedrnn.reference.lstm_layer(torch.full((1, 1, 8), float(i)), w_ih, w_hh)
+                    for i in range(300)]
+    pointers = [t.data_ptr() for out in outs for t in out]
+    assert len(set(pointers)) == len(pointers), "two live outputs share a block"
+    for out, ref in zip(outs, expected):
+        for o, r in zip(out, ref):
+            torch.testing.assert_close(o, r)
+    del outs
+    # 900 freed 32-byte blocks: at most 64 of their class are held, plus the few internal
+    # buffers of other classes.
+    stats = _C._cpu_cache_stats()
+    assert stats["cached_blocks"] <= 64 + 8, stats
+    assert 64 * 64 <= stats["cached_bytes"] <= 64 * 64 + 8 * 1024, stats
+    assert fusedrnn.empty_cpu_cache() == stats["cached_bytes"]
+
+
 def test_limit_and_empty():
     _C._set_cpu_cache_limit(1 << 20)
     for _ in range(3):
@@ -97,12 +140,14 @@ def test_limit_and_empty():
         _C._set_cpu_cache_limit(-1)
 
 
-def test_outputs_are_ordinary_tensors():
-    y = _train("LSTM")[0]
+@pytest.mark.parametrize("shape", [(T, B, I, H), (1, 1, 5, 8)])
+def test_outputs_are_ordinary_tensors(shape):
+    T, B, _, H = shape
+    y = _train("LSTM", shape=shape)[0]
     y.resize_(2 * y.numel())  # resizable storage, grown through the cache's allocator
     y.fill_(1.0)
     assert y.sum().item() == 2 * T * B * H
-    z = _train("LSTM")[0]
+    z = _train("LSTM", shape=shape)[0]
     z2 = torch.empty(0)
     z2.set_(z.untyped_storage(), 0, z.shape, z.stride())
     assert torch.equal(z2, z)

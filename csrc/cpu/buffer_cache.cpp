@@ -3,12 +3,16 @@
 
 #include <pthread.h>
 
+#include <array>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
 #include <new>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <ATen/EmptyTensor.h>
 #include <c10/core/Allocator.h>
@@ -37,9 +41,29 @@ struct Block {
   size_t bytes;
 };
 
+// Small blocks (Note [Small CPU buffers] in buffer_cache.h): power-of-two classes of 64 B
+// (class 0) to kSmallMaxBytes, each a stack of at most small_per_class freed blocks.
+constexpr int kSmallClasses = 12;
+constexpr size_t kSmallMinBytes = 64;
+static_assert((kSmallMinBytes << (kSmallClasses - 1)) == size_t(kSmallMaxBytes),
+              "the small classes end at kSmallMaxBytes");
+// Freed blocks held per class: 64 up to 16 KiB, then 1 MiB's worth (at least 8).
+inline size_t small_per_class(int c) {
+  const size_t fit = (size_t(1) << 20) / (kSmallMinBytes << c);
+  return fit > 64 ? 64 : (fit < 8 ? 8 : fit);
+}
+
+inline int small_class(size_t n) {
+  int c = 0;
+  while ((kSmallMinBytes << c) < n) ++c;
+  return c;
+}
+
 class BufferCache final : public c10::Allocator {
  public:
   c10::DataPtr allocate(size_t n) override {
+    if (n == 0) return {nullptr, nullptr, nullptr, c10::Device(c10::kCPU)};
+    if (n <= size_t(kSmallMaxBytes)) return allocate_small(small_class(n));
     const size_t bytes = (n + kPage - 1) / kPage * kPage;
     Block b = take(bytes);
     if (!b.ptr) b = {c10::alloc_cpu(bytes), bytes};
@@ -52,19 +76,26 @@ class BufferCache final : public c10::Allocator {
 
   BufferCacheStats stats() {
     std::lock_guard<std::mutex> lock(mutex_);
-    return {cached_, static_cast<int64_t>(free_.size()), limit_, hits_, misses_};
+    int64_t blocks = static_cast<int64_t>(free_.size());
+    for (const auto& stack : small_) blocks += static_cast<int64_t>(stack.size());
+    return {cached_, blocks, limit_, hits_, misses_};
   }
 
   int64_t empty() {
     std::multimap<size_t, void*> blocks;
+    std::array<std::vector<void*>, kSmallClasses> small;
     int64_t released = 0;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       blocks.swap(free_);
+      small.swap(small_);
       released = cached_;
       cached_ = 0;
     }
     for (auto& b : blocks) c10::free_cpu(b.second);
+    for (auto& stack : small) {
+      for (void* p : stack) c10::free_cpu(p);
+    }
     return released;
   }
 
@@ -76,15 +107,14 @@ class BufferCache final : public c10::Allocator {
       std::lock_guard<std::mutex> lock(mutex_);
       old = limit_;
       limit_ = bytes;
+      enabled_.store(bytes > 0, std::memory_order_relaxed);
     }
     empty();  // the blocks held under the old limit are not necessarily wanted now
     return old;
   }
 
-  bool enabled() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return limit_ > 0;
-  }
+  // (An atomic: every small allocation asks, and the lock would double its cost.)
+  bool enabled() const { return enabled_.load(std::memory_order_relaxed); }
 
   static BufferCache& get() {
     // Never destroyed: tensors may be freed after static destruction began.
@@ -94,6 +124,7 @@ class BufferCache final : public c10::Allocator {
 
  private:
   BufferCache() : limit_(limit_from_env()) {
+    enabled_.store(limit_ > 0, std::memory_order_relaxed);
     // A fork while another thread held the lock (a DataLoader worker started during a
     // layer call in another Python thread) would leave the child's copy locked forever.
     pthread_atfork(nullptr, nullptr, [] { new (&get().mutex_) std::mutex(); });
@@ -133,9 +164,58 @@ class BufferCache final : public c10::Allocator {
     c10::free_cpu(ptr);
   }
 
+  c10::DataPtr allocate_small(int c) {
+    void* p = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto& stack = small_[c];
+      if (!stack.empty()) {
+        p = stack.back();
+        stack.pop_back();
+        cached_ -= static_cast<int64_t>(kSmallMinBytes << c);
+        ++hits_;
+      } else {
+        ++misses_;
+      }
+    }
+    if (!p) p = c10::alloc_cpu(kSmallMinBytes << c);
+    return {p, p, small_release(c), c10::Device(c10::kCPU)};
+  }
+
+  void give_back_small(int c, void* ptr) {
+    const size_t bytes = kSmallMinBytes << c;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto& stack = small_[c];
+      if (stack.size() < small_per_class(c) && cached_ + static_cast<int64_t>(bytes) <= limit_) {
+        if (stack.capacity() == 0) stack.reserve(small_per_class(c));
+        stack.push_back(ptr);
+        cached_ += static_cast<int64_t>(bytes);
+        return;
+      }
+    }
+    c10::free_cpu(ptr);
+  }
+
+  // The deleter of class c's blocks: the class is in the function, the block in its context.
+  template <int C>
+  static void release_small_class(void* ptr) {
+    get().give_back_small(C, ptr);
+  }
+  template <size_t... C>
+  static c10::DeleterFnPtr small_release_of(int c, std::index_sequence<C...>) {
+    static constexpr c10::DeleterFnPtr fns[] = {&release_small_class<static_cast<int>(C)>...};
+    return fns[c];
+  }
+  static c10::DeleterFnPtr small_release(int c) {
+    return small_release_of(c, std::make_index_sequence<kSmallClasses>());
+  }
+
   std::mutex mutex_;
   std::multimap<size_t, void*> free_;  // freed blocks by size
+  std::array<std::vector<void*>, kSmallClasses> small_;  // freed small blocks by class
   int64_t cached_ = 0, limit_;
+  std::atomic<bool> enabled_{false};
   int64_t hits_ = 0, misses_ = 0;
 };
 
@@ -149,7 +229,7 @@ bool cached_size(at::IntArrayRef sizes, const at::TensorOptions& opts) {
   if (opts.device().type() != c10::kCPU || opts.layout() != c10::kStrided) return false;
   int64_t n = static_cast<int64_t>(opts.dtype().itemsize());
   for (int64_t s : sizes) n *= s;
-  return n >= kBufferCacheMinBytes && BufferCache::get().enabled();
+  return (n >= kBufferCacheMinBytes || n <= kSmallMaxBytes) && BufferCache::get().enabled();
 }
 
 }  // namespace
@@ -159,10 +239,15 @@ at::Tensor empty_buffer(at::IntArrayRef sizes, const at::TensorOptions& opts) {
 }
 
 at::Tensor zeros_buffer(at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  if (cached_size(sizes, opts)) return empty_from_cache(sizes, opts).zero_();
-  // Below the cache's size: at::empty and a memset. at::zeros would add a zero_ (a
-  // TensorIterator set up for a few floats), which costs more than the fill in a tiny call
-  // (Note [Direct products for small calls]).
+  // A memset, not zero_: at::zeros' zero_ (a TensorIterator set up for a few floats) costs
+  // more than the fill in a tiny call (Note [Direct products for small calls]); a large
+  // buffer's zero_ runs in parallel.
+  if (cached_size(sizes, opts)) {
+    at::Tensor out = empty_from_cache(sizes, opts);
+    if (out.nbytes() >= size_t(kBufferCacheMinBytes)) return out.zero_();
+    if (out.nbytes() > 0) std::memset(out.data_ptr(), 0, out.nbytes());
+    return out;
+  }
   at::Tensor out = at::empty(sizes, opts);
   if (out.nbytes() > 0) std::memset(out.data_ptr(), 0, out.nbytes());
   return out;

@@ -28,9 +28,26 @@
 namespace fusedrnn {
 namespace cpu {
 
+// Note [Small CPU buffers]
+// A small CPU tensor from at::empty costs 0.45-0.75 us to make and free on the 2-core Xeon
+// VM: the dispatcher's call of empty, then posix_memalign, which glibc serves (and frees)
+// outside its per-thread caches; from a free list of blocks it costs 0.16-0.21 us (what is
+// left is the TensorImpl and StorageImpl). A one-step layer call makes five or six of them
+// (the combined bias, the input projection, the output, the states, the step product), a
+// training step two dozen. So blocks of at most kSmallMaxBytes come from the cache too, in
+// power-of-two classes from 64 B; up to 64 freed blocks are held per class of at most
+// 16 KiB, and 1 MiB's worth (at least 8) per larger class: 5 MiB in all at most, counted in
+// the same limit. Tensors between kSmallMaxBytes and kBufferCacheMinBytes still come from
+// at::empty.
+// Measured (2-core Xeon VM, 2 threads, 20-30 rounds in alternating order, time without /
+// with): ops.lstm_layer T=1 B=1 I=H=8 no grad 1.23-1.26x, forward+backward 1.06-1.10x;
+// ops.gru_layer no grad 1.17-1.22x; LSTMCell I=H=64 B=32 training 1.06x, and the classes
+// from 32 KiB to 128 KiB (its gates) added 1.04x to its no-grad call.
 constexpr int64_t kBufferCacheMinBytes = 256 << 10;
+constexpr int64_t kSmallMaxBytes = 128 << 10;
 
-// at::empty(sizes, opts) for a CPU tensor; from the cache when it is large.
+// at::empty(sizes, opts) for a CPU tensor; from the cache when it is large or small
+// (Note [Small CPU buffers]).
 at::Tensor empty_buffer(at::IntArrayRef sizes, const at::TensorOptions& opts);
 // at::zeros(sizes, opts), likewise (a contiguous CPU tensor).
 at::Tensor zeros_buffer(at::IntArrayRef sizes, const at::TensorOptions& opts);

@@ -200,7 +200,7 @@ inline at::Tensor outer_sum(const at::Tensor& a, const at::Tensor& b) {
   const int64_t K = a.size(0);
   if (a.stride(1) == 1 && b.stride(1) == 1 &&
       direct_row_sum(K, K * a.size(1) * b.size(1))) {  // Note [Direct products for small calls]
-    at::Tensor out = at::empty({a.size(1), b.size(1)}, a.options());
+    at::Tensor out = empty_buffer({a.size(1), b.size(1)}, a.options());
     AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "fusedrnn.outer_sum", [&] {
       direct_outer_sum(a.const_data_ptr<scalar_t>(), a.stride(0), b.const_data_ptr<scalar_t>(),
                        b.stride(0), K, a.size(1), b.size(1), out.data_ptr<scalar_t>(), false);
@@ -258,7 +258,7 @@ inline void add_outer_sum(at::Tensor& out, const at::Tensor& a, const at::Tensor
 inline at::Tensor column_sum(const at::Tensor& a) {
   const int64_t K = a.size(0), G = a.size(1);
   if (a.stride(1) == 1 && direct_column_sum_applies(K, G)) {
-    at::Tensor out = at::empty({G}, a.options());
+    at::Tensor out = empty_buffer({G}, a.options());
     AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "fusedrnn.column_sum", [&] {
       direct_column_sum(a.const_data_ptr<scalar_t>(), a.stride(0), K, G, out.data_ptr<scalar_t>());
     });

@@ -107,7 +107,7 @@ std::vector<at::Tensor> gru_backward_impl(const LayerSizes& s, const GruBackward
   // Note [Recurrent gradient buffers] in rnn_params.h (the engine keeps its own).
   const at::Tensor zero_gemm = engine ? at::Tensor() : zeros_buffer({B, H}, opts);
   at::Tensor dh_carry = engine ? at::Tensor() : zeros_buffer({B, H}, opts);
-  at::Tensor dh0 = at::empty({B, H}, opts);
+  at::Tensor dh0 = empty_buffer({B, H}, opts);
   at::Tensor record = new_grad_record(s, opts, track);
   T* rec_p = track ? record.data_ptr<T>() : nullptr;
 
@@ -158,7 +158,7 @@ std::vector<at::Tensor> gru_backward_impl(const LayerSizes& s, const GruBackward
 
   // Gradients not asked for are empty tensors, each its own (outputs of a custom op must not
   // alias one another).
-  auto empty = [&] { return at::empty({0}, opts); };
+  auto empty = [&] { return empty_buffer({0}, opts); };
   at::Tensor dx = a.need.input ? rows_times(dxg, a.w_ih).view(x.sizes()) : empty();
   at::Tensor dw_ih = empty(), dw_hh = empty(), db_ih = empty(), db_hh = empty();
   if (a.need.weight) {

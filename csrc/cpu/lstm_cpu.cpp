@@ -60,7 +60,7 @@ std::vector<at::Tensor> lstm_forward_impl(const LayerSizes& s, const LstmForward
   // would read are left undefined: no allocation for a placeholder nobody sees.
   at::Tensor c_raw = a.save ? empty_buffer({N, H}, opts) : at::Tensor();
   at::Tensor h_pre = a.w_hr ? empty_buffer({N, H}, opts)
-                            : (a.save ? at::empty({0}, opts) : at::Tensor());
+                            : (a.save ? empty_buffer({0}, opts) : at::Tensor());
   // float32 calls the engine takes (Note [CPU time-loop engine] in engine_fwd.cpp) run the
   // whole time loop there.
   at::Tensor gates = projected ? projected->whole()
@@ -138,8 +138,8 @@ std::vector<at::Tensor> lstm_backward_impl(const LayerSizes& s, const LstmBackwa
   // writes dc_rec at the end; the per-step loop needs them zeroed.
   const at::Tensor zero_gemm = engine ? at::Tensor() : zeros_buffer({B, R}, opts);
   at::Tensor dh_carry = engine ? at::Tensor() : zeros_buffer({B, R}, opts);
-  at::Tensor dc_rec = engine ? at::empty({B, H}, opts) : zeros_buffer({B, H}, opts);
-  at::Tensor dh0 = at::empty({B, R}, opts);
+  at::Tensor dc_rec = engine ? empty_buffer({B, H}, opts) : zeros_buffer({B, H}, opts);
+  at::Tensor dh0 = empty_buffer({B, R}, opts);
   at::Tensor dr = a.w_hr ? empty_buffer({N, R}, opts) : at::Tensor();
   at::Tensor record = new_grad_record(s, opts, track);
   T* rec_p = track ? record.data_ptr<T>() : nullptr;
@@ -225,7 +225,7 @@ std::vector<at::Tensor> lstm_backward_impl(const LayerSizes& s, const LstmBackwa
 
   // Gradients not asked for are empty tensors, each its own (outputs of a custom op must not
   // alias one another).
-  auto empty = [&] { return at::empty({0}, opts); };
+  auto empty = [&] { return empty_buffer({0}, opts); };
   const at::Tensor x2d = x.reshape({N, I});
   at::Tensor dx = a.need.input ? rows_times(dgates, a.w_ih).view(x.sizes()) : empty();
   at::Tensor dw_ih = empty(), dw_hh = empty(), db = empty(), dw_hr = empty();

@@ -107,14 +107,14 @@ template <typename T>
 const T* StepLinear<T>::operator()(const T* in, int64_t M) {
   const auto opts = weight_.options();
   if (direct_) {
-    if (!out_.defined() || out_.size(0) < M) out_ = at::empty({M, N_}, opts);
+    if (!out_.defined() || out_.size(0) < M) out_ = empty_buffer({M, N_}, opts);
     direct_linear(in, K_, weight_.const_data_ptr<T>(), weight_.stride(0), weight_.stride(1),
                   static_cast<const T*>(nullptr), M, N_, K_, out_.data_ptr<T>(), N_);
     return out_.data_ptr<T>();
   }
   const at::Tensor x = at::from_blob(const_cast<T*>(in), {M, K_}, {K_, 1}, opts);
   if (M == 0) {
-    out_ = at::empty({0, N_}, opts);
+    out_ = empty_buffer({0, N_}, opts);
   } else if (packed_.defined() && M * N_ * K_ >= kOneDnnMinMacs) {
     torch::jit::Stack stack{x, packed_, c10::IValue(), c10::IValue(std::string("none")),
                             c10::IValue(c10::List<std::optional<at::Scalar>>()), c10::IValue()};
@@ -122,7 +122,7 @@ const T* StepLinear<T>::operator()(const T* in, int64_t M) {
     out_ = stack[0].toTensor();
     TORCH_INTERNAL_ASSERT(out_.is_contiguous() && out_.size(0) == M && out_.size(1) == N_);
   } else {
-    if (!out_.defined() || out_.size(0) != M) out_ = at::empty({M, N_}, opts);
+    if (!out_.defined() || out_.size(0) != M) out_ = empty_buffer({M, N_}, opts);
     at::cpu::mm_out(out_, x, weight_.t());
   }
   return out_.data_ptr<T>();
@@ -152,7 +152,7 @@ at::Tensor RowsLinear::operator()(const at::Tensor& x) const {
   switch (backend_) {
     case Backend::Direct: {
       TORCH_INTERNAL_ASSERT(x.is_contiguous());
-      at::Tensor out = at::empty({M, N}, x.options());
+      at::Tensor out = empty_buffer({M, N}, x.options());  // Note [Small CPU buffers]
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn.linear_rows", [&] {
         direct_linear(x.const_data_ptr<scalar_t>(), K, weight_.const_data_ptr<scalar_t>(), K, 1,
                       bias_ ? bias_->const_data_ptr<scalar_t>() : nullptr, M, N, K,
@@ -184,7 +184,7 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& weight,
 at::Tensor rows_times(const at::Tensor& a, const at::Tensor& w) {
   const int64_t M = a.size(0), K = a.size(1), N = w.size(1);
   if (a.is_contiguous() && w.is_contiguous() && direct_product(M * K * N)) {
-    at::Tensor out = at::empty({M, N}, a.options());
+    at::Tensor out = empty_buffer({M, N}, a.options());
     AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "fusedrnn.rows_times", [&] {
       direct_linear(a.const_data_ptr<scalar_t>(), K, w.const_data_ptr<scalar_t>(), 1, N,
                     static_cast<const scalar_t*>(nullptr), M, N, K, out.data_ptr<scalar_t>(), N);
@@ -206,7 +206,7 @@ std::optional<at::Tensor> input_bias(const std::optional<at::Tensor>& b_ih,
                                      int64_t hh) {
   if (!b_ih && !b_hh) return std::nullopt;
   const at::Tensor& any = b_ih ? *b_ih : *b_hh;
-  at::Tensor bias = at::empty({G}, any.options());
+  at::Tensor bias = empty_buffer({G}, any.options());
   AT_DISPATCH_FLOATING_TYPES(any.scalar_type(), "fusedrnn.input_bias", [&] {
     const at::Tensor bi = b_ih ? b_ih->contiguous() : at::Tensor();
     const at::Tensor bh = b_hh ? b_hh->contiguous() : at::Tensor();
@@ -276,7 +276,7 @@ T* InputProjection<T>::step(int64_t t) {
 
 template <typename T>
 at::Tensor InputProjection<T>::whole() const {
-  return steps_per_chunk_ ? at::empty({0}, x_.options()) : rows_;
+  return steps_per_chunk_ ? empty_buffer({0}, x_.options()) : rows_;
 }
 
 template class InputProjection<float>;
