@@ -69,6 +69,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "buffer_cache.h"
 #include "bwd_engine_params.h"
@@ -382,13 +384,10 @@ at::Tensor packed_panels(const at::Tensor& b) {
 }
 }  // namespace
 
-at::Tensor engine_outer_sum(const at::Tensor& a, const at::Tensor& b) {
-  count_engine_run(EngineRun::WeightGrad);
-  if (b.size(1) <= kThinMaxR) return thin_outer_sum(a, b);
-  const int64_t K = a.size(0), G = a.size(1), R = b.size(1);
-  const int64_t nblk = blocks_of(R), Rp = nblk * kEngineBlock;
-  const at::Tensor panels = packed_panels(b);
-  const float* pp = panels.const_data_ptr<float>();
+namespace {
+// a^T b over b's packed panels (nblk of them, [blk][K][16]): out [G, nblk * 16].
+at::Tensor outer_sum_on_panels(const at::Tensor& a, const float* pp, int64_t nblk) {
+  const int64_t K = a.size(0), G = a.size(1), Rp = nblk * kEngineBlock;
   at::Tensor out = empty_buffer({G, Rp}, a.options());
   const float* ap = a.const_data_ptr<float>();
   float* op = out.data_ptr<float>();
@@ -412,7 +411,97 @@ at::Tensor engine_outer_sum(const at::Tensor& a, const at::Tensor& b) {
       table.gemm(g);
     }
   });
-  return Rp == R ? out : out.narrow(1, 0, R).contiguous();
+  return out;
+}
+}  // namespace
+
+at::Tensor engine_outer_sum(const at::Tensor& a, const at::Tensor& b) {
+  count_engine_run(EngineRun::WeightGrad);
+  if (b.size(1) <= kThinMaxR) return thin_outer_sum(a, b);
+  const int64_t R = b.size(1), nblk = blocks_of(R);
+  const at::Tensor panels = packed_panels(b);
+  at::Tensor out = outer_sum_on_panels(a, panels.const_data_ptr<float>(), nblk);
+  return nblk * kEngineBlock == R ? out : out.narrow(1, 0, R).contiguous();
+}
+
+// Note [One product for the LSTM weight gradients]
+// dW_ih = dgates^T x and dW_hh = dgates^T h_prev both read all of dgates ([N, 4H]: 4 MiB
+// at T=128, B=8, H=256; 16 MiB at B=32), which by then has left L2, and the product with
+// x alone (R = I = 64) keeps the kernel's register tiles too narrow to run at its speed.
+// So where both products would run on the engine kernel, they are one: the panels of x's
+// columns and of the previous states' side by side, one pass over dgates, the two results
+// copied out of the [4H, I + R] product (rounded up to whole panels). The previous state of
+// a row is packed straight from y (or h0, or zeros), as recurrent_weight_grad pairs them:
+// no shifted copy. Each element is summed as engine_outer_sum sums (every product term of a
+// row k in one k-blocked chain), so the result still does not depend on the thread count;
+// against the two products it differs only in where dW_hh's h0 term joins its sum.
+std::optional<std::pair<at::Tensor, at::Tensor>> engine_lstm_weight_grads(
+    const LayerSizes& s, const at::Tensor& dgates, const at::Tensor& x2d, const at::Tensor& y,
+    const OptTensor& h0, bool reverse) {
+  const int64_t N = s.N, I = s.I, R = s.R, T = s.T;
+  if (dgates.scalar_type() != at::kFloat || I <= kThinMaxR || N == 0 || R == 0) {
+    return std::nullopt;
+  }
+  const at::Tensor y2d = y.view({N, R});
+  if (!engine_outer_sum_applies(dgates, x2d) || !engine_outer_sum_applies(dgates, y2d) ||
+      !x2d.is_contiguous() || !y2d.is_contiguous() || (h0 && !h0->is_contiguous())) {
+    return std::nullopt;
+  }
+  count_engine_run(EngineRun::WeightGrad);  // two weight gradients, one product
+  count_engine_run(EngineRun::WeightGrad);
+  // The row each row k of dgates pairs with: the state entering its step (nullptr: zeros).
+  const float* yp = y2d.const_data_ptr<float>();
+  const float* hp = h0 ? h0->const_data_ptr<float>() : nullptr;
+  const int64_t* len = s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr;
+  std::vector<const float*> prev(static_cast<size_t>(N), nullptr);
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t tp = reverse ? t + 1 : t - 1;
+    const bool has_tp = tp >= 0 && tp < T;
+    for (int64_t b = 0; b < s.rows[t]; ++b) {
+      const float* h0_row = hp ? hp + b * R : nullptr;
+      const float*& row = prev[static_cast<size_t>(s.offset[t] + b)];
+      if (!s.packed && len) {
+        // Padded with lengths: rows past their length have zero gradients; a reverse row
+        // starts at its own last step.
+        const int64_t first = reverse ? len[b] - 1 : 0;
+        if (t == first) {
+          row = h0_row;
+        } else if (reverse ? t < first : t < len[b]) {
+          row = yp + (s.offset[tp] + b) * R;
+        }
+      } else if (has_tp && b < s.rows[tp]) {
+        row = yp + (s.offset[tp] + b) * R;  // packed: rows continuing from tp are a prefix
+      } else {
+        row = h0_row;
+      }
+    }
+  }
+  const int64_t nx = blocks_of(I), nh = blocks_of(R);
+  at::Tensor panels = empty_buffer({(nx + nh) * N * kEngineBlock}, dgates.options());
+  float* pp = panels.data_ptr<float>();
+  const float* xp = x2d.const_data_ptr<float>();
+  at::parallel_for(0, nx + nh, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      if (blk < nx) {
+        pack_panels(xp, N, I, pp, blk, blk + 1);
+        continue;
+      }
+      float* o = pp + blk * N * kEngineBlock;
+      const int64_t c0 = (blk - nx) * kEngineBlock, w = std::min(kEngineBlock, R - c0);
+      for (int64_t k = 0; k < N; ++k, o += kEngineBlock) {
+        const float* src = prev[static_cast<size_t>(k)];
+        if (src) {
+          std::memcpy(o, src + c0, sizeof(float) * w);
+        } else {
+          std::memset(o, 0, sizeof(float) * w);
+        }
+        for (int64_t c = w; c < kEngineBlock; ++c) o[c] = 0.f;
+      }
+    }
+  });
+  const at::Tensor out = outer_sum_on_panels(dgates, pp, nx + nh);
+  return std::make_pair(out.narrow(1, 0, I).contiguous(),
+                        out.narrow(1, nx * kEngineBlock, R).contiguous());
 }
 
 // Note [Input gradients on the engine kernel]

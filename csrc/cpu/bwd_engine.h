@@ -6,6 +6,7 @@
 
 #include <optional>
 #include <string>
+#include <utility>
 
 #include <ATen/ATen.h>
 
@@ -45,6 +46,13 @@ int64_t bwd_engine_loop_ns();
 // for every float32 weight gradient past its direct loops.
 bool engine_outer_sum_applies(const at::Tensor& a, const at::Tensor& b);
 at::Tensor engine_outer_sum(const at::Tensor& a, const at::Tensor& b);
+// An LSTM layer's (dW_ih, dW_hh) as one product on the engine's kernels (Note [One product
+// for the LSTM weight gradients] in bwd_engine.cpp): dgates [N, 4H], x2d [N, I], the
+// outputs y (the previous states), h0; nullopt where it does not apply (outer_sum and
+// recurrent_weight_grad then compute them).
+std::optional<std::pair<at::Tensor, at::Tensor>> engine_lstm_weight_grads(
+    const LayerSizes& s, const at::Tensor& dgates, const at::Tensor& x2d, const at::Tensor& y,
+    const OptTensor& h0, bool reverse);
 // Where rows_times computes an input gradient a w (dgates W_ih) past its direct loops (Note
 // [Input gradients on the engine kernel] in bwd_engine.cpp): engine_rows_times (float32
 // a [M, K], w [K, N] contiguous), at::mm, or rows_times' own choice (oneDNN / at::mm).

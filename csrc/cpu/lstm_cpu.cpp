@@ -230,10 +230,19 @@ std::vector<at::Tensor> lstm_backward_impl(const LayerSizes& s, const LstmBackwa
   at::Tensor dx = a.need.input ? rows_times(dgates, a.w_ih).view(x.sizes()) : empty();
   at::Tensor dw_ih = empty(), dw_hh = empty(), db = empty(), dw_hr = empty();
   if (a.need.weight) {
-    dw_ih = outer_sum(dgates, x2d);
-    dw_hh = s.packed ? outer_sum(dgates, previous_states(s, y, a.h0, a.reverse))
-                     : recurrent_weight_grad(dgates.view({T_, B, 4 * H}), y, a.h0, s.lengths,
-                                             a.reverse);
+    std::optional<std::pair<at::Tensor, at::Tensor>> both;
+    if constexpr (std::is_same<T, float>::value) {
+      both = engine_lstm_weight_grads(s, dgates, x2d, y, a.h0, a.reverse);
+    }
+    if (both) {  // one product (Note [One product for the LSTM weight gradients])
+      dw_ih = both->first;
+      dw_hh = both->second;
+    } else {
+      dw_ih = outer_sum(dgates, x2d);
+      dw_hh = s.packed ? outer_sum(dgates, previous_states(s, y, a.h0, a.reverse))
+                       : recurrent_weight_grad(dgates.view({T_, B, 4 * H}), y, a.h0,
+                                               s.lengths, a.reverse);
+    }
     if (a.need.bias) db = column_sum(dgates);
     if (a.w_hr) dw_hr = outer_sum(dr, h_pre.reshape({N, H}));
   }
