@@ -53,6 +53,7 @@ from benchlib.impls import import_fusedrnn  # noqa: E402
 from benchlib.machine import (DEFAULT_OUT, dated_stem, host_probe_us,  # noqa: E402
                               load_average, machine_info, slug)
 from benchlib.markdown import table as md_table  # noqa: E402
+from benchlib.names import FLOOR_IMPL, nn_cell_impl, op_impl  # noqa: E402
 from benchlib.timing import (balanced_orders, in_order, paired_ratio,  # noqa: E402
                              summarize)
 
@@ -81,8 +82,6 @@ CELL_BATCHES = (1, 8, 32, 97)
 CELL_SIZE = 64          # I = H for the cells section
 CELL_TARGET = 1.25      # both cells, inference and train
 FIXED_SIZE = 8          # T=1, B=1, I=H=8 for the fixed-cost section
-# The fixed-cost section's floor: one torch op (torch.cat) over the op's own tensors.
-FLOOR_IMPL = "torch.cat (same tensors)"
 FIXED_TARGET_US = {"infer": 20.0, "train": 60.0}
 OVERHEAD_SHAPE = (128, 8, 64, 256)
 OVERHEAD_TARGET_PCT = 3.0
@@ -577,8 +576,8 @@ def run_fixed(args, fusedrnn, engine, errors, progress, lock) -> list:
             inner = calibrate_inner([op_prepare(mode, 1)(probe), ref_impl(probe)],
                                     args.block_s)
             cell_prep_n = _cell_prepare(ref, cell, mode, inner)
-            impls = [Impl(f"ops.{cell}_layer", op_prepare(mode, inner)),
-                     Impl(f"torch.nn.{cell.upper()}Cell",
+            impls = [Impl(op_impl(cell), op_prepare(mode, inner)),
+                     Impl(nn_cell_impl(cell),
                           lambda data, p=cell_prep_n: p((data[0][0], data[1], data[2],
                                                          data[3][0]))),
                      Impl(FLOOR_IMPL, floor_prepare(mode, inner))]
@@ -808,15 +807,15 @@ def cells_table(rows) -> str:
 
 def fixed_table(rows) -> str:
     cols = [
-        ("op", "---", lambda r: f"ops.{r['cell']}_layer"),
+        ("op", "---", lambda r: op_impl(r['cell'])),
         ("mode", "---", lambda r: "no-grad" if r["mode"] == "infer" else "forward+backward"),
-        ("op us/call", "--:", lambda r: _us(r["impls"].get(f"ops.{r['cell']}_layer"))),
+        ("op us/call", "--:", lambda r: _us(r["impls"].get(op_impl(r['cell'])))),
         ("torch.nn cell us/call", "--:",
-         lambda r: _us(r["impls"].get(f"torch.nn.{r['cell'].upper()}Cell"))),
+         lambda r: _us(r["impls"].get(nn_cell_impl(r['cell'])))),
         ("floor: torch.cat of the same tensors us/call", "--:",
          lambda r: _us(r["impls"].get(FLOOR_IMPL))),
         ("preempted % op / nn", "--:",
-         lambda r: _preempted(f"ops.{r['cell']}_layer", f"torch.nn.{r['cell'].upper()}Cell")(r)),
+         lambda r: _preempted(op_impl(r['cell']), nn_cell_impl(r['cell']))(r)),
         ("target", "--:", lambda r: f"<= {r['target_us']:g} us"),
         ("", "---", lambda r: _met(r["met"])),
         ("calls/sample × repeats", "--:", lambda r: f"{r['calls_per_sample']} × {r['repeats']}"),

@@ -47,6 +47,7 @@ from pathlib import Path
 from benchlib.grids import grid_name
 from benchlib.markdown import per_token_column
 from benchlib.markdown import table as md_table
+from benchlib.names import FLOOR_IMPL, nn_cell_impl, op_impl
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
@@ -447,9 +448,8 @@ def cpu_engine_fixed_table(rows: list) -> str:
     def op_cell(r):
         if not r or r.get("op_us") is None:
             return "–"
-        nn_name = f"torch.nn.{r['cell'].upper()}Cell"
-        nn = (r.get("impls") or {}).get(nn_name) or {}
-        floor = (r.get("impls") or {}).get("torch.cat (same tensors)") or {}
+        nn = (r.get("impls") or {}).get(nn_cell_impl(r["cell"])) or {}
+        floor = (r.get("impls") or {}).get(FLOOR_IMPL) or {}
         text = f"{_num(r['op_us'])} us"
         extra = []
         if nn.get("median_ms") is not None:
@@ -465,7 +465,7 @@ def cpu_engine_fixed_table(rows: list) -> str:
         return f"<= {r['target_us']:g} us {_met(r.get('met'))}"
 
     columns = [
-        ("op (T=1, B=1, I=H=8)", "---", lambda item: f"ops.{item[0]}_layer"),
+        ("op (T=1, B=1, I=H=8)", "---", lambda item: op_impl(item[0])),
         ("no-grad (torch.nn cell)", "--:", lambda item: op_cell(item[1].get("infer"))),
         ("target (no-grad)", "--:", lambda item: target(item[1].get("infer"))),
         ("fwd+bwd (torch.nn cell)", "--:", lambda item: op_cell(item[1].get("train"))),

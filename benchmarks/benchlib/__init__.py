@@ -11,9 +11,10 @@ bench_gpu.py, floor.py, make_readme_table.py), one module per subject:
     report    bench.py's markdown tables, legends, header lines and chart
     grids     bench.py's shape grids and presets (standard library only)
     markdown  markdown tables (standard library only)
+    names     the CPU engine benchmark's implementation names (standard library only)
 
 The scripts put benchmarks/ on sys.path (Python does for a script run from there) and
 import the modules by name, e.g. `from benchlib.timing import Clock`. This file imports
-nothing, so make_readme_table.py (standard library only) can use `grids` and `markdown`
-without importing torch.
+nothing, so make_readme_table.py (standard library only) can use `grids`, `markdown` and
+`names` without importing torch.
 """
