@@ -89,17 +89,29 @@ const BwdEngineTable<float>& bwd_table() { return capability_kernels().engine_bw
 
 inline int64_t blocks_of(int64_t units) { return (units + kEngineBlock - 1) / kEngineBlock; }
 
-// Panels [blk][K][16] of the columns blk*16 .. blk*16+15 of W [K, C] (zero beyond C), for
-// blk0 <= blk < blk1.
-void pack_panels(const float* W, int64_t K, int64_t C, float* out, int64_t blk0, int64_t blk1) {
+// Panels [blk][K][16] of the columns blk*16 .. blk*16+15 of the K rows row(k) of C floats
+// each (a null row: zeros; zero beyond C), for blk0 <= blk < blk1.
+template <class Row>
+void pack_panel_rows(const Row& row, int64_t K, int64_t C, float* out, int64_t blk0,
+                     int64_t blk1) {
   for (int64_t blk = blk0; blk < blk1; ++blk) {
     float* o = out + blk * K * kEngineBlock;
     const int64_t c0 = blk * kEngineBlock, w = std::min(kEngineBlock, C - c0);
     for (int64_t k = 0; k < K; ++k) {
-      std::memcpy(o + k * kEngineBlock, W + k * C + c0, sizeof(float) * w);
+      const float* src = row(k);
+      if (src) {
+        std::memcpy(o + k * kEngineBlock, src + c0, sizeof(float) * w);
+      } else {
+        std::memset(o + k * kEngineBlock, 0, sizeof(float) * w);
+      }
       for (int64_t c = w; c < kEngineBlock; ++c) o[k * kEngineBlock + c] = 0.f;
     }
   }
+}
+
+// The panels of W [K, C] (row-major).
+void pack_panels(const float* W, int64_t K, int64_t C, float* out, int64_t blk0, int64_t blk1) {
+  pack_panel_rows([&](int64_t k) { return W + k * C; }, K, C, out, blk0, blk1);
 }
 
 // Per-row bookkeeping of the glue (the kernels have their own copy).
@@ -480,22 +492,14 @@ std::optional<std::pair<at::Tensor, at::Tensor>> engine_lstm_weight_grads(
   at::Tensor panels = empty_buffer({(nx + nh) * N * kEngineBlock}, dgates.options());
   float* pp = panels.data_ptr<float>();
   const float* xp = x2d.const_data_ptr<float>();
+  float* hpanels = pp + nx * N * kEngineBlock;
+  auto prev_row = [&](int64_t k) { return prev[static_cast<size_t>(k)]; };
   at::parallel_for(0, nx + nh, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t blk = b0; blk < b1; ++blk) {
       if (blk < nx) {
         pack_panels(xp, N, I, pp, blk, blk + 1);
-        continue;
-      }
-      float* o = pp + blk * N * kEngineBlock;
-      const int64_t c0 = (blk - nx) * kEngineBlock, w = std::min(kEngineBlock, R - c0);
-      for (int64_t k = 0; k < N; ++k, o += kEngineBlock) {
-        const float* src = prev[static_cast<size_t>(k)];
-        if (src) {
-          std::memcpy(o, src + c0, sizeof(float) * w);
-        } else {
-          std::memset(o, 0, sizeof(float) * w);
-        }
-        for (int64_t c = w; c < kEngineBlock; ++c) o[c] = 0.f;
+      } else {
+        pack_panel_rows(prev_row, N, R, hpanels, blk - nx, blk - nx + 1);
       }
     }
   });
