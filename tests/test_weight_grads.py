@@ -34,9 +34,11 @@ def _run(kind, tensors, **kw):
 
 
 # (T, B, I, H, P): K = T*B rows from 60 (under one k-block) to 1000 (k-blocks of 128 and a
-# tail); H = 23, 33, 129 (R off 16, G = 4H / 3H off 6); I = 1 and 200; projection P.
+# tail); H = 23, 33, 129 (R off 16, G = 4H / 3H off 6); I = 1 and 200; projection P; and
+# I = 32, R = 48, whole 16-column panels on both sides, where the LSTM's one product writes
+# dW_ih and dW_hh in place.
 SHAPES = [(60, 1, 200, 129, 0), (125, 8, 1, 33, 0), (37, 27, 13, 23, 0), (50, 20, 40, 64, 24),
-          (9, 111, 7, 96, 0)]
+          (9, 111, 7, 96, 0), (33, 9, 32, 48, 0)]
 
 
 @pytest.mark.parametrize("threads", [1, 2])

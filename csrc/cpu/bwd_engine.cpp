@@ -398,11 +398,11 @@ at::Tensor packed_panels(const at::Tensor& b) {
 
 namespace {
 // a^T b over b's packed panels (nblk of them, [blk][K][16]): out [G, nblk * 16].
-at::Tensor outer_sum_on_panels(const at::Tensor& a, const float* pp, int64_t nblk) {
+// With c2: panels [split, nblk) go to c2 [G, ldc2] instead (EngineGemm::C2).
+void outer_sum_into(const at::Tensor& a, const float* pp, int64_t nblk, float* op, int64_t ldc,
+                    float* c2 = nullptr, int64_t ldc2 = 0, int64_t split = 0) {
   const int64_t K = a.size(0), G = a.size(1), Rp = nblk * kEngineBlock;
-  at::Tensor out = empty_buffer({G, Rp}, a.options());
   const float* ap = a.const_data_ptr<float>();
-  float* op = out.data_ptr<float>();
   const BwdEngineTable<float>& table = bwd_table();
   // Tasks of whole 16-row groups of dW, each with its own room to pack a in.
   const int64_t groups = blocks_of(G);
@@ -416,13 +416,23 @@ at::Tensor outer_sum_on_panels(const at::Tensor& a, const float* pp, int64_t nbl
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t g0 = t * rows, g1 = std::min(G, g0 + rows);
       if (g0 >= g1) continue;
-      EngineGemm<float> g{g1 - g0, K, ap + g0, G, pp, op + g0 * Rp, Rp, 0, nblk};
+      EngineGemm<float> g{g1 - g0, K, ap + g0, G, pp, op + g0 * ldc, ldc, 0, nblk};
       g.a_by_columns = true;
       g.a_pack = pk + t * room;
       g.a_pack_elems = room;
+      if (c2) {
+        g.C2 = c2 + g0 * ldc2;
+        g.ldc2 = ldc2;
+        g.blk_split = split;
+      }
       table.gemm(g);
     }
   });
+}
+
+at::Tensor outer_sum_on_panels(const at::Tensor& a, const float* pp, int64_t nblk) {
+  at::Tensor out = empty_buffer({a.size(1), nblk * kEngineBlock}, a.options());
+  outer_sum_into(a, pp, nblk, out.data_ptr<float>(), nblk * kEngineBlock);
   return out;
 }
 }  // namespace
@@ -441,12 +451,14 @@ at::Tensor engine_outer_sum(const at::Tensor& a, const at::Tensor& b) {
 // at T=128, B=8, H=256; 16 MiB at B=32), which by then has left L2, and the product with
 // x alone (R = I = 64) keeps the kernel's register tiles too narrow to run at its speed.
 // So where both products would run on the engine kernel, they are one: the panels of x's
-// columns and of the previous states' side by side, one pass over dgates, the two results
-// copied out of the [4H, I + R] product (rounded up to whole panels). The previous state of
-// a row is packed straight from y (or h0, or zeros), as recurrent_weight_grad pairs them:
-// no shifted copy. Each element is summed as engine_outer_sum sums (every product term of a
-// row k in one k-blocked chain), so the result still does not depend on the thread count;
-// against the two products it differs only in where dW_hh's h0 term joins its sum.
+// columns and of the previous states' side by side, one pass over dgates. When I and R are
+// whole 16-column panels, the product's register tiles write dW_ih and dW_hh in place
+// (EngineGemm::C2); otherwise the two are copied out of the [4H, I + R] product (rounded up
+// to whole panels). The previous state of a row is packed straight from y (or h0, or
+// zeros), as recurrent_weight_grad pairs them: no shifted copy. Each element is summed as
+// engine_outer_sum sums (every product term of a row k in one k-blocked chain), so the
+// result still does not depend on the thread count; against the two products it differs
+// only in where dW_hh's h0 term joins its sum.
 std::optional<std::pair<at::Tensor, at::Tensor>> engine_lstm_weight_grads(
     const LayerSizes& s, const at::Tensor& dgates, const at::Tensor& x2d, const at::Tensor& y,
     const OptTensor& h0, bool reverse) {
@@ -503,6 +515,17 @@ std::optional<std::pair<at::Tensor, at::Tensor>> engine_lstm_weight_grads(
       }
     }
   });
+  if (nx * kEngineBlock == I && nh * kEngineBlock == R) {
+    // Whole panels on both sides: the product writes the two gradients in place. The copy
+    // of dW_hh out of the joint result took 0.33-0.38 ms per call in torch.profiler at
+    // T = 128, B = 1, I = 64, H = 256; whole training calls, paired, gained 0.4-0.9%
+    // (benchmarks/results/intel-xeon-2026-12-03-direct-weight-grads-ab.md).
+    at::Tensor dw_ih = at::empty({dgates.size(1), I}, dgates.options());
+    at::Tensor dw_hh = at::empty({dgates.size(1), R}, dgates.options());
+    outer_sum_into(dgates, pp, nx + nh, dw_ih.data_ptr<float>(), I, dw_hh.data_ptr<float>(), R,
+                   nx);
+    return std::make_pair(dw_ih, dw_hh);
+  }
   const at::Tensor out = outer_sum_on_panels(dgates, pp, nx + nh);
   return std::make_pair(out.narrow(1, 0, I).contiguous(),
                         out.narrow(1, nx * kEngineBlock, R).contiguous());

@@ -193,8 +193,13 @@ void gemm_impl(const EngineGemm<typename V::value_type>& g) {
   for (int64_t s0 = 0; s0 < g.K; s0 += ks) {
     const int64_t s1 = g.K - s0 < ks ? g.K : s0 + ks;
     if (packed) pack_by_columns<T, MR>(g.A, g.lda, g.M, s0, s1, g.a_pack);
-    for (int64_t blk = g.blk0; blk < g.blk1; blk += nbmax) {
-      const int nb = static_cast<int>(g.blk1 - blk < nbmax ? g.blk1 - blk : nbmax);
+    for (int64_t blk = g.blk0, nb = 0; blk < g.blk1; blk += nb) {
+      // The panels up to the end, or to the second output's first panel.
+      const int64_t end = g.C2 && blk < g.blk_split && g.blk_split < g.blk1 ? g.blk_split : g.blk1;
+      nb = end - blk < nbmax ? end - blk : nbmax;
+      T* c = g.C2 && blk >= g.blk_split ? g.C2 + (blk - g.blk_split) * kEngineBlock
+                                        : g.C + blk * kEngineBlock;
+      const int64_t ldc = g.C2 && blk >= g.blk_split ? g.ldc2 : g.ldc;
       const auto* bp = g.Bp + blk * g.K * kEngineBlock;
       for (int64_t k0 = s0; k0 < s1; k0 += kb) {
         const int64_t k1 = g.K - k0 < kb ? g.K : k0 + kb;
@@ -202,8 +207,8 @@ void gemm_impl(const EngineGemm<typename V::value_type>& g) {
           const int mr = static_cast<int>(g.M - i < MR ? g.M - i : MR);
           const T* a = packed ? g.a_pack + (i / MR) * (s1 - s0) * MR + (k0 - s0) * MR
                               : (ACOL ? g.A + k0 * g.lda + i : g.A + i * g.lda + k0);
-          micro<V, ACOL>(mr, nb, a, packed ? MR : g.lda, bp, g.K, k0, k1,
-                         g.C + i * g.ldc + blk * kEngineBlock, g.ldc);
+          micro<V, ACOL>(mr, static_cast<int>(nb), a, packed ? MR : g.lda, bp, g.K, k0, k1,
+                         c + i * ldc, ldc);
         }
       }
     }

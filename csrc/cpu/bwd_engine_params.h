@@ -84,6 +84,12 @@ struct EngineGemm {
   // the products read it (Note [Weight gradients on the engine kernel] in bwd_engine.cpp).
   T* a_pack = nullptr;
   int64_t a_pack_elems = 0;
+  // Two outputs side by side (nullptr: C only): the panels from blk_split on write to
+  // C2 [M, ldc2] instead, panel blk at column (blk - blk_split) * 16 (Note [One product for
+  // the LSTM weight gradients] in bwd_engine.cpp). No register tile spans both.
+  T* C2 = nullptr;
+  int64_t ldc2 = 0;
+  int64_t blk_split = 0;
 };
 
 // Per-row, per-block partials of a recurrent gradient a + b (b may be nullptr), both [M, ld]
