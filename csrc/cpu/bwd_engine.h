@@ -23,19 +23,23 @@ bool bwd_engine_selected(const LayerSizes& s, int gates);
 // The LSTM backward time loop. Outputs (allocated by the caller, any content):
 //   dgates [N, 4H], dh0 [B, R], dc0 [B, H] (unclipped: the caller clips h0 / c0 gradients),
 //   dr [N, P] with projection, record [N, 3] when the grad record is on (else undefined).
+// With db: *db = the bias gradient, the sum of dgates' rows [4H], summed in the loop (Note
+// [Bias gradient in the time loop] in bwd_engine.cpp).
 // Inputs as lstm_backward_impl has them (contiguous float32).
 void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>& opt,
                      std::optional<double> cell_clip, const at::Tensor& w_hh,
                      const OptTensor& w_hr, const at::Tensor& act, const at::Tensor& c_raw,
                      const OptTensor& c0, const at::Tensor& dy, const at::Tensor& dhn,
                      const at::Tensor& dcn, at::Tensor& dgates, at::Tensor& dh0,
-                     at::Tensor& dc0, at::Tensor& dr, at::Tensor& record);
+                     at::Tensor& dc0, at::Tensor& dr, at::Tensor& record, at::Tensor* db);
 
-// The GRU backward time loop. Outputs: dxg, dhg [N, 3H], dh0 [B, H] (unclipped), record.
+// The GRU backward time loop. Outputs: dxg, dhg [N, 3H], dh0 [B, H] (unclipped), record; with
+// db_ih / db_hh the sums of dxg's / dhg's rows [3H] (the bias gradients), as for the LSTM.
 void gru_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>& opt,
                     const at::Tensor& w_hh, const at::Tensor& saved, const at::Tensor& y,
                     const OptTensor& h0, const at::Tensor& dy, const at::Tensor& dhn,
-                    at::Tensor& dxg, at::Tensor& dhg, at::Tensor& dh0, at::Tensor& record);
+                    at::Tensor& dxg, at::Tensor& dhg, at::Tensor& dh0, at::Tensor& record,
+                    at::Tensor* db_ih, at::Tensor* db_hh);
 
 // Nanoseconds spent inside the engine's run_team regions so far (all calls, all threads'
 // wall time once per call): lets benchmarks separate the time loop from the all-steps GEMMs.

@@ -357,6 +357,16 @@ inline void zero_units(T* x, int64_t k0, int64_t k1) {
   for (int64_t j = k0; j < k1; ++j) x[j] = T(0);
 }
 
+// Adds a row's G gate gradients at units j.. (one vector of VV) to its running sums (Note
+// [Bias gradient in the time loop] in bwd_engine.cpp); sums == nullptr: none kept.
+template <class VV, typename T>
+inline void add_to_sums(T* sums, const T* g, int G, int64_t H, int64_t j) {
+  if (!sums) return;
+  for (int q = 0; q < G; ++q) {
+    VV::store(sums + q * H + j, VV::add(VV::load(sums + q * H + j), VV::load(g + q * H + j)));
+  }
+}
+
 // A row that does not exist at t carries its recurrent gradient: carry += gemm.
 template <typename T>
 inline void carry_units(T* carry, const T* gemm, int64_t k0, int64_t k1) {
@@ -384,6 +394,7 @@ inline void lstm_row(const LstmBwdUnits<typename V::value_type>& p, int64_t b, b
   const T* dc_n = p.dc_n + b * H;
   T* dc_rec = p.dc_rec + b * Hp;
   T* dg = p.dgates + b * 4 * H;
+  T* db = p.db_rows ? p.db_rows + b * 4 * H : nullptr;
   const T cc = p.cell_clip, clip = p.opt.clip;
   T scale_h = T(1), scale_c = T(1);
   if constexpr (KIND == kRecurrent && CM == ClipMode::Norm) {
@@ -399,6 +410,7 @@ inline void lstm_row(const LstmBwdUnits<typename V::value_type>& p, int64_t b, b
                             incoming_grad<VV, KIND, CM, T>(dh_n, dh_gemm, dh_carry, clip_h, j));
     lstm_bwd_vector<VV, CCLIP, T>(dh, incoming_grad<VV, KIND, CM, T>(dc_n, dc_rec, nullptr, clip_c, j),
                                   a, c_raw, c_prev, clamp_prev, cc, H, j, dg, dc_rec);
+    add_to_sums<VV>(db, dg, 4, H, j);
   });
   // This row's incoming gradient is consumed; the next one is dgates W_hh alone.
   if (dh_carry) zero_units(dh_carry, k0, k1);
@@ -481,6 +493,8 @@ inline void gru_row(const GruBwdUnits<typename V::value_type>& p, int64_t b, boo
   T* dh_carry = p.dh_carry + b * Hp;
   T* dxg = p.dxg + b * 3 * H;
   T* dhg = p.dhg + b * 3 * H;
+  T* dbi = p.dbi_rows ? p.dbi_rows + b * 3 * H : nullptr;
+  T* dbh = p.dbh_rows ? p.dbh_rows + b * 3 * H : nullptr;
   const T clip = p.opt.clip;
   T scale = T(1);
   if constexpr (KIND == kRecurrent && CM == ClipMode::Norm) {
@@ -492,6 +506,8 @@ inline void gru_row(const GruBwdUnits<typename V::value_type>& p, int64_t b, boo
     const typename VV::reg dh =
         VV::add(VV::load(dy + j), incoming_grad<VV, KIND, CM, T>(dh_n, dh_gemm, dh_carry, rc, j));
     gru_bwd_vector<VV, T>(dh, sv, h_prev, H, j, dxg, dhg, dh_carry);
+    add_to_sums<VV>(dbi, dxg, 3, H, j);
+    add_to_sums<VV>(dbh, dhg, 3, H, j);
   });
 }
 

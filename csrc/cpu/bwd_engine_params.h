@@ -128,6 +128,8 @@ struct LstmBwdUnits {
   const T* part_c;      // [M, nblk_c] norm mode: partials of dc_rec
   int64_t nblk_h, nblk_c;
   T* dgates;            // [M, 4H] out
+  T* db_rows;           // [M, 4H] in/out: each row's sums of dgates over the steps so far
+                        // (Note [Bias gradient in the time loop]), or nullptr
   T cell_clip;
   bool has_cell_clip;
 };
@@ -165,6 +167,8 @@ struct GruBwdUnits {
   int64_t nblk;
   T* dxg;            // [M, 3H] out
   T* dhg;            // [M, 3H] out
+  T* dbi_rows;       // [M, 3H] in/out: each row's sums of dxg, and of dhg, over the steps so
+  T* dbh_rows;       // far (Note [Bias gradient in the time loop]), or nullptr
 };
 
 // The engine's kernels for one scalar type and one CPU capability. The *_units kernels take

@@ -121,9 +121,12 @@ std::vector<at::Tensor> gru_backward_impl(const LayerSizes& s, const GruBackward
   p.dh_carry = engine ? nullptr : dh_carry.data_ptr<T>();
   const T* y_p = y.data_ptr<T>();
 
+  at::Tensor loop_db_ih, loop_db_hh;  // the bias gradients, where the engine sums them
   if constexpr (std::is_same<T, float>::value) {
     if (engine) {
-      gru_bwd_engine(s, a.reverse, opt, a.w_hh, saved, y, a.h0, dy, dhn, dxg, dhg, dh0, record);
+      const bool bias = a.need.weight && a.need.bias;
+      gru_bwd_engine(s, a.reverse, opt, a.w_hh, saved, y, a.h0, dy, dhn, dxg, dhg, dh0, record,
+                     bias ? &loop_db_ih : nullptr, bias ? &loop_db_hh : nullptr);
     }
   }
   if (!engine) {
@@ -166,9 +169,9 @@ std::vector<at::Tensor> gru_backward_impl(const LayerSizes& s, const GruBackward
     dw_hh = s.packed ? outer_sum(dhg, previous_states(s, y, a.h0, a.reverse))
                      : recurrent_weight_grad(dhg.view({T_, B, 3 * H}), y, a.h0, s.lengths,
                                              a.reverse);
-    if (a.need.bias) {
-      db_ih = column_sum(dxg);
-      db_hh = column_sum(dhg);
+    if (a.need.bias) {  // summed in the engine's loop, or here
+      db_ih = loop_db_ih.defined() ? loop_db_ih : column_sum(dxg);
+      db_hh = loop_db_hh.defined() ? loop_db_hh : column_sum(dhg);
     }
   }
   return {dx, dh0, dw_ih, dw_hh, db_ih, db_hh, track ? finish_grad_record(record, s) : empty()};

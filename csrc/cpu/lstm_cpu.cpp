@@ -173,10 +173,12 @@ std::vector<at::Tensor> lstm_backward_impl(const LayerSizes& s, const LstmBackwa
     pp.dh_carry = dh_carry.data_ptr<T>();
   }
 
+  at::Tensor loop_db;  // the bias gradient, where the engine sums it
   if constexpr (std::is_same<T, float>::value) {
     if (engine) {
       lstm_bwd_engine(s, a.reverse, opt, a.cell_clip, a.w_hh, a.w_hr, act, c_raw, a.c0, dy, dhn,
-                      dcn, dgates, dh0, dc_rec, dr, record);
+                      dcn, dgates, dh0, dc_rec, dr, record,
+                      a.need.weight && a.need.bias ? &loop_db : nullptr);
     }
   }
   if (!engine) {
@@ -243,7 +245,7 @@ std::vector<at::Tensor> lstm_backward_impl(const LayerSizes& s, const LstmBackwa
                        : recurrent_weight_grad(dgates.view({T_, B, 4 * H}), y, a.h0,
                                                s.lengths, a.reverse);
     }
-    if (a.need.bias) db = column_sum(dgates);
+    if (a.need.bias) db = loop_db.defined() ? loop_db : column_sum(dgates);
     if (a.w_hr) dw_hr = outer_sum(dr, h_pre.reshape({N, H}));
   }
   return {dx, dh0, dc_rec, dw_ih, dw_hh, db, dw_hr,
