@@ -74,6 +74,7 @@
 
 #include "buffer_cache.h"
 #include "bwd_engine_params.h"
+#include "cpu_common.h"
 #include "dispatch.h"
 #include "row_split.h"
 #include "team.h"
@@ -482,14 +483,14 @@ at::Tensor engine_outer_sum(const at::Tensor& a, const at::Tensor& b) {
 // whole 16-column panels, the product's register tiles write dW_ih and dW_hh in place
 // (EngineGemm::C2); otherwise the two are copied out of the [4H, I + R] product (rounded up
 // to whole panels). The previous state of a row is packed straight from y (or h0, or
-// zeros), as recurrent_weight_grad pairs them: no shifted copy. Each element is summed as
+// zeros) by Note [Previous state of a row] (cpu_common.h): no shifted copy. Each element is summed as
 // engine_outer_sum sums (every product term of a row k in one k-blocked chain), so the
 // result still does not depend on the thread count; against the two products it differs
 // only in where dW_hh's h0 term joins its sum.
 std::optional<std::pair<at::Tensor, at::Tensor>> engine_lstm_weight_grads(
     const LayerSizes& s, const at::Tensor& dgates, const at::Tensor& x2d, const at::Tensor& y,
     const OptTensor& h0, bool reverse) {
-  const int64_t N = s.N, I = s.I, R = s.R, T = s.T;
+  const int64_t N = s.N, I = s.I, R = s.R;
   if (dgates.scalar_type() != at::kFloat || I <= kThinMaxR || N == 0 || R == 0) {
     return std::nullopt;
   }
@@ -501,32 +502,8 @@ std::optional<std::pair<at::Tensor, at::Tensor>> engine_lstm_weight_grads(
   count_engine_run(EngineRun::WeightGrad);  // two weight gradients, one product
   count_engine_run(EngineRun::WeightGrad);
   // The row each row k of dgates pairs with: the state entering its step (nullptr: zeros).
-  const float* yp = y2d.const_data_ptr<float>();
-  const float* hp = h0 ? h0->const_data_ptr<float>() : nullptr;
-  const int64_t* len = s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr;
-  std::vector<const float*> prev(static_cast<size_t>(N), nullptr);
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t tp = reverse ? t + 1 : t - 1;
-    const bool has_tp = tp >= 0 && tp < T;
-    for (int64_t b = 0; b < s.rows[t]; ++b) {
-      const float* h0_row = hp ? hp + b * R : nullptr;
-      const float*& row = prev[static_cast<size_t>(s.offset[t] + b)];
-      if (!s.packed && len) {
-        // Padded with lengths: rows past their length have zero gradients; a reverse row
-        // starts at its own last step.
-        const int64_t first = reverse ? len[b] - 1 : 0;
-        if (t == first) {
-          row = h0_row;
-        } else if (reverse ? t < first : t < len[b]) {
-          row = yp + (s.offset[tp] + b) * R;
-        }
-      } else if (has_tp && b < s.rows[tp]) {
-        row = yp + (s.offset[tp] + b) * R;  // packed: rows continuing from tp are a prefix
-      } else {
-        row = h0_row;
-      }
-    }
-  }
+  const std::vector<const float*> prev = previous_state_rows<float>(
+      s, y2d.const_data_ptr<float>(), h0 ? h0->const_data_ptr<float>() : nullptr, R, reverse);
   const int64_t nx = blocks_of(I), nh = blocks_of(R);
   at::Tensor panels = empty_buffer({(nx + nh) * N * kEngineBlock}, dgates.options());
   float* pp = panels.data_ptr<float>();

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -276,9 +277,25 @@ inline at::Tensor column_sum(const at::Tensor& a) {
 // the rest at::mm.
 at::Tensor rows_times(const at::Tensor& a, const at::Tensor& w);
 
-// The state entering each step, row by row, in the layout of `y` (packed layout only: the
-// padded layout uses the shifted GEMM of recurrent_weight_grad): the previous step's output,
-// or h0 (zeros without it) at each row's first processed step. y: [N, R].
+// Note [Previous state of a row]
+// The state that entered row k of a step (k = s.offset[t] + b, rows in the layout of the
+// outputs y [N, R]): at the row's first processed step its initial state (row b of h0 [B, R],
+// zeros without h0), at a later one the output of the step before in processing order, and
+// zeros where the row does not run (padded rows past their length). The first processed step
+// is t = 0 forward; reversed, t = T - 1, or with lengths len[b] - 1; in the packed layout the
+// rows that continue from the step before are a prefix of it (the longest sequences first).
+// Returns one pointer per row: into y, into h0, or nullptr for zeros. The one statement of
+// this rule for the weight gradients: previous_states copies by it, and the LSTM's one
+// product packs its panels by it (Note [One product for the LSTM weight gradients] in
+// bwd_engine.cpp); recurrent_weight_grad below is the same sum for the padded layout as a
+// shifted product.
+template <typename T>
+std::vector<const T*> previous_state_rows(const LayerSizes& s, const T* y, const T* h0,
+                                          int64_t R, bool reverse);
+
+// The state entering each step, row by row, in the layout of `y` (Note [Previous state of a
+// row]; the packed layout uses it, the padded one the shifted GEMM of recurrent_weight_grad).
+// y: [N, R].
 at::Tensor previous_states(const LayerSizes& s, const at::Tensor& y,
                            const std::optional<at::Tensor>& h0, bool reverse);
 

@@ -3,6 +3,8 @@
 #include <atomic>
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
+#include <vector>
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
@@ -221,21 +223,65 @@ std::optional<at::Tensor> input_bias(const std::optional<at::Tensor>& b_ih,
   return bias;
 }
 
-at::Tensor previous_states(const LayerSizes& s, const at::Tensor& y,
-                           const std::optional<at::Tensor>& h0, bool reverse) {
-  at::Tensor prev = at::zeros_like(y);
+template <typename T>
+std::vector<const T*> previous_state_rows(const LayerSizes& s, const T* y, const T* h0,
+                                          int64_t R, bool reverse) {
+  const int64_t* len = s.lengths ? s.lengths->data_ptr<int64_t>() : nullptr;
+  std::vector<const T*> prev(static_cast<size_t>(s.N), nullptr);
   for (int64_t t = 0; t < s.T; ++t) {
     const int64_t tp = reverse ? t + 1 : t - 1;
-    // Rows that also exist at tp (a prefix: the longest sequences come first) continue from
-    // there; the others start at t.
-    const int64_t cont = (tp >= 0 && tp < s.T) ? std::min(s.rows[t], s.rows[tp]) : 0;
-    if (cont > 0) prev.narrow(0, s.offset[t], cont).copy_(y.narrow(0, s.offset[tp], cont));
-    if (h0 && cont < s.rows[t]) {
-      prev.narrow(0, s.offset[t] + cont, s.rows[t] - cont)
-          .copy_(h0->narrow(0, cont, s.rows[t] - cont));
+    const bool has_tp = tp >= 0 && tp < s.T;
+    for (int64_t b = 0; b < s.rows[t]; ++b) {
+      const T* h0_row = h0 ? h0 + b * R : nullptr;
+      const T*& row = prev[static_cast<size_t>(s.offset[t] + b)];
+      if (!s.packed && len) {
+        // Padded with lengths: rows past their length have zero gradients; a reverse row
+        // starts at its own last step.
+        const int64_t first = reverse ? len[b] - 1 : 0;
+        if (t == first) {
+          row = h0_row;
+        } else if (reverse ? t < first : t < len[b]) {
+          row = y + (s.offset[tp] + b) * R;
+        }
+      } else if (has_tp && b < s.rows[tp]) {
+        row = y + (s.offset[tp] + b) * R;  // packed: rows continuing from tp are a prefix
+      } else {
+        row = h0_row;
+      }
     }
   }
   return prev;
+}
+
+template std::vector<const float*> previous_state_rows(const LayerSizes&, const float*,
+                                                       const float*, int64_t, bool);
+template std::vector<const double*> previous_state_rows(const LayerSizes&, const double*,
+                                                        const double*, int64_t, bool);
+
+at::Tensor previous_states(const LayerSizes& s, const at::Tensor& y,
+                           const std::optional<at::Tensor>& h0, bool reverse) {
+  const int64_t R = y.size(-1);
+  const at::Tensor yc = y.reshape({s.N, R}).contiguous();
+  const at::Tensor hc = h0 ? h0->contiguous() : at::Tensor();
+  at::Tensor prev = at::empty({s.N, R}, y.options());
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "fusedrnn.previous_states", [&] {
+    const std::vector<const scalar_t*> rows = previous_state_rows<scalar_t>(
+        s, yc.const_data_ptr<scalar_t>(), h0 ? hc.const_data_ptr<scalar_t>() : nullptr, R,
+        reverse);
+    scalar_t* out = prev.data_ptr<scalar_t>();
+    at::parallel_for(0, s.N, std::max<int64_t>(1, 32768 / std::max<int64_t>(R, 1)),
+                     [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        const scalar_t* src = rows[static_cast<size_t>(k)];
+        if (src) {
+          std::memcpy(out + k * R, src, R * sizeof(scalar_t));
+        } else {
+          std::memset(out + k * R, 0, R * sizeof(scalar_t));
+        }
+      }
+    });
+  });
+  return prev.view(y.sizes());
 }
 
 template class StepLinear<float>;
