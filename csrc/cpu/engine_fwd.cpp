@@ -341,7 +341,7 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
                          const OptTensor& w_hr, at::Tensor& y, at::Tensor& h, at::Tensor& c,
                          at::Tensor& c_raw, at::Tensor& h_pre, bool reverse,
                          std::optional<double> cell_clip, bool save,
-                         const EngineInputArgs* input) {
+                         const EngineInputArgs* input, const OptTensor& x_bias) {
   count_engine_run(EngineRun::LstmForward);
   if (input) count_engine_run(EngineRun::LstmForwardInput);
   const EngineFwdKernels& k = engine_kernels();
@@ -367,6 +367,7 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
   base.c = ptr(c);
   base.cell_clip = cell_clip ? static_cast<float>(*cell_clip) : 0.0f;
   base.has_cell_clip = cell_clip.has_value();
+  base.x_bias = !input && x_bias ? cptr(*x_bias) : nullptr;
   ProjEngineStep pbase{};
   pbase.B = B;
   pbase.H = H;
@@ -439,7 +440,7 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
 
 void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Tensor& w_hh,
                         const at::Tensor& b_hn, at::Tensor& y, at::Tensor& h, at::Tensor& saved,
-                        bool reverse, const EngineInputArgs* input) {
+                        bool reverse, const EngineInputArgs* input, const OptTensor& x_bias) {
   count_engine_run(EngineRun::GruForward);
   if (input) count_engine_run(EngineRun::GruForwardInput);
   const EngineFwdKernels& k = engine_kernels();
@@ -460,6 +461,7 @@ void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Ten
   base.panel = panel;
   base.b_hn = b_hn.defined() ? cptr(b_hn) : nullptr;
   base.input = call_input(input, ih_panel);
+  base.x_bias = !input && x_bias ? cptr(*x_bias) : nullptr;
   const float* x_p = input ? cptr(input->x) : nullptr;
   const float* xg_p = input ? nullptr : cptr(xg);
   float* y_p = ptr(y);

@@ -49,6 +49,8 @@ struct LstmEngineStep {
   float cell_clip;
   bool has_cell_clip;
   EngineInput input;       // G = 4, bias b_ih + b_hh; with input.x gates is only written
+  const float* x_bias;     // [4H] or nullptr: without input.x, added to the x part read from
+                           // gates (Note [Bias of the all-steps product])
 };
 
 // One GRU step for the units of one thread (as in GruFwdStep).
@@ -64,6 +66,8 @@ struct GruEngineStep {
   float* saved;         // [M, 4H] out: r, z, n, h W_hn^T + b_hn, or nullptr
   float* h_out;         // [M, H] out: h_t (zero for absent rows)
   EngineInput input;     // G = 3, bias b_ih + (b_hr, b_hz, 0); with input.x, xg is unused
+  const float* x_bias;    // [3H] or nullptr: without input.x, added to the x part read from
+                          // xg (Note [Bias of the all-steps product])
 };
 
 // The projection of one LSTM step for the outputs p of one thread: r_t = h_t W_hr^T.

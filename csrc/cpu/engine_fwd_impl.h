@@ -345,7 +345,9 @@ void lstm_step_impl(const LstmEngineStep& p, int64_t u0, int64_t u1) {
     // The x part is added to the finished recurrent sum (Note [Recurrent gradient buffers]).
     // (the x part: computed in this block, Note [Engine input part], or from the buffer)
     auto xg = [&](int q) FUSEDRNN_ENGINE_INLINE {
-      return xp ? V::load(xp + q * kW) : load_n(g + q * H, n);
+      if (xp) return V::load(xp + q * kW);
+      const Rg v = load_n(g + q * H, n);
+      return p.x_bias ? V::add(v, load_n(p.x_bias + q * H + u, n)) : v;
     };
     const Rg i = V::sigmoid(V::add(xg(0), acc[0]));
     const Rg f = V::sigmoid(V::add(xg(1), acc[1]));
@@ -409,7 +411,9 @@ void gru_step(const GruEngineStep& p, int64_t u0, int64_t u1) {
     }
     // (the x part: computed in this block, Note [Engine input part], or from the buffer)
     auto xg = [&](int q) FUSEDRNN_ENGINE_INLINE {
-      return xp ? V::load(xp + q * kW) : load_n(p.xg + b * 3 * H + u + q * H, n);
+      if (xp) return V::load(xp + q * kW);
+      const Rg v = load_n(p.xg + b * 3 * H + u + q * H, n);
+      return p.x_bias ? V::add(v, load_n(p.x_bias + q * H + u, n)) : v;
     };
     const Rg r = V::sigmoid(V::add(xg(0), acc[0]));
     const Rg z = V::sigmoid(V::add(xg(1), acc[1]));

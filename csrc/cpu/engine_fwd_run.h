@@ -31,7 +31,8 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
                          const OptTensor& w_hr, at::Tensor& y, at::Tensor& h, at::Tensor& c,
                          at::Tensor& c_raw, at::Tensor& h_pre, bool reverse,
                          std::optional<double> cell_clip, bool save,
-                         const EngineInputArgs* input = nullptr);
+                         const EngineInputArgs* input = nullptr,
+                         const OptTensor& x_bias = std::nullopt);
 
 // Whether an engine call computes the x part itself (Note [Engine input part]).
 bool engine_input_part(const LayerSizes& s, int64_t G, int64_t P);
@@ -39,9 +40,12 @@ bool engine_input_part(const LayerSizes& s, int64_t G, int64_t P);
 // The whole GRU time loop (float32). In: xg [N, 3H], b_hn [H] (undefined without bias),
 // h [B, H] the initial state. Out: y [N, H], h the final state, saved [N, 4H] when defined.
 // With `input` the engine computes xg itself (Note [Engine input part]); xg is then unused.
+// x_bias (without `input` only, both engines): the bias that the all-steps product left out
+// of gates / xg, added as the engine reads them (Note [Bias of the all-steps product]).
 void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Tensor& w_hh,
                         const at::Tensor& b_hn, at::Tensor& y, at::Tensor& h, at::Tensor& saved,
-                        bool reverse, const EngineInputArgs* input = nullptr);
+                        bool reverse, const EngineInputArgs* input = nullptr,
+                        const OptTensor& x_bias = std::nullopt);
 
 }  // namespace cpu
 }  // namespace fusedrnn
