@@ -15,6 +15,10 @@ AVX2-only CPUs too):
   llc     read bandwidth from 4x the L2 per thread (usually the last-level cache)
   mem     read bandwidth from a 256 MiB buffer (split between the threads)
   sgemm   torch.mm on 2048x2048 float32: the rate a large, tuned GEMM reaches (practical peak)
+  kloop   the engine's register block alone (4 rows x 4 vectors of FMA accumulators, one
+          weight vector loaded per 4 FMAs, a broadcast per row) streaming a 640 KiB panel per
+          thread from L2, as one thread's half of an H = 256 LSTM step does, GFLOP/s, 1 and 2
+          threads: what the FMA peak shrinks to when its operands come from L2 on both cores
 
 Every figure is the best of a few tries: on a shared machine the best is the closest to
 what the hardware can do, and a ceiling is what is wanted here (the benchmarks that use it
@@ -47,6 +51,9 @@ from benchlib.machine import REPO_ROOT, cpu_flags, cpu_model  # benchmarks/ is o
 #   fill both ports; 12 leaves headroom for CPUs with a latency of 5 or 6 and still fits
 #   the 16 ymm registers of AVX2 (AVX-512 has 32). b < 1 and c small keep the values finite
 #   and normal (denormals would slow the loop down and measure the wrong thing).
+# - k loop: the forward engine's register block (engine_fwd_impl.h) in a copy of its own,
+#   4 rows x 4 weight vectors (AVX2: 3 x 4), the weights kept in registers across the rows,
+#   one broadcast per row and column: the FMA peak with its operands streaming from L2.
 # - Reads: a sum over the buffer with 8 vector accumulators, so the adds never wait on each
 #   other and the loads (two or three per cycle) are the limit. The buffer is allocated and
 #   first written by the thread that reads it, after pinning, so its pages are local and it
@@ -54,6 +61,7 @@ from benchlib.machine import REPO_ROOT, cpu_flags, cpu_model  # benchmarks/ is o
 # - Threads start together on a spin flag; the rate is total work / the slowest thread's
 #   time, so a thread that ran alone for a while does not inflate the total.
 _CPP = r"""
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -142,6 +150,72 @@ float read_avx2(const float* p, long n_floats, long passes) {
   for (int k = 1; k < kReadAcc; ++k) s = _mm256_add_ps(s, acc[k]);
   float out[8];
   _mm256_storeu_ps(out, s);
+  float r = 0.f;
+  for (float v : out) r += v;
+  return r;
+}
+
+// The engine's k loop: acc[m][v] += x[m][k] * panel[k][v] for 4 rows m and 4 vectors v
+// over the panel's K columns, one panel block of K * 4 vectors after the other, prefetching
+// 8 columns ahead as the engine does. Returns a sum of the accumulators.
+__attribute__((target("avx512f")))
+float kloop_avx512(const float* panel, long blocks, long K, const float* x, long passes) {
+  __m512 total = _mm512_setzero_ps();
+  for (long r = 0; r < passes; ++r) {
+    for (long j = 0; j < blocks; ++j) {
+      const float* pj = panel + j * K * 64;
+      __m512 acc[4][4];
+      for (int m = 0; m < 4; ++m)
+        for (int v = 0; v < 4; ++v) acc[m][v] = _mm512_setzero_ps();
+      for (long k = 0; k < K; ++k) {
+        const float* wk = pj + k * 64;
+        for (int l = 0; l < 4; ++l) _mm_prefetch((const char*)(wk + 8 * 64 + 16 * l), _MM_HINT_T0);
+        __m512 w[4];
+        for (int v = 0; v < 4; ++v) {
+          w[v] = _mm512_loadu_ps(wk + 16 * v);
+          asm("" : "+v"(w[v]));
+        }
+        for (int m = 0; m < 4; ++m) {
+          const __m512 xm = _mm512_set1_ps(x[m * K + k]);
+          for (int v = 0; v < 4; ++v) acc[m][v] = _mm512_fmadd_ps(xm, w[v], acc[m][v]);
+        }
+      }
+      for (int m = 0; m < 4; ++m)
+        for (int v = 0; v < 4; ++v) total = _mm512_add_ps(total, acc[m][v]);
+    }
+  }
+  return _mm512_reduce_add_ps(total);
+}
+
+__attribute__((target("avx2,fma")))
+float kloop_avx2(const float* panel, long blocks, long K, const float* x, long passes) {
+  // 16 accumulators (4 rows x 2 vectors of 8 lanes, two halves of each 16-lane block) in the
+  // 16 ymm registers leave none for the weights: 3 rows x 4 vectors, as the engine's AVX2
+  // blocks stay within the register file.
+  __m256 total = _mm256_setzero_ps();
+  for (long r = 0; r < passes; ++r) {
+    for (long j = 0; j < blocks; ++j) {
+      const float* pj = panel + j * K * 32;
+      __m256 acc[3][4];
+      for (int m = 0; m < 3; ++m)
+        for (int v = 0; v < 4; ++v) acc[m][v] = _mm256_setzero_ps();
+      for (long k = 0; k < K; ++k) {
+        const float* wk = pj + k * 32;
+        _mm_prefetch((const char*)(wk + 8 * 32), _MM_HINT_T0);
+        _mm_prefetch((const char*)(wk + 8 * 32 + 16), _MM_HINT_T0);
+        __m256 w[4];
+        for (int v = 0; v < 4; ++v) w[v] = _mm256_loadu_ps(wk + 8 * v);
+        for (int m = 0; m < 3; ++m) {
+          const __m256 xm = _mm256_set1_ps(x[m * K + k]);
+          for (int v = 0; v < 4; ++v) acc[m][v] = _mm256_fmadd_ps(xm, w[v], acc[m][v]);
+        }
+      }
+      for (int m = 0; m < 3; ++m)
+        for (int v = 0; v < 4; ++v) total = _mm256_add_ps(total, acc[m][v]);
+    }
+  }
+  float out[8];
+  _mm256_storeu_ps(out, total);
   float r = 0.f;
   for (float v : out) r += v;
   return r;
@@ -307,6 +381,47 @@ std::vector<double> read_run(int64_t bytes_per_thread, int64_t passes, int64_t t
   return out;
 }
 
+// Each thread streams its own panel of panel_bytes (K columns per block) `passes` times
+// through the engine's register block (after one untimed pass that brings it into cache).
+// Returns [flops, seconds per thread..., pinned]; flops 0 for the portable ISA (no such
+// block there).
+std::vector<double> kloop_run(int64_t panel_bytes, int64_t K, int64_t passes, int64_t threads,
+                              const std::string& isa_in) {
+  const std::string isa = resolve(isa_in);
+  const long lanes_per_block = isa == "avx512" ? 64 : 32;
+  const long blocks = std::max<long>(1, (long)(panel_bytes / 4 / (K * lanes_per_block)));
+  const long rows = isa == "avx512" ? 4 : 3;
+  std::vector<float*> panels(threads, nullptr), xs(threads, nullptr);
+  auto run = [&](int t, long reps) {
+#ifdef FLOOR_X86
+    if (isa == "avx512") return kloop_avx512(panels[t], blocks, K, xs[t], reps);
+    if (isa == "avx2") return kloop_avx2(panels[t], blocks, K, xs[t], reps);
+#endif
+    return 0.f;
+  };
+  bool pinned = false;
+  auto secs = run_threads((int)threads, [&](int t) {
+    const size_t n = (size_t)(blocks * K * lanes_per_block);
+    float* p = static_cast<float*>(std::aligned_alloc(64, (n * 4 + 63) / 64 * 64));
+    float* x = static_cast<float*>(std::aligned_alloc(64, ((size_t)(rows * K) * 4 + 63) / 64 * 64));
+    for (size_t i = 0; i < n; ++i) p[i] = 1e-3f * (float)(i & 255);
+    for (long i = 0; i < rows * K; ++i) x[i] = 1e-3f * (float)(i & 127);
+    panels[t] = p;
+    xs[t] = x;
+    g_sink.store(run(t, 1), std::memory_order_relaxed);
+  }, [&](int t) {
+    g_sink.store(run(t, passes), std::memory_order_relaxed);
+  }, &pinned);
+  for (float* p : panels) std::free(p);
+  for (float* x : xs) std::free(x);
+  const double lanes = isa == "avx512" ? 64.0 : (isa == "avx2" ? 32.0 : 0.0);
+  std::vector<double> out{2.0 * rows * lanes * (double)K * (double)blocks * (double)passes *
+                          (double)threads};
+  out.insert(out.end(), secs.begin(), secs.end());
+  out.push_back(pinned ? 1.0 : 0.0);
+  return out;
+}
+
 std::string best_isa() { return resolve("auto"); }
 bool isa_supported(const std::string& isa) { return has(isa.c_str()); }
 """
@@ -321,9 +436,9 @@ def _build(verbose: bool = False):
     if _MODULE is None:
         from torch.utils.cpp_extension import load_inline
         _MODULE = load_inline(
-            name="fusedrnn_floor_v1",
+            name="fusedrnn_floor_v2",
             cpp_sources=_CPP,
-            functions=["fma_run", "read_run", "best_isa", "isa_supported"],
+            functions=["fma_run", "read_run", "kloop_run", "best_isa", "isa_supported"],
             # No -march: the SIMD functions select their own ISA by target attribute, so
             # one build (shared through the torch extensions cache) runs on any x86-64.
             extra_cflags=["-O3"],
@@ -425,6 +540,26 @@ def _read(mod, isa: str, bytes_per_thread: int, threads: int, seconds: float):
     return once
 
 
+KLOOP_PANEL_BYTES = 640 << 10  # one thread's W_hh + W_ih slice of an H=256, I=64 LSTM
+KLOOP_K = 320                  # its columns: R + I
+
+
+def _kloop(mod, isa: str, threads: int, seconds: float):
+    """A closure running one try of the engine-shaped k loop: (GFLOP/s, details)."""
+    res = mod.kloop_run(KLOOP_PANEL_BYTES, KLOOP_K, 1, 1, isa)
+    per_pass = max(res[1], 1e-9)
+    passes = max(2, int(seconds / per_pass))
+
+    def once():
+        r = mod.kloop_run(KLOOP_PANEL_BYTES, KLOOP_K, passes, threads, isa)
+        secs = r[1:1 + threads]
+        return r[0] / max(secs) / 1e9, {"pinned": bool(r[-1]), "isa": isa,
+                                         "panel_bytes": KLOOP_PANEL_BYTES, "K": KLOOP_K,
+                                         "per_thread_gflops": [r[0] / threads / s / 1e9
+                                                               for s in secs]}
+    return once
+
+
 def _sgemm(threads: int, n: int):
     """A closure running one try of torch.mm n x n at `threads`: (GFLOP/s, details)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -479,7 +614,7 @@ def measure(quick: bool = False, threads=(1, 2), verbose: bool = False,
     llc_bytes = 4 * caches.get("L2", 1 << 20)
     mem_total = 256 << 20
     out = {"machine": info, "isa": best, "quick": quick, "threads": threads,
-           "fma": {}, "l1": {}, "l2": {}, "llc": {}, "mem": {}, "sgemm": {}}
+           "fma": {}, "l1": {}, "l2": {}, "llc": {}, "mem": {}, "sgemm": {}, "kloop": {}}
     t_start = time.perf_counter()
     # (section, key, rate name, one-try closure, tries). The tries are taken round-robin
     # over all figures, so each figure's best is drawn from the whole run rather than from
@@ -500,6 +635,8 @@ def measure(quick: bool = False, threads=(1, 2), verbose: bool = False,
             ("sgemm", (key,), "gflops", _sgemm(t, 1024 if quick else 2048),
              3 if quick else 5),
         ]
+        if best != "default":  # the portable build has no register block to model
+            figures.append(("kloop", (key,), "gflops", _kloop(mod, best, t, seconds), tries))
     for attempt in range(max(f[-1] for f in figures)):
         for section, keys, rate_name, once, n_tries in figures:
             if attempt >= n_tries:
@@ -520,6 +657,11 @@ def fma_peak(result: dict, threads: int, isa: Optional[str] = None) -> Optional[
     isa = isa or result["machine"].get("fusedrnn_capability") or result.get("isa")
     entry = fma.get(isa) or fma.get(result.get("isa")) or {}
     return (entry.get(str(threads)) or {}).get("gflops")
+
+
+def kloop_rate(result: dict, threads: int) -> Optional[float]:
+    """GFLOP/s of the engine-shaped k loop at `threads` (None where not measured)."""
+    return ((result.get("kloop") or {}).get(str(threads)) or {}).get("gflops")
 
 
 def bandwidth(result: dict, level: str, threads: int) -> Optional[float]:
@@ -553,6 +695,12 @@ def table(result: dict) -> str:
         lines.append(f"| {label} ({_kib(size)}/thread at 1 thread), GB/s | "
                      + " | ".join(f"{result[level][str(t)]['gbs']:.1f}" for t in threads)
                      + " |")
+    kloop = result.get("kloop") or {}
+    if kloop:
+        first = kloop[str(threads[0])]
+        lines.append(f"| engine k loop ({first['isa']}, panel {_kib(first['panel_bytes'])}/thread "
+                     f"in L2), GFLOP/s | "
+                     + " | ".join(f"{kloop[str(t)]['gflops']:.1f}" for t in threads) + " |")
     n = result["sgemm"][str(threads[0])]["n"]
     lines.append(f"| sgemm torch.mm {n}x{n}, GFLOP/s | "
                  + " | ".join(f"{result['sgemm'][str(t)]['gflops']:.1f}" for t in threads)

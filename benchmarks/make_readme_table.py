@@ -337,7 +337,10 @@ def cpu_engine_floor_line(data: dict) -> str:
     peak = ((fma.get(isa) or {}).get(t) or {}).get("gflops")
     l2 = ((fl.get("l2") or {}).get(t) or {}).get("gbs")
     sg = (fl.get("sgemm") or {}).get(t) or {}
+    kl = (fl.get("kloop") or {}).get(t) or {}  # runs from before the k loop figure lack it
     items = [f"FMA peak {peak:.1f} GFLOP/s ({isa})" if peak else "",
+             f"the engine's k loop alone, panel in L2 {kl['gflops']:.1f} GFLOP/s"
+             if kl.get("gflops") else "",
              f"L2 read {l2:.1f} GB/s" if l2 else "",
              f"sgemm {sg['gflops']:.1f} GFLOP/s (n={sg.get('n')})" if sg.get("gflops") else ""]
     items = [i for i in items if i]
@@ -526,7 +529,8 @@ CPU_ENGINE_LEGEND = (
     "FLOPs / FMA peak);\nFMA use: the call's FLOPs (input projection and backward GEMMs "
     "included) at the FMA peak\nover fusedrnn's time, and in brackets the share a time of "
     "torch.nn's / target would need\n(a large square sgemm reaches the share the floor line "
-    "gives as sgemm / FMA peak);\nsteps/engine: the per-step time loop's time / the "
+    "gives as sgemm / FMA peak,\nand the engine's own register block, streaming its panel "
+    "from L2 with nothing else to do,\nthe share of the k loop figure);\nsteps/engine: the per-step time loop's time / the "
     "persistent engine's, paired. Overheads:\nwith the option / without - 1, paired.")
 
 

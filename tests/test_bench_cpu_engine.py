@@ -130,3 +130,6 @@ def test_floor_quick_measure():
     assert result["sgemm"]["1"]["gflops"] > 0
     assert floor.fma_peak(result, 1) > 0
     assert "FMA peak" in floor.table(result)
+    if result["isa"] != "default":  # the engine-shaped k loop: a positive rate, in the table
+        assert 0 < floor.kloop_rate(result, 1)
+        assert "engine k loop" in floor.table(result)

@@ -118,6 +118,11 @@ def test_cpu_engine_section_renders_marks_and_figures(tmp_path):
     # floors at the run's thread count (2), one line
     assert ("FMA peak 111.2 GFLOP/s (avx2); L2 read 180.5 GB/s; sgemm 99.0 GFLOP/s "
             "(n=2048)") in sec
+    # with the engine-shaped k loop recorded (floor.py since 2026-12-03), it joins the line
+    data = _result()
+    data["floor"]["kloop"] = {"2": {"gflops": 88.5, "isa": "avx2"}}
+    assert ("FMA peak 111.2 GFLOP/s (avx2); the engine's k loop alone, panel in L2 88.5 "
+            "GFLOP/s; L2 read") in mrt.cpu_engine_floor_line(data)
     assert "layers 3/4, cells 1/2, fixed cost 1/2, overheads 1/2" in sec
     # layers: one row per cell and shape, infer and train side by side
     lstm = next(line for line in sec.splitlines() if line.startswith("| LSTM | 128, 1, 64, 256"))
