@@ -45,10 +45,9 @@ std::vector<at::Tensor> gru_forward_impl(const LayerSizes& s, const GruForwardAr
   // needs no projection.
   // For the engine the projection leaves the bias out and the engine adds it as it reads
   // the x part (Note [Bias of the all-steps product] in cpu_common.h).
-  const bool bias_in_engine = engine;
   std::optional<InputProjection<T>> projected;
   if (!engine_input) {
-    projected.emplace(s, x.view({N, I}), a.w_ih, bias_in_engine ? std::nullopt : bias,
+    projected.emplace(s, x.view({N, I}), a.w_ih, engine ? std::nullopt : bias,
                       a.reverse, a.save || engine);
   }
   const at::Tensor b_hn = a.b_hh ? a.b_hh->narrow(0, 2 * H, H).contiguous() : at::Tensor();
@@ -64,7 +63,7 @@ std::vector<at::Tensor> gru_forward_impl(const LayerSizes& s, const GruForwardAr
     const EngineInputArgs input{x.view({N, I}), a.w_ih, bias};
     gru_forward_engine(s, projected ? projected->whole() : at::Tensor(), a.w_hh, b_hn, y, h,
                        saved_out, a.reverse, engine_input ? &input : nullptr,
-                       bias_in_engine ? bias : std::nullopt);
+                       engine ? bias : std::nullopt);
   } else {
     StepLinear<T> recurrent(a.w_hh, B, T_);  // h_{t-1} W_hh^T
 

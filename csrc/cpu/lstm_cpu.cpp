@@ -50,10 +50,9 @@ std::vector<at::Tensor> lstm_forward_impl(const LayerSizes& s, const LstmForward
   // needs no projection: then `gates` only receives the activations, when saving.
   // For the engine the projection leaves the bias out and the engine adds it as it reads
   // the x part (Note [Bias of the all-steps product] in cpu_common.h).
-  const bool bias_in_engine = engine;
   std::optional<InputProjection<T>> projected;
   if (!engine_input) {
-    projected.emplace(s, x.view({N, I}), a.w_ih, bias_in_engine ? std::nullopt : bias,
+    projected.emplace(s, x.view({N, I}), a.w_ih, engine ? std::nullopt : bias,
                       a.reverse, a.save || engine);
   }
 
@@ -73,7 +72,7 @@ std::vector<at::Tensor> lstm_forward_impl(const LayerSizes& s, const LstmForward
     const EngineInputArgs input{x.view({N, I}), a.w_ih, bias};
     lstm_forward_engine(s, gates, a.w_hh, a.w_hr, y, h, c, c_raw, h_pre, a.reverse, a.cell_clip,
                         a.save, engine_input ? &input : nullptr,
-                        bias_in_engine ? bias : std::nullopt);
+                        engine ? bias : std::nullopt);
   } else {
     StepLinear<T> recurrent(a.w_hh, B, T_);                               // h_{t-1} W_hh^T
     std::optional<StepLinear<T>> projection;                            // h_t W_hr^T
