@@ -530,7 +530,8 @@ CPU_ENGINE_LEGEND = (
     "included) at the FMA peak\nover fusedrnn's time, and in brackets the share a time of "
     "torch.nn's / target would need\n(a large square sgemm reaches the share the floor line "
     "gives as sgemm / FMA peak,\nand the engine's own register block, streaming its panel "
-    "from L2 with nothing else to do,\nthe share of the k loop figure);\nsteps/engine: the per-step time loop's time / the "
+    "from L2 with nothing else to do,\nthe share of the k loop figure);\nsteps/engine: "
+    "the per-step time loop's time / the "
     "persistent engine's, paired. Overheads:\nwith the option / without - 1, paired.")
 
 

@@ -216,15 +216,12 @@ at::Tensor zero_rows(int64_t B, int64_t C, const at::TensorOptions& opts) {
   return rows;
 }
 
-// out[c] = rows[0][c] + rows[1][c] + ... in row order, for rows [B, C] (float32, contiguous).
+// out[c] = rows[0][c] + rows[1][c] + ... in row order, for rows [B, C] (float32, contiguous):
+// direct_column_sum's loop, whatever the size (column_sum may hand large ones to at::sum).
 at::Tensor sum_of_rows(const at::Tensor& rows) {
   const int64_t B = rows.size(0), C = rows.size(1);
-  at::Tensor out = at::zeros({C}, rows.options());
-  const float* r = rows.const_data_ptr<float>();
-  float* o = out.data_ptr<float>();
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t c = 0; c < C; ++c) o[c] += r[b * C + c];
-  }
+  at::Tensor out = at::empty({C}, rows.options());
+  direct_column_sum(rows.const_data_ptr<float>(), C, B, C, out.data_ptr<float>());
   return out;
 }
 
@@ -483,10 +480,10 @@ at::Tensor engine_outer_sum(const at::Tensor& a, const at::Tensor& b) {
 // whole 16-column panels, the product's register tiles write dW_ih and dW_hh in place
 // (EngineGemm::C2); otherwise the two are copied out of the [4H, I + R] product (rounded up
 // to whole panels). The previous state of a row is packed straight from y (or h0, or
-// zeros) by Note [Previous state of a row] (cpu_common.h): no shifted copy. Each element is summed as
-// engine_outer_sum sums (every product term of a row k in one k-blocked chain), so the
-// result still does not depend on the thread count; against the two products it differs
-// only in where dW_hh's h0 term joins its sum.
+// zeros) by Note [Previous state of a row] (cpu_common.h): no shifted copy. Each element
+// is summed as engine_outer_sum sums (every product term of a row k in one k-blocked
+// chain), so the result still does not depend on the thread count; against the two
+// products it differs only in where dW_hh's h0 term joins its sum.
 std::optional<std::pair<at::Tensor, at::Tensor>> engine_lstm_weight_grads(
     const LayerSizes& s, const at::Tensor& dgates, const at::Tensor& x2d, const at::Tensor& y,
     const OptTensor& h0, bool reverse) {
