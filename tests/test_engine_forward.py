@@ -150,6 +150,77 @@ def test_engine_input_part_both_sides(kind, case, bias, threads, mode):
     check_against_torchnn_and_steps(kind, tensors, ours, mode, **kw)
 
 
+CHUNKED_INPUT = 13  # lstm_forward_chunked_input in _C._engine_runs()
+
+
+def lstm_forward(tensors, rows, grad, **kwargs):
+    """ops.lstm_layer on batch rows `rows` of the tensors (all of them: None); a saving
+    forward (weights require grad) when grad is True. Returns (output, h_n, c_n), detached."""
+    t = dict(tensors)
+    if rows is not None:
+        t["input"], t["h0"], t["c0"] = (t[n][:, rows] if n == "input" else t[n][rows]
+                                        for n in ("input", "h0", "c0"))
+    weights = [t[n].detach().requires_grad_(grad) for n in ("weight_ih", "weight_hh",
+                                                             "bias_ih", "bias_hh")]
+    if "weight_hr" in t:
+        kwargs["weight_hr"] = t["weight_hr"].detach().requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        out = ops.lstm_layer(t["input"], *weights, t["h0"], t["c0"], **kwargs)
+    return [o.detach() for o in out]
+
+
+# Note [Chunked input part]: with one or two rows the LSTM engine computes the x part of
+# chunks of steps at once (32 rows: 32 steps at B = 1, 16 at B = 2) instead of step by step.
+# Rows of a batch never meet in the forward, and every value is the same chain in both, so
+# a sequence run alone or beside one other (chunked) must give bitwise what its row gives in
+# a batch of three (x part step by step): T below, at and beyond a chunk and not a multiple
+# of it, reverse, projection, lengths, no grad (a chunk workspace) and a saving forward (the
+# chunk written into the gates buffer), 1 and 2 threads.
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("T", [1, 16, 70])
+@pytest.mark.parametrize("P", [0, 9])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "saving"])
+def test_chunked_input_part(T, P, reverse, grad, threads, mode):
+    I, H = 4, 33  # I <= R / 2: a single row takes the input part
+    tensors = make_tensors("lstm", T, 3, I, H, P, dtype=F32, seed=T + 7 * P)
+    kw = dict(reverse=reverse)
+    mode("engine", threads)
+    lengths = torch.tensor([T, max(1, T - 5), max(1, T // 2)])
+    before = _C._engine_runs()[CHUNKED_INPUT]
+    batch = lstm_forward(tensors, None, grad, lengths=lengths, **kw)
+    assert _C._engine_runs()[CHUNKED_INPUT] == before, "three rows must not be chunked"
+    for rows in ([0], [1], [2], [0, 2], [1, 0]):
+        before = _C._engine_runs()[CHUNKED_INPUT]
+        alone = lstm_forward(tensors, rows, grad, lengths=lengths[rows], **kw)
+        assert _C._engine_runs()[CHUNKED_INPUT] == before + 1, "not chunked"
+        for name, a, b in zip(("output", "h_n", "c_n"), alone, batch):
+            want = b[:, rows] if name == "output" else b[rows]
+            assert torch.equal(a, want), f"rows {rows}: {name}"
+
+
+def test_chunked_input_part_packed(mode):
+    """Packed input (two sequences, then one): the chunks follow batch_sizes; each sequence
+    matches its row of a padded batch of three bitwise, and the module agrees."""
+    T, I, H = 41, 6, 40
+    mode("engine", 2)
+    torch.manual_seed(3)
+    m = fusedrnn.LSTM(I, H)
+    x = torch.randn(T, 3, I)
+    lengths = torch.tensor([T, 23, 30])
+    with torch.no_grad():
+        y3, (h3, c3) = m(pack_padded_sequence(x, lengths, enforce_sorted=False))
+        before = _C._engine_runs()[CHUNKED_INPUT]
+        for rows in ([0, 1], [2, 0]):
+            y, (h, c) = m(pack_padded_sequence(x[:, rows], lengths[rows],
+                                               enforce_sorted=False))
+            assert torch.equal(h, h3[:, rows]) and torch.equal(c, c3[:, rows])
+            pad = torch.nn.utils.rnn.pad_packed_sequence(y)[0]
+            pad3 = torch.nn.utils.rnn.pad_packed_sequence(y3)[0]
+            assert torch.equal(pad, pad3[:, rows])
+        assert _C._engine_runs()[CHUNKED_INPUT] == before + 2
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("options", ["cell_clip", "cell_clip_proj", "no_bias_no_h0"])
 def test_options_against_reference(options, threads, mode):

@@ -337,6 +337,29 @@ bool engine_input_part(const LayerSizes& s, int64_t G, int64_t P) {
   return s.B == 1 ? 2 * s.I <= s.R : s.I <= s.R;
 }
 
+// Note [Chunked input part]
+// With one or two rows a step, the input part of Note [Engine input part] is bound by
+// streaming the thread's slice of W_ih from L2 every step, beside W_hh: at H = 256, I = 64
+// that is 128 of the 640 KiB a thread reads per step, for 64 multiply-adds per row and
+// weight. So at B <= 2 each thread computes the x part of its units for a chunk of steps
+// at once (kChunkRows rows: 32 steps at B = 1), on the same register blocks with up to
+// max_rows rows (FMA-bound, the W_ih panel read once per chunk), into a [rows, 4H] buffer:
+// the gates buffer when saving for a backward (the epilogue reads its x part there and
+// overwrites it with the activations, as on the all-steps path), otherwise a workspace of
+// the chunk. The steps then take their x part from that buffer. Each value is the same
+// chain over I from zero plus the bias, read back unchanged, so results are bitwise those
+// of the per-step input part (a thread reads only the columns it wrote itself: no barrier).
+// Only with the unit split: a row split needs at least kMinRowsPerThread rows.
+// Measured (2-core AVX-512 Xeon, LSTM T=128 I=64 H=256, 2 threads, paired and interleaved
+// in one process, medians of 21 rounds, per-step input part time / chunked time): no grad
+// B=1 1.09-1.10 (chunks of 16 or 32 steps), B=2 1.04 (16 steps) 1.00 (32), B=4 1.00-1.02,
+// B=8 1.00-1.02; training B=1 1.02-1.10, B=8 0.98-1.00
+// (benchmarks/results/intel-xeon-2026-12-03-chunked-input-ab.md).
+int64_t input_chunk_steps(const LayerSizes& s) {
+  constexpr int64_t kChunkRows = 32;
+  return s.B >= 1 && s.B <= 2 ? kChunkRows / s.B : 0;
+}
+
 void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tensor& w_hh,
                          const OptTensor& w_hr, at::Tensor& y, at::Tensor& h, at::Tensor& c,
                          at::Tensor& c_raw, at::Tensor& h_pre, bool reverse,
@@ -355,7 +378,11 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
   const int64_t hr_floats = P ? panel_floats(1, P, H, W) : 0;
   const int64_t I = input ? s.I : 0;
   const int64_t panel_total = hh_floats + hr_floats + (I ? panel_floats(4, H, I, W) : 0);
-  float* panel = workspace(panel_total);
+  // Note [Chunked input part]: the steps of one chunk (0: the x part step by step).
+  const int64_t C = I ? input_chunk_steps(s) : 0;
+  const bool chunk_buf = C && !(gates.defined() && gates.numel());
+  float* panel = workspace(panel_total + (chunk_buf ? C * B * 4 * H : 0));
+  float* chunk_p = chunk_buf ? panel + panel_total : nullptr;
   StateBuffers state(h, T);
 
   LstmEngineStep base{};
@@ -408,6 +435,9 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
     p.B = pp.B = rs.b1 - b0;
     p.c = base.c + b0 * H;
     if (base.lengths) p.lengths = pp.lengths = base.lengths + b0;
+    const bool chunks = C > 0 && !rows;
+    if (chunks && tid == 0) count_engine_run(EngineRun::LstmForwardChunkedInput);
+    int64_t chunk_row0 = 0;
     for (int64_t step = 0; step < T; ++step) {
       const int64_t t = reverse ? T - 1 - step : step;
       const int64_t M = rs.of(s.rows[t]), off = s.offset[t] + b0;
@@ -418,7 +448,22 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
       p.h_prev = prev;
       p.h_next = P ? nullptr : next;
       p.gates = g_p ? g_p + off * 4 * H : nullptr;
-      if (x_p) p.input.x = x_p + off * I;
+      if (chunks) {
+        if (step % C == 0) {
+          const int64_t n_steps = std::min(C, T - step);
+          const int64_t t_lo = reverse ? T - step - n_steps : step, t_hi = t_lo + n_steps - 1;
+          chunk_row0 = s.offset[t_lo];
+          const int64_t n_rows = s.offset[t_hi] + s.rows[t_hi] - chunk_row0;
+          EngineInput in = base.input;
+          in.x = x_p + chunk_row0 * I;
+          float* out = chunk_p ? chunk_p : g_p + chunk_row0 * 4 * H;
+          if (u0 < u1) k.input_rows(in, 4, n_rows, H, u0, u1, out, 4 * H);
+        }
+        p.input.x = nullptr;
+        if (chunk_p) p.gates = chunk_p + (off - chunk_row0) * 4 * H;
+      } else if (x_p) {
+        p.input.x = x_p + off * I;
+      }
       p.c_raw = craw_p ? craw_p + off * H : nullptr;
       p.h_out = P ? hpre_p + off * H : y_p + off * R;
       if (u0 < u1) k.lstm_step(p, u0, u1);

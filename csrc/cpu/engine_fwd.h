@@ -92,6 +92,11 @@ struct EngineFwdKernels {
   void (*lstm_step)(const LstmEngineStep& p, int64_t u0, int64_t u1);
   void (*gru_step)(const GruEngineStep& p, int64_t u0, int64_t u1);
   void (*proj_step)(const ProjEngineStep& p, int64_t p0, int64_t p1);
+  // The x part of M rows (row m at in.x + m * in.K) for units [u0, u1) of G gates:
+  // out[m * ldo + g * U + u] = sum_k x[m][k] W_ih[g * U + u][k] (k ascending, from zero)
+  // + bias[g * U + u], the same arithmetic as the input part of a step (EngineInput).
+  void (*input_rows)(const EngineInput& in, int64_t G, int64_t M, int64_t U, int64_t u0,
+                     int64_t u1, float* out, int64_t ldo);
 };
 
 }  // namespace cpu

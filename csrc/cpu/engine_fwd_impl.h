@@ -462,12 +462,40 @@ void proj_step(const ProjEngineStep& p, int64_t p0, int64_t p1) {
   carry_rows(p.r_prev, p.r_next, P, p.M, p.B, p0, p1);
 }
 
+// ---------------------------------------------------------------------------------------
+// The input part of several steps at once (Note [Chunked input part] in engine_fwd.cpp).
+
+template <int G>
+void input_rows_g(const EngineInput& in, int64_t M, int64_t U, int64_t u0, int64_t u1,
+                  float* out, int64_t ldo) {
+  run_blocks<G>(in.panel, in.K, in.x, in.K, M, U, u0, u1,
+                [&](int64_t m, int64_t u, int64_t n, const Rg* acc,
+                    const float*) FUSEDRNN_ENGINE_INLINE {
+    float* o = out + m * ldo + u;
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) {
+      const Rg v = in.bias ? V::add(acc[g], load_n(in.bias + g * U + u, n)) : acc[g];
+      store_n(o + g * U, v, n);
+    }
+  }, [](int64_t, int64_t) {});
+}
+
+void input_rows(const EngineInput& in, int64_t G, int64_t M, int64_t U, int64_t u0,
+                int64_t u1, float* out, int64_t ldo) {
+  if (G == 4) {
+    input_rows_g<4>(in, M, U, u0, u1, out, ldo);
+  } else {
+    input_rows_g<3>(in, M, U, u0, u1, out, ldo);
+  }
+}
+
 inline void fill(EngineFwdKernels* table) {
   table->width = kW;
   table->pack = &pack;
   table->lstm_step = &lstm_step;
   table->gru_step = &gru_step;
   table->proj_step = &proj_step;
+  table->input_rows = &input_rows;
 }
 
 }  // namespace fwd_engine
