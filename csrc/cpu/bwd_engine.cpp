@@ -220,7 +220,7 @@ at::Tensor zero_rows(int64_t B, int64_t C, const at::TensorOptions& opts) {
 // direct_column_sum's loop, whatever the size (column_sum may hand large ones to at::sum).
 at::Tensor sum_of_rows(const at::Tensor& rows) {
   const int64_t B = rows.size(0), C = rows.size(1);
-  at::Tensor out = at::empty({C}, rows.options());
+  at::Tensor out = empty_buffer({C}, rows.options());
   direct_column_sum(rows.const_data_ptr<float>(), C, B, C, out.data_ptr<float>());
   return out;
 }
@@ -239,13 +239,18 @@ struct RecurrentGrad {
                 bool track_, const at::TensorOptions& opts)
       : K(K_), U(U_), Up(blocks_of(U_) * kEngineBlock), nblk(blocks_of(U_)),
         norm(opt.clip_mode == ClipMode::Norm), track(track_) {
-    panels = at::empty({K * Up}, opts);  // [nblk][K][16]
-    gemm = at::zeros({s.B, Up}, opts);   // dgates_{t+1} W_hh
-    carry = at::zeros({s.B, Up}, opts);
+    // From the buffer cache (Note [CPU buffer cache]), like every workspace of the backward
+    // engine: fresh memory costs a pass over memory per call here. Training, paired, at::empty
+    // / at::zeros time over the cache's: LSTM T=128 B=1 I=64 H=256 1.03-1.06, GRU 1.05,
+    // T=64 B=1 I=1 H=64 1.06, T=24 B=16 I=8 H=32 1.05; B >= 8 within 1%
+    // (benchmarks/results/intel-xeon-2026-12-03-backward-workspaces-ab.md).
+    panels = empty_buffer({K * Up}, opts);  // [nblk][K][16]
+    gemm = zeros_buffer({s.B, Up}, opts);    // dgates_{t+1} W_hh
+    carry = zeros_buffer({s.B, Up}, opts);
     // Per row and block (Note [CPU backward engine]): per step with the record, else one
     // reused [B, nblk] buffer.
-    if (norm || track) sq = at::zeros({track ? s.N : s.B, nblk}, opts);
-    if (track && opt.clip_mode == ClipMode::Value) cnt = at::zeros({s.N, nblk}, opts);
+    if (norm || track) sq = zeros_buffer({track ? s.N : s.B, nblk}, opts);
+    if (track && opt.clip_mode == ClipMode::Value) cnt = zeros_buffer({s.N, nblk}, opts);
     panels_p = panels.data_ptr<float>();
     gemm_p = gemm.data_ptr<float>();
     carry_p = carry.data_ptr<float>();
@@ -521,8 +526,8 @@ std::optional<std::pair<at::Tensor, at::Tensor>> engine_lstm_weight_grads(
     // of dW_hh out of the joint result took 0.33-0.38 ms per call in torch.profiler at
     // T = 128, B = 1, I = 64, H = 256; whole training calls, paired, gained 0.4-0.9%
     // (benchmarks/results/intel-xeon-2026-12-03-direct-weight-grads-ab.md).
-    at::Tensor dw_ih = at::empty({dgates.size(1), I}, dgates.options());
-    at::Tensor dw_hh = at::empty({dgates.size(1), R}, dgates.options());
+    at::Tensor dw_ih = empty_buffer({dgates.size(1), I}, dgates.options());
+    at::Tensor dw_hh = empty_buffer({dgates.size(1), R}, dgates.options());
     outer_sum_into(dgates, pp, nx + nh, dw_ih.data_ptr<float>(), I, dw_hh.data_ptr<float>(), R,
                    nx);
     return std::make_pair(dw_ih, dw_hh);
@@ -630,11 +635,12 @@ void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>
   // Workspaces, once per call: the recurrent gradient over R units, and the LSTM's own.
   const RecurrentGrad rg(s, opt, K, R, track, opts);
   const int64_t Rp = rg.Up, nblk_r = rg.nblk;
-  const at::Tensor wrp = proj ? at::empty({R * Hp}, opts) : at::Tensor();  // W_hr panels [nblk_h][P][16]
-  const at::Tensor dc = at::zeros({B, Hp}, opts);                      // dc_rec
-  const at::Tensor dr_pad = proj ? at::zeros({B, Rp}, opts) : at::Tensor();    // dr_t, padded
-  const at::Tensor direct = proj ? at::zeros({B, Hp}, opts) : at::Tensor();    // dr_t W_hr
-  const at::Tensor pc = norm ? at::zeros({B, nblk_h}, opts) : at::Tensor();  // partials of dc_rec
+  // W_hr panels [nblk_h][P][16]; dc_rec; dr_t, padded; dr_t W_hr; partials of dc_rec.
+  const at::Tensor wrp = proj ? empty_buffer({R * Hp}, opts) : at::Tensor();
+  const at::Tensor dc = zeros_buffer({B, Hp}, opts);
+  const at::Tensor dr_pad = proj ? zeros_buffer({B, Rp}, opts) : at::Tensor();
+  const at::Tensor direct = proj ? zeros_buffer({B, Hp}, opts) : at::Tensor();
+  const at::Tensor pc = norm ? zeros_buffer({B, nblk_h}, opts) : at::Tensor();
   const at::Tensor db_rows = db ? zero_rows(B, K, opts) : at::Tensor();  // the bias gradient's
 
   const float* w_hh_p = w_hh.data_ptr<float>();

@@ -263,7 +263,7 @@ at::Tensor previous_states(const LayerSizes& s, const at::Tensor& y,
   const int64_t R = y.size(-1);
   const at::Tensor yc = y.reshape({s.N, R}).contiguous();
   const at::Tensor hc = h0 ? h0->contiguous() : at::Tensor();
-  at::Tensor prev = at::empty({s.N, R}, y.options());
+  at::Tensor prev = empty_buffer({s.N, R}, y.options());
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "fusedrnn.previous_states", [&] {
     const std::vector<const scalar_t*> rows = previous_state_rows<scalar_t>(
         s, yc.const_data_ptr<scalar_t>(), h0 ? hc.const_data_ptr<scalar_t>() : nullptr, R,
