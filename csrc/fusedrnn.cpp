@@ -98,13 +98,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Layer calls run by the CPU engine so far: [lstm_forward, lstm_backward, "
         "gru_forward, gru_backward, lstm_forward_rows, gru_forward_rows, lstm_backward_rows, "
         "gru_backward_rows, chunked_projection, lstm_forward_input, gru_forward_input, "
-        "weight_grad, input_grad, lstm_forward_chunked_input] (the *_rows: calls whose threads split the batch rows; "
+        "weight_grad, input_grad, lstm_forward_chunked_input, gru_forward_chunked_input] "
+        "(the *_rows: calls whose threads split the batch rows; "
         "chunked_projection: per-step forward loops that computed the input projection in "
         "chunks of steps; *_input: forward engine calls that computed the input part "
         "themselves; weight_grad: weight-gradient products computed on the engine's kernels; "
         "input_grad: input gradients dgates W_ih computed on the engine's kernel; "
-        "lstm_forward_chunked_input: LSTM forward engine calls that computed the input part "
-        "in chunks of steps)");
+        "*_forward_chunked_input: forward engine calls that computed the input part in "
+        "chunks of steps)");
   m.def("_engine_split", &fusedrnn::cpu::engine_split_name,
         "How the engines' threads share a call: 'auto', 'rule', 'units' or 'rows'");
   m.def("_set_engine_split", &fusedrnn::cpu::set_engine_split, py::arg("name"),

@@ -117,7 +117,8 @@ INPUT_PART = {"lstm": 9, "gru": 10}  # *_forward_input in _C._engine_runs()
 
 
 # Note [Engine input part]: the engines compute x W_ih^T + b themselves (the LSTM unless
-# I > R with 2-7 rows or I > R / 2 with one row, the GRU from 8 rows on), otherwise they
+# I > R with 2-7 rows or I > R / 2 with one row, the GRU from 8 rows on and at 1-2 rows by
+# the LSTM's rule), otherwise they
 # read the all-steps
 # projection as before. Shapes on both sides of those rules (with and without projection,
 # bias, initial state), 1 and 2 threads:
@@ -137,7 +138,7 @@ def test_engine_input_part_both_sides(kind, case, bias, threads, mode):
     if kind == "gru":
         if P:
             pytest.skip("the GRU has no projection")
-        fused = B >= 8
+        fused = B >= 8 or (B <= 2 and fused)  # at B <= 2 as the LSTM (in chunks)
     tensors = make_tensors(kind, T, B, I, H, P, bias=bias, h0=bias, dtype=F32, seed=T + H)
     kw = dict(lengths=torch.tensor([T - b % 3 for b in range(B)]), reverse=B % 2 == 1)
     mode("engine", threads)
@@ -150,50 +151,54 @@ def test_engine_input_part_both_sides(kind, case, bias, threads, mode):
     check_against_torchnn_and_steps(kind, tensors, ours, mode, **kw)
 
 
-CHUNKED_INPUT = 13  # lstm_forward_chunked_input in _C._engine_runs()
+CHUNKED_INPUT = {"lstm": 13, "gru": 14}  # *_forward_chunked_input in _C._engine_runs()
 
 
-def lstm_forward(tensors, rows, grad, **kwargs):
-    """ops.lstm_layer on batch rows `rows` of the tensors (all of them: None); a saving
-    forward (weights require grad) when grad is True. Returns (output, h_n, c_n), detached."""
+def layer_forward(kind, tensors, rows, grad, **kwargs):
+    """The op on batch rows `rows` of the tensors (all of them: None); a saving forward
+    (weights require grad) when grad is True. Returns its outputs, detached."""
     t = dict(tensors)
+    states = ("h0", "c0") if kind == "lstm" else ("h0",)
     if rows is not None:
-        t["input"], t["h0"], t["c0"] = (t[n][:, rows] if n == "input" else t[n][rows]
-                                        for n in ("input", "h0", "c0"))
+        t["input"] = t["input"][:, rows]
+        for n in states:
+            t[n] = t[n][rows]
     weights = [t[n].detach().requires_grad_(grad) for n in ("weight_ih", "weight_hh",
                                                              "bias_ih", "bias_hh")]
     if "weight_hr" in t:
         kwargs["weight_hr"] = t["weight_hr"].detach().requires_grad_(grad)
     with torch.set_grad_enabled(grad):
-        out = ops.lstm_layer(t["input"], *weights, t["h0"], t["c0"], **kwargs)
+        out = OPS[kind](t["input"], *weights, *(t[n] for n in states), **kwargs)
     return [o.detach() for o in out]
 
 
-# Note [Chunked input part]: with one or two rows the LSTM engine computes the x part of
-# chunks of steps at once (32 rows: 32 steps at B = 1, 16 at B = 2) instead of step by step.
-# Rows of a batch never meet in the forward, and every value is the same chain in both, so
-# a sequence run alone or beside one other (chunked) must give bitwise what its row gives in
-# a batch of three (x part step by step): T below, at and beyond a chunk and not a multiple
-# of it, reverse, projection, lengths, no grad (a chunk workspace) and a saving forward (the
-# chunk written into the gates buffer), 1 and 2 threads.
+# Note [Chunked input part]: with one or two rows the engines compute the x part of chunks
+# of steps at once (32 rows: 32 steps at B = 1, 16 at B = 2) instead of step by step. Rows
+# of a batch never meet in the forward, and every value is the same chain in both, so a
+# sequence run alone or beside one other (chunked) must give bitwise what its row gives in
+# a batch of eight (x part step by step, for the GRU too): T below, at and beyond a chunk
+# and not a multiple of it, reverse, projection, lengths, no grad (a chunk workspace) and a
+# saving forward (the LSTM's chunk written into its gates buffer), 1 and 2 threads.
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("T", [1, 16, 70])
-@pytest.mark.parametrize("P", [0, 9])
+@pytest.mark.parametrize("variant", ["lstm", "lstm_proj", "gru"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "saving"])
-def test_chunked_input_part(T, P, reverse, grad, threads, mode):
-    I, H = 4, 33  # I <= R / 2: a single row takes the input part
-    tensors = make_tensors("lstm", T, 3, I, H, P, dtype=F32, seed=T + 7 * P)
+def test_chunked_input_part(variant, T, reverse, grad, threads, mode):
+    kind = variant.split("_")[0]
+    I, H, P = 4, 33, 9 if variant == "lstm_proj" else 0  # I <= R / 2: one row takes it
+    tensors = make_tensors(kind, T, 8, I, H, P, dtype=F32, seed=T + 7 * P)
     kw = dict(reverse=reverse)
     mode("engine", threads)
-    lengths = torch.tensor([T, max(1, T - 5), max(1, T // 2)])
-    before = _C._engine_runs()[CHUNKED_INPUT]
-    batch = lstm_forward(tensors, None, grad, lengths=lengths, **kw)
-    assert _C._engine_runs()[CHUNKED_INPUT] == before, "three rows must not be chunked"
-    for rows in ([0], [1], [2], [0, 2], [1, 0]):
-        before = _C._engine_runs()[CHUNKED_INPUT]
-        alone = lstm_forward(tensors, rows, grad, lengths=lengths[rows], **kw)
-        assert _C._engine_runs()[CHUNKED_INPUT] == before + 1, "not chunked"
+    lengths = torch.tensor([max(1, T - 5 * b) for b in range(8)])
+    runs = lambda: _C._engine_runs()[CHUNKED_INPUT[kind]]  # noqa: E731
+    before = runs()
+    batch = layer_forward(kind, tensors, None, grad, lengths=lengths, **kw)
+    assert runs() == before, "eight rows must not be chunked"
+    for rows in ([0], [1], [7], [0, 5], [6, 2]):
+        before = runs()
+        alone = layer_forward(kind, tensors, rows, grad, lengths=lengths[rows], **kw)
+        assert runs() == before + 1, "not chunked"
         for name, a, b in zip(("output", "h_n", "c_n"), alone, batch):
             want = b[:, rows] if name == "output" else b[rows]
             assert torch.equal(a, want), f"rows {rows}: {name}"
@@ -210,7 +215,7 @@ def test_chunked_input_part_packed(mode):
     lengths = torch.tensor([T, 23, 30])
     with torch.no_grad():
         y3, (h3, c3) = m(pack_padded_sequence(x, lengths, enforce_sorted=False))
-        before = _C._engine_runs()[CHUNKED_INPUT]
+        before = _C._engine_runs()[CHUNKED_INPUT["lstm"]]
         for rows in ([0, 1], [2, 0]):
             y, (h, c) = m(pack_padded_sequence(x[:, rows], lengths[rows],
                                                enforce_sorted=False))
@@ -218,7 +223,7 @@ def test_chunked_input_part_packed(mode):
             pad = torch.nn.utils.rnn.pad_packed_sequence(y)[0]
             pad3 = torch.nn.utils.rnn.pad_packed_sequence(y3)[0]
             assert torch.equal(pad, pad3[:, rows])
-        assert _C._engine_runs()[CHUNKED_INPUT] == before + 2
+        assert _C._engine_runs()[CHUNKED_INPUT["lstm"]] == before + 2
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -155,7 +155,7 @@ std::string cpu_engine() {
 }
 
 namespace {
-std::atomic<int64_t> engine_run_counts[14];
+std::atomic<int64_t> engine_run_counts[15];
 std::atomic<int> engine_split_flag{static_cast<int>(EngineSplit::Auto)};
 }  // namespace
 

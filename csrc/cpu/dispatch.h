@@ -61,14 +61,14 @@ enum class EngineRun : int {
                           // engine kernel])
   InputGrad = 12,         // input gradients dgates W_ih computed on the engine's micro-kernel
                           // (Note [Input gradients on the engine kernel])
-  LstmForwardChunkedInput = 13  // LSTM forward engine runs that computed the x part in
-                                // chunks of steps (Note [Chunked input part], engine_fwd.cpp)
+  LstmForwardChunkedInput = 13,  // forward engine runs that computed the x part in chunks
+  GruForwardChunkedInput = 14    // of steps (Note [Chunked input part], engine_fwd.cpp)
 };
 void count_engine_run(EngineRun kind);
 // {lstm_forward, lstm_backward, gru_forward, gru_backward, lstm_forward_rows,
 //  gru_forward_rows, lstm_backward_rows, gru_backward_rows, chunked_projection,
 //  lstm_forward_input, gru_forward_input, weight_grad, input_grad,
-//  lstm_forward_chunked_input}
+//  lstm_forward_chunked_input, gru_forward_chunked_input}
 std::vector<int64_t> engine_runs();
 
 // How the engines' threads share a call, forward and backward (Note [Engine row split] in

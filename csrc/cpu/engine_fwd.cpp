@@ -332,7 +332,7 @@ bool engine_input_part(const LayerSizes& s, int64_t G, int64_t P) {
   if (panels > l2_bytes_per_core() * 3 / 2 && 2 * s.I >= s.R && (s.B <= 16 || s.I >= s.R)) {
     return false;
   }
-  if (G == 3) return s.B >= 8;
+  if (G == 3 && s.B > 2) return s.B >= 8;  // at B <= 2: in chunks, as the LSTM's
   if (s.B >= 8) return true;
   return s.B == 1 ? 2 * s.I <= s.R : s.I <= s.R;
 }
@@ -343,10 +343,12 @@ bool engine_input_part(const LayerSizes& s, int64_t G, int64_t P) {
 // that is 128 of the 640 KiB a thread reads per step, for 64 multiply-adds per row and
 // weight. So at B <= 2 each thread computes the x part of its units for a chunk of steps
 // at once (kChunkRows rows: 32 steps at B = 1), on the same register blocks with up to
-// max_rows rows (FMA-bound, the W_ih panel read once per chunk), into a [rows, 4H] buffer:
-// the gates buffer when saving for a backward (the epilogue reads its x part there and
-// overwrites it with the activations, as on the all-steps path), otherwise a workspace of
-// the chunk. The steps then take their x part from that buffer. Each value is the same
+// max_rows rows (FMA-bound, the W_ih panel read once per chunk), into a [rows, G H] buffer:
+// for the LSTM the gates buffer when saving for a backward (the epilogue reads its x part
+// there and overwrites it with the activations, as on the all-steps path), otherwise, and
+// for the GRU (whose saved values have another layout), a workspace of the chunk. The
+// steps then take their x part from that buffer. The GRU, which takes the per-step input
+// part from 8 rows on only, takes it in chunks at B <= 2 (no all-steps product there). Each value is the same
 // chain over I from zero plus the bias, read back unchanged, so results are bitwise those
 // of the per-step input part (a thread reads only the columns it wrote itself: no barrier).
 // Only with the unit split: a row split needs at least kMinRowsPerThread rows.
@@ -354,11 +356,39 @@ bool engine_input_part(const LayerSizes& s, int64_t G, int64_t P) {
 // in one process, medians of 21 rounds, per-step input part time / chunked time): no grad
 // B=1 1.09-1.10 (chunks of 16 or 32 steps), B=2 1.04 (16 steps) 1.00 (32), B=4 1.00-1.02,
 // B=8 1.00-1.02; training B=1 1.02-1.10, B=8 0.98-1.00
-// (benchmarks/results/intel-xeon-2026-12-03-chunked-input-ab.md).
+// (benchmarks/results/intel-xeon-2026-12-03-chunked-input-ab.md). GRU, chunks against its
+// all-steps product: B=1 no grad 1.12, training 1.03; B=2 1.11 / 1.04; T=64 B=1 H=64 I=1
+// and I=8 1.09-1.11 / 1.03-1.09 (same record).
 int64_t input_chunk_steps(const LayerSizes& s) {
   constexpr int64_t kChunkRows = 32;
   return s.B >= 1 && s.B <= 2 ? kChunkRows / s.B : 0;
 }
+
+namespace {
+
+// The first time step of the chunk that starts at loop step `step` (Note [Chunked input
+// part]): steps run backwards in time when reversed.
+int64_t chunk_first_time(const LayerSizes& s, int64_t step, int64_t C, bool reverse) {
+  return reverse ? s.T - step - std::min(C, s.T - step) : step;
+}
+
+// The x parts of the chunk of C steps from loop step `step` for units [u0, u1), rows in
+// time order at `out` (ld G * H); returns the chunk's first row.
+int64_t chunk_input(const EngineFwdKernels& k, const LayerSizes& s, const EngineInput& base,
+                    const float* x, int64_t G, int64_t step, int64_t C, bool reverse,
+                    int64_t u0, int64_t u1, float* out) {
+  const int64_t t_lo = chunk_first_time(s, step, C, reverse);
+  const int64_t t_hi = t_lo + std::min(C, s.T - step) - 1;
+  const int64_t row0 = s.offset[t_lo];
+  EngineInput in = base;
+  in.x = x + row0 * in.K;
+  if (u0 < u1) {
+    k.input_rows(in, G, s.offset[t_hi] + s.rows[t_hi] - row0, s.H, u0, u1, out, G * s.H);
+  }
+  return row0;
+}
+
+}  // namespace
 
 void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tensor& w_hh,
                          const OptTensor& w_hr, at::Tensor& y, at::Tensor& h, at::Tensor& c,
@@ -450,14 +480,10 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
       p.gates = g_p ? g_p + off * 4 * H : nullptr;
       if (chunks) {
         if (step % C == 0) {
-          const int64_t n_steps = std::min(C, T - step);
-          const int64_t t_lo = reverse ? T - step - n_steps : step, t_hi = t_lo + n_steps - 1;
-          chunk_row0 = s.offset[t_lo];
-          const int64_t n_rows = s.offset[t_hi] + s.rows[t_hi] - chunk_row0;
-          EngineInput in = base.input;
-          in.x = x_p + chunk_row0 * I;
-          float* out = chunk_p ? chunk_p : g_p + chunk_row0 * 4 * H;
-          if (u0 < u1) k.input_rows(in, 4, n_rows, H, u0, u1, out, 4 * H);
+          // Saving: into the gates buffer, whose rows the chunk's steps read and overwrite.
+          float* out = chunk_p ? chunk_p
+                               : g_p + s.offset[chunk_first_time(s, step, C, reverse)] * 4 * H;
+          chunk_row0 = chunk_input(k, s, base.input, x_p, 4, step, C, reverse, u0, u1, out);
         }
         p.input.x = nullptr;
         if (chunk_p) p.gates = chunk_p + (off - chunk_row0) * 4 * H;
@@ -494,7 +520,10 @@ void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Ten
   const int64_t hh_floats = panel_floats(3, H, H, W);
   const int64_t I = input ? s.I : 0;
   const int64_t panel_total = hh_floats + (I ? panel_floats(3, H, I, W) : 0);
-  float* panel = workspace(panel_total);
+  // Note [Chunked input part]: the steps of one chunk, and its x parts (0: step by step).
+  const int64_t C = I ? input_chunk_steps(s) : 0;
+  float* panel = workspace(panel_total + (C ? C * B * 3 * H : 0));
+  float* chunk_p = C ? panel + panel_total : nullptr;
   float* ih_panel = I ? panel + hh_floats : nullptr;
   const at::Tensor wih = input ? input->w_ih.contiguous() : at::Tensor();
   StateBuffers state(h, T);
@@ -530,6 +559,9 @@ void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Ten
     GruEngineStep p = base;
     p.B = rs.b1 - b0;
     if (base.lengths) p.lengths = base.lengths + b0;
+    const bool chunks = C > 0 && !rows;
+    if (chunks && tid == 0) count_engine_run(EngineRun::GruForwardChunkedInput);
+    int64_t chunk_row0 = 0;
     for (int64_t step = 0; step < T; ++step) {
       const int64_t t = reverse ? T - 1 - step : step;
       const int64_t off = s.offset[t] + b0;
@@ -537,7 +569,13 @@ void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Ten
       p.t = t;
       p.h_prev = state.buf[step % 2] + b0 * H;
       p.h_next = state.buf[(step + 1) % 2] + b0 * H;
-      if (x_p) {
+      if (chunks) {
+        if (step % C == 0) {
+          chunk_row0 = chunk_input(k, s, base.input, x_p, 3, step, C, reverse, u0, u1, chunk_p);
+        }
+        p.input.x = nullptr;
+        p.xg = chunk_p + (off - chunk_row0) * 3 * H;
+      } else if (x_p) {
         p.input.x = x_p + off * I;
       } else {
         p.xg = xg_p + off * 3 * H;
