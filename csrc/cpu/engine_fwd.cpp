@@ -347,10 +347,11 @@ bool engine_input_part(const LayerSizes& s, int64_t G, int64_t P) {
 // for the LSTM the gates buffer when saving for a backward (the epilogue reads its x part
 // there and overwrites it with the activations, as on the all-steps path), otherwise, and
 // for the GRU (whose saved values have another layout), a workspace of the chunk. The
-// steps then take their x part from that buffer. The GRU, which takes the per-step input
-// part from 8 rows on only, takes it in chunks at B <= 2 (no all-steps product there). Each value is the same
-// chain over I from zero plus the bias, read back unchanged, so results are bitwise those
-// of the per-step input part (a thread reads only the columns it wrote itself: no barrier).
+// steps then take their x part from that buffer. (The GRU takes the per-step input part
+// from 8 rows on only; at B <= 2 it now takes it in chunks, not from an all-steps product.)
+// Each value is the same chain over I from zero plus the bias, read back unchanged, so
+// results are bitwise those of the per-step input part (a thread reads only the columns it
+// wrote itself: no barrier).
 // Only with the unit split: a row split needs at least kMinRowsPerThread rows.
 // Measured (2-core AVX-512 Xeon, LSTM T=128 I=64 H=256, 2 threads, paired and interleaved
 // in one process, medians of 21 rounds, per-step input part time / chunked time): no grad
