@@ -209,12 +209,7 @@ float* fptr(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nu
 // row's gate gradients, while it writes them, to that row's running sums ([B, G] rows, in
 // L1/L2); after the loop one pass adds the B rows in row order. Every row (and unit) has one
 // owner in both splits and every sum runs over the steps in loop order, so the result does
-// not depend on the thread count or the split.
-at::Tensor zero_rows(int64_t B, int64_t C, const at::TensorOptions& opts) {
-  at::Tensor rows = empty_buffer({B, C}, opts);
-  rows.zero_();
-  return rows;
-}
+// not depend on the thread count or the split. The row sums start from zeros_buffer.
 
 // out[c] = rows[0][c] + rows[1][c] + ... in row order, for rows [B, C] (float32, contiguous):
 // direct_column_sum's loop, whatever the size (column_sum may hand large ones to at::sum).
@@ -641,7 +636,8 @@ void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>
   const at::Tensor dr_pad = proj ? zeros_buffer({B, Rp}, opts) : at::Tensor();
   const at::Tensor direct = proj ? zeros_buffer({B, Hp}, opts) : at::Tensor();
   const at::Tensor pc = norm ? zeros_buffer({B, nblk_h}, opts) : at::Tensor();
-  const at::Tensor db_rows = db ? zero_rows(B, K, opts) : at::Tensor();  // the bias gradient's
+  // The bias gradient's row sums (Note [Bias gradient in the time loop]).
+  const at::Tensor db_rows = db ? zeros_buffer({B, K}, opts) : at::Tensor();
 
   const float* w_hh_p = w_hh.data_ptr<float>();
   const float* w_hr_p = proj ? w_hr.data_ptr<float>() : nullptr;
@@ -791,8 +787,8 @@ void gru_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>&
   const bool track = record.defined();
   const RecurrentGrad rg(s, opt, K, H, track, saved.options());
   // The bias gradients' row sums (Note [Bias gradient in the time loop]).
-  const at::Tensor dbi_rows = db_ih ? zero_rows(B, K, saved.options()) : at::Tensor();
-  const at::Tensor dbh_rows = db_hh ? zero_rows(B, K, saved.options()) : at::Tensor();
+  const at::Tensor dbi_rows = db_ih ? zeros_buffer({B, K}, saved.options()) : at::Tensor();
+  const at::Tensor dbh_rows = db_hh ? zeros_buffer({B, K}, saved.options()) : at::Tensor();
 
   const float* w_hh_p = w_hh.data_ptr<float>();
   float* dhg_p = dhg.data_ptr<float>();

@@ -91,6 +91,7 @@ class RowsLinear {
 // a write pass over 50 MiB at T=100, B=64, H=512 (4.5 ms of a 73 ms addmm, in
 // torch.profiler on the 2-core Xeon). The value is the same sum, the bias added to the
 // finished product once.
+//
 // Note [Chunked input projection]
 // The per-step loop reads the input projection x W_ih^T + bias of step t once, at step t.
 // Computed for all steps before the loop (one GEMM), it is a buffer of N * G floats: 50 MiB

@@ -360,33 +360,32 @@ bool engine_input_part(const LayerSizes& s, int64_t G, int64_t P) {
 // (benchmarks/results/intel-xeon-2026-12-03-chunked-input-ab.md). GRU, chunks against its
 // all-steps product: B=1 no grad 1.12, training 1.03; B=2 1.11 / 1.04; T=64 B=1 H=64 I=1
 // and I=8 1.09-1.11 / 1.03-1.09 (same record).
+namespace {
+
 int64_t input_chunk_steps(const LayerSizes& s) {
   constexpr int64_t kChunkRows = 32;
   return s.B >= 1 && s.B <= 2 ? kChunkRows / s.B : 0;
 }
 
-namespace {
+// The rows [row0, row0 + rows) of the chunk of C steps that starts at loop step `step`
+// (steps run backwards in time when reversed).
+struct ChunkRows {
+  int64_t row0, rows;
+};
 
-// The first time step of the chunk that starts at loop step `step` (Note [Chunked input
-// part]): steps run backwards in time when reversed.
-int64_t chunk_first_time(const LayerSizes& s, int64_t step, int64_t C, bool reverse) {
-  return reverse ? s.T - step - std::min(C, s.T - step) : step;
+ChunkRows chunk_rows(const LayerSizes& s, int64_t step, int64_t C, bool reverse) {
+  const int64_t n = std::min(C, s.T - step);
+  const int64_t t_lo = reverse ? s.T - step - n : step, t_hi = t_lo + n - 1;
+  return {s.offset[t_lo], s.offset[t_hi] + s.rows[t_hi] - s.offset[t_lo]};
 }
 
-// The x parts of the chunk of C steps from loop step `step` for units [u0, u1), rows in
-// time order at `out` (ld G * H); returns the chunk's first row.
-int64_t chunk_input(const EngineFwdKernels& k, const LayerSizes& s, const EngineInput& base,
-                    const float* x, int64_t G, int64_t step, int64_t C, bool reverse,
-                    int64_t u0, int64_t u1, float* out) {
-  const int64_t t_lo = chunk_first_time(s, step, C, reverse);
-  const int64_t t_hi = t_lo + std::min(C, s.T - step) - 1;
-  const int64_t row0 = s.offset[t_lo];
+// The x parts of the chunk's rows for units [u0, u1), row after row at `out` (ld G * H).
+void chunk_input(const EngineFwdKernels& k, const EngineInput& base, const float* x, int64_t G,
+                 int64_t H, const ChunkRows& c, int64_t u0, int64_t u1, float* out) {
+  if (u0 >= u1) return;
   EngineInput in = base;
-  in.x = x + row0 * in.K;
-  if (u0 < u1) {
-    k.input_rows(in, G, s.offset[t_hi] + s.rows[t_hi] - row0, s.H, u0, u1, out, G * s.H);
-  }
-  return row0;
+  in.x = x + c.row0 * in.K;
+  k.input_rows(in, G, c.rows, H, u0, u1, out, G * H);
 }
 
 }  // namespace
@@ -481,10 +480,11 @@ void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tenso
       p.gates = g_p ? g_p + off * 4 * H : nullptr;
       if (chunks) {
         if (step % C == 0) {
+          const ChunkRows rows_c = chunk_rows(s, step, C, reverse);
+          chunk_row0 = rows_c.row0;
           // Saving: into the gates buffer, whose rows the chunk's steps read and overwrite.
-          float* out = chunk_p ? chunk_p
-                               : g_p + s.offset[chunk_first_time(s, step, C, reverse)] * 4 * H;
-          chunk_row0 = chunk_input(k, s, base.input, x_p, 4, step, C, reverse, u0, u1, out);
+          chunk_input(k, base.input, x_p, 4, H, rows_c, u0, u1,
+                      chunk_p ? chunk_p : g_p + chunk_row0 * 4 * H);
         }
         p.input.x = nullptr;
         if (chunk_p) p.gates = chunk_p + (off - chunk_row0) * 4 * H;
@@ -572,7 +572,9 @@ void gru_forward_engine(const LayerSizes& s, const at::Tensor& xg, const at::Ten
       p.h_next = state.buf[(step + 1) % 2] + b0 * H;
       if (chunks) {
         if (step % C == 0) {
-          chunk_row0 = chunk_input(k, s, base.input, x_p, 3, step, C, reverse, u0, u1, chunk_p);
+          const ChunkRows rows_c = chunk_rows(s, step, C, reverse);
+          chunk_row0 = rows_c.row0;
+          chunk_input(k, base.input, x_p, 3, H, rows_c, u0, u1, chunk_p);
         }
         p.input.x = nullptr;
         p.xg = chunk_p + (off - chunk_row0) * 3 * H;

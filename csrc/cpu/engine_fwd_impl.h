@@ -46,6 +46,13 @@ inline Rg load_n(const float* p, int64_t n) {
   return V::load(tmp);
 }
 
+// v + bias[off ..] (n lanes), or v without a bias: every x part the engines use adds its
+// bias this one way (Note [Engine input part], Note [Chunked input part], Note [Bias of the
+// all-steps product]), so the paths give the same values.
+inline Rg plus_bias(Rg v, const float* bias, int64_t off, int64_t n) {
+  return bias ? V::add(v, load_n(bias + off, n)) : v;
+}
+
 inline void store_n(float* p, Rg v, int64_t n) {
   if (n == kW) {
     V::store(p, v);
@@ -272,8 +279,7 @@ void run_blocks(const float* panel, int64_t K, const float* x, int64_t ldx, int6
           const int64_t u = (j + b) * kW, n = U - u < kW ? U - u : kW;
 #pragma GCC unroll 8
           for (int g = 0; g < G; ++g) {
-            const Rg v = in->bias ? V::add(acc[g], load_n(in->bias + g * U + u, n)) : acc[g];
-            V::store(xpart[m][b][g], v);
+            V::store(xpart[m][b][g], plus_bias(acc[g], in->bias, g * U + u, n));
           }
         });
       }
@@ -346,8 +352,7 @@ void lstm_step_impl(const LstmEngineStep& p, int64_t u0, int64_t u1) {
     // (the x part: computed in this block, Note [Engine input part], or from the buffer)
     auto xg = [&](int q) FUSEDRNN_ENGINE_INLINE {
       if (xp) return V::load(xp + q * kW);
-      const Rg v = load_n(g + q * H, n);
-      return p.x_bias ? V::add(v, load_n(p.x_bias + q * H + u, n)) : v;
+      return plus_bias(load_n(g + q * H, n), p.x_bias, q * H + u, n);
     };
     const Rg i = V::sigmoid(V::add(xg(0), acc[0]));
     const Rg f = V::sigmoid(V::add(xg(1), acc[1]));
@@ -412,8 +417,7 @@ void gru_step(const GruEngineStep& p, int64_t u0, int64_t u1) {
     // (the x part: computed in this block, Note [Engine input part], or from the buffer)
     auto xg = [&](int q) FUSEDRNN_ENGINE_INLINE {
       if (xp) return V::load(xp + q * kW);
-      const Rg v = load_n(p.xg + b * 3 * H + u + q * H, n);
-      return p.x_bias ? V::add(v, load_n(p.x_bias + q * H + u, n)) : v;
+      return plus_bias(load_n(p.xg + b * 3 * H + u + q * H, n), p.x_bias, q * H + u, n);
     };
     const Rg r = V::sigmoid(V::add(xg(0), acc[0]));
     const Rg z = V::sigmoid(V::add(xg(1), acc[1]));
@@ -473,10 +477,7 @@ void input_rows_g(const EngineInput& in, int64_t M, int64_t U, int64_t u0, int64
                     const float*) FUSEDRNN_ENGINE_INLINE {
     float* o = out + m * ldo + u;
 #pragma GCC unroll 8
-    for (int g = 0; g < G; ++g) {
-      const Rg v = in.bias ? V::add(acc[g], load_n(in.bias + g * U + u, n)) : acc[g];
-      store_n(o + g * U, v, n);
-    }
+    for (int g = 0; g < G; ++g) store_n(o + g * U, plus_bias(acc[g], in.bias, g * U + u, n), n);
   }, [](int64_t, int64_t) {});
 }
 

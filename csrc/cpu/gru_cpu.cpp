@@ -63,7 +63,7 @@ std::vector<at::Tensor> gru_forward_impl(const LayerSizes& s, const GruForwardAr
     const EngineInputArgs input{x.view({N, I}), a.w_ih, bias};
     gru_forward_engine(s, projected ? projected->whole() : at::Tensor(), a.w_hh, b_hn, y, h,
                        saved_out, a.reverse, engine_input ? &input : nullptr,
-                       engine ? bias : std::nullopt);
+                       bias);
   } else {
     StepLinear<T> recurrent(a.w_hh, B, T_);  // h_{t-1} W_hh^T
 

@@ -72,7 +72,7 @@ std::vector<at::Tensor> lstm_forward_impl(const LayerSizes& s, const LstmForward
     const EngineInputArgs input{x.view({N, I}), a.w_ih, bias};
     lstm_forward_engine(s, gates, a.w_hh, a.w_hr, y, h, c, c_raw, h_pre, a.reverse, a.cell_clip,
                         a.save, engine_input ? &input : nullptr,
-                        engine ? bias : std::nullopt);
+                        bias);
   } else {
     StepLinear<T> recurrent(a.w_hh, B, T_);                               // h_{t-1} W_hh^T
     std::optional<StepLinear<T>> projection;                            // h_t W_hr^T
