@@ -91,12 +91,13 @@ const BwdEngineTable<float>& bwd_table() { return capability_kernels().engine_bw
 inline int64_t blocks_of(int64_t units) { return (units + kEngineBlock - 1) / kEngineBlock; }
 
 // Panels [blk][K][16] of the columns blk*16 .. blk*16+15 of the K rows row(k) of C floats
-// each (a null row: zeros; zero beyond C), for blk0 <= blk < blk1.
+// each (a null row: zeros; zero beyond C), for blk0 <= blk < blk1; panel blk starts at
+// out + blk * panel_stride_for(K) (Note [Panel stride] in bwd_engine_params.h).
 template <class Row>
 void pack_panel_rows(const Row& row, int64_t K, int64_t C, float* out, int64_t blk0,
                      int64_t blk1) {
   for (int64_t blk = blk0; blk < blk1; ++blk) {
-    float* o = out + blk * K * kEngineBlock;
+    float* o = out + blk * panel_stride_for(K);
     const int64_t c0 = blk * kEngineBlock, w = std::min(kEngineBlock, C - c0);
     for (int64_t k = 0; k < K; ++k) {
       const float* src = row(k);
@@ -239,7 +240,7 @@ struct RecurrentGrad {
     // / at::zeros time over the cache's: LSTM T=128 B=1 I=64 H=256 1.03-1.06, GRU 1.05,
     // T=64 B=1 I=1 H=64 1.06, T=24 B=16 I=8 H=32 1.05; B >= 8 within 1%
     // (benchmarks/results/intel-xeon-2026-12-03-backward-workspaces-ab.md).
-    panels = empty_buffer({K * Up}, opts);  // [nblk][K][16]
+    panels = empty_buffer({nblk * panel_stride_for(K)}, opts);  // [nblk][K][16], padded
     gemm = zeros_buffer({s.B, Up}, opts);    // dgates_{t+1} W_hh
     carry = zeros_buffer({s.B, Up}, opts);
     // Per row and block (Note [CPU backward engine]): per step with the record, else one
@@ -413,7 +414,7 @@ at::Tensor thin_outer_sum(const at::Tensor& a, const at::Tensor& b) {
 // operand of the engine's products.
 at::Tensor packed_panels(const at::Tensor& b) {
   const int64_t K = b.size(0), C = b.size(1), nblk = blocks_of(C);
-  at::Tensor panels = empty_buffer({nblk * K * kEngineBlock}, b.options());
+  at::Tensor panels = empty_buffer({nblk * panel_stride_for(K)}, b.options());
   const float* bp = b.const_data_ptr<float>();
   float* pp = panels.data_ptr<float>();
   at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) { pack_panels(bp, K, C, pp, b0, b1); });
@@ -502,10 +503,10 @@ std::optional<std::pair<at::Tensor, at::Tensor>> engine_lstm_weight_grads(
   const std::vector<const float*> prev = previous_state_rows<float>(
       s, y2d.const_data_ptr<float>(), h0 ? h0->const_data_ptr<float>() : nullptr, R, reverse);
   const int64_t nx = blocks_of(I), nh = blocks_of(R);
-  at::Tensor panels = empty_buffer({(nx + nh) * N * kEngineBlock}, dgates.options());
+  at::Tensor panels = empty_buffer({(nx + nh) * panel_stride_for(N)}, dgates.options());
   float* pp = panels.data_ptr<float>();
   const float* xp = x2d.const_data_ptr<float>();
-  float* hpanels = pp + nx * N * kEngineBlock;
+  float* hpanels = pp + nx * panel_stride_for(N);
   auto prev_row = [&](int64_t k) { return prev[static_cast<size_t>(k)]; };
   at::parallel_for(0, nx + nh, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t blk = b0; blk < b1; ++blk) {
@@ -631,7 +632,7 @@ void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>
   const RecurrentGrad rg(s, opt, K, R, track, opts);
   const int64_t Rp = rg.Up, nblk_r = rg.nblk;
   // W_hr panels [nblk_h][P][16]; dc_rec; dr_t, padded; dr_t W_hr; partials of dc_rec.
-  const at::Tensor wrp = proj ? empty_buffer({R * Hp}, opts) : at::Tensor();
+  const at::Tensor wrp = proj ? empty_buffer({nblk_h * panel_stride_for(R)}, opts) : at::Tensor();
   const at::Tensor dc = zeros_buffer({B, Hp}, opts);
   const at::Tensor dr_pad = proj ? zeros_buffer({B, Rp}, opts) : at::Tensor();
   const at::Tensor direct = proj ? zeros_buffer({B, Hp}, opts) : at::Tensor();

@@ -49,7 +49,7 @@ struct Blocking<1> {  // portable
 // (EngineGemm::a_by_columns, and the packed copy gemm_impl makes of such an A).
 template <class V, int MR, int NB, bool ACOL>
 inline void micro_kernel(const typename V::value_type* A, int64_t lda,
-                         const typename V::value_type* Bp, int64_t K, int64_t k0, int64_t k1,
+                         const typename V::value_type* Bp, int64_t panel, int64_t k0, int64_t k1,
                          typename V::value_type* C, int64_t ldc) {
   using T = typename V::value_type;
   using Rg = typename V::reg;
@@ -66,7 +66,6 @@ inline void micro_kernel(const typename V::value_type* A, int64_t lda,
       }
     }
   }
-  const int64_t panel = K * kEngineBlock;
   for (int64_t k = k0; k < k1; ++k) {
     Rg b[NV];
     const T* bk = Bp + k * kEngineBlock;
@@ -97,35 +96,35 @@ inline void micro_kernel(const typename V::value_type* A, int64_t lda,
 
 template <class V, int MR, bool ACOL>
 inline void micro_nb(int nb, const typename V::value_type* A, int64_t lda,
-                     const typename V::value_type* Bp, int64_t K, int64_t k0, int64_t k1,
+                     const typename V::value_type* Bp, int64_t panel, int64_t k0, int64_t k1,
                      typename V::value_type* C, int64_t ldc) {
   // Only the (MR, NB) pairs the blocking can ask for are instantiated.
   constexpr int maxnb = MR == 1 ? Blocking<V::width>::NB1
                                 : (MR == 2 ? Blocking<V::width>::NB2 : Blocking<V::width>::NB);
   switch (nb) {
-    case 1: micro_kernel<V, MR, 1, ACOL>(A, lda, Bp, K, k0, k1, C, ldc); break;
-    case 2: if constexpr (maxnb >= 2) micro_kernel<V, MR, 2, ACOL>(A, lda, Bp, K, k0, k1, C, ldc); break;
-    case 3: if constexpr (maxnb >= 3) micro_kernel<V, MR, 3, ACOL>(A, lda, Bp, K, k0, k1, C, ldc); break;
-    case 4: if constexpr (maxnb >= 4) micro_kernel<V, MR, 4, ACOL>(A, lda, Bp, K, k0, k1, C, ldc); break;
-    case 5: if constexpr (maxnb >= 5) micro_kernel<V, MR, 5, ACOL>(A, lda, Bp, K, k0, k1, C, ldc); break;
-    case 6: if constexpr (maxnb >= 6) micro_kernel<V, MR, 6, ACOL>(A, lda, Bp, K, k0, k1, C, ldc); break;
-    case 7: if constexpr (maxnb >= 7) micro_kernel<V, MR, 7, ACOL>(A, lda, Bp, K, k0, k1, C, ldc); break;
-    default: if constexpr (maxnb >= 8) micro_kernel<V, MR, 8, ACOL>(A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 1: micro_kernel<V, MR, 1, ACOL>(A, lda, Bp, panel, k0, k1, C, ldc); break;
+    case 2: if constexpr (maxnb >= 2) micro_kernel<V, MR, 2, ACOL>(A, lda, Bp, panel, k0, k1, C, ldc); break;
+    case 3: if constexpr (maxnb >= 3) micro_kernel<V, MR, 3, ACOL>(A, lda, Bp, panel, k0, k1, C, ldc); break;
+    case 4: if constexpr (maxnb >= 4) micro_kernel<V, MR, 4, ACOL>(A, lda, Bp, panel, k0, k1, C, ldc); break;
+    case 5: if constexpr (maxnb >= 5) micro_kernel<V, MR, 5, ACOL>(A, lda, Bp, panel, k0, k1, C, ldc); break;
+    case 6: if constexpr (maxnb >= 6) micro_kernel<V, MR, 6, ACOL>(A, lda, Bp, panel, k0, k1, C, ldc); break;
+    case 7: if constexpr (maxnb >= 7) micro_kernel<V, MR, 7, ACOL>(A, lda, Bp, panel, k0, k1, C, ldc); break;
+    default: if constexpr (maxnb >= 8) micro_kernel<V, MR, 8, ACOL>(A, lda, Bp, panel, k0, k1, C, ldc); break;
   }
 }
 
 template <class V, bool ACOL>
 inline void micro(int mr, int nb, const typename V::value_type* A, int64_t lda,
-                  const typename V::value_type* Bp, int64_t K, int64_t k0, int64_t k1,
+                  const typename V::value_type* Bp, int64_t panel, int64_t k0, int64_t k1,
                   typename V::value_type* C, int64_t ldc) {
   constexpr int MRX = Blocking<V::width>::MR;
   switch (mr) {
-    case 1: micro_nb<V, 1, ACOL>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
-    case 2: if constexpr (MRX >= 2) micro_nb<V, 2, ACOL>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
-    case 3: if constexpr (MRX >= 3) micro_nb<V, 3, ACOL>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
-    case 4: if constexpr (MRX >= 4) micro_nb<V, 4, ACOL>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
-    case 5: if constexpr (MRX >= 5) micro_nb<V, 5, ACOL>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
-    default: if constexpr (MRX >= 6) micro_nb<V, 6, ACOL>(nb, A, lda, Bp, K, k0, k1, C, ldc); break;
+    case 1: micro_nb<V, 1, ACOL>(nb, A, lda, Bp, panel, k0, k1, C, ldc); break;
+    case 2: if constexpr (MRX >= 2) micro_nb<V, 2, ACOL>(nb, A, lda, Bp, panel, k0, k1, C, ldc); break;
+    case 3: if constexpr (MRX >= 3) micro_nb<V, 3, ACOL>(nb, A, lda, Bp, panel, k0, k1, C, ldc); break;
+    case 4: if constexpr (MRX >= 4) micro_nb<V, 4, ACOL>(nb, A, lda, Bp, panel, k0, k1, C, ldc); break;
+    case 5: if constexpr (MRX >= 5) micro_nb<V, 5, ACOL>(nb, A, lda, Bp, panel, k0, k1, C, ldc); break;
+    default: if constexpr (MRX >= 6) micro_nb<V, 6, ACOL>(nb, A, lda, Bp, panel, k0, k1, C, ldc); break;
   }
 }
 
@@ -171,6 +170,7 @@ void gemm_impl(const EngineGemm<typename V::value_type>& g) {
   // Row chunks of MR (the last one shorter); the panel group width follows the chunk height.
   const int nbmax = g.M == 1 ? Bl::NB1 : (g.M == 2 ? Bl::NB2 : Bl::NB);
   const int64_t kb = kKBlock;
+  const int64_t panel = g.panel_stride();  // elements from one panel to the next
   // The weight gradients (ACOL): k in super-blocks (weight_grad_super_k), and with a_pack
   // each super-block's rows of a copied tile by tile first (Note [Weight gradients on the
   // engine kernel] in bwd_engine.cpp).
@@ -200,14 +200,14 @@ void gemm_impl(const EngineGemm<typename V::value_type>& g) {
       T* c = g.C2 && blk >= g.blk_split ? g.C2 + (blk - g.blk_split) * kEngineBlock
                                         : g.C + blk * kEngineBlock;
       const int64_t ldc = g.C2 && blk >= g.blk_split ? g.ldc2 : g.ldc;
-      const auto* bp = g.Bp + blk * g.K * kEngineBlock;
+      const auto* bp = g.Bp + blk * panel;
       for (int64_t k0 = s0; k0 < s1; k0 += kb) {
         const int64_t k1 = g.K - k0 < kb ? g.K : k0 + kb;
         for (int64_t i = 0; i < g.M; i += MR) {
           const int mr = static_cast<int>(g.M - i < MR ? g.M - i : MR);
           const T* a = packed ? g.a_pack + (i / MR) * (s1 - s0) * MR + (k0 - s0) * MR
                               : (ACOL ? g.A + k0 * g.lda + i : g.A + i * g.lda + k0);
-          micro<V, ACOL>(mr, static_cast<int>(nb), a, packed ? MR : g.lda, bp, g.K, k0, k1,
+          micro<V, ACOL>(mr, static_cast<int>(nb), a, packed ? MR : g.lda, bp, panel, k0, k1,
                          c + i * ldc, ldc);
         }
       }

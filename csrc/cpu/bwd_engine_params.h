@@ -20,6 +20,19 @@ namespace cpu {
 // do not depend on the capability's width or on the thread count).
 constexpr int64_t kEngineBlock = 16;
 
+// Note [Panel stride]
+// Floats from one packed panel [K][16] to the next: K * 16 plus two cache lines. Back to
+// back, panels are K * 64 bytes apart, a multiple of 4 KiB whenever K is a multiple of 64
+// (K = 4H or 3H, or T*B rows): the same k of neighbouring panels then falls into one L1 set,
+// and a single-row step, whose register tile reads 8 panels side by side (Blocking::NB1),
+// loads 8 lines of one set per k, as many as the set holds. With the pad they fall into
+// neighbouring sets. Paired, one process, 2-core AMD EPYC (Zen 4, 32 KiB 8-way L1d),
+// padded / unpadded backward time loop: LSTM T=128 B=1 H=256 1.06-1.10x, GRU 1.03-1.06x;
+// B=8 and B=32 within 1%, whole training calls within noise
+// (benchmarks/results/amd-epyc-2026-12-04-panel-stride-ab.md).
+constexpr int64_t kPanelPad = 2 * 64 / static_cast<int64_t>(sizeof(float));
+inline int64_t panel_stride_for(int64_t K) { return K * kEngineBlock + kPanelPad; }
+
 // k comes in blocks of 128 terms, each summed in its own FMA chain and then added to the
 // running result in block order. Accuracy: one float32 chain over all K = 4H terms (1024 at
 // H = 256) gave gradients into h0 with 1.9x torch.nn's error against float64, at the edge of
@@ -72,7 +85,7 @@ struct EngineGemm {
   int64_t M, K;
   const T* A;     // [M, lda] row-major (dgates_t or dhg_t)
   int64_t lda;
-  const T* Bp;    // [nblk][K][16] packed W_hh^T columns: panel blk at Bp + blk * K * 16
+  const T* Bp;    // [nblk][K][16] packed W_hh^T columns: panel blk at Bp + blk * panel_stride()
   T* C;           // [M, ldc]
   int64_t ldc;
   int64_t blk0, blk1;
@@ -90,6 +103,8 @@ struct EngineGemm {
   T* C2 = nullptr;
   int64_t ldc2 = 0;
   int64_t blk_split = 0;
+
+  int64_t panel_stride() const { return panel_stride_for(K); }
 };
 
 // Per-row, per-block partials of a recurrent gradient a + b (b may be nullptr), both [M, ld]
