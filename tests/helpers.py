@@ -288,6 +288,16 @@ TORCHNN = {"lstm": nn_lstm_layer, "gru": nn_gru_layer}
 # ---------------------------------------------------------------------------------------
 
 
+def intel_cpu():
+    """Whether this is an Intel CPU, as csrc/cpu/dispatch.cpp's intel_cpu() decides (Linux:
+    /proc/cpuinfo's vendor); some of the library's rules depend on it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("vendor_id") and "GenuineIntel" in line for line in f)
+    except OSError:
+        return False
+
+
 def max_abs_err(a, b):
     """max |a - b| in float64 (0 for empty tensors)."""
     assert a.shape == b.shape, f"shape {tuple(a.shape)} != {tuple(b.shape)}"

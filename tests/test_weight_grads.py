@@ -11,7 +11,7 @@ import torch
 
 from fusedrnn import _C, ops
 from helpers import (FLOOR32, TORCHNN, assert_close_by_reference, cast, forward_backward,
-                     make_tensors)
+                     intel_cpu, make_tensors)
 
 F32, F64 = torch.float32, torch.float64
 OPS = {"lstm": ops.lstm_layer, "gru": ops.gru_layer}
@@ -151,14 +151,6 @@ def test_packing_a_keeps_the_bits(backend, threads, cpu_capability, cap):
         assert (wide.double() - exact).abs().max() < 1e-4 * exact.abs().max()
 
 
-def _intel_cpu():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("vendor_id") and "GenuineIntel" in line for line in f)
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/cpuinfo")
 def test_auto_keeps_large_products_with_blas_on_intel_only(backend):
     """auto (the default): the engine's kernels, except products of 2^27 multiply-adds or
@@ -181,12 +173,12 @@ def test_auto_keeps_large_products_with_blas_on_intel_only(backend):
     assert results["engine_runs"] == 4 and results["blas_runs"] == 0
     wide, big, small, thin = results["auto"]
     assert not torch.equal(results["engine"][0], results["blas"][0])  # tells them apart
-    expect_wide = results["blas"][0] if _intel_cpu() else results["engine"][0]
+    expect_wide = results["blas"][0] if intel_cpu() else results["engine"][0]
     assert torch.equal(wide, expect_wide)
     assert torch.equal(big, results["engine"][1])
     assert torch.equal(small, results["engine"][2])
     assert torch.equal(thin, results["engine"][3])
-    assert results["auto_runs"] == (3 if _intel_cpu() else 4)
+    assert results["auto_runs"] == (3 if intel_cpu() else 4)
 
 
 @pytest.mark.parametrize("cap", ["default", "avx2", "avx512"])
@@ -227,7 +219,7 @@ def test_auto_input_gradient_path(backend, threads):
              "wide": (torch.randn(512, 256, generator=g), torch.randn(256, 96, generator=g)),
              "short": (torch.randn(97, 256, generator=g), torch.randn(256, 64, generator=g)),
              "thin": (torch.randn(1024, 1024, generator=g), torch.randn(1024, 8, generator=g))}
-    expect = {"small": _intel_cpu(), "tall": False, "wide": False, "short": False,
+    expect = {"small": intel_cpu(), "tall": False, "wide": False, "short": False,
               "thin": False}
     for name, (a, w) in cases.items():
         for mode, want in (("auto", expect[name]), ("blas", False)):
