@@ -401,6 +401,21 @@ void chunk_input(const EngineFwdKernels& k, const EngineInput& base, const float
 
 }  // namespace
 
+// Note [Panel prefetch]
+// The forward micro-kernel (gate_block, engine_fwd_impl.h) can ask for its panel
+// kPrefetchColumns columns ahead with software prefetches, one per cache line it will load:
+// with few rows a step is bound by streaming the panel from L2, and on the Xeon the
+// hardware prefetchers alone kept too few lines in flight (so the kernel was written; no
+// paired record of that is kept). On the 2-core AMD EPYC (Zen 4) the prefetches cost more
+// than they bring: with them off, whole calls without grad ran faster at few rows and the
+// same at many (paired, one process, old / new time, 25-31 rounds: LSTM T=128 I=64 H=256
+// B=1 1.05-1.07x, B=8 1.03x, B=32 1.00x; GRU B=1 0.99-1.08x; LSTM T=64 B=1 I=1 H=64 1.05x;
+// T=100 B=64 I=512 H=512 0.99x; training B=1 0.99x;
+// benchmarks/results/amd-epyc-2026-12-04-panel-prefetch-ab.md), and a standalone kernel
+// of the B=1 step's access pattern streamed 512 KiB per thread and step as fast without
+// them (5.0 us) as with them (5.1-5.6 us). So the kernel prefetches on Intel CPUs only.
+bool engine_panel_prefetch() { return intel_cpu(); }
+
 void lstm_forward_engine(const LayerSizes& s, at::Tensor& gates, const at::Tensor& w_hh,
                          const OptTensor& w_hr, at::Tensor& y, at::Tensor& h, at::Tensor& c,
                          at::Tensor& c_raw, at::Tensor& h_pre, bool reverse,

@@ -23,6 +23,10 @@ inline int64_t panel_floats(int64_t G, int64_t U, int64_t K, int64_t W) {
   return (U + W - 1) / W * W * G * K;
 }
 
+// Whether the micro-kernel prefetches its panel a few columns ahead (Note [Panel prefetch]
+// in engine_fwd.cpp).
+bool engine_panel_prefetch();
+
 // Note [Engine input part] (engine_fwd.cpp): a step's x W_ih^T + bias computed by the
 // engine for the thread's rows and units; x == nullptr: not computed (the step reads it from
 // the all-steps buffer: LstmEngineStep::gates, GruEngineStep::xg).

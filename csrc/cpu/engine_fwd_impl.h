@@ -158,16 +158,18 @@ FUSEDRNN_ENGINE_NOINLINE void gate_block(const float* panel, int64_t K, const fl
 #pragma GCC unroll 8
       for (int nb = 0; nb < NB; ++nb) acc[m][g][nb] = V::zero();
   const int64_t block = K * G * kW;  // distance between neighbouring unit blocks
+  const bool prefetch = engine_panel_prefetch();
   for (int64_t k = 0; k < K; ++k) {
     const float* wk = panel + k * G * kW;
-    // Ask for the panel a few columns ahead: with few rows a step is bound by streaming the
-    // panel from L2, and the hardware prefetchers alone keep too few lines in flight.
+    // Ask for the panel a few columns ahead where that helps (Note [Panel prefetch]).
+    if (prefetch) {
 #pragma GCC unroll 8
-    for (int nb = 0; nb < NB; ++nb)
+      for (int nb = 0; nb < NB; ++nb)
 #pragma GCC unroll 8
-      for (int64_t line = 0; line < G * kW; line += 16) {
-        __builtin_prefetch(wk + nb * block + kPrefetchColumns * G * kW + line);
-      }
+        for (int64_t line = 0; line < G * kW; line += 16) {
+          __builtin_prefetch(wk + nb * block + kPrefetchColumns * G * kW + line);
+        }
+    }
     Rg w[G][NB];
 #pragma GCC unroll 8
     for (int nb = 0; nb < NB; ++nb)
