@@ -70,9 +70,10 @@ def test_engine_and_blas_match_torchnn(backend, kind, shape, layout, threads):
         else:
             assert runs >= 1, "no weight gradient ran on the engine"
         assert_close_by_reference(results[name], theirs, ref64, FLOOR32)
-    # The input gradient runs on the engine too where I > 8 (Note [Input gradients on the
-    # engine kernel]); everything else must not notice the switch.
-    changed = ("grad_weight", "grad_bias") + (("grad_input",) if I > 8 else ())
+    # The input gradient runs on the engine too (Note [Input gradients on the engine
+    # kernel], and with I <= 8 Note [Thin input gradients]); everything else must not notice
+    # the switch.
+    changed = ("grad_weight", "grad_bias", "grad_input")
     for key in results["engine"]:
         if not key.startswith(changed):
             assert torch.equal(results["engine"][key], results["blas"][key]), key
@@ -82,14 +83,15 @@ def test_engine_and_blas_match_torchnn(backend, kind, shape, layout, threads):
 @pytest.mark.parametrize("I", [30, 3], ids=["I30", "I3_thin"])
 def test_bitwise_for_any_thread_count(backend, kind, I):
     backend("engine")
-    tensors = make_tensors(kind, 64, 9, I, 129, 0, dtype=F32)  # I = 3: dW_ih on ThinOuter
+    # I = 3: dW_ih on ThinOuter, the input gradient on ThinRows
+    tensors = make_tensors(kind, 64, 9, I, 129, 0, dtype=F32)
     first = None
     for threads in (2, 1, 3, 2):
         torch.set_num_threads(threads)
         before = _C._engine_runs()[INPUT_GRAD_RUN]
         out, runs = _run(kind, tensors)
         assert runs >= 2
-        assert _C._engine_runs()[INPUT_GRAD_RUN] - before == (I > 8)
+        assert _C._engine_runs()[INPUT_GRAD_RUN] - before == 1
         if first is None:
             first = out
         for key in first:
@@ -206,12 +208,42 @@ def test_input_gradient_on_the_engine(backend, threads, cpu_capability, cap, M, 
     assert ((first.double() - exact).abs() <= bound).all()
 
 
+@pytest.mark.parametrize("cap", ["default", "avx2", "avx512"])
+@pytest.mark.parametrize("M,K,N", [(1, 7, 1), (5, 13, 3), (97, 260, 1), (700, 1024, 8),
+                                   (2048, 256, 1), (333, 96, 5)])
+def test_thin_input_gradient(backend, threads, cpu_capability, cap, M, K, N):
+    """_C._rows_times with at most 8 columns (the input gradient of a layer with 1-8 inputs,
+    Note [Thin input gradients]) on ThinRows, in auto and engine mode: float32 accuracy with
+    K below, off and past the vector width, bitwise the same at 1, 2 and 3 threads, on every
+    capability; "blas" gives the same values to float32 accuracy."""
+    cpu_capability(cap)
+    g = torch.Generator().manual_seed(M + K + N)
+    a, w = torch.randn(M, K, generator=g), torch.randn(K, N, generator=g)
+    exact = a.double() @ w.double()
+    bound = 4 * K * torch.finfo(torch.float32).eps * (a.double().abs() @ w.double().abs())
+    first = None
+    for mode in ("auto", "engine"):
+        backend(mode)
+        for n in (1, 2, 3):
+            threads(n)
+            before = _C._engine_runs()[INPUT_GRAD_RUN]
+            out = _C._rows_times(a, w)
+            if M * K * N > 4096:  # past the direct loops
+                assert _C._engine_runs()[INPUT_GRAD_RUN] - before == 1
+            assert out.shape == (M, N) and out.is_contiguous()
+            first = out if first is None else first
+            assert torch.equal(out, first), (mode, n)
+    assert ((first.double() - exact).abs() <= bound).all()
+    backend("blas")
+    assert ((_C._rows_times(a, w).double() - exact).abs() <= bound).all()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/cpuinfo")
 def test_auto_input_gradient_path(backend, threads):
     """auto: on Intel CPUs the engine for products of at least 512 rows and at most 64
     columns whose rows of a fit 2 MiB per thread, at::mm outside that; elsewhere
-    rows_times' oneDNN / at::mm. Thin ones (at most 8 columns) and float64 never take the
-    engine; "blas" never does."""
+    rows_times' oneDNN / at::mm. Thin ones (at most 8 columns) take ThinRows on every CPU
+    (Note [Thin input gradients]); float64 never takes the engine, "blas" never does."""
     threads(2)
     g = torch.Generator().manual_seed(9)
     cases = {"small": (torch.randn(1024, 1024, generator=g), torch.randn(1024, 64, generator=g)),
@@ -220,7 +252,7 @@ def test_auto_input_gradient_path(backend, threads):
              "short": (torch.randn(97, 256, generator=g), torch.randn(256, 64, generator=g)),
              "thin": (torch.randn(1024, 1024, generator=g), torch.randn(1024, 8, generator=g))}
     expect = {"small": intel_cpu(), "tall": False, "wide": False, "short": False,
-              "thin": False}
+              "thin": True}
     for name, (a, w) in cases.items():
         for mode, want in (("auto", expect[name]), ("blas", False)):
             backend(mode)

@@ -60,9 +60,12 @@ std::optional<std::pair<at::Tensor, at::Tensor>> engine_lstm_weight_grads(
 // Where rows_times computes an input gradient a w (dgates W_ih) past its direct loops (Note
 // [Input gradients on the engine kernel] in bwd_engine.cpp): engine_rows_times (float32
 // a [M, K], w [K, N] contiguous), at::mm, or rows_times' own choice (oneDNN / at::mm).
-enum class InputGradPath { Engine, Mm, Default };
+// With at most kThinMaxR columns (Thin): engine_thin_rows_times (Note [Thin input
+// gradients]).
+enum class InputGradPath { Engine, Thin, Mm, Default };
 InputGradPath input_grad_path(const at::Tensor& a, const at::Tensor& w);
 at::Tensor engine_rows_times(const at::Tensor& a, const at::Tensor& w);
+at::Tensor engine_thin_rows_times(const at::Tensor& a, const at::Tensor& w);
 // "engine" or "blas" (FUSEDRNN_WEIGHT_GRAD=blas at start, or set_weight_grad_backend, puts
 // them back on outer_sum's BLAS paths: for tests and benchmarks).
 std::string weight_grad_backend();

@@ -309,6 +309,50 @@ void thin_outer(const ThinOuter<typename V::value_type>& p, int64_t c0, int64_t 
 }
 
 // ---------------------------------------------------------------------------------------
+// Input gradients with few columns (ThinRows): per row, N dot products over K, each summed in
+// V::width lanes (lane l takes k = l, l + width, ...) that are then added up, and the last
+// K % width terms after them, one by one.
+template <class V, int N>
+void thin_rows_n(const ThinRows<typename V::value_type>& p, int64_t m0, int64_t m1) {
+  using T = typename V::value_type;
+  using Rg = typename V::reg;
+  using S = ScalarVec<T>;
+  constexpr int64_t W = V::width;
+  const int64_t kv = p.K / W * W;
+  for (int64_t m = m0; m < m1; ++m) {
+    const T* a = p.a + m * p.lda;
+    Rg acc[N];
+#pragma GCC unroll 8
+    for (int n = 0; n < N; ++n) acc[n] = V::zero();
+    for (int64_t k = 0; k < kv; k += W) {
+      const Rg av = V::load(a + k);
+#pragma GCC unroll 8
+      for (int n = 0; n < N; ++n) acc[n] = V::fmadd(av, V::load(p.wt + n * p.K + k), acc[n]);
+    }
+#pragma GCC unroll 8
+    for (int n = 0; n < N; ++n) {
+      T sum = V::hsum(acc[n]);
+      for (int64_t k = kv; k < p.K; ++k) sum = S::fmadd(a[k], p.wt[n * p.K + k], sum);
+      p.out[m * p.N + n] = sum;
+    }
+  }
+}
+
+template <class V>
+void thin_rows(const ThinRows<typename V::value_type>& p, int64_t m0, int64_t m1) {
+  switch (p.N) {
+    case 1: thin_rows_n<V, 1>(p, m0, m1); break;
+    case 2: thin_rows_n<V, 2>(p, m0, m1); break;
+    case 3: thin_rows_n<V, 3>(p, m0, m1); break;
+    case 4: thin_rows_n<V, 4>(p, m0, m1); break;
+    case 5: thin_rows_n<V, 5>(p, m0, m1); break;
+    case 6: thin_rows_n<V, 6>(p, m0, m1); break;
+    case 7: thin_rows_n<V, 7>(p, m0, m1); break;
+    default: thin_rows_n<V, 8>(p, m0, m1); break;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // Partial sums of squares per 16-unit block (norm clip and gradient record).
 
 template <class V>
@@ -557,6 +601,7 @@ struct Entry {
   static void fill(BwdEngineTable<T>* table) {
     table->gemm = &bwd::gemm<V>;
     table->thin_outer = &bwd::thin_outer<V>;
+    table->thin_rows = &bwd::thin_rows<V>;
     table->partials = &bwd::partials<V>;
     table->lstm_units = &lstm_units;
     table->proj_units = &proj_units;

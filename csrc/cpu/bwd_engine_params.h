@@ -202,10 +202,24 @@ struct ThinOuter {
   T* out;  // [R, G]
 };
 
+// out[m * N + n] = sum_k a[m * lda + k] wt[n * K + k] for n < N <= kThinMaxR: an input
+// gradient dgates W_ih with few inputs (wt = W_ih^T, [N, K] contiguous). A call covers rows
+// [m0, m1); each element is one row's own sum (Note [Thin input gradients] in
+// bwd_engine.cpp), whoever computes it.
+template <typename T>
+struct ThinRows {
+  int64_t K, N;
+  const T* a;
+  int64_t lda;
+  const T* wt;
+  T* out;  // [M, N]
+};
+
 template <typename T>
 struct BwdEngineTable {
   void (*gemm)(const EngineGemm<T>&);
   void (*thin_outer)(const ThinOuter<T>&, int64_t c0, int64_t c1);
+  void (*thin_rows)(const ThinRows<T>&, int64_t m0, int64_t m1);
   void (*partials)(const EnginePartials<T>&, int64_t blk0, int64_t blk1);
   void (*lstm_units)(const LstmBwdUnits<T>&, int64_t k0, int64_t k1);
   void (*proj_units)(const ProjBwdUnits<T>&, int64_t k0, int64_t k1);

@@ -195,6 +195,7 @@ at::Tensor rows_times(const at::Tensor& a, const at::Tensor& w) {
   }
   const InputGradPath path = input_grad_path(a, w);
   if (path == InputGradPath::Engine) return engine_rows_times(a, w);
+  if (path == InputGradPath::Thin) return engine_thin_rows_times(a, w);
   if (path == InputGradPath::Default && a.scalar_type() == at::kFloat && use_onednn() &&
       M >= kOneDnnMinRows &&
       M * K * N >= kOneDnnMinMacs) {
