@@ -294,18 +294,24 @@ void thin_outer_r(const ThinOuter<typename V::value_type>& p, int64_t c0, int64_
   }
 }
 
+// f(Tag<n>()) (kernel_common.h's tag dispatch) for a column count n of the thin kernels,
+// 1..kThinMaxR (larger counts take the largest).
+template <int N = 1, class F>
+inline void with_thin_columns(int64_t n, const F& f) {
+  if constexpr (N < kThinMaxR) {
+    if (n <= N) {
+      f(Tag<N>());
+    } else {
+      with_thin_columns<N + 1>(n, f);
+    }
+  } else {
+    f(Tag<N>());
+  }
+}
+
 template <class V>
 void thin_outer(const ThinOuter<typename V::value_type>& p, int64_t c0, int64_t c1) {
-  switch (p.R) {
-    case 1: thin_outer_r<V, 1>(p, c0, c1); break;
-    case 2: thin_outer_r<V, 2>(p, c0, c1); break;
-    case 3: thin_outer_r<V, 3>(p, c0, c1); break;
-    case 4: thin_outer_r<V, 4>(p, c0, c1); break;
-    case 5: thin_outer_r<V, 5>(p, c0, c1); break;
-    case 6: thin_outer_r<V, 6>(p, c0, c1); break;
-    case 7: thin_outer_r<V, 7>(p, c0, c1); break;
-    default: thin_outer_r<V, 8>(p, c0, c1); break;
-  }
+  with_thin_columns(p.R, [&](auto r) { thin_outer_r<V, decltype(r)::value>(p, c0, c1); });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -340,16 +346,7 @@ void thin_rows_n(const ThinRows<typename V::value_type>& p, int64_t m0, int64_t 
 
 template <class V>
 void thin_rows(const ThinRows<typename V::value_type>& p, int64_t m0, int64_t m1) {
-  switch (p.N) {
-    case 1: thin_rows_n<V, 1>(p, m0, m1); break;
-    case 2: thin_rows_n<V, 2>(p, m0, m1); break;
-    case 3: thin_rows_n<V, 3>(p, m0, m1); break;
-    case 4: thin_rows_n<V, 4>(p, m0, m1); break;
-    case 5: thin_rows_n<V, 5>(p, m0, m1); break;
-    case 6: thin_rows_n<V, 6>(p, m0, m1); break;
-    case 7: thin_rows_n<V, 7>(p, m0, m1); break;
-    default: thin_rows_n<V, 8>(p, m0, m1); break;
-  }
+  with_thin_columns(p.N, [&](auto n) { thin_rows_n<V, decltype(n)::value>(p, m0, m1); });
 }
 
 // ---------------------------------------------------------------------------------------
