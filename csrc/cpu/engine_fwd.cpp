@@ -329,11 +329,11 @@ bool use_forward_engine(const LayerSizes& s, int64_t G, int64_t P, bool save) {
 // That exception is the Xeon's: its L3 gave one core ~18 GB/s, so a second panel streamed
 // from it every step cost more than the all-steps GEMM saves. On the 2-core AMD EPYC (Zen 4,
 // 1 MiB L2, L3 reads ~97 GB/s per core) the same shapes run faster on the input part, which
-// also leaves out the all-steps buffer whose fresh pages (50 MiB at T=100 B=64 H=512, one
-// fault per 4 KiB) cost ~13 ms a call there; all-steps buffer time / input part time, 2
-// threads, paired, 9 rounds: no grad LSTM H=512 I=512 B=8 1.09, B=32 1.07, B=64 1.13, GRU
-// B=16 1.03, B=64 1.15; training LSTM B=8 1.04, B=64 1.00, GRU B=64 1.04 (and H=384
-// I=256 B=32, outside the exception, 1.12 without grad)
+// also leaves out the all-steps buffer, fresh pages on every call (50 MiB at T=100 B=64
+// H=512: 12,801 page faults a call, 9% of its perf samples in the kernel). All-steps buffer
+// time / input part time, 2 threads, paired, 9 rounds: no grad LSTM H=512 I=512 B=8 1.09,
+// B=32 1.07, B=64 1.13, GRU B=16 1.03, B=64 1.15; training LSTM B=8 1.04, B=64 1.00, GRU
+// B=64 1.04 (and H=384 I=256 B=32, outside the exception, 1.12 without grad)
 // (benchmarks/results/amd-epyc-2026-12-04-input-part-beyond-l2-ab.md). So the exception
 // holds on Intel CPUs only.
 bool engine_input_part(const LayerSizes& s, int64_t G, int64_t P) {
