@@ -569,11 +569,9 @@ InputGradPath input_grad_path(const at::Tensor& a, const at::Tensor& w) {
   const auto mode = static_cast<WeightGradMode>(weight_grad_mode().load());
   if (mode == WeightGradMode::Blas || a.scalar_type() != at::kFloat) return InputGradPath::Default;
   const int64_t M = a.size(0), K = a.size(1), N = w.size(1);
-  if (M > 0 && K > 0 && N > 0 && N <= kThinMaxR && a.is_contiguous() && w.is_contiguous()) {
-    return InputGradPath::Thin;  // Note [Thin input gradients]
-  }
+  const bool fits = M > 0 && K > 0 && N > 0 && a.is_contiguous() && w.is_contiguous();
+  if (fits && N <= kThinMaxR) return InputGradPath::Thin;  // Note [Thin input gradients]
   if (mode == WeightGradMode::Auto && !intel_cpu()) return InputGradPath::Default;
-  const bool fits = M > 0 && K > 0 && N > kThinMaxR && a.is_contiguous() && w.is_contiguous();
   if (mode == WeightGradMode::Engine) return fits ? InputGradPath::Engine : InputGradPath::Default;
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   const bool wins = M >= kRowsTimesMinRows && N <= kRowsTimesMaxN &&
