@@ -96,17 +96,26 @@ inline int64_t blocks_of(int64_t units) { return (units + kEngineBlock - 1) / kE
 template <class Row>
 void pack_panel_rows(const Row& row, int64_t K, int64_t C, float* out, int64_t blk0,
                      int64_t blk1) {
-  for (int64_t blk = blk0; blk < blk1; ++blk) {
-    float* o = out + blk * panel_stride_for(K);
-    const int64_t c0 = blk * kEngineBlock, w = std::min(kEngineBlock, C - c0);
-    for (int64_t k = 0; k < K; ++k) {
-      const float* src = row(k);
-      if (src) {
-        std::memcpy(o + k * kEngineBlock, src + c0, sizeof(float) * w);
-      } else {
-        std::memset(o + k * kEngineBlock, 0, sizeof(float) * w);
+  // k outermost: each source row is read once, left to right, and every panel is written
+  // in order. A whole block is one fixed-size copy (inlined); the last block of a row that
+  // ends inside it, and null rows, are zero-filled.
+  const int64_t stride = panel_stride_for(K);
+  const int64_t whole = std::min(blk1, C / kEngineBlock);  // [blk0, whole): 16 columns
+  for (int64_t k = 0; k < K; ++k) {
+    const float* src = row(k);
+    float* o = out + k * kEngineBlock;
+    int64_t blk = blk0;
+    if (src) {
+      for (; blk < whole; ++blk) {
+        std::memcpy(o + blk * stride, src + blk * kEngineBlock, sizeof(float) * kEngineBlock);
       }
-      for (int64_t c = w; c < kEngineBlock; ++c) o[k * kEngineBlock + c] = 0.f;
+    }
+    for (; blk < blk1; ++blk) {
+      float* d = o + blk * stride;
+      const int64_t c0 = blk * kEngineBlock;
+      const int64_t w = src ? std::max<int64_t>(0, std::min(kEngineBlock, C - c0)) : 0;
+      for (int64_t c = 0; c < w; ++c) d[c] = src[c0 + c];
+      for (int64_t c = w; c < kEngineBlock; ++c) d[c] = 0.f;
     }
   }
 }
@@ -553,13 +562,16 @@ std::optional<std::pair<at::Tensor, at::Tensor>> engine_lstm_weight_grads(
 // / 1.05; outside the rule M=256 K=1024 N=64 0.248 / 0.233 / 0.244, M=97 K=256 N=64
 // 0.038 / 0.028 / 0.028 (the LSTMCell's: 1.20-1.24x of torch.nn's training speed with
 // the engine here against 1.27-1.39x), M=4096 K=1024 N=64 4.74 / 4.62 / 4.78, M=4096
-// K=768 N=64 3.74 / 2.95 / 3.38, M=6400 K=2048 N=512 133 / 63 / 74. So on
-// Intel CPUs "auto" (the default) takes the engine inside the rule and at::mm outside it,
-// never oneDNN. Elsewhere rows_times keeps its oneDNN / at::mm paths: on a 2-core AMD EPYC
-// (Zen 5) this kernel for every float32 input gradient was within noise of them in whole
-// training steps, and 0.93x at T=100 B=64 H=512 (amd-epyc-2026-12-02-dx-engine-ab.md).
-// "engine" (every float32 product with more than kThinMaxR columns) and "blas" (oneDNN /
-// at::mm) force one: the weight-gradient switch, set_weight_grad_backend.
+// K=768 N=64 3.74 / 2.95 / 3.38, M=6400 K=2048 N=512 133 / 63 / 74. On a 2-core AMD EPYC
+// (Zen 4; _C._rows_times, 2 threads, median of 60 interleaved, us; engine / oneDNN (auto
+// before) / "blas"): M=1024 K=1024 N=64 651 / 874 / 894, M=128 K=1024 N=64 102 / 109 / 112,
+// M=4096 K=1024 N=64 3073 / 2986 / 3092; whole training calls inside the rule, paired, ran
+// 1.04x (LSTM T=128 B=8 I=64 H=256), 1.06x (GRU, same shape) and 1.09x (LSTM B=4) faster
+// with it (amd-epyc-2026-12-04-dx-engine-rule-ab.md). So "auto" (the default) takes the
+// engine inside the rule on every CPU; outside it at::mm on Intel CPUs (never oneDNN, for
+// its packing), and rows_times' oneDNN / at::mm paths elsewhere (on a 2-core Zen 5 EPYC
+// the engine for every float32 input gradient was within noise of those in whole training
+// steps, and 0.93x at T=100 B=64 H=512: amd-epyc-2026-12-02-dx-engine-ab.md).
 namespace {
 constexpr int64_t kRowsTimesMaxN = 64, kRowsTimesMinRows = 512;
 constexpr int64_t kRowsTimesSliceBytes = int64_t(2) << 20;
@@ -571,12 +583,14 @@ InputGradPath input_grad_path(const at::Tensor& a, const at::Tensor& w) {
   const int64_t M = a.size(0), K = a.size(1), N = w.size(1);
   const bool fits = M > 0 && K > 0 && N > 0 && a.is_contiguous() && w.is_contiguous();
   if (fits && N <= kThinMaxR) return InputGradPath::Thin;  // Note [Thin input gradients]
-  if (mode == WeightGradMode::Auto && !intel_cpu()) return InputGradPath::Default;
   if (mode == WeightGradMode::Engine) return fits ? InputGradPath::Engine : InputGradPath::Default;
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   const bool wins = M >= kRowsTimesMinRows && N <= kRowsTimesMaxN &&
                     M * K * int64_t(sizeof(float)) <= threads * kRowsTimesSliceBytes;
-  return fits && wins ? InputGradPath::Engine : InputGradPath::Mm;
+  if (fits && wins) return InputGradPath::Engine;
+  // Outside the rule: at::mm on Intel CPUs (oneDNN's packing of W_ih), oneDNN / at::mm
+  // elsewhere.
+  return intel_cpu() ? InputGradPath::Mm : InputGradPath::Default;
 }
 
 at::Tensor engine_rows_times(const at::Tensor& a, const at::Tensor& w) {
