@@ -238,7 +238,6 @@ def test_thin_input_gradient(backend, threads, cpu_capability, cap, M, K, N):
     assert ((_C._rows_times(a, w).double() - exact).abs() <= bound).all()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/cpuinfo")
 def test_auto_input_gradient_path(backend, threads):
     """auto: on every CPU the engine for products of at least 512 rows and at most 64
     columns whose rows of a fit 2 MiB per thread; outside that at::mm on Intel CPUs and
