@@ -175,7 +175,10 @@ class _FusedRNNBase(nn.RNNBase):
             outputs = []
             for direction in range(self._num_directions):
                 index = layer * self._num_directions + direction
-                init = [None if s is None else s[index] for s in states]
+                # One layer and direction: squeeze, a view whose backward is a view too
+                # (select's backward allocates a zero tensor and copies into it).
+                init = [None if s is None else (s.squeeze(0) if s.size(0) == 1 else s[index])
+                        for s in states]
                 y, *final = layer_op(x, self._weights(layer, direction), init, batch_sizes,
                                      direction == 1, records[index] if records else None)
                 outputs.append(y)
