@@ -293,6 +293,13 @@ def step_floor(cell: str, B: int, H: int, mode: str, threads: int, ceilings,
     counted (they are one large GEMM over all steps, off the sequential path).
     fma_all_floor_us counts them too (2*B*G*H*(H+I) per step, 3x for train): the whole
     call's FLOPs at the FMA peak, per step, against which "FMA use" is measured.
+
+    call_floor_us is the whole call's floor per step, phase by phase, since the time loops
+    and the all-steps GEMMs run one after the other: each pass of the time loop (one
+    forward; train: one more backward) at max(W_hh bytes over the bandwidth, its product's
+    2*B*G*H*H FLOPs at the peak), plus the all-steps GEMMs at the peak (the input
+    projection 2*B*G*H*I; train: also the input gradient and dW_ih, 2*B*G*H*I each, and
+    dW_hh, 2*B*G*H*H). It leaves out the pointwise math and the fixed cost of a call.
     """
     G = GATES[cell]
     whh = G * H * H * 4
@@ -315,6 +322,13 @@ def step_floor(cell: str, B: int, H: int, mode: str, threads: int, ceilings,
     out["sgemm_fma_use"] = sgemm / peak if sgemm and peak else None
     floors = [v for v in (out["bytes_floor_us"], out["flops_floor_us"]) if v]
     out["floor_us"] = max(floors) if floors else None
+    if bw and peak:
+        passes = 1 if mode == "infer" else 2
+        loop_us = max(whh / (bw * 1e9), 2.0 * B * G * H * H / (peak * 1e9)) * 1e6
+        gemm_flops = 2.0 * B * G * H * I * (1 if mode == "infer" else 3)
+        if mode != "infer":
+            gemm_flops += 2.0 * B * G * H * H
+        out["call_floor_us"] = passes * loop_us + gemm_flops / (peak * 1e9) * 1e6
     out["bound"] = (None if not floors else
                     "bytes" if out["floor_us"] == out["bytes_floor_us"] else "flops")
     return out
@@ -443,12 +457,19 @@ def layer_row(cell, shape, kind, mode, times, eng, n, diffs, threads, ceilings,
             s["us_per_step"] = s["median_ms"] * 1e3 / T
             f = row["floor"].get("floor_us")
             s["gap"] = s["us_per_step"] / f if f else None
+            cf = row["floor"].get("call_floor_us")
+            s["call_gap"] = s["us_per_step"] / cf if cf else None
             # The share of the FMA peak the whole call runs at (all its FLOPs).
             s["fma_use"] = fma_all / s["us_per_step"] if fma_all else None
     nn_step = row["impls"].get("torch.nn", {}).get("us_per_step")
     # What the target asks: the FMA share at which a call takes torch.nn's time / target.
     row["floor"]["target_fma_use"] = (fma_all * target / nn_step
                                       if fma_all and target and nn_step else None)
+    # The room the target leaves above the call floor: the time per step it allows over
+    # call_floor_us. Below 1, no implementation can meet it on this machine.
+    cf = row["floor"].get("call_floor_us")
+    row["floor"]["target_room"] = (nn_step / target / cf
+                                   if cf and target and nn_step else None)
     return row
 
 
@@ -661,7 +682,11 @@ def floor_legend(rows) -> str:
             "recurrent product over the measured FMA peak. \"FMA use\": the whole call's "
             "FLOPs (input projection and, for train, the backward's GEMMs included) at the "
             "FMA peak, over the measured time per step; \"the target needs\" is the same "
-            "at torch.nn's time divided by the target ratio. For scale: a large square "
+            "at torch.nn's time divided by the target ratio. Call floor: each pass of the "
+            "time loop at the larger of its two floors, plus the all-steps GEMMs (input "
+            "projection; train: input and weight gradients) at the FMA peak, per step; "
+            "\"target / call floor\" is the time per step the target allows over it (below "
+            "1.00x no implementation can meet the target here). For scale: a large square "
             "sgemm (torch.mm, floors above) runs at "
             + (f"{100 * sg:.0f}%" if sg else "(not measured)") + " of the same peak.")
 
@@ -733,6 +758,10 @@ def layers_tables(rows) -> str:
     def fma_use(name):
         return lambda r: _pct(r["impls"].get(name, {}).get("fma_use"))
 
+    def gap(name):
+        return lambda r: _f(r["impls"].get(name, {}).get("call_gap"), ".2f") + "x" \
+            if r["impls"].get(name, {}).get("call_gap") else E
+
     floor_cols = [
         ("cell", "---", lambda r: r["cell"]),
         ("T, B, I, H", "---", shape),
@@ -750,12 +779,12 @@ def layers_tables(rows) -> str:
         ("FMA use fusedrnn", "--:", fma_use("fused:auto")),
         ("FMA use the target needs", "--:",
          lambda r: _pct(r["floor"].get("target_fma_use"))),
-        ("gap fusedrnn", "--:",
-         lambda r: _f(r["impls"].get("fused:auto", {}).get("gap"), ".0f") + "x"
-         if r["impls"].get("fused:auto", {}).get("gap") else E),
-        ("gap torch.nn", "--:",
-         lambda r: _f(r["impls"].get("torch.nn", {}).get("gap"), ".0f") + "x"
-         if r["impls"].get("torch.nn", {}).get("gap") else E),
+        ("call floor us", "--:", floor_cell("call_floor_us")),
+        ("fusedrnn / call floor", "--:", gap("fused:auto")),
+        ("torch.nn / call floor", "--:", gap("torch.nn")),
+        ("target / call floor", "--:",
+         lambda r: E if r["floor"].get("target_room") is None else
+         f"{r['floor']['target_room']:.2f}x"),
     ]
 
     def engine_calls(name):

@@ -390,12 +390,19 @@ def cpu_engine_layers_table(rows: list) -> str:
         s = ((r or {}).get("impls") or {}).get("fused:auto") or {}
         if s.get("us_per_step") is None:
             return "–"
-        g = s.get("gap")
+        # The gap to the whole call's floor where the run recorded one (runs before the
+        # evening of 2026-12-04 have the time loop's alone).
+        g = s.get("call_gap", s.get("gap"))
         return _num(s["us_per_step"]) + (f" ({_gap(g)})" if g else "")
 
     def floor_us(r):
-        f = ((r or {}).get("floor") or {}).get("floor_us")
+        fl = (r or {}).get("floor") or {}
+        f = fl.get("call_floor_us", fl.get("floor_us"))
         return "–" if f is None else _num(f)
+
+    def room(r):
+        v = ((r or {}).get("floor") or {}).get("target_room")
+        return "–" if v is None else f"{v:.2f}x"
 
     def engine(r):
         e = (r or {}).get("engine_vs_steps")
@@ -421,6 +428,8 @@ def cpu_engine_layers_table(rows: list) -> str:
          lambda item: _pair(per_step(item[1].get("infer")), per_step(item[1].get("train")))),
         ("floor us/step infer / train", "--:",
          lambda item: _pair(floor_us(item[1].get("infer")), floor_us(item[1].get("train")))),
+        ("target / floor infer / train", "--:",
+         lambda item: _pair(room(item[1].get("infer")), room(item[1].get("train")))),
         ("FMA use (target needs) infer / train", "--:",
          lambda item: _pair(fma_use(item[1].get("infer")), fma_use(item[1].get("train")))),
         ("steps/engine infer / train", "--:",
@@ -525,8 +534,13 @@ CPU_ENGINE_LEGEND = (
     "Ratio = torch.nn time / fusedrnn time (>1: fusedrnn faster), the median of the "
     "per-repeat\nratios of interleaved repeats; (u R/n): the same over the n repeats where "
     "neither side\nwas preempted, where there were any. us/step: fusedrnn's median time "
-    "per step, (gap) its\nmultiple of the floor = max(W_hh bytes / L2 bandwidth, recurrent "
-    "FLOPs / FMA peak);\nFMA use: the call's FLOPs (input projection and backward GEMMs "
+    "per step, (gap) its\nmultiple of the floor. Floor: the whole call's, per step: each "
+    "pass of the time loop\n(train: forward and backward) at max(W_hh bytes / L2 bandwidth, "
+    "its product's FLOPs / FMA\npeak), plus the all-steps GEMMs (input projection; train: "
+    "input and weight gradients) at\nthe FMA peak (runs that did not record it, before 2026-12-04 20:00, "
+    "show the time loop's max alone);\ntarget / floor: the time per step the target "
+    "allows (torch.nn's / target) over that floor:\nbelow 1.00x no implementation can meet "
+    "the target on that machine;\nFMA use: the call's FLOPs (input projection and backward GEMMs "
     "included) at the FMA peak\nover fusedrnn's time, and in brackets the share a time of "
     "torch.nn's / target would need\n(a large square sgemm reaches the share the floor line "
     "gives as sgemm / FMA peak,\nand the engine's own register block, streaming its panel "

@@ -111,6 +111,20 @@ def test_step_floor_arithmetic():
     full = bce.step_floor("lstm", 8, 256, "train", 2, ceilings, I=64)
     assert full["flops_all_per_step"] == 3 * 2 * 8 * 4 * 256 * (256 + 64)
     assert full["fma_all_floor_us"] == pytest.approx(full["flops_all_per_step"] / 100e9 * 1e6)
+    # The call floor, phase by phase. B=8 H=256 I=64: the loop is bound by its FLOPs (2 *
+    # 8 * 4 * 256^2 at 100 GFLOP/s = 41.9 us > 5.2 us of W_hh at 200 GB/s).
+    loop = 2 * 8 * 4 * 256 * 256 / 100e9 * 1e6
+    proj = 2 * 8 * 4 * 256 * 64 / 100e9 * 1e6
+    infer = bce.step_floor("lstm", 8, 256, "infer", 2, ceilings, I=64)
+    assert infer["call_floor_us"] == pytest.approx(loop + proj)
+    # train: two passes, the input projection, input and dW_ih gradients, and dW_hh
+    assert full["call_floor_us"] == pytest.approx(2 * loop + 3 * proj + loop)
+    # B=1: the loop is bound by W_hh's bytes
+    one = bce.step_floor("gru", 1, 256, "infer", 2, ceilings, I=64)
+    assert one["call_floor_us"] == pytest.approx(
+        3 * 256 * 256 * 4 / 200e9 * 1e6 + 2 * 3 * 256 * 64 / 100e9 * 1e6)
+    # without measured ceilings there is no call floor
+    assert "call_floor_us" not in bce.step_floor("lstm", 8, 256, "infer", 2, None, I=64)
     # a slice that does not fit L2 is read from the LLC
     big = bce.step_floor("lstm", 8, 1024, "infer", 2, ceilings)
     assert big["bw_level"] == "llc"

@@ -130,6 +130,20 @@ def test_cpu_engine_section_renders_marks_and_figures(tmp_path):
                                       ">= 2x **not met**"]
     assert "125 (25x) / 125 (25x)" in lstm and "5 / 5" in lstm and "1.50x / 1.20x" in lstm
     assert "| steps/engine infer / train |" in sec
+    # a run without the call floor has no column for the room the target leaves
+    assert "| target / floor infer / train |" not in sec
+    # with it (bench_cpu_engine.py since 2026-12-04 evening): the call floor and its gap
+    data = _result()
+    for r in data["layers"]:
+        r["floor"].update(call_floor_us=12.5, target_room=1.1)
+        r["impls"]["fused:auto"]["call_gap"] = 10.0
+    _write(tmp_path, "test-cpu-2030-01-02-cpu-engine.json", data)
+    sec2 = _section(mrt.make_block(tmp_path, tmp_path / "NOTES.md"))
+    assert "| target / floor infer / train |" in sec2
+    lstm2 = next(line for line in sec2.splitlines() if line.startswith("| LSTM | 128, 1, 64, 256"))
+    assert "125 (10x) / 125 (10x)" in lstm2 and "12.5 / 12.5" in lstm2
+    assert lstm2.split(" | ")[8] == "1.10x / 1.10x"
+    _write(tmp_path, "test-cpu-2030-01-02-cpu-engine.json", _result())
     # cells, fixed cost (with torch.nn's cell), overheads: each with its target and mark
     cell = next(line for line in sec.splitlines() if line.startswith("| LSTMCell | 1 |"))
     assert "1.75x | >= 1.25x met | 0.50x | >= 1.25x **not met**" in cell
