@@ -105,6 +105,8 @@ struct LstmBwdStep {
   GradOptions<A> opt;
   const T* act;         // [M, 4H] saved activations i, f, g, o at t
   const T* c_raw;       // [M, H]  saved pre-clip cell state at t
+  const T* h;           // [M, H]  saved h_t = o * tanh(c_t) (before any projection) at t, or
+                        //         nullptr (Note [tanh(c_t) from the saved h_t], kernels_impl.h)
   const T* c_raw_prev;  // [., H]  saved pre-clip cell state at the previous processed time, or nullptr
   const T* c0;          // [B, H]  initial cell state, or nullptr (zeros)
   const T* dy;          // [M, R]  gradient of the output at t (no projection)

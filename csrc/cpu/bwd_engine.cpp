@@ -655,7 +655,7 @@ bool bwd_engine_selected(const LayerSizes& s, int gates) {
 void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>& opt,
                      std::optional<double> cell_clip, const at::Tensor& w_hh_in,
                      const OptTensor& w_hr_in, const at::Tensor& act, const at::Tensor& c_raw,
-                     const OptTensor& c0_in, const at::Tensor& dy, const at::Tensor& dhn,
+                     const at::Tensor& h_saved, const OptTensor& c0_in, const at::Tensor& dy, const at::Tensor& dhn,
                      const at::Tensor& dcn, at::Tensor& dgates, at::Tensor& dh0,
                      at::Tensor& dc0, at::Tensor& dr, at::Tensor& record, at::Tensor* db) {
   count_engine_run(EngineRun::LstmBackward);
@@ -694,6 +694,9 @@ void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>
   float* dr_p = proj ? dr.data_ptr<float>() : nullptr;
   const float* act_p = act.data_ptr<float>();
   const float* craw_p = c_raw.data_ptr<float>();
+  // [N, H]: h_t = o * tanh(c_t), the output without projection, h_pre with (Note [tanh(c_t)
+  // from the saved h_t], kernels_impl.h).
+  const float* hsaved_p = h_saved.data_ptr<float>();
   const float* dy_p = dy.data_ptr<float>();
   const float* dhn_p = dhn.data_ptr<float>();
 
@@ -790,6 +793,7 @@ void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>
       u.step.t = t;
       u.act = act_p + off * 4 * H;
       u.c_raw = craw_p + off * H;
+      u.h = hsaved_p + off * H;
       u.c_raw_prev = (tp >= 0 && tp < T_) ? craw_p + (s.offset[tp] + b0) * H : nullptr;
       u.dy = proj ? nullptr : dy_p + off * R;
       u.dgates = dg_p + off * 4 * H;

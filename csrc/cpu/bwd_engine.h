@@ -29,7 +29,7 @@ bool bwd_engine_selected(const LayerSizes& s, int gates);
 void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>& opt,
                      std::optional<double> cell_clip, const at::Tensor& w_hh,
                      const OptTensor& w_hr, const at::Tensor& act, const at::Tensor& c_raw,
-                     const OptTensor& c0, const at::Tensor& dy, const at::Tensor& dhn,
+                     const at::Tensor& h, const OptTensor& c0, const at::Tensor& dy, const at::Tensor& dhn,
                      const at::Tensor& dcn, at::Tensor& dgates, at::Tensor& dh0,
                      at::Tensor& dc0, at::Tensor& dr, at::Tensor& record, at::Tensor* db);
 

@@ -424,6 +424,7 @@ inline void lstm_row(const LstmBwdUnits<typename V::value_type>& p, int64_t b, b
   const int64_t H = p.H, Hp = p.Hp;
   const T* a = p.act + b * 4 * H;
   const T* c_raw = p.c_raw + b * H;
+  const T* h = p.h ? p.h + b * H : nullptr;
   const T* c_prev = first ? (p.c0 ? p.c0 + b * H : nullptr)
                           : (p.c_raw_prev ? p.c_raw_prev + b * H : nullptr);
   const bool clamp_prev = CCLIP && !first;  // c_raw_prev is pre-clip, c0 is not clipped
@@ -450,7 +451,7 @@ inline void lstm_row(const LstmBwdUnits<typename V::value_type>& p, int64_t b, b
                   : VV::add(VV::load(dy + j),
                             incoming_grad<VV, KIND, CM, T>(dh_n, dh_gemm, dh_carry, clip_h, j));
     lstm_bwd_vector<VV, CCLIP, T>(dh, incoming_grad<VV, KIND, CM, T>(dc_n, dc_rec, nullptr, clip_c, j),
-                                  a, c_raw, c_prev, clamp_prev, cc, H, j, dg, dc_rec);
+                                  a, c_raw, c_prev, clamp_prev, cc, H, j, dg, dc_rec, h);
     add_to_sums<VV>(db, dg, 4, H, j);
   });
   // This row's incoming gradient is consumed; the next one is dgates W_hh alone.

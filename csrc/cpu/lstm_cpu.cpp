@@ -151,6 +151,10 @@ std::vector<at::Tensor> lstm_backward_impl(const LayerSizes& s, const LstmBackwa
   T* dg_p = dgates.data_ptr<T>();
   const T* craw_p = c_raw.data_ptr<T>();
   const T* act_p = act.data_ptr<T>();
+  // h_t = o * tanh(c_t) of every row, [N, H]: the output without projection, h_pre with
+  // (Note [tanh(c_t) from the saved h_t], kernels_impl.h).
+  const at::Tensor& h_saved = a.w_hr ? h_pre : y;
+  const T* hsaved_p = h_saved.data_ptr<T>();
   const T* dy_p = dy.data_ptr<T>();
 
   LstmBwdStep<T> p{};
@@ -180,7 +184,7 @@ std::vector<at::Tensor> lstm_backward_impl(const LayerSizes& s, const LstmBackwa
   at::Tensor loop_db;  // the bias gradient, where the engine sums it
   if constexpr (std::is_same<T, float>::value) {
     if (engine) {
-      lstm_bwd_engine(s, a.reverse, opt, a.cell_clip, a.w_hh, a.w_hr, act, c_raw, a.c0, dy, dhn,
+      lstm_bwd_engine(s, a.reverse, opt, a.cell_clip, a.w_hh, a.w_hr, act, c_raw, h_saved, a.c0, dy, dhn,
                       dcn, dgates, dh0, dc_rec, dr, record,
                       a.need.weight && a.need.bias ? &loop_db : nullptr);
     }
@@ -197,6 +201,7 @@ std::vector<at::Tensor> lstm_backward_impl(const LayerSizes& s, const LstmBackwa
       p.step.t = t;
       p.act = act_p + off * 4 * H;
       p.c_raw = craw_p + off * H;
+      p.h = hsaved_p + off * H;
       p.c_raw_prev = (tp >= 0 && tp < T_) ? craw_p + s.offset[tp] * H : nullptr;
       p.dgates = dg_p + off * 4 * H;
       (a.w_hr ? pp.record : p.record) = rec_p ? rec_p + off * 3 : nullptr;
