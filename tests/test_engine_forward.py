@@ -445,6 +445,32 @@ def test_auto_picks_by_shape(mode):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
+def test_auto_one_step_engine_for_gru_cells_without_grad(mode, threads):
+    """Note [One step on the engine]: a single GRU step without grad takes the engine from 32
+    rows on (beyond 256 KiB of panels per thread from 64 rows) on non-Intel CPUs; the LSTM,
+    fewer rows and calls with grad keep the per-step loop. Results agree either way."""
+    if _C._cpu_capability() == "default":
+        pytest.skip("the portable build always takes the per-step loop")
+    mode("auto", threads)
+    cases = [("gru", 32, 64, 64, True), ("gru", 97, 64, 64, True), ("gru", 16, 64, 64, False),
+             ("lstm", 97, 64, 64, False), ("gru", 129, 64, 64, False)]
+    if threads == 2:  # 576 KiB of W_hh and W_ih panels per thread: from 64 rows
+        cases += [("gru", 32, 128, 256, False), ("gru", 64, 128, 256, True)]
+    for kind, B, I, H, engine in cases:
+        tensors = make_tensors(kind, 1, B, I, H, dtype=F32, seed=5)
+        before = engine_runs(kind)
+        got = forward(kind, tensors)
+        assert (engine_runs(kind) > before) == (engine and not intel_cpu()), (kind, B, I, H)
+        mode("steps")
+        for a, b in zip(got, forward(kind, tensors)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        mode("auto")
+    # with grad (saving for a backward): the per-step loop
+    tensors = make_tensors("gru", 1, 97, 64, 64, dtype=F32, seed=5)
+    run("gru", tensors, False)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("case", [((8, 1024), False), ((8, 64), True), ((32, 512), True)],
                          ids=["B8-I1024-buffer-on-intel", "B8-I64-input", "B32-I512-input"])
 def test_input_part_beyond_l2(mode, threads, case):

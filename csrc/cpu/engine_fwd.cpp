@@ -263,16 +263,37 @@ bool row_split_doubtful(const LayerSizes& s, int64_t panel_bytes, int n) {
 // fits in L2 with room to spare, up to B = 128; beyond that, with slices up to 4 MiB, up to
 // B = 16, and up to B = 64 without a backward where the engine computes the input part or
 // I >= H / 2. The portable build (one lane per vector) always takes the per-step loop.
-// One step (T = 1: the cells) never repays packing W_hh: the per-step loop's one GEMM reads
-// it in place. LSTMCell / GRUCell, no grad, 2 threads, per-step loop vs engine (torch.nn
-// time / ours): B=8 H=256 I=128 LSTM 1.41x vs 0.71x, GRU 1.14x vs 0.80x; B=32 1.28x vs
-// 0.97x; B=97 1.25x vs 1.04x; B=1..97 H=64 I=32 1.36-1.48x vs 1.20-1.40x.
+// One step (T = 1: the cells) rarely repays packing W_hh: the per-step loop's one GEMM reads
+// it in place. LSTMCell / GRUCell on the Xeon, no grad, 2 threads, per-step loop vs engine
+// (torch.nn time / ours): B=8 H=256 I=128 LSTM 1.41x vs 0.71x, GRU 1.14x vs 0.80x; B=32
+// 1.28x vs 0.97x; B=97 1.25x vs 1.04x; B=1..97 H=64 I=32 1.36-1.48x vs 1.20-1.40x. The
+// exception, on other CPUs: Note [One step on the engine].
+// Note [One step on the engine]
+// A single step (T = 1: the cells) has nothing to spread the weight copy over, so the
+// engine pays for it only where its fused blocks save more than the copy costs. For the
+// GRU without a backward they do from 32 rows on, measured on the 2-core Zen 4 EPYC
+// (GRUCell no grad, 2 threads, paired in one process, medians of 9 rounds of 300 calls,
+// per-step loop time / engine time): H = I = 64: B=8 1.00, 32 1.10, 64 1.17, 97 1.25;
+// H = I = 128: B=32 1.07, 64 1.02; H=256 I=128 (each thread's panels 576 KiB): B=8 1.00,
+// 32 0.97, 64 1.05, 97 1.12 (benchmarks/results/amd-epyc-2026-12-04-b1-training-paired-ab.md).
+// The per-step loop runs the GRU's x and h products as two GEMMs (the n gate keeps its h
+// part apart), each too small for the BLAS's two threads to pay; the engine runs both in
+// the same register blocks. The LSTMCell and the training calls showed no steady gain
+// (within the host's +-30% noise, either way), nor did the Xeon (Note [Forward engine
+// crossover]): the per-step loop stays for them, and on Intel CPUs.
+bool one_step_engine(const LayerSizes& s, int64_t G, int64_t P, bool save) {
+  if (G != 3 || save || intel_cpu() || s.B < 32 || s.B > 128) return false;
+  const int64_t panels =
+      (G * s.H * (s.R + s.I) + P * s.H) * int64_t(sizeof(float)) / engine_threads(s, G);
+  return panels <= (256 << 10) || (s.B >= 64 && panels <= kL2Slice);
+}
+
 bool use_forward_engine(const LayerSizes& s, int64_t G, int64_t P, bool save) {
   const EngineMode mode = engine_mode();
   if (mode == EngineMode::Steps || s.B == 0) return false;
   if (mode == EngineMode::Engine) return true;
-  if (s.T == 1) return false;
   if (engine_kernels().width == 1) return false;
+  if (s.T == 1) return one_step_engine(s, G, P, save);
   constexpr int64_t kMaxSlice = 4 << 20;   // 4 MiB
   const int64_t slice = (G * s.H * s.R + P * s.H) * int64_t(sizeof(float)) / engine_threads(s, G);
   if (slice <= kL2Slice) return s.B <= 128;
