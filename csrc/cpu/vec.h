@@ -66,7 +66,8 @@ inline typename V::reg tanh_f32(typename V::reg x) {
   const R one = V::set1(1.0f);
   const R e = exp_f32<V>(V::add(ax, ax));
   const R large = V::sub(one, V::div(V::set1(2.0f), V::add(e, one)));
-  return V::select(V::lt(ax, V::set1(0.625f)), small, V::copysign(large, x));
+  // The sign of x on both branches (small already has it, except that x = -0 gives +0).
+  return V::copysign(V::select(V::lt(ax, V::set1(0.625f)), small, large), x);
 }
 
 // ---------------------------------------------------------------------------------------
