@@ -655,9 +655,10 @@ bool bwd_engine_selected(const LayerSizes& s, int gates) {
 void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>& opt,
                      std::optional<double> cell_clip, const at::Tensor& w_hh_in,
                      const OptTensor& w_hr_in, const at::Tensor& act, const at::Tensor& c_raw,
-                     const at::Tensor& h_saved, const OptTensor& c0_in, const at::Tensor& dy, const at::Tensor& dhn,
-                     const at::Tensor& dcn, at::Tensor& dgates, at::Tensor& dh0,
-                     at::Tensor& dc0, at::Tensor& dr, at::Tensor& record, at::Tensor* db) {
+                     const at::Tensor& h_saved, const OptTensor& c0_in, const at::Tensor& dy,
+                     const at::Tensor& dhn, const at::Tensor& dcn, at::Tensor& dgates,
+                     at::Tensor& dh0, at::Tensor& dc0, at::Tensor& dr, at::Tensor& record,
+                     at::Tensor* db) {
   count_engine_run(EngineRun::LstmBackward);
   const BwdEngineTable<float>& k = bwd_table();
   const int64_t T_ = s.T, B = s.B, H = s.H, R = s.R, K = 4 * H;

@@ -25,13 +25,15 @@ bool bwd_engine_selected(const LayerSizes& s, int gates);
 //   dr [N, P] with projection, record [N, 3] when the grad record is on (else undefined).
 // With db: *db = the bias gradient, the sum of dgates' rows [4H], summed in the loop (Note
 // [Bias gradient in the time loop] in bwd_engine.cpp).
-// Inputs as lstm_backward_impl has them (contiguous float32).
+// Inputs as lstm_backward_impl has them (contiguous float32); h [N, H] is the saved h_t = o *
+// tanh(c_t) (the output, or h_pre with projection).
 void lstm_bwd_engine(const LayerSizes& s, bool reverse, const GradOptions<float>& opt,
                      std::optional<double> cell_clip, const at::Tensor& w_hh,
                      const OptTensor& w_hr, const at::Tensor& act, const at::Tensor& c_raw,
-                     const at::Tensor& h, const OptTensor& c0, const at::Tensor& dy, const at::Tensor& dhn,
-                     const at::Tensor& dcn, at::Tensor& dgates, at::Tensor& dh0,
-                     at::Tensor& dc0, at::Tensor& dr, at::Tensor& record, at::Tensor* db);
+                     const at::Tensor& h, const OptTensor& c0, const at::Tensor& dy,
+                     const at::Tensor& dhn, const at::Tensor& dcn, at::Tensor& dgates,
+                     at::Tensor& dh0, at::Tensor& dc0, at::Tensor& dr, at::Tensor& record,
+                     at::Tensor* db);
 
 // The GRU backward time loop. Outputs: dxg, dhg [N, 3H], dh0 [B, H] (unclipped), record; with
 // db_ih / db_hh the sums of dxg's / dhg's rows [3H] (the bias gradients), as for the LSTM.

@@ -268,6 +268,7 @@ bool row_split_doubtful(const LayerSizes& s, int64_t panel_bytes, int n) {
 // (torch.nn time / ours): B=8 H=256 I=128 LSTM 1.41x vs 0.71x, GRU 1.14x vs 0.80x; B=32
 // 1.28x vs 0.97x; B=97 1.25x vs 1.04x; B=1..97 H=64 I=32 1.36-1.48x vs 1.20-1.40x. The
 // exception, on other CPUs: Note [One step on the engine].
+
 // Note [One step on the engine]
 // A single step (T = 1: the cells) has nothing to spread the weight copy over, so the
 // engine pays for it only where its fused blocks save more than the copy costs. For the
@@ -288,6 +289,7 @@ bool one_step_engine(const LayerSizes& s, int64_t G, int64_t P, bool save) {
   return panels <= (256 << 10) || (s.B >= 64 && panels <= kL2Slice);
 }
 
+// Note [Forward engine crossover] above.
 bool use_forward_engine(const LayerSizes& s, int64_t G, int64_t P, bool save) {
   const EngineMode mode = engine_mode();
   if (mode == EngineMode::Steps || s.B == 0) return false;

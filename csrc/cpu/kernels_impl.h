@@ -309,7 +309,7 @@ void lstm_fwd(const LstmFwdStep<typename V::value_type>& p, int64_t b0, int64_t 
 // 2 threads, training calls paired in one process, 150 rounds, new / old time): LSTM T=64
 // B=32 I=1 H=64 0.979, T=24 B=16 I=8 H=32 0.995, T=128 I=64 H=256 B=32 0.998, B=8 0.998,
 // B=1 1.005; gradient errors against float64 as before (within 1.25x either way, torch.nn's
-// 1.3-5x larger) (benchmarks/results/amd-epyc-2026-12-04-b1-training-paired-ab.md).
+// 1.4-5x larger) (benchmarks/results/amd-epyc-2026-12-04-b1-training-paired-ab.md).
 template <class VV, bool CCLIP, typename T>
 inline void lstm_bwd_vector(typename VV::reg dh, typename VV::reg dc_in, const T* a,
                             const T* c_raw, const T* c_prev, bool clamp_prev, T cc, int64_t H,

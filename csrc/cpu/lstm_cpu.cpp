@@ -184,8 +184,8 @@ std::vector<at::Tensor> lstm_backward_impl(const LayerSizes& s, const LstmBackwa
   at::Tensor loop_db;  // the bias gradient, where the engine sums it
   if constexpr (std::is_same<T, float>::value) {
     if (engine) {
-      lstm_bwd_engine(s, a.reverse, opt, a.cell_clip, a.w_hh, a.w_hr, act, c_raw, h_saved, a.c0, dy, dhn,
-                      dcn, dgates, dh0, dc_rec, dr, record,
+      lstm_bwd_engine(s, a.reverse, opt, a.cell_clip, a.w_hh, a.w_hr, act, c_raw, h_saved, a.c0,
+                      dy, dhn, dcn, dgates, dh0, dc_rec, dr, record,
                       a.need.weight && a.need.bias ? &loop_db : nullptr);
     }
   }
