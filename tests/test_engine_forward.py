@@ -445,17 +445,17 @@ def test_auto_picks_by_shape(mode):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_auto_one_step_engine_for_gru_cells_without_grad(mode, threads):
-    """Note [One step on the engine]: a single GRU step without grad takes the engine from 32
-    rows on (beyond 256 KiB of panels per thread from 64 rows) on non-Intel CPUs; the LSTM,
-    fewer rows and calls with grad keep the per-step loop. Results agree either way."""
+def test_auto_one_step_engine_for_cells_without_grad(mode, threads):
+    """Note [One step on the engine]: a single step without grad takes the engine from 32 rows
+    while a thread's panels stay within 256 KiB, on non-Intel CPUs; fewer rows, larger
+    panels and calls with grad keep the per-step loop. Results agree either way."""
     if _C._cpu_capability() == "default":
         pytest.skip("the portable build always takes the per-step loop")
     mode("auto", threads)
-    cases = [("gru", 32, 64, 64, True), ("gru", 97, 64, 64, True), ("gru", 16, 64, 64, False),
-             ("lstm", 97, 64, 64, False), ("gru", 129, 64, 64, False)]
-    if threads == 2:  # 576 KiB of W_hh and W_ih panels per thread: from 64 rows
-        cases += [("gru", 32, 128, 256, False), ("gru", 64, 128, 256, True)]
+    cases = [("gru", 32, 64, 64, True), ("lstm", 97, 64, 64, True), ("gru", 16, 64, 64, False),
+             ("lstm", 31, 64, 64, False), ("gru", 129, 64, 64, False)]
+    if threads == 2:  # 256 KiB of LSTM panels per thread at H = I = 128; 576 KiB of GRU ones
+        cases += [("lstm", 32, 128, 128, True), ("gru", 97, 128, 256, False)]
     for kind, B, I, H, engine in cases:
         tensors = make_tensors(kind, 1, B, I, H, dtype=F32, seed=5)
         before = engine_runs(kind)
@@ -466,8 +466,8 @@ def test_auto_one_step_engine_for_gru_cells_without_grad(mode, threads):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
         mode("auto")
     # with grad (saving for a backward): the per-step loop
-    tensors = make_tensors("gru", 1, 97, 64, 64, dtype=F32, seed=5)
-    run("gru", tensors, False)
+    for kind in ("gru", "lstm"):
+        run(kind, make_tensors(kind, 1, 97, 64, 64, dtype=F32, seed=5), False)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

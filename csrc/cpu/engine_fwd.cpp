@@ -271,22 +271,28 @@ bool row_split_doubtful(const LayerSizes& s, int64_t panel_bytes, int n) {
 
 // Note [One step on the engine]
 // A single step (T = 1: the cells) has nothing to spread the weight copy over, so the
-// engine pays for it only where its fused blocks save more than the copy costs. For the
-// GRU without a backward they do from 32 rows on, measured on the 2-core Zen 4 EPYC
-// (GRUCell no grad, 2 threads, paired in one process, medians of 9 rounds of 300 calls,
-// per-step loop time / engine time): H = I = 64: B=8 1.00, 32 1.10, 64 1.17, 97 1.25;
-// H = I = 128: B=32 1.07, 64 1.02; H=256 I=128 (each thread's panels 576 KiB): B=8 1.00,
-// 32 0.97, 64 1.05, 97 1.12 (benchmarks/results/amd-epyc-2026-12-04-b1-training-paired-ab.md).
-// The per-step loop runs the GRU's x and h products as two GEMMs (the n gate keeps its h
-// part apart), each too small for the BLAS's two threads to pay; the engine runs both in
-// the same register blocks. The LSTMCell and the training calls showed no steady gain
-// (within the host's +-30% noise, either way), nor did the Xeon (Note [Forward engine
-// crossover]): the per-step loop stays for them, and on Intel CPUs.
+// engine pays for it only where its fused blocks save more than the copy costs: without a
+// backward, from 32 rows, while a thread's panels (W_hh and W_ih, W_hr) stay within 256 KiB.
+// The per-step loop runs the x and h products as two small GEMMs, each too small for the
+// BLAS's two threads to pay; the engine runs both in the same register blocks. Measured on
+// the 2-core Zen 4 EPYC (no grad, 2 threads, float32, per-step loop time / engine time,
+// benchmarks/results/amd-epyc-2026-12-04-b1-training-paired-ab.md):
+//   - calls alternating one by one, 4,000 each, medians: H = I = 64, B = 32 / 64 / 97:
+//     LSTMCell 1.09 / 1.12 / 1.14, GRUCell 1.14 / 1.15 / 1.15; with a torch.nn cell call
+//     before each (the weights colder): LSTMCell 1.12-1.13 / 1.15-1.18 / 1.21-1.22, GRUCell
+//     0.94 / 1.19 / 1.26; B=16: LSTMCell 1.04, GRUCell 0.73; H = I = 128 (256 KiB of
+//     LSTM panels per thread) LSTMCell B=8 0.94, 32 1.07, 64 1.11. Beyond 256 KiB, H=256
+//     I=128 (576 / 768 KiB): GRUCell B=32 0.79, 64 1.00, 97 1.01; LSTMCell B=8 0.33, 32
+//     0.76, 64 0.94;
+//   - rounds of 300 calls each, GRUCell: H = I = 64 B=8 1.00, 32 1.10, 64 1.17, 97 1.13-1.25;
+//     H = I = 128 B=32 1.07, 64 1.02.
+// Calls with a backward showed no steady gain (0.92-1.12), nor did the Xeon (Note [Forward
+// engine crossover]): they, and Intel CPUs, keep the per-step loop.
 bool one_step_engine(const LayerSizes& s, int64_t G, int64_t P, bool save) {
-  if (G != 3 || save || intel_cpu() || s.B < 32 || s.B > 128) return false;
+  if (save || intel_cpu() || s.B < 32 || s.B > 128) return false;
   const int64_t panels =
       (G * s.H * (s.R + s.I) + P * s.H) * int64_t(sizeof(float)) / engine_threads(s, G);
-  return panels <= (256 << 10) || (s.B >= 64 && panels <= kL2Slice);
+  return panels <= (256 << 10);
 }
 
 // Note [Forward engine crossover] above.
