@@ -105,8 +105,9 @@ struct LstmBwdStep {
   GradOptions<A> opt;
   const T* act;         // [M, 4H] saved activations i, f, g, o at t
   const T* c_raw;       // [M, H]  saved pre-clip cell state at t
-  const T* h;           // [M, H]  saved h_t = o * tanh(c_t) (before any projection) at t, or
-                        //         nullptr (Note [tanh(c_t) from the saved h_t], kernels_impl.h)
+  const T* h;           // [M, H]  saved h_t = o * tanh(c_t) (before any projection) at t: the
+                        //         CPU kernels' tanh(c_t) (Note [tanh(c_t) from the saved h_t],
+                        //         kernels_impl.h); the CUDA kernels recompute it
   const T* c_raw_prev;  // [., H]  saved pre-clip cell state at the previous processed time, or nullptr
   const T* c0;          // [B, H]  initial cell state, or nullptr (zeros)
   const T* dy;          // [M, R]  gradient of the output at t (no projection)

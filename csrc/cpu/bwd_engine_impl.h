@@ -424,7 +424,7 @@ inline void lstm_row(const LstmBwdUnits<typename V::value_type>& p, int64_t b, b
   const int64_t H = p.H, Hp = p.Hp;
   const T* a = p.act + b * 4 * H;
   const T* c_raw = p.c_raw + b * H;
-  const T* h = p.h ? p.h + b * H : nullptr;
+  const T* h = p.h + b * H;
   const T* c_prev = first ? (p.c0 ? p.c0 + b * H : nullptr)
                           : (p.c_raw_prev ? p.c_raw_prev + b * H : nullptr);
   const bool clamp_prev = CCLIP && !first;  // c_raw_prev is pre-clip, c0 is not clipped

@@ -130,7 +130,7 @@ struct LstmBwdUnits {
   GradOptions<T> opt;
   const T* act;         // [M, 4H] saved activations at t
   const T* c_raw;       // [M, H]  saved pre-clip cell state at t
-  const T* h;           // [M, H]  saved h_t = o * tanh(c_t) before any projection, or nullptr
+  const T* h;           // [M, H]  saved h_t = o * tanh(c_t) before any projection
   const T* c_raw_prev;  // [., H]  at the previous processed time, or nullptr
   const T* c0;          // [B, H]  or nullptr (zeros)
   const T* dy;          // [M, H]  no projection

@@ -217,6 +217,11 @@ int64_t engine_threads(const LayerSizes& s, int64_t G) {
   return std::min<int64_t>(team_size(s, G, engine_kernels().width), team_capacity());
 }
 
+// Bytes of one thread's panels with the input part: its share of W_hh, W_ih and W_hr.
+int64_t input_part_panel_bytes(const LayerSizes& s, int64_t G, int64_t P) {
+  return (G * s.H * (s.R + s.I) + P * s.H) * int64_t(sizeof(float)) / engine_threads(s, G);
+}
+
 }  // namespace
 
 // Note [Engine row split] (row_split.h). The split modes other than "auto" and "rule" are
@@ -292,9 +297,7 @@ bool row_split_doubtful(const LayerSizes& s, int64_t panel_bytes, int n) {
 // B = 16 / 32 / 97: LSTMCell 1.01 / 1.05 / 0.96, GRUCell 1.02 / 1.06 / 1.14.
 bool one_step_engine(const LayerSizes& s, int64_t G, int64_t P, bool save) {
   if (save || intel_cpu() || engine_kernels().width < 16 || s.B < 32 || s.B > 128) return false;
-  const int64_t panels =
-      (G * s.H * (s.R + s.I) + P * s.H) * int64_t(sizeof(float)) / engine_threads(s, G);
-  return panels <= (256 << 10);
+  return input_part_panel_bytes(s, G, P) <= (256 << 10);
 }
 
 // Note [Forward engine crossover] above.
@@ -368,8 +371,7 @@ bool use_forward_engine(const LayerSizes& s, int64_t G, int64_t P, bool save) {
 // (benchmarks/results/amd-epyc-2026-12-04-input-part-beyond-l2-ab.md). So the exception
 // holds on Intel CPUs only.
 bool engine_input_part(const LayerSizes& s, int64_t G, int64_t P) {
-  const int64_t panels = (G * s.H * (s.R + s.I) + P * s.H) * int64_t(sizeof(float)) /
-                         engine_threads(s, G);
+  const int64_t panels = input_part_panel_bytes(s, G, P);
   if (intel_cpu() && panels > l2_bytes_per_core() * 3 / 2 && 2 * s.I >= s.R &&
       (s.B <= 16 || s.I >= s.R)) {
     return false;

@@ -294,7 +294,7 @@ void lstm_fwd(const LstmFwdStep<typename V::value_type>& p, int64_t b0, int64_t 
 // LSTM: dh and dc_in are the gradients into h_t and c_t (incoming recurrent parts
 // included); a is the row's saved activations i, f, g, o, c_prev its previous cell state
 // (pre-clip when clamp_prev) or nullptr, h the row's saved h_t = o * tanh(c_t) (before any
-// projection) or nullptr. Writes the gate gradients into dg and the gradient into c_{t-1}
+// projection). Writes the gate gradients into dg and the gradient into c_{t-1}
 // into dc_rec.
 //
 // Note [tanh(c_t) from the saved h_t]
@@ -305,7 +305,7 @@ void lstm_fwd(const LstmFwdStep<typename V::value_type>& p, int64_t b0, int64_t 
 // Where o is 0 (a sigmoid below about -88, or a row absent at t, whose saved values are
 // zero) every term with tanh(c_t) is multiplied by o, and 0 is used. Where o is tiny, h_t is
 // denormal and h_t / o is off by up to its relative rounding, but again each use is scaled
-// by o. Without a saved h_t (nullptr), the tanh is recomputed. Measured (2-core Zen 4 EPYC,
+// by o. Measured (2-core Zen 4 EPYC,
 // 2 threads, training calls paired in one process, 150 rounds, new / old time): LSTM T=64
 // B=32 I=1 H=64 0.979, T=24 B=16 I=8 H=32 0.995, T=128 I=64 H=256 B=32 0.998, B=8 0.998,
 // B=1 1.005; gradient errors against float64 as before (within 1.25x either way, torch.nn's
@@ -321,15 +321,12 @@ inline void lstm_bwd_vector(typename VV::reg dh, typename VV::reg dc_in, const T
   const Rg g = VV::load(a + 2 * H + j);
   const Rg o = VV::load(a + 3 * H + j);
   const Rg cr = VV::load(c_raw + j);
-  Rg c = cr;
-  if constexpr (CCLIP) c = VV::clamp(cr, VV::set1(-cc), VV::set1(cc));
   Rg cp = c_prev ? VV::load(c_prev + j) : VV::zero();
   if constexpr (CCLIP) {
     if (clamp_prev) cp = VV::clamp(cp, VV::set1(-cc), VV::set1(cc));
   }
   // Note [tanh(c_t) from the saved h_t]
-  const Rg tc = h ? VV::select(VV::le(o, VV::zero()), VV::zero(), VV::div(VV::load(h + j), o))
-                  : VV::tanh(c);
+  const Rg tc = VV::select(VV::le(o, VV::zero()), VV::zero(), VV::div(VV::load(h + j), o));
   // dc_t = dc_in + dh * o * (1 - tanh(c)^2), then zero where the cell clip was active
   // (torch.clamp passes the gradient where -cc <= c_raw <= cc).
   Rg dct = VV::fmadd(VV::mul(dh, o), VV::fnmadd(tc, tc, one), dc_in);
@@ -377,7 +374,7 @@ inline void lstm_bwd_row(const LstmBwdStep<typename V::value_type>& p, int64_t b
   const int64_t H = p.H, R = p.R;
   const T* a = p.act + b * 4 * H;
   const T* c_raw = p.c_raw + b * H;
-  const T* h = p.h ? p.h + b * H : nullptr;
+  const T* h = p.h + b * H;
   const T* c_prev = first ? (p.c0 ? p.c0 + b * H : nullptr)
                           : (p.c_raw_prev ? p.c_raw_prev + b * H : nullptr);
   const bool clamp_prev = CCLIP && !first;  // c_raw_prev is pre-clip, c0 is not clipped
