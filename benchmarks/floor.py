@@ -60,6 +60,36 @@ from benchlib.machine import REPO_ROOT, cpu_flags, cpu_model  # benchmarks/ is o
 #   sits in that core's caches.
 # - Threads start together on a spin flag; the rate is total work / the slowest thread's
 #   time, so a thread that ran alone for a while does not inflate the total.
+# The CPUs this process may run on, and pinning the calling thread to one of them (-1: leave
+# it): C++ that every kernel module of benchmarks/ compiles inside its anonymous namespace
+# (Linux: sched_getaffinity / pthread_setaffinity_np; elsewhere no CPUs and no pinning).
+PINNING_CPP = r"""
+std::vector<int> allowed_cpus() {
+  std::vector<int> cpus;
+#if defined(__linux__)
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0)
+    for (int c = 0; c < CPU_SETSIZE; ++c)
+      if (CPU_ISSET(c, &set)) cpus.push_back(c);
+#endif
+  return cpus;
+}
+
+bool pin(int cpu) {
+#if defined(__linux__)
+  if (cpu < 0) return false;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  return pthread_setaffinity_np(pthread_self(), sizeof(set), &set) == 0;
+#else
+  (void)cpu;
+  return false;
+#endif
+}
+"""
+
 _CPP = r"""
 #include <algorithm>
 #include <atomic>
@@ -262,31 +292,7 @@ std::string resolve(const std::string& isa) {
 // Floats per vector register for the ISA: the FLOPs of one FMA instruction are 2x this.
 int lanes(const std::string& isa) { return isa == "avx512" ? 16 : isa == "avx2" ? 8 : 1; }
 
-std::vector<int> allowed_cpus() {
-  std::vector<int> cpus;
-#if defined(__linux__)
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof(set), &set) == 0)
-    for (int c = 0; c < CPU_SETSIZE; ++c)
-      if (CPU_ISSET(c, &set)) cpus.push_back(c);
-#endif
-  return cpus;
-}
-
-// Pins the calling thread to cpu (-1: leave it); returns whether it worked.
-bool pin(int cpu) {
-#if defined(__linux__)
-  if (cpu < 0) return false;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  return pthread_setaffinity_np(pthread_self(), sizeof(set), &set) == 0;
-#else
-  (void)cpu;
-  return false;
-#endif
-}
+@PINNING@
 
 // Runs body(thread index) on `threads` pinned threads that start together; returns each
 // thread's seconds from the common start to its own end.
@@ -425,6 +431,7 @@ std::vector<double> kloop_run(int64_t panel_bytes, int64_t K, int64_t passes, in
 std::string best_isa() { return resolve("auto"); }
 bool isa_supported(const std::string& isa) { return has(isa.c_str()); }
 """
+_CPP = _CPP.replace("@PINNING@", PINNING_CPP)
 
 _MODULE = None
 TRIES = {True: 4, False: 15}  # per figure: quick / full (memory: 1 / 3)
@@ -436,7 +443,7 @@ def _build(verbose: bool = False):
     if _MODULE is None:
         from torch.utils.cpp_extension import load_inline
         _MODULE = load_inline(
-            name="fusedrnn_floor_v2",
+            name="fusedrnn_floor_v3",
             cpp_sources=_CPP,
             functions=["fma_run", "read_run", "kloop_run", "best_isa", "isa_supported"],
             # No -march: the SIMD functions select their own ISA by target attribute, so

@@ -16,7 +16,7 @@ kernel compiled at run time (as floor.py's, AVX-512 only), step by step, in five
                     of 4 rows at a time against h held in registers, horizontal sums at the
                     end of each 16-row block
   panel-2t-free     two pinned threads, each with its own slice, no synchronisation
-  panel-2t-barrier  the same with a spin barrier after every step
+  panel-2t-barrier  the same with the engine's spin barrier (csrc/cpu/team.h) after every step
   panel-2t-shared   the engine's exchange as well: each thread writes its units of h_t to a
                     shared double buffer, waits at the barrier, and reads all of h_{t-1}
                     (prefetched at the start of the step): the engine's B = 1 step without
@@ -56,6 +56,8 @@ _CPP = r"""
 #include <immintrin.h>
 #define PATTERN_X86 1
 #endif
+
+#include "team.h"  // csrc/cpu: the engine's SpinBarrier
 
 namespace {
 
@@ -131,50 +133,7 @@ void natural_step(const float* rows, const Sizes& s, const float* h, float* out)
 }
 #endif
 
-bool pin(int cpu) {
-#if defined(__linux__)
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  return pthread_setaffinity_np(pthread_self(), sizeof(set), &set) == 0;
-#else
-  return false;
-#endif
-}
-
-std::vector<int> allowed_cpus() {
-  std::vector<int> cpus;
-#if defined(__linux__)
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof(set), &set) == 0)
-    for (int c = 0; c < CPU_SETSIZE; ++c)
-      if (CPU_ISSET(c, &set)) cpus.push_back(c);
-#endif
-  return cpus;
-}
-
-// The engine's barrier (team.h) without its yield: the waits here are microseconds.
-struct Barrier {
-  explicit Barrier(int n) : n(n) {}
-  void wait() {
-    if (n <= 1) return;
-    const unsigned g = gen.load(std::memory_order_acquire);
-    if (arrived.fetch_add(1, std::memory_order_acq_rel) == n - 1) {
-      arrived.store(0, std::memory_order_relaxed);
-      gen.store(g + 1, std::memory_order_release);
-      return;
-    }
-    while (gen.load(std::memory_order_acquire) == g) {
-#ifdef PATTERN_X86
-      _mm_pause();
-#endif
-    }
-  }
-  const int n;
-  alignas(64) std::atomic<int> arrived{0};
-  alignas(64) std::atomic<unsigned> gen{0};
-};
+@PINNING@
 
 float* alloc_floats(size_t n) {
   float* p = static_cast<float*>(std::aligned_alloc(64, (n * 4 + 63) / 64 * 64));
@@ -258,7 +217,7 @@ std::vector<double> run(const std::string& variant, int64_t H, int64_t G, int64_
   const Sizes s{G, H / 2, H};  // every variant streams one thread's share of a 2-thread split
   const bool barrier_on = variant == "panel-2t-barrier" || variant == "panel-2t-shared";
   const bool shared = variant == "panel-2t-shared";
-  Barrier barrier(threads);
+  fusedrnn::cpu::SpinBarrier barrier(threads);  // the engine's own (team.h)
   float* state[2] = {alloc_floats(H), alloc_floats(H)};
   for (long k = 0; k < H; ++k) state[0][k] = state[1][k] = 1e-3f * (float)(k & 63);
   std::vector<int> cpus = allowed_cpus();
@@ -321,8 +280,12 @@ VARIANTS = ("panel-1t", "natural-1t", "panel-2t-free", "panel-2t-barrier", "pane
 
 def _build(verbose: bool = False):
     from torch.utils.cpp_extension import load_inline
-    return load_inline(name="fusedrnn_step_pattern_v1", cpp_sources=_CPP,
+    from benchlib.machine import REPO_ROOT  # benchmarks/ is on sys.path
+    from floor import PINNING_CPP
+    return load_inline(name="fusedrnn_step_pattern_v2",
+                       cpp_sources=_CPP.replace("@PINNING@", PINNING_CPP),
                        functions=["run", "check", "supported"], extra_cflags=["-O3"],
+                       extra_include_paths=[str(REPO_ROOT / "csrc" / "cpu")],
                        extra_ldflags=["-lpthread"], verbose=verbose)
 
 
