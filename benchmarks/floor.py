@@ -45,21 +45,6 @@ import torch
 
 from benchlib.machine import REPO_ROOT, cpu_flags, cpu_model  # benchmarks/ is on sys.path
 
-# The C++ side. Why the shape of each kernel:
-# - FMA: a = a * b + c on K independent vector accumulators. One FMA has a latency of 4
-#   cycles and (on the CPUs here) two FMA ports, so at least 8 chains must be in flight to
-#   fill both ports; 12 leaves headroom for CPUs with a latency of 5 or 6 and still fits
-#   the 16 ymm registers of AVX2 (AVX-512 has 32). b < 1 and c small keep the values finite
-#   and normal (denormals would slow the loop down and measure the wrong thing).
-# - k loop: the forward engine's register block (engine_fwd_impl.h) in a copy of its own,
-#   4 rows x 4 weight vectors (AVX2: 3 x 4), the weights kept in registers across the rows,
-#   one broadcast per row and column: the FMA peak with its operands streaming from L2.
-# - Reads: a sum over the buffer with 8 vector accumulators, so the adds never wait on each
-#   other and the loads (two or three per cycle) are the limit. The buffer is allocated and
-#   first written by the thread that reads it, after pinning, so its pages are local and it
-#   sits in that core's caches.
-# - Threads start together on a spin flag; the rate is total work / the slowest thread's
-#   time, so a thread that ran alone for a while does not inflate the total.
 # The CPUs this process may run on, and pinning the calling thread to one of them (-1: leave
 # it): C++ that every kernel module of benchmarks/ compiles inside its anonymous namespace
 # (Linux: sched_getaffinity / pthread_setaffinity_np; elsewhere no CPUs and no pinning).
@@ -90,6 +75,21 @@ bool pin(int cpu) {
 }
 """
 
+# The C++ side. Why the shape of each kernel:
+# - FMA: a = a * b + c on K independent vector accumulators. One FMA has a latency of 4
+#   cycles and (on the CPUs here) two FMA ports, so at least 8 chains must be in flight to
+#   fill both ports; 12 leaves headroom for CPUs with a latency of 5 or 6 and still fits
+#   the 16 ymm registers of AVX2 (AVX-512 has 32). b < 1 and c small keep the values finite
+#   and normal (denormals would slow the loop down and measure the wrong thing).
+# - k loop: the forward engine's register block (engine_fwd_impl.h) in a copy of its own,
+#   4 rows x 4 weight vectors (AVX2: 3 x 4), the weights kept in registers across the rows,
+#   one broadcast per row and column: the FMA peak with its operands streaming from L2.
+# - Reads: a sum over the buffer with 8 vector accumulators, so the adds never wait on each
+#   other and the loads (two or three per cycle) are the limit. The buffer is allocated and
+#   first written by the thread that reads it, after pinning, so its pages are local and it
+#   sits in that core's caches.
+# - Threads start together on a spin flag; the rate is total work / the slowest thread's
+#   time, so a thread that ran alone for a while does not inflate the total.
 _CPP = r"""
 #include <algorithm>
 #include <atomic>

@@ -151,16 +151,24 @@ bool supported() {
 #endif
 }
 
+#ifdef PATTERN_X86
+// The sizes of one thread's share of a two-thread split of H units (every variant streams
+// that much, the one-thread ones too), after checking the CPU and the arguments.
+Sizes sizes_for(int64_t H, int64_t G) {
+  if (!supported()) throw std::runtime_error("step_pattern: needs AVX-512");
+  if (H % 64 != 0 || H > 512 || G < 1 || G > 4)
+    throw std::runtime_error("step_pattern: H must be a multiple of 64, <= 512; 1 <= G <= 4");
+  return Sizes{G, H / 2, H};
+}
+#endif
+
 // Largest relative error of panel_step and natural_step against a double-precision
 // reference on random data (one thread's share of H units, G gates): [panel, natural].
 // natural_step's lanes come out in sum16's order, so each 16-row block is compared as a
 // sorted set of sums.
 std::vector<double> check(int64_t H, int64_t G) {
 #ifdef PATTERN_X86
-  if (!supported()) throw std::runtime_error("step_pattern: needs AVX-512");
-  if (H % 64 != 0 || H > 512 || G < 1 || G > 4)
-    throw std::runtime_error("step_pattern: H must be a multiple of 64, <= 512; 1 <= G <= 4");
-  const Sizes s{G, H / 2, H};
+  const Sizes s = sizes_for(H, G);
   const size_t n = (size_t)(s.G * s.U * s.K);
   float* rows = alloc_floats(n);
   float* panel = alloc_floats(n);
@@ -206,15 +214,12 @@ std::vector<double> check(int64_t H, int64_t G) {
 // variants. Returns [pinned (1/0), times...].
 std::vector<double> run(const std::string& variant, int64_t H, int64_t G, int64_t steps) {
 #ifdef PATTERN_X86
-  if (!supported()) throw std::runtime_error("step_pattern: needs AVX-512");
   const bool two = variant.rfind("panel-2t", 0) == 0;
   const bool natural = variant == "natural-1t";
   if (!two && variant != "panel-1t" && !natural)
     throw std::runtime_error("step_pattern: unknown variant " + variant);
   const int threads = two ? 2 : 1;
-  if (H % 64 != 0 || H > 512 || G < 1 || G > 4)
-    throw std::runtime_error("step_pattern: H must be a multiple of 64, <= 512; 1 <= G <= 4");
-  const Sizes s{G, H / 2, H};  // every variant streams one thread's share of a 2-thread split
+  const Sizes s = sizes_for(H, G);
   const bool barrier_on = variant == "panel-2t-barrier" || variant == "panel-2t-shared";
   const bool shared = variant == "panel-2t-shared";
   fusedrnn::cpu::SpinBarrier barrier(threads);  // the engine's own (team.h)
