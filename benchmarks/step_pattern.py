@@ -37,32 +37,10 @@ import json
 import statistics
 import sys
 
-_CPP = r"""
-#include <algorithm>
-#include <atomic>
-#include <cmath>
-#include <chrono>
-#include <cstdlib>
-#include <cstring>
-#include <stdexcept>
-#include <string>
-#include <thread>
-#include <vector>
-#if defined(__linux__)
-#include <pthread.h>
-#include <sched.h>
-#endif
-#if defined(__x86_64__)
-#include <immintrin.h>
-#define PATTERN_X86 1
-#endif
-
-#include "team.h"  // csrc/cpu: the engine's SpinBarrier
-
-namespace {
-
-using Clock = std::chrono::steady_clock;
-
+# The engine's single-row register block over one thread's panel: this script's kernel, and
+# the time loops of benchmarks/call_floor.py (which includes it too). Needs PATTERN_X86
+# (defined with <immintrin.h> on x86-64) before it.
+PANEL_CPP = r"""
 struct Sizes {
   long G, U, K;  // gates, units of the thread's slice (a multiple of 32), columns (= H)
 };
@@ -91,7 +69,38 @@ void panel_step(const float* panel, const Sizes& s, const float* h, float* out) 
     }
   }
 }
+#endif
+"""
 
+_CPP = r"""
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+#if defined(__linux__)
+#include <pthread.h>
+#include <sched.h>
+#endif
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define PATTERN_X86 1
+#endif
+
+#include "team.h"  // csrc/cpu: the engine's SpinBarrier
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+@PANEL@
+
+#ifdef PATTERN_X86
 // Sixteen vectors -> one vector whose lanes are their sums (in some fixed lane order).
 __attribute__((target("avx512f")))
 inline __m512 sum16(const __m512* a) {
@@ -288,7 +297,7 @@ def _build(verbose: bool = False):
     from benchlib.machine import REPO_ROOT  # benchmarks/ is on sys.path
     from floor import PINNING_CPP
     return load_inline(name="fusedrnn_step_pattern_v2",
-                       cpp_sources=_CPP.replace("@PINNING@", PINNING_CPP),
+                       cpp_sources=_CPP.replace("@PINNING@", PINNING_CPP).replace("@PANEL@", PANEL_CPP),
                        functions=["run", "check", "supported"], extra_cflags=["-O3"],
                        extra_include_paths=[str(REPO_ROOT / "csrc" / "cpu")],
                        extra_ldflags=["-lpthread"], verbose=verbose)
