@@ -47,13 +47,15 @@ _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:  # so that the test (and `python -m`) find benchlib and floor
     sys.path.insert(0, str(_HERE))
 
+import call_floor  # noqa: E402
 import floor  # noqa: E402
 from benchlib.console import Progress, describe, log  # noqa: E402
 from benchlib.impls import import_fusedrnn  # noqa: E402
 from benchlib.machine import (DEFAULT_OUT, dated_stem, host_probe_us,  # noqa: E402
                               load_average, machine_info, slug)
 from benchlib.markdown import table as md_table  # noqa: E402
-from benchlib.names import FLOOR_IMPL, nn_cell_impl, op_impl  # noqa: E402
+from benchlib.names import (CALL_FLOOR_IMPL, CALL_FLOOR_PEAK_IMPL, FLOOR_IMPL,  # noqa: E402
+                            nn_cell_impl, op_impl)
 from benchlib.timing import (balanced_orders, in_order, paired_ratio,  # noqa: E402
                              summarize)
 
@@ -404,6 +406,7 @@ def run_layers(args, fusedrnn, engine, ceilings, errors, notes, progress, lock) 
                 if d > 1e-3:
                     log(f"    WARNING: {label} fused ({m}) forward differs from torch.nn "
                         f"by {d:.3g}")
+            fc = make_call_floor(args, cell, (T, B, I, H), ceilings, notes)
             for mode in MODES:
                 if mode not in args.modes:
                     continue
@@ -413,14 +416,37 @@ def run_layers(args, fusedrnn, engine, ceilings, errors, notes, progress, lock) 
                               for m in modes_cols]
                 else:
                     impls.append(Impl("fused:auto", _layer_prepare(fused, cell, mode)))
+                if fc is not None:
+                    impls.append(Impl(CALL_FLOOR_IMPL, fc.prepare(mode)))
                 progress.describe(f"layers {label} {mode}")
                 with lock:
                     times, eng, n, pre = time_paired(impls, make_data, args.budget, engine,
                                                 errors, f"layers {label} {mode}")
                 progress.step()
+                phases = None
+                if fc is not None and times.get(CALL_FLOOR_IMPL):
+                    fc.check(mode)
+                    fc.add_at_peak(times, pre, mode, floor.fma_peak(ceilings, args.threads))
+                    phases = call_floor.phase_medians(fc.timed_phases(mode, n))
                 rows.append(layer_row(cell, (T, B, I, H), kind, mode, times, eng, n, diffs,
-                                      args.threads, ceilings, pre))
+                                      args.threads, ceilings, pre, phases))
     return rows
+
+
+def make_call_floor(args, cell, shape, ceilings, notes):
+    """The B = 1 floor call (benchmarks/call_floor.py) for a layer shape, or None: only at
+    B = 1, with floors measured, H a multiple of 64 up to 512, on an AVX-512 CPU with a
+    compiler (a note says why where it cannot run)."""
+    T, B, I, H = shape
+    if B != 1 or ceilings is None or args.no_call_floor or H % 64 or H > 512:
+        return None
+    try:
+        return call_floor.FloorCall(cell, T, I, H)
+    except Exception as exc:  # no compiler, no AVX-512: the run goes on without it
+        msg = f"the B=1 floor call did not run: {describe(exc, 200)}"
+        if msg not in notes:
+            notes.append(msg)
+        return None
 
 
 def layer_shapes(args) -> list:
@@ -433,7 +459,7 @@ def layer_shapes(args) -> list:
 
 
 def layer_row(cell, shape, kind, mode, times, eng, n, diffs, threads, ceilings,
-              preempt=None) -> dict:
+              preempt=None, call_floor_phases=None) -> dict:
     preempt = preempt or {}
     T, B, I, H = shape
     target = LAYER_TARGETS[kind][cell][MODES.index(mode)] if kind else None
@@ -470,7 +496,30 @@ def layer_row(cell, shape, kind, mode, times, eng, n, diffs, threads, ceilings,
     cf = row["floor"].get("call_floor_us")
     row["floor"]["target_room"] = (nn_step / target / cf
                                    if cf and target and nn_step else None)
+    if CALL_FLOOR_IMPL in times:
+        row["call_floor"] = call_floor_stats(times, preempt, target, call_floor_phases)
     return row
+
+
+def call_floor_stats(times, preempt, target, phases) -> dict:
+    """The B = 1 floor call against torch.nn and fusedrnn, paired in the same repeats
+    (median ratios; None where a side is missing), its phases (median us), and
+    target_room: the time the target allows (torch.nn's / target) over the floor call's,
+    with its GEMMs at the peak where measured: below 1.00x the target asks for less time
+    than the call's bare work took in that run."""
+    def ratio(a, b):
+        st = pair_stats(times, preempt, a, b)["ratio"]
+        return st["median"] if st else None
+
+    best = CALL_FLOOR_PEAK_IMPL if times.get(CALL_FLOOR_PEAK_IMPL) else CALL_FLOOR_IMPL
+    out = {"nn_over_floor": ratio("torch.nn", CALL_FLOOR_IMPL),
+           "nn_over_floor_at_peak": ratio("torch.nn", CALL_FLOOR_PEAK_IMPL),
+           "fused_over_floor": ratio("fused:auto", CALL_FLOOR_IMPL),
+           "fused_over_floor_at_peak": ratio("fused:auto", CALL_FLOOR_PEAK_IMPL),
+           "phases_us": phases}
+    nn_best = ratio("torch.nn", best)
+    out["target_room"] = nn_best / target if nn_best and target else None
+    return out
 
 
 def _cell_prepare(cell_module, cell, mode, inner):
@@ -809,10 +858,47 @@ def layers_tables(rows) -> str:
              "median [min-max] ms)", "", md_table(ratio_cols, rows, 3), "",
              "### Time per step vs this machine's floors", "",
              md_table(floor_cols, rows, 3), "", floor_legend(rows), ""]
+    cf_rows = [r for r in rows if r.get("call_floor")]
+    if cf_rows:
+        parts += ["### B=1: the floor call in the same repeats (benchmarks/call_floor.py)", "",
+                  md_table(call_floor_cols(shape), cf_rows, 3), "", CALL_FLOOR_LEGEND, ""]
     if any("fused:steps" in r["impls"] for r in rows):
         parts += ["### CPU time loops: _set_cpu_engine('steps' / 'engine' / 'auto'), paired",
                   "", md_table(engine_cols, rows, 3), ""]
     return "\n".join(parts)
+
+
+CALL_FLOOR_LEGEND = (
+    "Floor call: the B=1 call's unavoidable work alone (library input projection; the "
+    "engine's B=1 memory pattern as the forward and, train, the backward loop, with its "
+    "barrier and shared state but no activations; train: the gradient GEMMs), no packing, "
+    "no autograd; 'at peak': its GEMMs at the FMA peak instead. target / floor call: the "
+    "time the target allows over the floor call's (at peak): below 1.00x the target asks "
+    "for less time than that bare work took in this run.")
+
+
+def call_floor_cols(shape) -> list:
+    def x(key):
+        return lambda r: _f(r["call_floor"].get(key), ".2f") + "x" \
+            if r["call_floor"].get(key) else E
+
+    def phases(r):
+        p = r["call_floor"].get("phases_us") or {}
+        return E if not p else " / ".join(f"{p[k]:.0f}" for k in call_floor.PHASES)
+
+    return [
+        ("cell", "---", lambda r: r["cell"]),
+        ("T, B, I, H", "---", shape),
+        ("mode", "---", lambda r: r["mode"]),
+        ("floor call ms", "--:", lambda r: _ms(r["impls"].get(CALL_FLOOR_IMPL))),
+        ("torch.nn / floor call", "--:", x("nn_over_floor")),
+        ("torch.nn / floor call at peak", "--:", x("nn_over_floor_at_peak")),
+        ("fusedrnn / floor call", "--:", x("fused_over_floor")),
+        ("fusedrnn / floor call at peak", "--:", x("fused_over_floor_at_peak")),
+        ("target", "--:", lambda r: E if r["target"] is None else f">= {r['target']:g}x"),
+        ("target / floor call", "--:", x("target_room")),
+        ("phases us: proj / fwd / bwd / grads", "--:", phases),
+    ]
 
 
 def cells_table(rows) -> str:
@@ -982,6 +1068,9 @@ def parse_args(argv=None):
                    help="use these ceilings (a floor.py --json output or an earlier result "
                         "JSON) instead of measuring them")
     p.add_argument("--no-floor", action="store_true", help="no floors (no compiler needed)")
+    p.add_argument("--no-call-floor", action="store_true",
+                   help="layers: no B=1 floor call (benchmarks/call_floor.py) in the repeats "
+                        "of the B=1 shapes")
     p.add_argument("--lock", default=None,
                    help="flock this file around each measurement, e.g. "
                         "/tmp/fusedrnn-bench.lock on a shared machine")

@@ -46,6 +46,7 @@ _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
+from benchlib.names import CALL_FLOOR_IMPL, CALL_FLOOR_PEAK_IMPL  # noqa: E402
 from step_pattern import PANEL_CPP  # noqa: E402
 
 _CPP = r"""
@@ -264,22 +265,62 @@ def gemm_flops(T: int, I: int, H: int, G: int, train: bool) -> float:
     return 2.0 * T * G * H * I * (3 if train else 1) + (2.0 * T * G * H * H if train else 0.0)
 
 
+class FloorCall:
+    """One shape's floor call for a paired timer (bench_cpu_engine.time_paired):
+    prepare(mode) is an Impl's prepare, and every call keeps its phases per mode. The
+    compiled module holds one shape at a time: the newest FloorCall's."""
+
+    def __init__(self, cell: str, T: int, I: int, H: int, mod=None):
+        self.mod = mod if mod is not None else build()
+        if not self.mod.supported():
+            raise RuntimeError("call_floor: needs AVX-512")
+        self.mod.setup(T, I, H, GATES[cell])
+        self.cell, self.T, self.I, self.H = cell, T, I, H
+        self.phases = {"infer": [], "train": []}
+
+    def prepare(self, mode: str):
+        train, phases = mode == "train", self.phases[mode]
+
+        def prepare(data):
+            def call():
+                phases.append(self.mod.call(train))
+            return call
+        return prepare
+
+    def timed_phases(self, mode: str, n: int) -> list:
+        """The phases of the last n calls of `mode` (a paired run's timed repeats)."""
+        return self.phases[mode][-n:] if n else []
+
+    def add_at_peak(self, times: dict, preempt: dict, mode: str, peak_gflops: float) -> None:
+        """Adds CALL_FLOOR_PEAK_IMPL to a paired run's times (ms) and preemption counts:
+        each timed floor call with its measured GEMM phases replaced by their FLOPs at
+        peak_gflops (the library GEMMs run below the peak at these sizes, and an
+        implementation may do better)."""
+        ts = times.get(CALL_FLOOR_IMPL)
+        if not ts or not peak_gflops:
+            return
+        at_peak_ms = gemm_flops(self.T, self.I, self.H, GATES[self.cell],
+                                mode == "train") / (peak_gflops * 1e9) * 1e3
+        times[CALL_FLOOR_PEAK_IMPL] = [
+            t - (p[0] + p[3]) * 1e3 + at_peak_ms
+            for t, p in zip(ts, self.timed_phases(mode, len(ts)))]
+        preempt[CALL_FLOOR_PEAK_IMPL] = list(preempt.get(CALL_FLOOR_IMPL, []))
+
+    def check(self, mode: str) -> None:
+        check_outputs(self.mod, mode == "train")
+
+
 def measure(cell: str, T: int, I: int, H: int, modes=("infer", "train"), seconds: float = 20.0,
             min_repeats: int = 16, max_repeats: int = 96, warmup: int = 2,
             with_fused: bool = True, seed: int = 0, fma_peak_gflops=None) -> dict:
     """Paired times of torch.nn, fusedrnn (where importable and with_fused) and the floor
     call at B = 1, per mode: medians (ms), paired ratios and the floor call's phases, in the
-    repeats (after other work) and back to back (the floor call alone, warm).
-
-    With fma_peak_gflops, also "floor call, GEMMs at peak": each repeat's floor-call time
-    with its measured GEMM phases replaced by their FLOPs at that peak (the library GEMMs
-    run below the peak at these sizes, and an implementation may do better), paired
-    against torch.nn and fusedrnn like the others."""
+    repeats (after other work) and back to back (the floor call alone, warm). With
+    fma_peak_gflops, also the floor call with its GEMMs at that peak (FloorCall.add_at_peak),
+    paired like the others."""
     import bench_cpu_engine as bce
-    mod = build()
-    if not mod.supported():
-        raise SystemExit("call_floor: this CPU has no AVX-512")
-    mod.setup(T, I, H, GATES[cell])
+    fc = FloorCall(cell, T, I, H)
+    mod = fc.mod
     torch.manual_seed(seed)
     ref = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](I, H)
     fusedrnn = fused = None
@@ -298,30 +339,18 @@ def measure(cell: str, T: int, I: int, H: int, modes=("infer", "train"), seconds
            "modes": {}}
     for mode in modes:
         train = mode == "train"
-        phases = []
-
-        def floor_prepare(data, train=train, phases=phases):
-            def call():
-                phases.append(mod.call(train))
-            return call
-
         impls = [bce.Impl("torch.nn", bce._layer_prepare(ref, cell, mode))]
         if fused is not None:
             impls.append(bce.Impl("fusedrnn", bce._layer_prepare(fused, cell, mode)))
-        impls.append(bce.Impl("floor call", floor_prepare))
+        impls.append(bce.Impl(CALL_FLOOR_IMPL, fc.prepare(mode)))
         errors = {}
         budget = bce.Budget(warmup, min_repeats, max_repeats, seconds)
         times, _, n, pre = bce.time_paired(impls, make_data, budget, engine, errors,
                                            f"{cell} {mode}")
         if errors:
             raise RuntimeError(f"call_floor: {errors}")
-        timed_phases = phases[-n:] if n else phases
-        if fma_peak_gflops and n:
-            at_peak_ms = gemm_flops(T, I, H, GATES[cell], train) / (fma_peak_gflops * 1e9) * 1e3
-            times["floor call, GEMMs at peak"] = [
-                t - (p[0] + p[3]) * 1e3 + at_peak_ms
-                for t, p in zip(times["floor call"], timed_phases)]
-            pre["floor call, GEMMs at peak"] = pre["floor call"]
+        timed_phases = fc.timed_phases(mode, n)
+        fc.add_at_peak(times, pre, mode, fma_peak_gflops)
         # The floor call alone, back to back (warm): as many calls as the repeats had.
         alone = [mod.call(train) for _ in range(max(n, 8))]
         check_outputs(mod, train)
@@ -330,7 +359,7 @@ def measure(cell: str, T: int, I: int, H: int, modes=("infer", "train"), seconds
                "ratio": {}, "clean_ratio": {},
                "floor_phases_us": phase_medians(timed_phases),
                "floor_alone_phases_us": phase_medians(alone)}
-        floors = [k for k in ("floor call", "floor call, GEMMs at peak") if k in times]
+        floors = [k for k in (CALL_FLOOR_IMPL, CALL_FLOOR_PEAK_IMPL) if k in times]
         pairs = [("torch.nn", f) for f in floors]
         if fused is not None:
             pairs += [("torch.nn", "fusedrnn")] + [("fusedrnn", f) for f in floors]

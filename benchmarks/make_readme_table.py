@@ -439,6 +439,45 @@ def cpu_engine_layers_table(rows: list) -> str:
     return md_table(columns, items, 2)
 
 
+def cpu_engine_call_floor_table(rows: list) -> str:
+    """The B = 1 floor call of the layer rows that carry one (bench_cpu_engine's
+    call_floor_stats), one line per shape; '' where none does."""
+    rows = [r for r in rows if r.get("call_floor")]
+    if not rows:
+        return ""
+
+    def x(m, key):
+        def cell(item):
+            v = ((item[1].get(m) or {}).get("call_floor") or {}).get(key)
+            return "–" if v is None else f"{v:.2f}x"
+        return cell
+
+    def pair(key):
+        return lambda item: _pair(x("infer", key)(item), x("train", key)(item))
+
+    columns = [
+        ("cell", "---", lambda item: item[0][0].upper()),
+        ("T, B, I, H", "---", lambda item: ", ".join(str(v) for v in item[0][1:])),
+        ("torch.nn / floor call infer / train", "--:", pair("nn_over_floor")),
+        ("torch.nn / floor call at peak infer / train", "--:", pair("nn_over_floor_at_peak")),
+        ("fusedrnn / floor call at peak infer / train", "--:",
+         pair("fused_over_floor_at_peak")),
+        ("target / floor call infer / train", "--:", pair("target_room")),
+    ]
+    items = _rows_by(rows, lambda r: (r["cell"], r["T"], r["B"], r["I"], r["H"]))
+    return md_table(columns, items, 2)
+
+
+CALL_FLOOR_README_LEGEND = (
+    "The floor call (benchmarks/call_floor.py), timed in the same repeats: the B=1 call's "
+    "unavoidable work alone (the input projection; the engine's B=1 memory pattern as the "
+    "forward and, in training, the backward loop, with its barrier and shared state but no "
+    "activations; the gradient GEMMs), without weight packing or autograd; at peak: its "
+    "GEMMs counted at the FMA peak. target / floor call: the time the target allows over "
+    "the floor call's at peak; below 1.00x the target asks for less time than that bare "
+    "work took in the run.")
+
+
 def cpu_engine_cells_table(rows: list) -> str:
     def ge(v):
         return f">= {v:g}x"
@@ -562,6 +601,9 @@ def cpu_engine_section(run: dict, older: list) -> str:
     if data.get("layers"):
         section.append("Layers (1 layer, unidirectional; train = forward + backward):\n\n"
                        + cpu_engine_layers_table(data["layers"]))
+        floor_call = cpu_engine_call_floor_table(data["layers"])
+        if floor_call:
+            section.append(CALL_FLOOR_README_LEGEND + "\n\n" + floor_call)
     if data.get("cells"):
         section.append("Cells (one call; train = forward + backward):\n\n"
                        + cpu_engine_cells_table(data["cells"]))

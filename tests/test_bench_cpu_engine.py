@@ -147,3 +147,51 @@ def test_floor_quick_measure():
     if result["isa"] != "default":  # the engine-shaped k loop: a positive rate, in the table
         assert 0 < floor.kloop_rate(result, 1)
         assert "engine k loop" in floor.table(result)
+
+
+def test_b1_floor_call_in_the_layer_repeats(tmp_path):
+    """At B=1 (floors on, AVX-512, a compiler) the floor call is timed in the same repeats:
+    its ratios, the 'GEMMs at peak' variant, phases and the target room reach the row, the
+    report and the README table; with --no-call-floor it stays out."""
+    cf = pytest.importorskip("call_floor")
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler on PATH: call_floor.py compiles at run time")
+    try:
+        if not cf.build().supported():
+            pytest.skip("call_floor.py needs AVX-512")
+    except Exception as exc:
+        pytest.skip(f"call_floor.py does not compile here: {exc}")
+    ceilings = {"machine": {"caches": {"L2": 2 << 20}, "fusedrnn_capability": "avx512"},
+                "isa": "avx512", "fma": {"avx512": {"1": {"gflops": 100.0}}},
+                "l2": {"1": {"gbs": 200.0}}, "llc": {"1": {"gbs": 50.0}}}
+    fj = tmp_path / "floor.json"
+    fj.write_text(json.dumps(ceilings))
+    base = ["--quick", "--no-progress-bar", "--threads", "1", "--only", "layers",
+            "--cells", "lstm", "--shape", "3", "1", "8", "64", "--floor-json", str(fj),
+            "--warmup", "1", "--min-repeats", "2", "--max-repeats", "2",
+            "--engine-modes", "auto", "--out", str(tmp_path)]
+    threads = torch.get_num_threads()
+    try:
+        result = bce.run(bce.parse_args(base))
+        without = bce.run(bce.parse_args(base + ["--no-call-floor"]))
+    finally:
+        torch.set_num_threads(threads)
+    assert not result["errors"], result["errors"]
+    for r in result["layers"]:
+        cfs = r["call_floor"]
+        assert {"floor call", "floor call, GEMMs at peak"} <= set(r["impls"])
+        for key in ("nn_over_floor", "nn_over_floor_at_peak", "fused_over_floor",
+                    "fused_over_floor_at_peak"):
+            assert cfs[key] > 0
+        assert cfs["target_room"] is None  # not the issue's shape: no target
+        assert cfs["phases_us"]["forward_loop"] > 0
+        assert (cfs["phases_us"]["backward_loop"] > 0) == (r["mode"] == "train")
+    # a target makes the room: the time it allows over the floor call (at peak)
+    (train,) = [r for r in result["layers"] if r["mode"] == "train"]
+    st = bce.call_floor_stats(
+        {k: v["times_ms"] for k, v in train["impls"].items()},
+        {k: v["preempted"] for k, v in train["impls"].items()}, 2.0, None)
+    assert st["target_room"] == pytest.approx(st["nn_over_floor_at_peak"] / 2.0)
+    assert "the floor call in the same repeats" in bce.layers_tables(result["layers"])
+    assert all("call_floor" not in r for r in without["layers"])
+    assert "floor call" not in without["layers"][0]["impls"]

@@ -143,6 +143,20 @@ def test_cpu_engine_section_renders_marks_and_figures(tmp_path):
     lstm2 = next(line for line in sec2.splitlines() if line.startswith("| LSTM | 128, 1, 64, 256"))
     assert "125 (10x) / 125 (10x)" in lstm2 and "12.5 / 12.5" in lstm2
     assert lstm2.split(" | ")[8] == "1.10x / 1.10x"
+    assert "floor call" not in sec2  # no B=1 floor call recorded: no table for it
+    # with the B=1 floor call (bench_cpu_engine.py since 2026-12-04 night): its own table
+    for r in data["layers"]:
+        r["call_floor"] = {"nn_over_floor": 1.7, "nn_over_floor_at_peak": 1.9,
+                           "fused_over_floor": 1.1, "fused_over_floor_at_peak": 1.3,
+                           "target_room": 0.95 if r["mode"] == "infer" else None,
+                           "phases_us": None}
+    _write(tmp_path, "test-cpu-2030-01-02-cpu-engine.json", data)
+    sec3 = _section(mrt.make_block(tmp_path, tmp_path / "NOTES.md"))
+    assert "The floor call (benchmarks/call_floor.py)" in sec3
+    rows3 = [line for line in sec3.splitlines() if line.startswith("| LSTM | 128, 1, 64, 256")]
+    assert len(rows3) == 2  # the layers table's row and the floor call's
+    assert rows3[1].split(" | ")[2:5] == ["1.70x / 1.70x", "1.90x / 1.90x", "1.30x / 1.30x"]
+    assert rows3[1].endswith("| 0.95x / – |")
     _write(tmp_path, "test-cpu-2030-01-02-cpu-engine.json", _result())
     # cells, fixed cost (with torch.nn's cell), overheads: each with its target and mark
     cell = next(line for line in sec.splitlines() if line.startswith("| LSTMCell | 1 |"))
