@@ -899,3 +899,21 @@ def _run_children(argvs, env, timeout=SUBPROCESS_TIMEOUT_S):
             if p.poll() is None:
                 p.kill()
                 p.wait(timeout=10)
+
+
+def runtime_kernels(build, script):
+    """The C++ module a benchmark script compiles at run time (`build()`), or a pytest skip
+    where it cannot run here: no compiler, headers that do not compile, or a CPU without
+    what its kernels need (`supported()` false). `script` names it in the skip message."""
+    import shutil
+
+    import pytest
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip(f"no C++ compiler on PATH: {script} compiles its kernels at run time")
+    try:
+        mod = build()
+    except Exception as exc:  # missing headers, ninja, ...: not a bug of the script
+        pytest.skip(f"{script}'s kernels do not compile here: {exc}")
+    if not mod.supported():
+        pytest.skip(f"{script} needs AVX-512")
+    return mod

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import runtime_kernels
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH_DIR))
@@ -154,13 +155,7 @@ def test_b1_floor_call_in_the_layer_repeats(tmp_path):
     its ratios, the 'GEMMs at peak' variant, phases and the target room reach the row, the
     report and the README table; with --no-call-floor it stays out."""
     cf = pytest.importorskip("call_floor")
-    if shutil.which("c++") is None and shutil.which("g++") is None:
-        pytest.skip("no C++ compiler on PATH: call_floor.py compiles at run time")
-    try:
-        if not cf.build().supported():
-            pytest.skip("call_floor.py needs AVX-512")
-    except Exception as exc:
-        pytest.skip(f"call_floor.py does not compile here: {exc}")
+    runtime_kernels(cf.build, "call_floor.py")
     ceilings = {"machine": {"caches": {"L2": 2 << 20}, "fusedrnn_capability": "avx512"},
                 "isa": "avx512", "fma": {"avx512": {"1": {"gflops": 100.0}}},
                 "l2": {"1": {"gbs": 200.0}}, "llc": {"1": {"gbs": 50.0}}}

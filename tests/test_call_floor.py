@@ -3,11 +3,11 @@ and sums land where the recurrence puts them, on every thread's slice; the gradi
 the products of the kept buffers), its bookkeeping, and its errors. Nothing here asserts
 anything about speed."""
 
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import runtime_kernels
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -15,15 +15,7 @@ cf = pytest.importorskip("call_floor")
 
 
 def _module():
-    if shutil.which("c++") is None and shutil.which("g++") is None:
-        pytest.skip("no C++ compiler on PATH: call_floor.py compiles its kernels at run time")
-    try:
-        mod = cf.build()
-    except Exception as exc:  # missing headers, ninja, ...: not a bug of the script
-        pytest.skip(f"call_floor.py's kernels do not compile here: {exc}")
-    if not mod.supported():
-        pytest.skip("call_floor.py needs AVX-512")
-    return mod
+    return runtime_kernels(cf.build, "call_floor.py")
 
 
 def test_gemm_flops_and_phase_medians():

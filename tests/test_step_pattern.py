@@ -2,11 +2,11 @@
 dot products (a pattern benchmark whose kernels did no real work would time nothing).
 Nothing here asserts anything about speed."""
 
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import runtime_kernels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 sp = pytest.importorskip("step_pattern")
@@ -24,15 +24,7 @@ def test_summarize_lockstep_and_free():
 
 
 def _module():
-    if shutil.which("c++") is None and shutil.which("g++") is None:
-        pytest.skip("no C++ compiler on PATH: step_pattern.py compiles its kernels at run time")
-    try:
-        mod = sp._build()
-    except Exception as exc:  # missing headers, ninja, ...: not a bug of the script
-        pytest.skip(f"step_pattern.py's kernels do not compile here: {exc}")
-    if not mod.supported():
-        pytest.skip("step_pattern.py needs AVX-512")
-    return mod
+    return runtime_kernels(sp._build, "step_pattern.py")
 
 
 @pytest.mark.parametrize("H,G", [(64, 4), (128, 3), (256, 4)])
