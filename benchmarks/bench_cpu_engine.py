@@ -425,9 +425,15 @@ def run_layers(args, fusedrnn, engine, ceilings, errors, notes, progress, lock) 
                 progress.step()
                 phases = None
                 if fc is not None and times.get(CALL_FLOOR_IMPL):
-                    fc.check(mode)
-                    fc.add_at_peak(times, pre, mode, floor.fma_peak(ceilings, args.threads))
-                    phases = call_floor.phase_medians(fc.timed_phases(mode, n))
+                    try:
+                        fc.check(mode)
+                    except RuntimeError as exc:  # a floor that did no real work: reported
+                        errors[f"layers {label} {mode} {CALL_FLOOR_IMPL}"] = describe(exc)
+                        times.pop(CALL_FLOOR_IMPL)
+                        pre.pop(CALL_FLOOR_IMPL, None)
+                    else:
+                        fc.add_at_peak(times, pre, mode, floor.fma_peak(ceilings, args.threads))
+                        phases = call_floor.phase_medians(fc.timed_phases(mode, n))
                 rows.append(layer_row(cell, (T, B, I, H), kind, mode, times, eng, n, diffs,
                                       args.threads, ceilings, pre, phases))
     return rows

@@ -226,18 +226,24 @@ std::vector<at::Tensor> outputs() {
 PHASES = ("input_projection", "forward_loop", "backward_loop", "gradients")
 GATES = {"lstm": 4, "gru": 3}
 _MODULE = None
+_BUILD_ERROR = None  # a failed build is not retried in the same process
 
 
 def build(verbose: bool = False):
-    global _MODULE
+    global _MODULE, _BUILD_ERROR
+    if _BUILD_ERROR is not None:
+        raise _BUILD_ERROR
     if _MODULE is None:
         from torch.utils.cpp_extension import load_inline
-        _MODULE = load_inline(name="fusedrnn_call_floor_v1",
-                              cpp_sources=_CPP.replace("@PANEL@", PANEL_CPP),
-                              functions=["setup", "call", "supported", "outputs"],
-                              extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
-                              extra_include_paths=[str(_HERE.parent / "csrc" / "cpu")],
-                              verbose=verbose)
+        try:
+            _MODULE = load_inline(
+                name="fusedrnn_call_floor_v1", cpp_sources=_CPP.replace("@PANEL@", PANEL_CPP),
+                functions=["setup", "call", "supported", "outputs"],
+                extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                extra_include_paths=[str(_HERE.parent / "csrc" / "cpu")], verbose=verbose)
+        except Exception as exc:
+            _BUILD_ERROR = exc
+            raise
     return _MODULE
 
 
@@ -382,7 +388,8 @@ def report(res: dict) -> str:
              f"{res['threads']} threads"]
     for mode, r in res["modes"].items():
         lines.append(f"\n{mode}: {r['repeats']} paired repeats")
-        lines.append("  medians (ms): " + ", ".join(f"{k} {v:.3f}" for k, v in r["median_ms"].items()))
+        lines.append("  medians (ms): "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in r["median_ms"].items()))
         for key, v in r["ratio"].items():
             c = r["clean_ratio"].get(key)
             lines.append(f"  {key}: {v:.3f}x (clean {c:.3f}x over {r['n_clean'][key]})"
@@ -431,8 +438,11 @@ def main(argv=None) -> int:
         res["capability"] = fusedrnn._C._cpu_capability()
     res["torch"] = torch.__version__
     res["cpu_flags"] = [f for f in cpu_flags() if f.startswith("avx") or f == "fma"]
-    print(json.dumps(res, indent=1) if args.json else
-          report(res) + (f"\nFMA peak {peak:.0f} GFLOP/s" if peak else "") + f"\ncapability {res['capability']}, torch {res['torch']}, "
+    if args.json:
+        print(json.dumps(res, indent=1))
+        return 0
+    print(report(res) + (f"\nFMA peak {peak:.0f} GFLOP/s" if peak else "")
+          + f"\ncapability {res['capability']}, torch {res['torch']}, "
           f"flags {' '.join(res['cpu_flags'])}")
     return 0
 
