@@ -10,7 +10,8 @@ Python loop finds its caches and its second core cold; the benchmark's paired re
 time calls in that state). This script times the work itself as a call, in the same
 repeats as the two implementations, so that its time carries the same host state:
 
-  input projection   X (T x I) @ W_ih^T, one library GEMM (at::mm, as fusedrnn's)
+  input projection   X (T x I) @ W_ih^T, one library GEMM (at::mm; fusedrnn computes it
+                     in chunks inside its engine)
   forward loop       T steps of the engine's B = 1 memory pattern on the torch intra-op
                      pool (csrc/cpu/team.h's run_team and SpinBarrier, as the engine):
                      each thread streams its half of W_hh, packed once at setup (never
