@@ -327,9 +327,7 @@ def step_floor(cell: str, B: int, H: int, mode: str, threads: int, ceilings,
     if bw and peak:
         passes = 1 if mode == "infer" else 2
         loop_us = max(whh / (bw * 1e9), 2.0 * B * G * H * H / (peak * 1e9)) * 1e6
-        gemm_flops = 2.0 * B * G * H * I * (1 if mode == "infer" else 3)
-        if mode != "infer":
-            gemm_flops += 2.0 * B * G * H * H
+        gemm_flops = call_floor.gemm_flops(B, I, H, G, mode != "infer")
         out["call_floor_us"] = passes * loop_us + gemm_flops / (peak * 1e9) * 1e6
     out["bound"] = (None if not floors else
                     "bytes" if out["floor_us"] == out["bytes_floor_us"] else "flops")

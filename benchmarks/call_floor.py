@@ -266,10 +266,11 @@ def check_outputs(mod, train: bool) -> None:
             raise RuntimeError(f"call_floor: the floor call's {name} is zero or not finite")
 
 
-def gemm_flops(T: int, I: int, H: int, G: int, train: bool) -> float:
-    """FLOPs of the floor call's library GEMMs: the input projection; training also dW_hh,
-    dW_ih and dx."""
-    return 2.0 * T * G * H * I * (3 if train else 1) + (2.0 * T * G * H * H if train else 0.0)
+def gemm_flops(rows: int, I: int, H: int, G: int, train: bool) -> float:
+    """FLOPs of a layer call's all-steps GEMMs over `rows` rows (T * B; B per step): the
+    input projection; training also the input gradient, dW_ih and dW_hh. The floor call's
+    library GEMMs, and bench_cpu_engine.step_floor's call floor."""
+    return 2.0 * rows * G * H * I * (3 if train else 1) + (2.0 * rows * G * H * H if train else 0.0)
 
 
 class FloorCall:
